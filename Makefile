@@ -1,0 +1,41 @@
+# pushsvc — the two commands are `make run` and `make test`; both install what
+# they need first and are quick when everything is already in place.
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PROTOS := $(wildcard protos/pushsvc/v1/*.proto)
+export PATH := $(CURDIR)/.tools/bin:$(HOME)/go/bin:$(PATH)
+
+.PHONY: run test proto lint unit deps tools clean
+
+# Start one node on the embedded store, with demo credentials.
+run: $(STAMP)
+	@$(BIN)/pushsvc serve --dev
+
+test: $(STAMP) tools lint
+	$(BIN)/pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check pushsvc tests bench setup.py
+	$(BIN)/ruff format --check pushsvc tests bench setup.py
+	$(BIN)/mypy pushsvc tests
+
+proto: $(STAMP)
+	$(BIN)/python setup.py protos
+
+deps: $(STAMP)
+
+$(STAMP): pyproject.toml setup.py $(PROTOS)
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+# Servers the integration tests run for real (FerretDB for the MongoDB wire).
+tools:
+	@bash deploy/dev/install-tools.sh
+
+clean:
+	rm -rf $(VENV) build *.egg-info pushsvc/v1 .tools

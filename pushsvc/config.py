@@ -1,0 +1,284 @@
+"""Settings: defaults, a TOML config file, and ``PUSHSVC_<NAME>`` environment variables.
+
+Precedence: environment over file over defaults. Every value is checked when it
+is loaded; a bad one raises ``ConfigError`` naming the setting and what to do.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from pushsvc.errors import ConfigError
+
+ENV_PREFIX = "PUSHSVC_"
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+def parse_address(text: str, name: str = "address") -> Address:
+    """Parse ``host:port`` (``[v6]:port`` for IPv6); port 0 means "any free port"."""
+    text = text.strip()
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"{name}: {text!r} is not host:port (example: 127.0.0.1:50051)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"{name}: port {port_text!r} in {text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{name}: port {port} in {text!r} is outside 0-65535")
+    if any(c.isspace() for c in host) or "/" in host:
+        raise ConfigError(f"{name}: host {host!r} in {text!r} is not a host name or IP")
+    return Address(host, port)
+
+
+def _as_str(value: Any, name: str) -> str:
+    if not isinstance(value, str | int | float) or isinstance(value, bool):
+        raise ConfigError(f"{name}: expected a string, got {type(value).__name__}")
+    return str(value)
+
+
+def _as_list(value: Any, name: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",")]
+    elif isinstance(value, list):
+        items = [_as_str(v, name).strip() for v in value]
+    else:
+        raise ConfigError(f"{name}: expected a comma-separated string or a list")
+    return tuple(i for i in items if i)
+
+
+def _as_bool(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = _as_str(value, name).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name}: {value!r} is not a boolean (use true or false)")
+
+
+def _number(kind: type, lo: float, hi: float) -> Callable[[Any, str], Any]:
+    def parse(value: Any, name: str) -> Any:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name}: expected a number, got a boolean")
+        try:
+            number = kind(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: {value!r} is not a number") from None
+        if not lo <= number <= hi:
+            raise ConfigError(f"{name}: {number} is outside {kind(lo)}..{kind(hi)}")
+        return number
+
+    return parse
+
+
+def _choice(*choices: str) -> Callable[[Any, str], str]:
+    def parse(value: Any, name: str) -> str:
+        text = _as_str(value, name).strip().lower()
+        if text not in choices:
+            raise ConfigError(f"{name}: {value!r} is not one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def _upper_choice(*choices: str) -> Callable[[Any, str], str]:
+    def parse(value: Any, name: str) -> str:
+        text = _as_str(value, name).strip().upper()
+        if text not in choices:
+            raise ConfigError(f"{name}: {value!r} is not one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def _addr(value: Any, name: str) -> Address:
+    return parse_address(_as_str(value, name), name)
+
+
+def _opt_str(value: Any, name: str) -> str | None:
+    text = _as_str(value, name).strip()
+    return text or None
+
+
+def _float(lo: float, hi: float) -> Callable[[Any, str], Any]:
+    return _number(float, lo, hi)
+
+
+def _int(lo: int, hi: int) -> Callable[[Any, str], Any]:
+    return _number(int, lo, hi)
+
+
+def _setting(default: Any, parse: Callable[[Any, str], Any], doc: str) -> Any:
+    return field(default=default, metadata={"parse": parse, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of a node. Env name: ``PUSHSVC_`` + the upper-cased field name."""
+
+    ws_addr: Address = _setting(Address("0.0.0.0", 8080), _addr, "WebSocket listener")
+    grpc_addr: Address = _setting(Address("127.0.0.1", 50051), _addr, "gRPC listener")
+    admin_addr: Address = _setting(
+        Address("127.0.0.1", 9090), _addr, "/metrics, /healthz, /readyz listener"
+    )
+    mongo_uri: str | None = _setting(None, _opt_str, "MongoDB URI; unset = embedded store")
+    mongo_db: str = _setting("pushsvc", _as_str, "MongoDB database name")
+    data_dir: str = _setting("./pushsvc-data", _as_str, "embedded store directory")
+    jwt_secret: str | None = _setting(None, _opt_str, "HS256 secret for client tokens")
+    jwt_algorithm: str = _setting(
+        "HS256", _upper_choice("HS256", "RS256", "ES256"), "token signature algorithm"
+    )
+    jwt_public_key_file: str | None = _setting(
+        None, _opt_str, "PEM public key for RS256/ES256 tokens"
+    )
+    api_keys: tuple[str, ...] = _setting((), _as_list, "comma-separated keys for gRPC callers")
+    cluster_key: str | None = _setting(None, _opt_str, "shared key between nodes of a fleet")
+    node_id: str | None = _setting(None, _opt_str, "default <hostname>-<grpc port>")
+    advertise_addr: str | None = _setting(None, _opt_str, "gRPC address peers dial")
+    allowed_origins: tuple[str, ...] = _setting((), _as_list, "browser Origins allowed")
+    log_level: str = _setting("info", _choice("debug", "info", "warning", "error"), "log verbosity")
+    log_format: str = _setting("text", _choice("text", "json"), "text or json")
+    ping_interval: float = _setting(25.0, _float(0.05, 3600), "seconds between pings")
+    ping_timeout: float = _setting(60.0, _float(0.1, 7200), "close a silent connection after")
+    heartbeat_interval: float = _setting(5.0, _float(0.1, 600), "node registration refresh")
+    max_payload_bytes: int = _setting(65536, _int(1, 16 * 1024 * 1024), "push payload limit")
+    max_frame_bytes: int = _setting(8192, _int(128, 16 * 1024 * 1024), "inbound frame limit")
+    send_queue_size: int = _setting(1024, _int(1, 1_000_000), "frames queued per connection")
+    max_replay: int = _setting(1000, _int(1, 1_000_000), "un-acked entries replayed")
+    default_ttl_seconds: int = _setting(86400, _int(0, 365 * 86400), "inbox time-to-live")
+    max_ttl_seconds: int = _setting(30 * 86400, _int(0, 365 * 86400), "largest ttl_seconds")
+    client_rate: float = _setting(50.0, _float(0.1, 1e6), "frames/s a client may send")
+    client_burst: int = _setting(100, _int(1, 1_000_000), "burst of client frames")
+    abuse_limit: int = _setting(10, _int(1, 1_000_000), "bad frames before closing 4008")
+    api_rate: float = _setting(0.0, _float(0, 1e9), "gRPC calls/s per API key, 0 = unlimited")
+    api_burst: int = _setting(1000, _int(1, 1_000_000_000), "burst of gRPC calls per key")
+    forward_timeout: float = _setting(2.0, _float(0.01, 60), "node-to-node deadline")
+    drain_timeout: float = _setting(20.0, _float(0.1, 600), "bound on graceful shutdown")
+    sweep_interval: float = _setting(60.0, _float(0.1, 86400), "expired-data sweeper period")
+    demo: bool = _setting(False, _as_bool, "serve the demo page at /demo")
+
+    @property
+    def embedded(self) -> bool:
+        return self.mongo_uri is None
+
+    def resolved_node_id(self) -> str:
+        return self.node_id or f"{socket.gethostname()}-{self.grpc_addr.port}"
+
+    def env_name(self, name: str) -> str:
+        return ENV_PREFIX + name.upper()
+
+
+SETTING_NAMES = frozenset(f.name for f in fields(Settings))
+
+
+def load_settings(
+    config_file: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build Settings from defaults, then the TOML file, then the environment."""
+    environ = os.environ if environ is None else environ
+    raw: dict[str, tuple[Any, str]] = {}
+    if config_file:
+        for key, value in _read_toml(config_file).items():
+            if key not in SETTING_NAMES:
+                raise ConfigError(f"{config_file}: unknown setting {key!r}")
+            raw[key] = (value, f"{config_file}: {key}")
+    for env_key, value in environ.items():
+        if not env_key.startswith(ENV_PREFIX):
+            continue
+        key = env_key[len(ENV_PREFIX) :].lower()
+        if key not in SETTING_NAMES:
+            raise ConfigError(f"unknown setting {env_key} in the environment")
+        raw[key] = (value, env_key)
+    for key, value in (overrides or {}).items():
+        raw[key] = (value, key)
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        if f.name in raw:
+            value, where = raw[f.name]
+            values[f.name] = f.metadata["parse"](value, where)
+    settings = Settings(**values)
+    _check_consistency(settings)
+    return settings
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    return data
+
+
+def _check_consistency(s: Settings) -> None:
+    if s.ping_timeout <= s.ping_interval:
+        raise ConfigError(
+            f"ping_timeout ({s.ping_timeout}) must be larger than ping_interval ({s.ping_interval})"
+        )
+    if s.default_ttl_seconds > s.max_ttl_seconds:
+        raise ConfigError("default_ttl_seconds is larger than max_ttl_seconds")
+    if s.jwt_algorithm != "HS256" and not s.jwt_public_key_file:
+        raise ConfigError(
+            f"jwt_algorithm {s.jwt_algorithm} needs PUSHSVC_JWT_PUBLIC_KEY_FILE (a PEM public key)"
+        )
+
+
+def check_secure(s: Settings) -> None:
+    """The secure-by-default start-up rules of a node (DESIGN §2.3)."""
+    if not s.grpc_addr.is_loopback and not s.api_keys:
+        raise ConfigError(
+            f"gRPC listens on {s.grpc_addr}, beyond this host, without API keys: "
+            "set PUSHSVC_API_KEYS (comma-separated) or bind PUSHSVC_GRPC_ADDR to 127.0.0.1"
+        )
+    if not s.embedded:
+        if not s.cluster_key:
+            raise ConfigError(
+                "running with MongoDB (a fleet) needs PUSHSVC_CLUSTER_KEY, the same on every node"
+            )
+        if s.jwt_algorithm == "HS256" and not s.jwt_secret:
+            raise ConfigError(
+                "running with MongoDB needs PUSHSVC_JWT_SECRET, the same on every node"
+            )
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(env name, default, doc) for each setting, for `pushsvc serve --help-settings`."""
+    out = []
+    for f in fields(Settings):
+        default = f.default
+        shown = ",".join(default) if isinstance(default, tuple) else str(default)
+        out.append(
+            (ENV_PREFIX + f.name.upper(), "" if default is None else shown, f.metadata["doc"])
+        )
+    return out

@@ -1,0 +1,347 @@
+"""The gRPC servicers: thin translations between protobuf and the dispatcher.
+
+Authentication is an interceptor: PushService calls need an API key,
+NodeService calls the cluster key; health and reflection are open so load
+balancers and grpcurl work.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import logging
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from pushsvc.auth import ApiKeys
+from pushsvc.dispatcher import Dispatcher
+from pushsvc.errors import (
+    InvalidArgument,
+    NotFound,
+    PushError,
+    RateLimited,
+    StoreUnavailable,
+    Unauthenticated,
+)
+from pushsvc.messages import (
+    Message,
+    build_push,
+    validate_payload,
+    validate_topic,
+    validate_user_id,
+    validate_user_ids,
+)
+from pushsvc.ratelimit import TokenBucket
+from pushsvc.v1 import node_pb2, node_pb2_grpc, push_pb2, push_pb2_grpc
+
+log = logging.getLogger("pushsvc.grpc")
+
+PUSH_SERVICE = "pushsvc.v1.PushService"
+NODE_SERVICE = "pushsvc.v1.NodeService"
+
+_STATUS: dict[type[PushError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
+    RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+
+def status_of(exc: PushError) -> grpc.StatusCode:
+    for cls, code in _STATUS.items():
+        if isinstance(exc, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _domain_errors(method: F) -> F:
+    """Turn domain errors into status codes with their human message."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except PushError as exc:
+            context.abort(status_of(exc), str(exc))
+
+    return wrapper  # type: ignore[return-value]
+
+
+class Limits:
+    def __init__(self, max_payload: int, default_ttl: int, max_ttl: int) -> None:
+        self.max_payload = max_payload
+        self.default_ttl = default_ttl
+        self.max_ttl = max_ttl
+
+
+class PushServicer(push_pb2_grpc.PushServiceServicer):
+    def __init__(self, dispatcher: Dispatcher, limits: Limits, callers: CallerLimits) -> None:
+        self._d = dispatcher
+        self._limits = limits
+        self._callers = callers
+
+    def _push(self, request: push_pb2.PushRequest) -> push_pb2.PushResponse:
+        lim = self._limits
+        cmd = build_push(
+            list(request.user_ids),
+            request.payload,
+            request.content_type,
+            request.ttl_seconds if request.HasField("ttl_seconds") else None,
+            request.idempotency_key,
+            max_payload=lim.max_payload,
+            default_ttl=lim.default_ttl,
+            max_ttl=lim.max_ttl,
+        )
+        out = self._d.push(cmd)
+        seqs = out.seqs
+        if len(seqs) == len(cmd.user_ids) and len(cmd.user_ids) != len(request.user_ids):
+            by_user = dict(zip(cmd.user_ids, seqs, strict=True))  # duplicates were folded
+            seqs = tuple(by_user[u] for u in request.user_ids)
+        return push_pb2.PushResponse(message_id=out.message_id, seqs=seqs, duplicate=out.duplicate)
+
+    @_domain_errors
+    def Push(
+        self, request: push_pb2.PushRequest, context: grpc.ServicerContext
+    ) -> push_pb2.PushResponse:
+        return self._push(request)
+
+    def PushStream(
+        self, request_iterator: Iterator[push_pb2.PushRequest], context: grpc.ServicerContext
+    ) -> Iterator[push_pb2.PushResponse]:
+        key = (bearer_of(context.invocation_metadata()) or "").partition(" ")[2].strip()
+        for request in request_iterator:
+            try:
+                if not self._callers.take(key):
+                    raise RateLimited("over the API key's rate limit")
+                yield self._push(request)
+            except PushError as exc:
+                yield push_pb2.PushResponse(
+                    error=push_pb2.Error(code=status_of(exc).value[0], message=str(exc))
+                )
+
+    @_domain_errors
+    def Publish(
+        self, request: push_pb2.PublishRequest, context: grpc.ServicerContext
+    ) -> push_pb2.PublishResponse:
+        topic = validate_topic(request.topic)
+        ctype = validate_payload(request.payload, request.content_type, self._limits.max_payload)
+        message_id, local = self._d.publish(topic, request.payload, ctype)
+        return push_pb2.PublishResponse(message_id=message_id, local_subscribers=local)
+
+    @_domain_errors
+    def GetPresence(
+        self, request: push_pb2.GetPresenceRequest, context: grpc.ServicerContext
+    ) -> push_pb2.GetPresenceResponse:
+        users = validate_user_ids(list(request.user_ids))
+        found = {p.user_id: p for p in self._d.presence(users)}
+        return push_pb2.GetPresenceResponse(
+            presence=[
+                push_pb2.UserPresence(
+                    user_id=u,
+                    online=found[u].online,
+                    connections=found[u].connections,
+                    node_ids=found[u].node_ids,
+                )
+                for u in request.user_ids
+            ]
+        )
+
+    @_domain_errors
+    def Disconnect(
+        self, request: push_pb2.DisconnectRequest, context: grpc.ServicerContext
+    ) -> push_pb2.DisconnectResponse:
+        validate_user_id(request.user_id)
+        if len(request.reason.encode()) > 120:
+            raise InvalidArgument("reason is over 120 bytes (it travels in a close frame)")
+        closed = self._d.disconnect(request.user_id, request.reason)
+        return push_pb2.DisconnectResponse(connections_closed=closed)
+
+    @_domain_errors
+    def GetMessageStatus(
+        self, request: push_pb2.GetMessageStatusRequest, context: grpc.ServicerContext
+    ) -> push_pb2.GetMessageStatusResponse:
+        if not request.message_id or len(request.message_id) > 64:
+            raise InvalidArgument("message_id is empty or too long")
+        statuses = self._d.message_status(request.message_id)
+        return push_pb2.GetMessageStatusResponse(
+            recipients=[
+                push_pb2.RecipientStatus(
+                    user_id=s.user_id, seq=s.seq, delivered=s.delivered, acked=s.acked
+                )
+                for s in statuses
+            ]
+        )
+
+    @_domain_errors
+    def ListNodes(
+        self, request: push_pb2.ListNodesRequest, context: grpc.ServicerContext
+    ) -> push_pb2.ListNodesResponse:
+        return push_pb2.ListNodesResponse(
+            nodes=[
+                push_pb2.NodeStatus(
+                    node_id=n.node_id,
+                    grpc_addr=n.grpc_addr,
+                    ws_addr=n.ws_addr,
+                    connections=n.connections,
+                    started_at=n.started_at,
+                )
+                for n in self._d.nodes()
+            ]
+        )
+
+
+class NodeServicer(node_pb2_grpc.NodeServiceServicer):
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self._d = dispatcher
+
+    def Deliver(
+        self, request: node_pb2.DeliverRequest, context: grpc.ServicerContext
+    ) -> node_pb2.DeliverResponse:
+        if request.node_id and request.node_id != self._d.node_id:
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"this is node {self._d.node_id}, not {request.node_id}",
+            )
+        counts = []
+        for d in request.deliveries:
+            kind = d.WhichOneof("kind")
+            if kind == "user":
+                u = d.user
+                msg = Message(u.message_id, u.payload, u.content_type, 0.0)
+                counts.append(
+                    self._d.deliver_users(msg, [(r.user_id, r.seq) for r in u.recipients])
+                )
+            elif kind == "topic":
+                t = d.topic
+                msg = Message(t.message_id, t.payload, t.content_type, 0.0)
+                counts.append(self._d.deliver_topic(msg, t.topic))
+            elif kind == "disconnect":
+                counts.append(
+                    self._d.hub.disconnect_user(d.disconnect.user_id, d.disconnect.reason)
+                )
+            else:
+                counts.append(0)
+        return node_pb2.DeliverResponse(connections=counts)
+
+
+# -- authentication and rate limits ---------------------------------------------------
+
+
+class CallerLimits:
+    """One token bucket per API key; rate 0 means unlimited."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def take(self, key: str) -> bool:
+        if self.rate <= 0:
+            return True
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst)
+        return bucket.take()
+
+
+def bearer_of(metadata: Any) -> str | None:
+    for key, value in metadata or ():
+        if key == "authorization":
+            return value if isinstance(value, str) else bytes(value).decode("latin-1")
+    return None
+
+
+def _abort_handler(
+    like: grpc.RpcMethodHandler | None, code: grpc.StatusCode, message: str
+) -> grpc.RpcMethodHandler:
+    """A handler of the same streaming kind as ``like`` that fails with ``code``."""
+
+    def fail(request: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(code, message)
+
+    if like is not None and like.request_streaming and like.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(fail)
+    if like is not None and like.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(fail)
+    if like is not None and like.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(fail)
+    return grpc.unary_unary_rpc_method_handler(fail)
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    def __init__(self, api_keys: ApiKeys, cluster_key: str | None, limits: CallerLimits) -> None:
+        self._api_keys = api_keys
+        self._cluster_key = cluster_key.encode() if cluster_key else None
+        self._limits = limits
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        parts = details.method.split("/")
+        service = parts[1] if len(parts) == 3 else ""
+        if service not in (PUSH_SERVICE, NODE_SERVICE):
+            return continuation(details)  # health, reflection
+        header = bearer_of(details.invocation_metadata)
+        if service == NODE_SERVICE:
+            given = (header or "").partition(" ")[2].strip().encode()
+            if self._cluster_key is None or not hmac.compare_digest(given, self._cluster_key):
+                return _abort_handler(
+                    continuation(details),
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "cluster key is not valid",
+                )
+            return continuation(details)
+        try:
+            key = self._api_keys.check(header)
+        except Unauthenticated as exc:
+            return _abort_handler(continuation(details), grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        if parts[2] != "PushStream" and not self._limits.take(key):
+            return _abort_handler(
+                continuation(details),
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"over the rate limit of {self._limits.rate:g} calls/s for this API key",
+            )
+        return continuation(details)
+
+
+def make_server(
+    dispatcher: Dispatcher,
+    limits: Limits,
+    api_keys: ApiKeys,
+    cluster_key: str | None,
+    callers: CallerLimits,
+    max_workers: int = 256,
+) -> tuple[grpc.Server, health.HealthServicer]:
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers),
+        interceptors=[AuthInterceptor(api_keys, cluster_key, callers)],
+        options=[
+            ("grpc.max_receive_message_length", limits.max_payload + 1024 * 1024),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    push_pb2_grpc.add_PushServiceServicer_to_server(
+        PushServicer(dispatcher, limits, callers), server
+    )
+    node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(dispatcher), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = (
+        push_pb2.DESCRIPTOR.services_by_name["PushService"].full_name,
+        node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        reflection.SERVICE_NAME,
+    )
+    reflection.enable_server_reflection(names, server)
+    return server, health_servicer

@@ -1,0 +1,144 @@
+"""Messages as the domain sees them: validation, identifiers and limits.
+
+Nothing here knows about gRPC or WebSocket; the servicers and the edge
+translate to and from these types.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+
+from pushsvc.errors import InvalidArgument
+
+MAX_RECIPIENTS = 1000
+MAX_USER_ID_LEN = 256
+MAX_IDEMPOTENCY_KEY_LEN = 256
+MAX_TOPIC_LEN = 200
+DEFAULT_CONTENT_TYPE = "application/json"
+_TOPIC_RE = re.compile(r"^[A-Za-z0-9._:/-]{1,200}$")
+_CONTENT_TYPE_RE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(\s*;.*)?$")
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message body, stored once however many recipients it has."""
+
+    id: str
+    payload: bytes
+    content_type: str
+    created_at: float
+    # Absolute expiry (unix seconds); None for messages never stored.
+    expires_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PushCommand:
+    """A validated Push: who gets what, for how long."""
+
+    user_ids: tuple[str, ...]
+    payload: bytes
+    content_type: str
+    ttl_seconds: int  # 0 = online-only
+    idempotency_key: str
+
+
+def new_message_id(now: float | None = None) -> str:
+    """A 26-character id, sortable by creation time (ms) then random."""
+    ms = int((time.time() if now is None else now) * 1000)
+    return f"{ms:012x}{os.urandom(7).hex()}"
+
+
+def is_json_type(content_type: str) -> bool:
+    base = content_type.split(";", 1)[0].strip().lower()
+    return base == "application/json" or base.endswith("+json")
+
+
+def is_text_type(content_type: str) -> bool:
+    return content_type.split(";", 1)[0].strip().lower().startswith("text/")
+
+
+def validate_payload(payload: bytes, content_type: str, max_payload: int) -> str:
+    """Check a payload against its content type; returns the normalised type."""
+    content_type = content_type.strip() or DEFAULT_CONTENT_TYPE
+    if len(content_type) > 200 or not _CONTENT_TYPE_RE.match(content_type):
+        raise InvalidArgument(f"content_type {content_type[:50]!r} is not a MIME type")
+    if len(payload) > max_payload:
+        raise InvalidArgument(
+            f"payload is {len(payload)} bytes, over the limit of {max_payload} bytes"
+        )
+    if is_json_type(content_type):
+        try:
+            json.loads(payload)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidArgument(
+                f"content_type is {content_type} but the payload is not valid JSON: {exc}"
+            ) from None
+    elif is_text_type(content_type):
+        try:
+            payload.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidArgument(
+                f"content_type is {content_type} but the payload is not UTF-8"
+            ) from None
+    return content_type
+
+
+def validate_user_ids(user_ids: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    if not user_ids:
+        raise InvalidArgument("user_ids is empty: name at least one recipient")
+    if len(user_ids) > MAX_RECIPIENTS:
+        raise InvalidArgument(
+            f"user_ids has {len(user_ids)} entries, over the limit of {MAX_RECIPIENTS}"
+        )
+    seen: dict[str, None] = {}
+    for uid in user_ids:
+        validate_user_id(uid)
+        seen[uid] = None
+    return tuple(seen)  # duplicates removed, order kept
+
+
+def validate_user_id(uid: str) -> str:
+    if not uid:
+        raise InvalidArgument("a user id is empty")
+    if len(uid) > MAX_USER_ID_LEN:
+        raise InvalidArgument(f"user id is over {MAX_USER_ID_LEN} characters")
+    if any(ord(c) < 32 for c in uid):
+        raise InvalidArgument("a user id contains control characters")
+    return uid
+
+
+def validate_topic(topic: str) -> str:
+    if not topic:
+        raise InvalidArgument("topic is empty")
+    if not _TOPIC_RE.match(topic):
+        raise InvalidArgument(
+            f"topic {topic[:50]!r} is malformed: use 1 to {MAX_TOPIC_LEN} letters, digits "
+            "or . _ : / -"
+        )
+    return topic
+
+
+def build_push(
+    user_ids: list[str] | tuple[str, ...],
+    payload: bytes,
+    content_type: str,
+    ttl_seconds: int | None,
+    idempotency_key: str,
+    *,
+    max_payload: int,
+    default_ttl: int,
+    max_ttl: int,
+) -> PushCommand:
+    """Validate a push request; raise InvalidArgument with a human reason."""
+    users = validate_user_ids(user_ids)
+    ctype = validate_payload(payload, content_type, max_payload)
+    ttl = default_ttl if ttl_seconds is None else ttl_seconds
+    if ttl < 0 or ttl > max_ttl:
+        raise InvalidArgument(f"ttl_seconds must be between 0 and {max_ttl}")
+    if len(idempotency_key) > MAX_IDEMPOTENCY_KEY_LEN:
+        raise InvalidArgument(f"idempotency_key is over {MAX_IDEMPOTENCY_KEY_LEN} characters")
+    return PushCommand(users, payload, ctype, ttl, idempotency_key)

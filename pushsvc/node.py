@@ -1,0 +1,311 @@
+"""A running node: the listeners, the store, the hub and the housekeeping greenlets.
+
+Importing this module makes the process cooperative: gevent monkey-patches the
+standard library and gRPC is switched to its gevent mode, so the WebSocket
+edge, the gRPC server and the store clients share one event loop.
+"""
+
+from __future__ import annotations
+
+from gevent import monkey
+
+monkey.patch_all()
+
+from grpc.experimental import gevent as grpc_gevent  # type: ignore[attr-defined]  # noqa: E402
+
+grpc_gevent.init_gevent()
+
+import logging  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import gevent  # noqa: E402
+from gevent.event import Event  # noqa: E402
+from gevent.pywsgi import WSGIServer  # noqa: E402
+from grpc_health.v1 import health_pb2  # noqa: E402
+
+from pushsvc import edge, grpc_api  # noqa: E402
+from pushsvc.admin import AdminApp  # noqa: E402
+from pushsvc.auth import ApiKeys, TokenVerifier, load_or_create_secret  # noqa: E402
+from pushsvc.cluster import Fleet  # noqa: E402
+from pushsvc.config import Settings, check_secure  # noqa: E402
+from pushsvc.dispatcher import Dispatcher  # noqa: E402
+from pushsvc.errors import ConfigError, StoreUnavailable  # noqa: E402
+from pushsvc.hub import Hub  # noqa: E402
+from pushsvc.logsetup import configure_logging  # noqa: E402
+from pushsvc.metrics import Metrics  # noqa: E402
+from pushsvc.protocol import Close  # noqa: E402
+from pushsvc.receipts import Receipts  # noqa: E402
+from pushsvc.session import SessionLimits  # noqa: E402
+from pushsvc.store import NodeInfo, Store  # noqa: E402
+
+log = logging.getLogger("pushsvc.node")
+
+DRAIN_BATCH = 100  # connections closed per step while draining
+
+
+class Node:
+    def __init__(self, settings: Settings) -> None:
+        check_secure(settings)
+        self.settings = s = settings
+        self.node_id = s.resolved_node_id()
+        self.metrics = Metrics()
+        self.hub = Hub()
+        self.store = self._open_store()
+        jwt_secret = s.jwt_secret
+        api_keys = s.api_keys
+        data_dir = Path(s.data_dir)
+        if s.jwt_algorithm == "HS256" and not jwt_secret:
+            jwt_secret, created = load_or_create_secret(data_dir / "jwt-secret")
+            if created:
+                log.warning("generated a JWT secret in %s", data_dir / "jwt-secret")
+        if not api_keys:
+            key, created = load_or_create_secret(data_dir / "api-key")
+            api_keys = (key,)
+            if created:
+                log.warning("generated an API key in %s", data_dir / "api-key")
+        self.verifier = TokenVerifier.from_settings(
+            s.jwt_algorithm, jwt_secret, s.jwt_public_key_file
+        )
+        self.receipts = Receipts(self.store, self.metrics)
+        self.fleet: Fleet | None = None
+        if self.store.clustered:
+            assert s.cluster_key is not None  # check_secure insists on it
+            self.fleet = Fleet(
+                self.store, self.hub, self.node_id, s.cluster_key, s.forward_timeout, self.metrics
+            )
+        self.dispatcher = Dispatcher(self.node_id, self.store, self.hub, self.metrics, self.fleet)
+        self.edge_app = edge.EdgeApp(
+            edge.EdgeConfig(
+                node_id=self.node_id,
+                allowed_origins=s.allowed_origins,
+                max_frame_bytes=s.max_frame_bytes,
+                limits=SessionLimits(
+                    send_queue_size=s.send_queue_size,
+                    max_replay=s.max_replay,
+                    ping_interval=s.ping_interval,
+                    ping_timeout=s.ping_timeout,
+                    client_rate=s.client_rate,
+                    client_burst=s.client_burst,
+                    abuse_limit=s.abuse_limit,
+                ),
+            ),
+            self.verifier,
+            self.hub,
+            self.store,
+            self.receipts,
+            self.metrics,
+        )
+        self.grpc_server, self.health = grpc_api.make_server(
+            self.dispatcher,
+            grpc_api.Limits(s.max_payload_bytes, s.default_ttl_seconds, s.max_ttl_seconds),
+            ApiKeys(api_keys),
+            s.cluster_key,
+            grpc_api.CallerLimits(s.api_rate, s.api_burst),
+        )
+        self._stop = Event()
+        self._draining = False
+        self._store_ok = True
+        self._greenlets: list[gevent.Greenlet] = []
+        self.ws_server: WSGIServer | None = None
+        self.admin_server: WSGIServer | None = None
+        self.started_at = time.time()
+
+    def _open_store(self) -> Store:
+        s = self.settings
+        if s.embedded:
+            from pushsvc.store.embedded import EmbeddedStore
+
+            return EmbeddedStore(s.data_dir)
+        from pushsvc.store.mongo import MongoStore
+
+        assert s.mongo_uri is not None
+        return MongoStore(s.mongo_uri, s.mongo_db)
+
+    # -- start ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        s = self.settings
+        try:
+            ws_sock = edge.listen_socket(s.ws_addr, reuse_port=True)
+            admin_sock = edge.listen_socket(s.admin_addr)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen: {exc.strerror}") from None
+        grpc_port = self.grpc_server.add_insecure_port(str(s.grpc_addr))
+        if grpc_port == 0:
+            raise ConfigError(f"cannot listen for gRPC on {s.grpc_addr} (address in use?)")
+        self.ws_port = ws_sock.getsockname()[1]
+        self.grpc_port = grpc_port
+        self.admin_port = admin_sock.getsockname()[1]
+        self.ws_server = edge.make_server(ws_sock, self.edge_app)
+        self.admin_server = WSGIServer(admin_sock, AdminApp(self.metrics, self.readiness), log=None)
+        self.ws_server.start()
+        self.admin_server.start()
+        self.grpc_server.start()
+        self.receipts.start()
+        self._register()
+        self._greenlets = [
+            gevent.spawn(self._heartbeat_loop),
+            gevent.spawn(self._sweep_loop),
+        ]
+        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self._announce()
+
+    def _advertise(self) -> str:
+        s = self.settings
+        if s.advertise_addr:
+            return s.advertise_addr
+        host = s.grpc_addr.host
+        if host in ("0.0.0.0", "::", ""):
+            host = socket.gethostname()
+        return f"{host}:{self.grpc_port}"
+
+    def _registration(self) -> NodeInfo:
+        now = time.time()
+        ws_host = self.settings.ws_addr.host
+        return NodeInfo(
+            node_id=self.node_id,
+            grpc_addr=self._advertise(),
+            ws_addr=f"{ws_host}:{self.ws_port}",
+            started_at=self.started_at,
+            expires_at=now + 3 * self.settings.heartbeat_interval,
+            connections=self.hub.connection_count,
+        )
+
+    def _register(self) -> None:
+        try:
+            self.store.register_node(self._registration())
+            self._store_ok = True
+        except StoreUnavailable as exc:
+            self._store_ok = False
+            self.metrics.store_errors.inc()
+            log.error("node registration failed: %s", exc)
+
+    def _announce(self) -> None:
+        s = self.settings
+        ws_host = "127.0.0.1" if s.ws_addr.host in ("0.0.0.0", "::") else s.ws_addr.host
+        log.info(
+            "node ready",
+            extra={
+                "node": self.node_id,
+                "ws": f"{s.ws_addr.host}:{self.ws_port}",
+                "grpc": f"{s.grpc_addr.host}:{self.grpc_port}",
+                "admin": f"{s.admin_addr.host}:{self.admin_port}",
+                "store": "embedded" if s.embedded else "mongodb",
+            },
+        )
+        env = ""
+        if self.grpc_port != 50051 or s.grpc_addr.host != "127.0.0.1":
+            env = f"PUSHSVC_GRPC_ADDR={s.grpc_addr.host}:{self.grpc_port} "
+        if s.embedded and s.data_dir != "./pushsvc-data":
+            env += f"PUSHSVC_DATA_DIR={s.data_dir} "
+        print(
+            f"pushsvc node {self.node_id} is up. Try it:\n"
+            f"  TOKEN=$({env}pushsvc token --user alice)\n"
+            f"  connect a WebSocket client to ws://{ws_host}:{self.ws_port}/ws?token=$TOKEN\n"
+            f"  {env}pushsvc push --user alice --data '{{\"hello\": 1}}'",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    # -- housekeeping -----------------------------------------------------------------------
+
+    def _heartbeat_loop(self) -> None:
+        interval = self.settings.heartbeat_interval
+        while not self._stop.wait(interval):
+            reg = self._registration()
+            try:
+                self.store.refresh_node(reg.node_id, reg.expires_at, reg.connections)
+                if not self._store_ok:
+                    log.info("store reachable again")
+                    if self.fleet is not None:
+                        self.fleet.presence_writer.mark_resync()
+                if self.fleet is not None:
+                    self.fleet.presence_writer.flush()
+                self._store_ok = True
+            except StoreUnavailable as exc:
+                if self._store_ok:
+                    log.error("store unreachable: %s", exc)
+                self._store_ok = False
+                self.metrics.store_errors.inc()
+
+    def _sweep_loop(self) -> None:
+        while not self._stop.wait(self.settings.sweep_interval):
+            try:
+                removed = self.store.sweep(time.time())
+                if removed:
+                    log.debug("swept %d expired records", removed)
+            except StoreUnavailable as exc:
+                self.metrics.store_errors.inc()
+                log.warning("sweep failed: %s", exc)
+
+    def readiness(self) -> tuple[bool, str]:
+        if self._draining:
+            return False, "draining"
+        if not self._store_ok:
+            return False, "store unreachable"
+        return True, "ok"
+
+    # -- stop ----------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def wait(self) -> None:
+        self._stop.wait()
+
+    def drain(self) -> None:
+        """Refuse new work, hand connections to other nodes in batches, finish in-flight RPCs."""
+        deadline = time.monotonic() + self.settings.drain_timeout
+        self._draining = True
+        self.edge_app.accepting = False
+        self.health.enter_graceful_shutdown()
+        log.info("draining", extra={"connections": self.hub.connection_count})
+        if self.ws_server is not None:
+            self.ws_server.close()  # stop accepting; existing connections go on
+        try:
+            self.store.deregister_node(self.node_id)
+        except StoreUnavailable as exc:
+            log.warning("deregistration failed (the registration expires by itself): %s", exc)
+        sessions = self.hub.sessions()
+        for i in range(0, len(sessions), DRAIN_BATCH):
+            for session in sessions[i : i + DRAIN_BATCH]:
+                session.close(Close.RESTART)
+            gevent.idle()
+            if time.monotonic() > deadline:
+                break
+        remaining = max(0.1, deadline - time.monotonic())
+        for session in sessions:
+            session.closed.wait(max(0.0, deadline - time.monotonic()))
+        stopped = self.grpc_server.stop(grace=min(5.0, remaining))
+        stopped.wait(max(0.1, deadline - time.monotonic()))
+        for g in self._greenlets:
+            g.kill(block=False)
+        self.receipts.stop()
+        if self.fleet is not None:
+            self.fleet.close()
+        if self.admin_server is not None:
+            self.admin_server.stop(timeout=1)
+        self.store.close()
+        log.info("stopped")
+
+
+def run_node(settings: Settings) -> int:
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        node = Node(settings)
+        node.start()
+    except ConfigError as exc:
+        print(f"pushsvc: error: {exc}", file=sys.stderr)
+        return 2
+    except StoreUnavailable as exc:
+        print(f"pushsvc: error: {exc}", file=sys.stderr)
+        return 1
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(sig, node.request_stop)
+    node.wait()
+    node.drain()
+    return 0

@@ -1,0 +1,201 @@
+"""The WebSocket wire protocol: frames, close codes, client frame parsing.
+
+Server frames are JSON text. A message frame is encoded once per message; the
+only per-recipient part, the seq, is spliced between a prefix and a suffix so
+fan-out to many users costs one encode and N string joins.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from enum import Enum
+
+from pushsvc.errors import InvalidArgument
+from pushsvc.messages import is_json_type, is_text_type, validate_topic
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+class Close(Enum):
+    """Every reason the server closes a connection: code, reason, may reconnect."""
+
+    NORMAL = (1000, "normal closure", True)
+    GOING_AWAY = (1001, "going away", True)
+    POLICY = (1008, "policy violation", False)
+    TOO_BIG = (1009, "frame too big", True)
+    RESTART = (1012, "node draining: reconnect to another node", True)
+    DISCONNECTED = (4000, "disconnected", False)
+    RATE_LIMITED = (4008, "rate limit exceeded", True)
+    SLOW_CONSUMER = (4008, "slow consumer: send queue overflow", True)
+    PING_TIMEOUT = (1001, "ping timeout", True)
+    PROTOCOL_ERROR = (1002, "protocol error", True)
+    BAD_DATA = (1007, "invalid UTF-8 in a text frame", True)
+
+    @property
+    def code(self) -> int:
+        return self.value[0]
+
+    @property
+    def reason(self) -> str:
+        return self.value[1]
+
+
+def encode_data(payload: bytes, content_type: str) -> str:
+    """The ``"data":…`` (or ``"data_b64":…``) member for a payload."""
+    if is_json_type(content_type):
+        # Validated as JSON at ingress; embed the text as is when it is UTF-8.
+        try:
+            return '"data":' + payload.decode("utf-8-sig").strip()
+        except UnicodeDecodeError:
+            return '"data":' + _dumps(json.loads(payload))
+    if is_text_type(content_type):
+        return '"data":' + _dumps(payload.decode("utf-8", errors="replace"))
+    return '"data_b64":"' + base64.b64encode(payload).decode("ascii") + '"'
+
+
+@dataclass(frozen=True, slots=True)
+class UserFrame:
+    """A user message frame with a hole for the recipient's seq."""
+
+    prefix: str
+    suffix: str
+
+    def with_seq(self, seq: int) -> str:
+        return f"{self.prefix}{seq}{self.suffix}"
+
+    @classmethod
+    def build(cls, message_id: str, payload: bytes, content_type: str) -> UserFrame:
+        body = f',"content_type":{_dumps(content_type)},{encode_data(payload, content_type)}}}'
+        return cls(f'{{"type":"message","id":{_dumps(message_id)},"seq":', body)
+
+    def online_only(self) -> str:
+        """The frame of an online-only message: no seq (it is never stored)."""
+        head = self.prefix[: -len(',"seq":')]
+        return head + self.suffix
+
+
+def topic_frame(message_id: str, topic: str, payload: bytes, content_type: str) -> str:
+    return (
+        f'{{"type":"message","id":{_dumps(message_id)},"topic":{_dumps(topic)},'
+        f'"content_type":{_dumps(content_type)},{encode_data(payload, content_type)}}}'
+    )
+
+
+def welcome_frame(conn_id: str, user: str, node: str, seq: int, ping_interval: float) -> str:
+    interval: float | int = (
+        int(ping_interval) if ping_interval == int(ping_interval) else ping_interval
+    )
+    return _dumps(
+        {
+            "type": "welcome",
+            "conn": conn_id,
+            "user": user,
+            "node": node,
+            "seq": seq,
+            "ping_interval": interval,
+        }
+    )
+
+
+def error_frame(code: str, message: str) -> str:
+    return _dumps({"type": "error", "code": code, "message": message})
+
+
+def subscribed_frame(topic: str) -> str:
+    return _dumps({"type": "subscribed", "topic": topic})
+
+
+def unsubscribed_frame(topic: str) -> str:
+    return _dumps({"type": "unsubscribed", "topic": topic})
+
+
+PONG_FRAME = '{"type":"pong"}'
+
+
+class FrameError(Exception):
+    """A client frame the server refuses; ``code`` is the error frame's code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class ClientFrame:
+    type: str  # ack | subscribe | unsubscribe | ping
+    seq: int = 0
+    topic: str = ""
+
+
+CLIENT_TYPES = ("ack", "subscribe", "unsubscribe", "ping")
+
+
+def parse_client_frame(text: str | bytes) -> ClientFrame:
+    """Parse one client frame or raise FrameError with a code and a human message."""
+    if isinstance(text, bytes | bytearray):
+        raise FrameError("bad_request", "binary frames are not accepted: send JSON text")
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        raise FrameError("bad_request", "frame is not JSON") from None
+    if not isinstance(obj, dict):
+        raise FrameError("bad_request", "frame must be a JSON object")
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise FrameError("bad_request", 'frame has no "type" string')
+    if kind == "ping":
+        return ClientFrame("ping")
+    if kind == "ack":
+        seq = obj.get("seq")
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+            raise FrameError("bad_request", 'ack needs "seq": a non-negative integer')
+        return ClientFrame("ack", seq=seq)
+    if kind in ("subscribe", "unsubscribe"):
+        topic = obj.get("topic")
+        if not isinstance(topic, str):
+            raise FrameError("bad_request", f'{kind} needs "topic": a string')
+        try:
+            validate_topic(topic)
+        except InvalidArgument as exc:
+            raise FrameError("bad_request", str(exc)) from None
+        return ClientFrame(kind, topic=topic)
+    raise FrameError(
+        "unknown_type", f"unknown frame type {kind[:40]!r}: use {', '.join(CLIENT_TYPES)}"
+    )
+
+
+# -- RFC 6455 framing of server frames (never masked) --------------------------
+
+OP_TEXT = 0x1
+OP_CLOSE = 0x8
+OP_PING = 0x9
+OP_PONG = 0xA
+
+
+def wire_frame(opcode: int, payload: bytes) -> bytes:
+    """One final, unmasked frame: what the server writes to the socket."""
+    n = len(payload)
+    first = 0x80 | opcode
+    if n < 126:
+        header = bytes((first, n))
+    elif n < 65536:
+        header = bytes((first, 126)) + n.to_bytes(2, "big")
+    else:
+        header = bytes((first, 127)) + n.to_bytes(8, "big")
+    return header + payload
+
+
+def wire_text(text: str) -> bytes:
+    """A text frame, encoded once and written as-is to every recipient."""
+    return wire_frame(OP_TEXT, text.encode("utf-8"))
+
+
+def wire_close(code: int, reason: str) -> bytes:
+    raw = reason.encode("utf-8")[:123]
+    return wire_frame(OP_CLOSE, code.to_bytes(2, "big") + raw)
+
+
+WIRE_PING = wire_frame(OP_PING, b"")

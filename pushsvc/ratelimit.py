@@ -1,0 +1,26 @@
+"""Token buckets for client frames and gRPC callers."""
+
+from __future__ import annotations
+
+import time
+
+
+class TokenBucket:
+    """``rate`` tokens per second, up to ``burst``; ``take`` answers whether one was left."""
+
+    __slots__ = ("_last", "_tokens", "burst", "rate")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = float(burst)
+        self._last = time.monotonic()
+
+    def take(self, cost: float = 1.0) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens >= cost:
+            self._tokens -= cost
+            return True
+        return False

@@ -1,0 +1,599 @@
+"""The embedded store: SQLite in WAL mode inside the node's data directory.
+
+One node, no cluster features. Every database call runs on one private OS
+thread (a ``gevent.threadpool.ThreadPool(1)``), so greenlets calling the store
+are serialised onto that thread while the event loop keeps running. It works
+the same whether or not gevent has monkey-patched the standard library.
+
+Each call into sqlite3 releases the GIL, and getting it back from a busy event
+loop thread costs milliseconds. So work per recipient is done in SQL, one
+statement for all recipients (``json_each`` over a JSON array of user ids),
+never one statement per recipient: a push to 1,000 users is a handful of
+statements in one transaction (measured: 4 ms idle; 25 ms with the loop
+spinning, against 7 s for per-row statements).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import pathlib
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from gevent.monkey import get_original
+from gevent.threadpool import ThreadPool
+
+from pushsvc.errors import ConfigError, InvalidArgument, NotFound, StoreUnavailable
+from pushsvc.messages import Message
+from pushsvc.store.base import (
+    IDEMPOTENCY_WINDOW,
+    InboxEntry,
+    NodeInfo,
+    RecipientStatus,
+    Store,
+    StoreResult,
+)
+
+T = TypeVar("T")
+
+DB_FILENAME = "pushsvc.db"
+SCHEMA_VERSION = 1
+MIN_SQLITE = (3, 24, 0)  # upsert; plus the JSON1 functions (built in since 3.38)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id           TEXT PRIMARY KEY,
+    payload      BLOB NOT NULL,
+    content_type TEXT NOT NULL,
+    created_at   REAL NOT NULL,
+    expires_at   REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_expires_at ON messages (expires_at);
+
+CREATE TABLE IF NOT EXISTS inbox (
+    user_id    TEXT NOT NULL,
+    seq        INTEGER NOT NULL,
+    message_id TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    delivered  INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (user_id, seq)
+);
+CREATE INDEX IF NOT EXISTS inbox_message ON inbox (message_id, user_id);
+CREATE INDEX IF NOT EXISTS inbox_expires_at ON inbox (expires_at);
+
+CREATE TABLE IF NOT EXISTS counters (
+    user_id TEXT PRIMARY KEY,
+    seq     INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS acks (
+    user_id   TEXT PRIMARY KEY,
+    acked_seq INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS idempotency (
+    key        TEXT PRIMARY KEY,
+    message_id TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS idempotency_created_at ON idempotency (created_at);
+
+CREATE TABLE IF NOT EXISTS nodes (
+    node_id     TEXT PRIMARY KEY,
+    grpc_addr   TEXT NOT NULL,
+    ws_addr     TEXT NOT NULL,
+    started_at  REAL NOT NULL,
+    expires_at  REAL NOT NULL,
+    connections INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS nodes_expires_at ON nodes (expires_at);
+
+CREATE TABLE IF NOT EXISTS presence (
+    user_id TEXT NOT NULL,
+    node_id TEXT NOT NULL,
+    PRIMARY KEY (user_id, node_id)
+);
+CREATE INDEX IF NOT EXISTS presence_node ON presence (node_id);
+"""
+
+_ENTRY_COLUMNS = "i.user_id, i.seq, m.id, m.payload, m.content_type, m.created_at, m.expires_at"
+
+# Errors after which the connection itself is suspect: reopen it on next use.
+_REOPEN_MARKERS = ("disk i/o error", "unable to open", "malformed", "not a database", "readonly")
+
+
+def _entry(row: tuple[Any, ...]) -> InboxEntry:
+    user_id, seq, mid, payload, ctype, created_at, expires_at = row
+    return InboxEntry(user_id, seq, Message(mid, bytes(payload), ctype, created_at, expires_at))
+
+
+def _seqs_of(conn: sqlite3.Connection, message_id: str) -> dict[str, int]:
+    """Each recipient's seq for a message, in one row (see the module notes)."""
+    row = conn.execute(
+        "SELECT json_group_object(user_id, seq) FROM inbox WHERE message_id = ?", (message_id,)
+    ).fetchone()
+    seqs: dict[str, int] = json.loads(row[0])
+    return seqs
+
+
+class EmbeddedStore(Store):
+    """SQLite store for a single node: ``EmbeddedStore(data_dir)``.
+
+    The database is ``<data_dir>/pushsvc.db`` (see :attr:`path`); the
+    directory is created if missing. Raises ``ConfigError`` when the
+    directory or the database cannot be created or written.
+    """
+
+    clustered = False
+
+    def __init__(self, data_dir: str | pathlib.Path) -> None:
+        self.data_dir = pathlib.Path(data_dir)
+        self.path = self.data_dir / DB_FILENAME
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise ConfigError(
+                f"data directory {self.data_dir} cannot be created: {reason}"
+            ) from None
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+        # Serialises callers on other OS threads (which gevent's pool runs
+        # inline) with the pool's worker. A real lock, even when patched.
+        self._lock = get_original("_thread", "allocate_lock")()
+        # Last registration per node id, so refresh_node can re-create a
+        # registration that was swept while the node was stalled.
+        self._registrations: dict[str, NodeInfo] = {}
+        self._pool = ThreadPool(1)
+        try:
+            self._pool.apply(self._open)
+        except (sqlite3.Error, OSError) as exc:
+            self._pool.kill()
+            raise ConfigError(
+                f"data directory {self.data_dir}: cannot open {self.path}: {exc}"
+            ) from None
+
+    # -- plumbing ---------------------------------------------------------------
+
+    def _open(self) -> sqlite3.Connection:
+        """Open (or reopen) the connection; runs on the store's thread."""
+        conn = sqlite3.connect(
+            str(self.path),
+            isolation_level=None,  # explicit BEGIN/COMMIT only
+            check_same_thread=False,
+            cached_statements=256,
+        )
+        try:
+            if sqlite3.sqlite_version_info < MIN_SQLITE:
+                raise sqlite3.OperationalError(
+                    f"SQLite {sqlite3.sqlite_version} is too old: need"
+                    f" {'.'.join(map(str, MIN_SQLITE))} or later"
+                )
+            # json_each() batches per-recipient work into one statement.
+            conn.execute("SELECT count(*) FROM json_each('[1]')").fetchone()
+            conn.execute("PRAGMA busy_timeout = 5000")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise sqlite3.OperationalError(f"cannot enable WAL mode (journal_mode={mode})")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = OFF")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise sqlite3.OperationalError(
+                    f"schema version {version} is newer than this build ({SCHEMA_VERSION})"
+                )
+            conn.execute("BEGIN IMMEDIATE")
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return conn
+
+    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` on the store's thread; map sqlite errors."""
+        if self._closed:
+            raise StoreUnavailable(f"embedded store {self.path} is closed")
+        return self._pool.apply(self._guarded, (fn,))
+
+    def _guarded(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock:
+            if self._closed:
+                raise StoreUnavailable(f"embedded store {self.path} is closed")
+            try:
+                conn = self._conn if self._conn is not None else self._open()
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(
+                    f"embedded store {self.path} cannot be opened: {exc}"
+                ) from None
+            try:
+                return fn(conn)
+            except sqlite3.Error as exc:
+                self._recover(conn, exc)
+                raise StoreUnavailable(f"embedded store {self.path} failed: {exc}") from None
+            except BaseException:
+                if conn.in_transaction:
+                    conn.rollback()
+                raise
+
+    def _recover(self, conn: sqlite3.Connection, exc: sqlite3.Error) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            if conn.in_transaction:
+                conn.rollback()
+        if any(m in str(exc).lower() for m in _REOPEN_MARKERS):
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+            self._conn = None
+
+    @staticmethod
+    def _tx(conn: sqlite3.Connection, body: Callable[[], T]) -> T:
+        """Run ``body`` in one write transaction; roll back on any error."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = body()
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.rollback()
+            raise
+        return result
+
+    # -- messages and inboxes ---------------------------------------------------
+
+    def store_message(
+        self,
+        message: Message,
+        user_ids: Sequence[str],
+        idempotency_key: str,
+        now: float,
+    ) -> StoreResult:
+        if message.expires_at is None:
+            raise InvalidArgument(
+                "message.expires_at is not set: only messages with a TTL are stored"
+            )
+        if not user_ids:
+            raise InvalidArgument("user_ids is empty: name at least one recipient")
+        users = list(user_ids)
+        users_json = json.dumps(list(dict.fromkeys(users)))
+        expires_at = float(message.expires_at)
+
+        def body(conn: sqlite3.Connection) -> StoreResult:
+            def work() -> StoreResult:
+                if idempotency_key:
+                    row = conn.execute(
+                        "SELECT message_id FROM idempotency WHERE key = ? AND created_at > ?",
+                        (idempotency_key, now - IDEMPOTENCY_WINDOW),
+                    ).fetchone()
+                    if row is not None:
+                        first_id: str = row[0]
+                        seen = _seqs_of(conn, first_id)
+                        return StoreResult(
+                            first_id, tuple(seen.get(u, 0) for u in users), duplicate=True
+                        )
+                try:
+                    conn.execute(
+                        "INSERT INTO messages (id, payload, content_type, created_at, expires_at)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        (
+                            message.id,
+                            message.payload,
+                            message.content_type,
+                            message.created_at,
+                            expires_at,
+                        ),
+                    )
+                except sqlite3.IntegrityError:
+                    raise InvalidArgument(f"message id {message.id} is already stored") from None
+                # One statement each for all recipients, whatever their number:
+                # allocate the next seq per user, then append to the inboxes.
+                conn.execute(
+                    "INSERT INTO counters (user_id, seq) SELECT value, 1 FROM json_each(?)"
+                    " WHERE true ON CONFLICT (user_id) DO UPDATE SET seq = seq + 1",
+                    (users_json,),
+                )
+                conn.execute(
+                    "INSERT INTO inbox (user_id, seq, message_id, expires_at, delivered)"
+                    " SELECT c.user_id, c.seq, ?, ?, 0"
+                    " FROM json_each(?) j JOIN counters c ON c.user_id = j.value",
+                    (message.id, expires_at, users_json),
+                )
+                if idempotency_key:
+                    conn.execute(
+                        "INSERT INTO idempotency (key, message_id, created_at) VALUES (?, ?, ?)"
+                        " ON CONFLICT (key) DO UPDATE SET message_id = excluded.message_id,"
+                        " created_at = excluded.created_at",
+                        (idempotency_key, message.id, now),
+                    )
+                seqs = _seqs_of(conn, message.id)
+                return StoreResult(message.id, tuple(seqs[u] for u in users))
+
+            return self._tx(conn, work)
+
+        return self._call(body)
+
+    def inbox_after(self, user_id: str, after_seq: int, limit: int, now: float) -> list[InboxEntry]:
+        if limit <= 0:
+            return []
+
+        def body(conn: sqlite3.Connection) -> list[InboxEntry]:
+            rows = conn.execute(
+                f"SELECT {_ENTRY_COLUMNS} FROM inbox i JOIN messages m ON m.id = i.message_id"
+                " WHERE i.user_id = ? AND i.seq > ? AND i.expires_at > ?"
+                " ORDER BY i.seq LIMIT ?",
+                (user_id, after_seq, now, limit),
+            ).fetchall()
+            return [_entry(r) for r in rows]
+
+        return self._call(body)
+
+    def inbox_unacked(self, user_id: str, limit: int, now: float) -> list[InboxEntry]:
+        if limit <= 0:
+            return []
+
+        def body(conn: sqlite3.Connection) -> list[InboxEntry]:
+            rows = conn.execute(
+                f"SELECT {_ENTRY_COLUMNS} FROM inbox i JOIN messages m ON m.id = i.message_id"
+                " WHERE i.user_id = ?"
+                " AND i.seq > COALESCE((SELECT acked_seq FROM acks WHERE user_id = ?), 0)"
+                " AND i.expires_at > ?"
+                " ORDER BY i.seq DESC LIMIT ?",
+                (user_id, user_id, now, limit),
+            ).fetchall()
+            rows.reverse()
+            return [_entry(r) for r in rows]
+
+        return self._call(body)
+
+    def latest_seq(self, user_id: str) -> int:
+        def body(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT seq FROM counters WHERE user_id = ?", (user_id,)).fetchone()
+            return int(row[0]) if row else 0
+
+        return self._call(body)
+
+    def acked_seq(self, user_id: str) -> int:
+        def body(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT acked_seq FROM acks WHERE user_id = ?", (user_id,)
+            ).fetchone()
+            return int(row[0]) if row else 0
+
+        return self._call(body)
+
+    def ack(self, user_id: str, seq: int) -> int:
+        def body(conn: sqlite3.Connection) -> int:
+            def work() -> int:
+                conn.execute(
+                    "INSERT INTO acks (user_id, acked_seq) VALUES (?, max(?, 0))"
+                    " ON CONFLICT (user_id) DO UPDATE"
+                    " SET acked_seq = max(acked_seq, excluded.acked_seq)",
+                    (user_id, seq),
+                )
+                row = conn.execute(
+                    "SELECT acked_seq FROM acks WHERE user_id = ?", (user_id,)
+                ).fetchone()
+                return int(row[0])
+
+            return self._tx(conn, work)
+
+        return self._call(body)
+
+    def mark_delivered(self, receipts: Sequence[tuple[str, str]]) -> None:
+        if not receipts:
+            return
+        pairs = json.dumps([[mid, uid] for mid, uid in receipts])
+
+        def body(conn: sqlite3.Connection) -> None:
+            def work() -> None:
+                conn.execute(
+                    "UPDATE inbox SET delivered = 1 WHERE (message_id, user_id) IN"
+                    " (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]')"
+                    " FROM json_each(?))",
+                    (pairs,),
+                )
+
+            self._tx(conn, work)
+
+        self._call(body)
+
+    def message_status(self, message_id: str, now: float) -> list[RecipientStatus]:
+        def body(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return conn.execute(
+                "SELECT i.user_id, i.seq, i.delivered, COALESCE(a.acked_seq, 0) >= i.seq"
+                " FROM inbox i LEFT JOIN acks a ON a.user_id = i.user_id"
+                " WHERE i.message_id = ? AND i.expires_at > ? ORDER BY i.user_id",
+                (message_id, now),
+            ).fetchall()
+
+        rows = self._call(body)
+        if not rows:
+            raise NotFound(f"message {message_id} is unknown or has expired")
+        return [RecipientStatus(u, int(s), bool(d), bool(a)) for u, s, d, a in rows]
+
+    # -- cluster: node registrations and presence -------------------------------
+
+    def register_node(self, node: NodeInfo) -> None:
+        def body(conn: sqlite3.Connection) -> None:
+            def work() -> None:
+                conn.execute(
+                    "INSERT INTO nodes"
+                    " (node_id, grpc_addr, ws_addr, started_at, expires_at, connections)"
+                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (node_id) DO UPDATE SET"
+                    " grpc_addr = excluded.grpc_addr, ws_addr = excluded.ws_addr,"
+                    " started_at = excluded.started_at, expires_at = excluded.expires_at,"
+                    " connections = excluded.connections",
+                    (
+                        node.node_id,
+                        node.grpc_addr,
+                        node.ws_addr,
+                        node.started_at,
+                        node.expires_at,
+                        node.connections,
+                    ),
+                )
+                conn.execute("DELETE FROM presence WHERE node_id = ?", (node.node_id,))
+
+            self._tx(conn, work)
+
+        self._call(body)
+        self._registrations[node.node_id] = node
+
+    def refresh_node(self, node_id: str, expires_at: float, connections: int) -> None:
+        known = self._registrations.get(node_id)
+
+        def body(conn: sqlite3.Connection) -> None:
+            def work() -> None:
+                cur = conn.execute(
+                    "UPDATE nodes SET expires_at = ?, connections = ? WHERE node_id = ?",
+                    (expires_at, connections, node_id),
+                )
+                if cur.rowcount == 0:  # swept while we were stalled: re-create it
+                    conn.execute(
+                        "INSERT INTO nodes"
+                        " (node_id, grpc_addr, ws_addr, started_at, expires_at, connections)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        (
+                            node_id,
+                            known.grpc_addr if known else "",
+                            known.ws_addr if known else "",
+                            known.started_at if known else 0.0,
+                            expires_at,
+                            connections,
+                        ),
+                    )
+
+            self._tx(conn, work)
+
+        self._call(body)
+
+    def deregister_node(self, node_id: str) -> None:
+        def body(conn: sqlite3.Connection) -> None:
+            def work() -> None:
+                conn.execute("DELETE FROM presence WHERE node_id = ?", (node_id,))
+                conn.execute("DELETE FROM nodes WHERE node_id = ?", (node_id,))
+
+            self._tx(conn, work)
+
+        self._call(body)
+        self._registrations.pop(node_id, None)
+
+    def live_nodes(self, now: float) -> list[NodeInfo]:
+        def body(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return conn.execute(
+                "SELECT node_id, grpc_addr, ws_addr, started_at, expires_at, connections"
+                " FROM nodes WHERE expires_at > ? ORDER BY node_id",
+                (now,),
+            ).fetchall()
+
+        return [NodeInfo(*row) for row in self._call(body)]
+
+    def set_presence(self, node_id: str, online: Sequence[str], offline: Sequence[str]) -> None:
+        """Offline is applied first, so a user named in both ends up online."""
+        if not online and not offline:
+            return
+        gone = json.dumps(list(offline))
+        held = json.dumps(list(online))
+
+        def body(conn: sqlite3.Connection) -> None:
+            def work() -> None:
+                conn.execute(
+                    "DELETE FROM presence WHERE node_id = ?"
+                    " AND user_id IN (SELECT value FROM json_each(?))",
+                    (node_id, gone),
+                )
+                conn.execute(
+                    "INSERT OR IGNORE INTO presence (user_id, node_id)"
+                    " SELECT value, ? FROM json_each(?)",
+                    (node_id, held),
+                )
+
+            self._tx(conn, work)
+
+        self._call(body)
+
+    def presence(self, user_ids: Sequence[str], now: float) -> dict[str, list[str]]:
+        users = list(dict.fromkeys(user_ids))
+        if not users:
+            return {}
+
+        users_json = json.dumps(users)
+
+        def body(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+            return conn.execute(
+                "SELECT p.user_id, p.node_id FROM presence p"
+                " JOIN nodes n ON n.node_id = p.node_id"
+                " WHERE p.user_id IN (SELECT value FROM json_each(?)) AND n.expires_at > ?",
+                (users_json, now),
+            ).fetchall()
+
+        result: dict[str, list[str]] = {}
+        for uid, nid in self._call(body):
+            result.setdefault(uid, []).append(nid)
+        for nodes in result.values():
+            nodes.sort()
+        return result
+
+    # -- housekeeping -------------------------------------------------------------
+
+    def sweep(self, now: float) -> int:
+        def body(conn: sqlite3.Connection) -> int:
+            def work() -> int:
+                removed = 0
+                for sql, args in (
+                    # Bodies first, while the expired inbox rows still say which
+                    # messages they referenced: only those are looked at, so the
+                    # sweep costs what expired, not what is stored.
+                    (
+                        "DELETE FROM messages WHERE expires_at <= ?1 OR (id IN"
+                        " (SELECT message_id FROM inbox WHERE expires_at <= ?1)"
+                        " AND NOT EXISTS (SELECT 1 FROM inbox i"
+                        " WHERE i.message_id = messages.id AND i.expires_at > ?1))",
+                        (now,),
+                    ),
+                    ("DELETE FROM inbox WHERE expires_at <= ?", (now,)),
+                    (
+                        "DELETE FROM idempotency WHERE created_at <= ?",
+                        (now - IDEMPOTENCY_WINDOW,),
+                    ),
+                    (
+                        "DELETE FROM presence WHERE node_id IN"
+                        " (SELECT node_id FROM nodes WHERE expires_at <= ?)",
+                        (now,),
+                    ),
+                    ("DELETE FROM nodes WHERE expires_at <= ?", (now,)),
+                ):
+                    removed += conn.execute(sql, args).rowcount
+                return removed
+
+            return self._tx(conn, work)
+
+        return self._call(body)
+
+    def ping(self) -> None:
+        def body(conn: sqlite3.Connection) -> None:
+            conn.execute("SELECT 1 FROM counters LIMIT 1").fetchall()
+
+        self._call(body)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+
+        def body() -> None:
+            with self._lock:
+                self._closed = True
+                conn, self._conn = self._conn, None
+                if conn is not None:
+                    conn.close()
+
+        try:
+            self._pool.apply(body)
+        finally:
+            self._closed = True
+            self._pool.kill()

@@ -1,0 +1,777 @@
+"""The fleet's store: MongoDB (>= 5.0), or FerretDB 1.24 for the tests.
+
+Only what both servers support is used: no change streams, no multi-document
+transactions, no aggregation-pipeline updates, no partial indexes.
+
+Collections (every query has an index):
+
+- ``messages``: ``{_id: message id, payload, content_type, created_at, exp,
+  expires_at, pending}`` -- the body, once per message. ``pending`` is true
+  until every inbox entry of the message is written; readers ignore pending
+  bodies, so a push that failed half-way (or whose node died) is invisible.
+- ``inbox``: ``{user_id, seq, message_id, i, exp, expires_at, delivered}``,
+  unique on ``(user_id, seq)``; ``i`` is the recipient's position in the push.
+- ``counters``: ``{_id: user id, seq}``; ``acks``: ``{_id: user id, acked_seq}``.
+- ``idempotency``: ``{_id: key, message_id, users, seqs, created_at, exp,
+  expires_at, claimed}``; ``seqs`` is null while the first push is in flight.
+- ``nodes``: ``{_id: node id, grpc_addr, ws_addr, started_at, exp, expires_at,
+  connections}``; ``presence``: ``{_id: '["user","node"]', user_id, node_id}``.
+
+Expiry: ``exp`` is the exact unix time (a double, what every query compares);
+``expires_at`` is the same instant as a BSON date rounded up to the
+millisecond, for TTL indexes. FerretDB refuses TTL indexes (code 238): then
+``ttl_indexes`` is False and the node's sweeper does all the removing. ``sweep``
+is correct either way, and still needed with TTL indexes (orphaned presence).
+
+Atomicity: MongoDB applies ``$inc``/``$max`` atomically. FerretDB 1.24 on
+SQLite does not (``findAndModify`` and ``update`` are read-modify-write, so
+concurrent increments can be lost), but its unique indexes are enforced. So the
+unique ``(user_id, seq)`` inbox index is the final arbiter of seq allocation: an
+entry whose seq is taken is re-allocated, and on such servers ``latest_seq`` and
+``ack`` double-check what they read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import pymongo
+from gevent import monkey
+from gevent.pool import Pool
+from pymongo import DeleteMany, ReturnDocument, UpdateMany, UpdateOne
+from pymongo.collection import Collection
+from pymongo.errors import (
+    BulkWriteError,
+    ConnectionFailure,
+    DuplicateKeyError,
+    OperationFailure,
+    PyMongoError,
+)
+from pymongo.write_concern import WriteConcern
+
+from pushsvc.errors import InvalidArgument, NotFound, StoreUnavailable
+from pushsvc.messages import Message
+from pushsvc.store.base import (
+    IDEMPOTENCY_WINDOW,
+    InboxEntry,
+    NodeInfo,
+    RecipientStatus,
+    Store,
+    StoreResult,
+)
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+Doc = dict[str, Any]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MAX_TS = 253_402_300_799.0  # 9999-12-31T23:59:59Z, the last instant a datetime holds
+_NOT_IMPLEMENTED = 238
+_INDEX_CONFLICT_CODES = (85, 86)  # IndexOptionsConflict, IndexKeySpecsConflict
+_DUPLICATE_KEY = 11000
+# A push with the same idempotency key still in flight: wait this long for it.
+_CLAIM_WAIT = 5.0
+# A claim whose push has not finished after this long was abandoned (node died).
+_CLAIM_STALE = 60.0
+# A body still pending this long after its creation belongs to a push that died.
+_PENDING_GRACE = 300.0
+_ALLOC_ATTEMPTS = 50
+_ALLOC_CONCURRENCY = 16
+
+
+def _date(ts: float) -> datetime:
+    """``ts`` as a BSON-storable date, rounded up to the millisecond.
+
+    Monotonic, so ``exp <= now`` implies ``_date(exp) <= _date(now)``: a query
+    on the indexed date finds every document the exact ``exp`` test selects.
+    """
+    ms = math.ceil(min(max(ts, 0.0), _MAX_TS) * 1000)
+    return _EPOCH + timedelta(milliseconds=ms)
+
+
+def _expired(now: float) -> Doc:
+    """Filter for documents whose expiry is at or before ``now``."""
+    return {"expires_at": {"$lte": _date(now)}, "exp": {"$lte": now}}
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _guarded(
+    fn: Callable[Concatenate[MongoStore, P], T],
+) -> Callable[Concatenate[MongoStore, P], T]:
+    """Run a store method, translating driver errors to ``StoreUnavailable``."""
+
+    @functools.wraps(fn)
+    def wrapper(self: MongoStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            self._ensure_ready()
+            return fn(self, *args, **kwargs)
+        except ConnectionFailure as exc:  # incl. AutoReconnect, timeouts
+            raise StoreUnavailable(f"the message store is unreachable: {_short(exc)}") from exc
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"the message store failed: {_short(exc)}") from exc
+
+    return wrapper
+
+
+def _gevent_patched() -> bool:
+    return bool(monkey.is_module_patched("socket"))
+
+
+class MongoStore(Store):
+    """Messages, inboxes, registrations and presence in MongoDB."""
+
+    clustered = True
+
+    def __init__(
+        self,
+        uri: str,
+        db_name: str = "pushsvc",
+        *,
+        server_selection_timeout: float = 3.0,
+        socket_timeout: float = 10.0,
+    ) -> None:
+        timeout_ms = max(1, int(server_selection_timeout * 1000))
+        self._client: pymongo.MongoClient[Doc] = pymongo.MongoClient(
+            uri,
+            serverSelectionTimeoutMS=timeout_ms,
+            connectTimeoutMS=timeout_ms,
+            socketTimeoutMS=max(1, int(socket_timeout * 1000)),
+            appname="pushsvc",
+        )
+        # OK means durable: acknowledged by a majority, in the journal.
+        self._db = self._client.get_database(
+            db_name, write_concern=WriteConcern(w="majority", j=True)
+        )
+        self.db_name = db_name
+        self._messages: Collection[Doc] = self._db["messages"]
+        self._inbox: Collection[Doc] = self._db["inbox"]
+        self._counters: Collection[Doc] = self._db["counters"]
+        self._acks: Collection[Doc] = self._db["acks"]
+        self._idempotency: Collection[Doc] = self._db["idempotency"]
+        self._nodes: Collection[Doc] = self._db["nodes"]
+        self._presence: Collection[Doc] = self._db["presence"]
+        #: True once expired documents are removed by TTL indexes (MongoDB);
+        #: False on FerretDB, where only ``sweep`` removes them.
+        self.ttl_indexes = False
+        #: False on servers whose single-document updates are not atomic (FerretDB).
+        self.atomic_updates = True
+        self._ready = False
+        self._registrations: dict[str, NodeInfo] = {}
+        # (key, message id) of claims this process could not release after a failure.
+        self._abandoned: set[tuple[str, str]] = set()
+        # Per-user locks, used only where single-document updates are not atomic.
+        self._locks: dict[str, tuple[Any, list[int]]] = {}
+        self._locks_guard = threading.Lock()
+        try:
+            self._setup()
+        except ConnectionFailure as exc:
+            # Not fatal: the first call that reaches the server finishes setup.
+            log.warning("message store unreachable at start-up: %s", _short(exc))
+
+    # -- setup -----------------------------------------------------------------
+
+    def _ensure_ready(self) -> None:
+        if not self._ready:
+            self._setup()
+
+    def _setup(self) -> None:
+        info = self._client.admin.command("buildInfo")
+        self.atomic_updates = "ferretdbVersion" not in info
+        plain: list[tuple[Collection[Doc], list[tuple[str, int]], dict[str, Any]]] = [
+            (self._inbox, [("user_id", 1), ("seq", 1)], {"unique": True}),
+            (self._inbox, [("message_id", 1)], {}),
+            (self._messages, [("pending", 1)], {}),
+            (self._presence, [("user_id", 1)], {}),
+            (self._presence, [("node_id", 1)], {}),
+            (self._nodes, [("exp", 1)], {}),
+        ]
+        for coll, keys, opts in plain:
+            coll.create_index(keys, **opts)
+        ttl = True
+        for coll in (self._messages, self._inbox, self._idempotency, self._nodes):
+            ttl = self._expiry_index(coll) and ttl
+        self.ttl_indexes = ttl
+        self._ready = True
+
+    @staticmethod
+    def _expiry_index(coll: Collection[Doc]) -> bool:
+        """Index ``expires_at``, as a TTL index if the server has them."""
+        try:
+            coll.create_index([("expires_at", 1)], expireAfterSeconds=0)
+            return True
+        except OperationFailure as exc:
+            if exc.code == _NOT_IMPLEMENTED:  # FerretDB: no TTL indexes
+                coll.create_index([("expires_at", 1)])
+                return False
+            if exc.code in _INDEX_CONFLICT_CODES:  # a plain index is already there
+                log.warning("%s.expires_at is not a TTL index: %s", coll.name, _short(exc))
+                return False
+            raise
+
+    @contextlib.contextmanager
+    def _serial(self, user_id: str) -> Iterator[None]:
+        """Serialise this process's read-modify-writes of one user's documents.
+
+        Only where the server does not apply ``$inc``/``$max`` atomically
+        (FerretDB): there concurrent updates of one document can be lost.
+        Other processes can still race; the unique inbox index catches that
+        for seqs. ``threading.Lock`` is looked up at call time, so it is
+        gevent's lock once gevent has monkey-patched.
+        """
+        if self.atomic_updates:
+            yield
+            return
+        with self._locks_guard:
+            entry = self._locks.get(user_id)
+            if entry is None:
+                entry = self._locks[user_id] = (threading.Lock(), [0])
+            entry[1][0] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._locks_guard:
+                entry[1][0] -= 1
+                if not entry[1][0]:
+                    del self._locks[user_id]
+
+    # -- messages and inboxes -------------------------------------------------
+
+    @_guarded
+    def store_message(
+        self,
+        message: Message,
+        user_ids: Sequence[str],
+        idempotency_key: str,
+        now: float,
+    ) -> StoreResult:
+        if message.expires_at is None:
+            raise InvalidArgument(
+                "message.expires_at is not set: only messages with a TTL are stored"
+            )
+        if not user_ids:
+            raise InvalidArgument("user_ids is empty: name at least one recipient")
+        users = list(user_ids)
+        distinct = list(dict.fromkeys(users))
+        exp = float(message.expires_at)
+
+        if idempotency_key:
+            first = self._claim(idempotency_key, message.id, distinct, users, now)
+            if first is not None:
+                return first
+        seqs: dict[str, int] = {}
+        try:
+            self._insert_body(message, exp)
+            self._append(message.id, distinct, exp, seqs)
+            # The switch that makes the message visible: one document, atomic.
+            self._messages.update_one({"_id": message.id}, {"$set": {"pending": False}})
+        except InvalidArgument:
+            self._release(idempotency_key, message.id)
+            raise
+        except BaseException:
+            self._discard(message.id, idempotency_key, seqs)
+            raise
+        if idempotency_key:
+            try:
+                self._idempotency.update_one(
+                    {"_id": idempotency_key, "message_id": message.id},
+                    {"$set": {"seqs": [seqs[u] for u in distinct]}},
+                )
+            except PyMongoError as exc:
+                # Stored and visible: a repeat finds the seqs in the inbox instead.
+                log.warning("could not record the seqs of idempotency key: %s", _short(exc))
+        return StoreResult(message.id, tuple(seqs[u] for u in users))
+
+    def _insert_body(self, message: Message, exp: float) -> None:
+        doc = {
+            "_id": message.id,
+            "payload": message.payload,
+            "content_type": message.content_type,
+            "created_at": message.created_at,
+            "exp": exp,
+            "expires_at": _date(exp),
+            "pending": True,
+        }
+        for attempt in range(2):
+            try:
+                self._messages.insert_one(doc)
+                return
+            except DuplicateKeyError:
+                old = self._messages.find_one({"_id": message.id}, {"pending": 1})
+                if old is not None and (not old.get("pending") or attempt):
+                    raise InvalidArgument(f"message id {message.id} is already stored") from None
+                if old is not None:  # left over by an earlier, failed try of this message
+                    self._discard(message.id, "", {})
+        raise InvalidArgument(f"message id {message.id} is already stored")
+
+    def _claim(
+        self, key: str, message_id: str, distinct: list[str], users: list[str], now: float
+    ) -> StoreResult | None:
+        """Take the idempotency key for this push, or return the first push's result."""
+        deadline = time.monotonic() + _CLAIM_WAIT
+        while True:
+            if time.monotonic() > deadline:
+                raise StoreUnavailable(
+                    f"a push with idempotency key {key!r} is still being stored; retry later"
+                )
+            try:
+                self._idempotency.insert_one(
+                    {
+                        "_id": key,
+                        "message_id": message_id,
+                        "users": distinct,
+                        "seqs": None,
+                        "created_at": now,
+                        "exp": now + IDEMPOTENCY_WINDOW,
+                        "expires_at": _date(now + IDEMPOTENCY_WINDOW),
+                        "claimed": time.time(),
+                    }
+                )
+                return None
+            except DuplicateKeyError:
+                pass
+            doc = self._idempotency.find_one({"_id": key})
+            if doc is None:
+                continue  # removed meanwhile: try again
+            if doc["exp"] <= now:  # outside the window: forget it
+                self._idempotency.delete_one({"_id": key, "message_id": doc["message_id"]})
+                continue
+            first_id: str = doc["message_id"]
+            if doc.get("seqs") is not None:
+                seen = dict(zip(doc["users"], doc["seqs"], strict=True))
+                return StoreResult(first_id, tuple(seen.get(u, 0) for u in users), True)
+            body = self._messages.find_one({"_id": first_id}, {"pending": 1})
+            if body is not None and not body.get("pending"):
+                # Committed, but the key was not updated yet (or that write failed).
+                seen = {
+                    e["user_id"]: e["seq"]
+                    for e in self._inbox.find({"message_id": first_id}, {"user_id": 1, "seq": 1})
+                }
+                return StoreResult(first_id, tuple(seen.get(u, 0) for u in users), True)
+            if (key, first_id) in self._abandoned or (
+                time.time() - float(doc.get("claimed", 0.0)) > _CLAIM_STALE
+            ):
+                # The first push never finished (its node died): take the key over.
+                if self._discard(first_id, "", {}):
+                    self._idempotency.delete_one({"_id": key, "message_id": first_id})
+                    self._abandoned.discard((key, first_id))
+                    continue
+            time.sleep(0.05)
+
+    def _append(self, message_id: str, users: list[str], exp: float, seqs: dict[str, int]) -> None:
+        """Allocate each user's next seq and insert the inbox entries.
+
+        ``seqs`` is filled in as seqs are allocated, so a failure can undo them.
+        """
+        position = {u: i for i, u in enumerate(users)}
+        todo = users
+        for _ in range(_ALLOC_ATTEMPTS):
+            self._allocate(todo, seqs)
+            docs = [
+                {
+                    "user_id": u,
+                    "seq": seqs[u],
+                    "message_id": message_id,
+                    "i": position[u],
+                    "exp": exp,
+                    "expires_at": _date(exp),
+                    "delivered": False,
+                }
+                for u in todo
+            ]
+            try:
+                self._inbox.insert_many(docs, ordered=False)
+                return
+            except BulkWriteError as exc:
+                errors = exc.details.get("writeErrors", [])
+                if not errors or any(e.get("code") != _DUPLICATE_KEY for e in errors):
+                    raise
+                # Seqs already taken: only on servers without atomic $inc.
+                todo = [todo[e["index"]] for e in errors]
+                for u in todo:
+                    self._raise_counter(u)
+        raise StoreUnavailable("could not allocate a free seq; the counters are contended")
+
+    def _allocate(self, users: list[str], seqs: dict[str, int]) -> None:
+        def one(user_id: str) -> None:
+            seqs[user_id] = self._next_seq(user_id)
+
+        if len(users) > 1 and _gevent_patched():
+            # Round trips overlap; pymongo is cooperative once gevent has patched.
+            pool = Pool(min(_ALLOC_CONCURRENCY, len(users)))
+            for _ in pool.imap_unordered(one, users):
+                pass
+        else:
+            for u in users:
+                one(u)
+
+    def _next_seq(self, user_id: str) -> int:
+        for attempt in range(3):
+            try:
+                with self._serial(user_id):
+                    doc = self._counters.find_one_and_update(
+                        {"_id": user_id},
+                        {"$inc": {"seq": 1}},
+                        upsert=True,
+                        return_document=ReturnDocument.AFTER,
+                    )
+                return int(doc["seq"])
+            except DuplicateKeyError:  # two first-ever upserts raced
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _raise_counter(self, user_id: str) -> None:
+        """Lift the counter above every seq in the user's inbox."""
+        with self._serial(user_id):
+            top = self._top_seq(user_id)
+            self._counters.update_one({"_id": user_id}, {"$max": {"seq": top}}, upsert=True)
+
+    def _top_seq(self, user_id: str) -> int:
+        doc = self._inbox.find_one(
+            {"user_id": user_id}, {"seq": 1}, sort=[("user_id", 1), ("seq", -1)]
+        )
+        return int(doc["seq"]) if doc else 0
+
+    def _release(self, key: str, message_id: str) -> None:
+        """Give back an idempotency key this push claimed. Never raises."""
+        if not key:
+            return
+        try:
+            self._idempotency.delete_one({"_id": key, "message_id": message_id})
+        except PyMongoError as exc:
+            self._abandoned.add((key, message_id))
+            log.warning("could not release an idempotency key: %s", _short(exc))
+
+    def _discard(self, message_id: str, key: str, seqs: dict[str, int]) -> bool:
+        """Best effort: remove what a push that failed before its commit wrote.
+
+        Returns whether the message is gone. Never raises. Whatever cannot be removed now stays invisible (the body
+        is pending) until a later push of the same key or ``sweep`` removes it.
+        """
+        try:
+            self._messages.delete_one({"_id": message_id, "pending": True})
+            if self._messages.find_one({"_id": message_id}, {"_id": 1}) is not None:
+                return False  # the commit went through after all: the message is stored
+            self._inbox.delete_many({"message_id": message_id})
+            if seqs:
+                # Give a seq back only if nobody allocated after it; else leave a gap.
+                self._counters.bulk_write(
+                    [
+                        UpdateOne({"_id": u, "seq": s}, {"$inc": {"seq": -1}})
+                        for u, s in seqs.items()
+                    ],
+                    ordered=False,
+                )
+        except PyMongoError as exc:
+            log.warning("could not remove failed message %s: %s", message_id, _short(exc))
+            if key:
+                self._abandoned.add((key, message_id))
+            return False
+        self._release(key, message_id)
+        return True
+
+    def _bodies(self, message_ids: Iterable[str], now: float) -> dict[str, Message]:
+        ids = list(dict.fromkeys(message_ids))
+        if not ids:
+            return {}
+        out: dict[str, Message] = {}
+        for d in self._messages.find({"_id": {"$in": ids}, "pending": False, "exp": {"$gt": now}}):
+            out[d["_id"]] = Message(
+                d["_id"], bytes(d["payload"]), d["content_type"], d["created_at"], d["exp"]
+            )
+        return out
+
+    def _entries(self, docs: list[Doc], now: float) -> list[InboxEntry]:
+        bodies = self._bodies((d["message_id"] for d in docs), now)
+        return [
+            InboxEntry(d["user_id"], int(d["seq"]), bodies[d["message_id"]])
+            for d in docs
+            if d["message_id"] in bodies
+        ]
+
+    @_guarded
+    def inbox_after(self, user_id: str, after_seq: int, limit: int, now: float) -> list[InboxEntry]:
+        if limit <= 0:
+            return []
+        docs = list(
+            self._inbox.find(
+                {"user_id": user_id, "seq": {"$gt": after_seq}, "exp": {"$gt": now}},
+                {"user_id": 1, "seq": 1, "message_id": 1},
+                sort=[("user_id", 1), ("seq", 1)],
+                limit=limit,
+            )
+        )
+        return self._entries(docs, now)
+
+    @_guarded
+    def inbox_unacked(self, user_id: str, limit: int, now: float) -> list[InboxEntry]:
+        if limit <= 0:
+            return []
+        acked = self._acked(user_id)
+        docs = list(
+            self._inbox.find(
+                {"user_id": user_id, "seq": {"$gt": acked}, "exp": {"$gt": now}},
+                {"user_id": 1, "seq": 1, "message_id": 1},
+                sort=[("user_id", 1), ("seq", -1)],
+                limit=limit,
+            )
+        )
+        docs.reverse()
+        return self._entries(docs, now)
+
+    @_guarded
+    def latest_seq(self, user_id: str) -> int:
+        doc = self._counters.find_one({"_id": user_id}, {"seq": 1})
+        seq = int(doc["seq"]) if doc else 0
+        if not self.atomic_updates:  # a lost update may have lowered the counter
+            seq = max(seq, self._top_seq(user_id))
+        return seq
+
+    def _acked(self, user_id: str) -> int:
+        doc = self._acks.find_one({"_id": user_id})
+        return int(doc["acked_seq"]) if doc else 0
+
+    @_guarded
+    def acked_seq(self, user_id: str) -> int:
+        return self._acked(user_id)
+
+    @_guarded
+    def ack(self, user_id: str, seq: int) -> int:
+        seq = max(int(seq), 0)
+        with self._serial(user_id):
+            for attempt in range(3):
+                try:
+                    doc = self._acks.find_one_and_update(
+                        {"_id": user_id},
+                        {"$max": {"acked_seq": seq}},
+                        upsert=True,
+                        return_document=ReturnDocument.AFTER,
+                    )
+                    return int(doc["acked_seq"])
+                except DuplicateKeyError:  # two first-ever upserts raced
+                    if attempt == 2:
+                        raise
+        raise AssertionError("unreachable")
+
+    @_guarded
+    def mark_delivered(self, receipts: Sequence[tuple[str, str]]) -> None:
+        by_message: dict[str, list[str]] = {}
+        for message_id, user_id in receipts:
+            by_message.setdefault(message_id, []).append(user_id)
+        if not by_message:
+            return
+        self._inbox.bulk_write(
+            [
+                UpdateMany({"message_id": m, "user_id": {"$in": us}}, {"$set": {"delivered": True}})
+                for m, us in by_message.items()
+            ],
+            ordered=False,
+        )
+
+    @_guarded
+    def message_status(self, message_id: str, now: float) -> list[RecipientStatus]:
+        body = self._messages.find_one({"_id": message_id}, {"pending": 1, "exp": 1})
+        if body is None or body.get("pending") or body["exp"] <= now:
+            raise NotFound(f"message {message_id} is unknown or has expired")
+        entries = sorted(
+            self._inbox.find(
+                {"message_id": message_id}, {"user_id": 1, "seq": 1, "delivered": 1, "i": 1}
+            ),
+            key=lambda e: (e.get("i", 0), e["user_id"]),
+        )
+        users = [e["user_id"] for e in entries]
+        acked = (
+            {d["_id"]: int(d["acked_seq"]) for d in self._acks.find({"_id": {"$in": users}})}
+            if users
+            else {}
+        )
+        return [
+            RecipientStatus(
+                e["user_id"],
+                int(e["seq"]),
+                bool(e.get("delivered")),
+                int(e["seq"]) <= acked.get(e["user_id"], 0),
+            )
+            for e in entries
+        ]
+
+    # -- cluster: node registrations and presence ---------------------------
+
+    @staticmethod
+    def _node_doc(node: NodeInfo) -> Doc:
+        return {
+            "grpc_addr": node.grpc_addr,
+            "ws_addr": node.ws_addr,
+            "started_at": node.started_at,
+            "exp": node.expires_at,
+            "expires_at": _date(node.expires_at),
+            "connections": node.connections,
+        }
+
+    @staticmethod
+    def _node_info(d: Doc) -> NodeInfo:
+        return NodeInfo(
+            node_id=d["_id"],
+            grpc_addr=d["grpc_addr"],
+            ws_addr=d["ws_addr"],
+            started_at=d["started_at"],
+            expires_at=d["exp"],
+            connections=int(d.get("connections", 0)),
+        )
+
+    @_guarded
+    def register_node(self, node: NodeInfo) -> None:
+        self._upsert(
+            lambda: self._nodes.replace_one(
+                {"_id": node.node_id}, self._node_doc(node), upsert=True
+            )
+        )
+        self._presence.delete_many({"node_id": node.node_id})
+        self._registrations[node.node_id] = node
+
+    @_guarded
+    def refresh_node(self, node_id: str, expires_at: float, connections: int) -> None:
+        known = self._registrations.get(node_id)
+        update: Doc = {
+            "$set": {
+                "exp": expires_at,
+                "expires_at": _date(expires_at),
+                "connections": connections,
+            },
+            # Swept (or TTL-expired) while we were stalled: re-create it.
+            "$setOnInsert": {
+                "grpc_addr": known.grpc_addr if known else "",
+                "ws_addr": known.ws_addr if known else "",
+                "started_at": known.started_at if known else 0.0,
+            },
+        }
+        self._upsert(lambda: self._nodes.update_one({"_id": node_id}, update, upsert=True))
+
+    @_guarded
+    def deregister_node(self, node_id: str) -> None:
+        self._presence.delete_many({"node_id": node_id})
+        self._nodes.delete_one({"_id": node_id})
+        self._registrations.pop(node_id, None)
+
+    @_guarded
+    def live_nodes(self, now: float) -> list[NodeInfo]:
+        return [
+            self._node_info(d) for d in self._nodes.find({"exp": {"$gt": now}}, sort=[("_id", 1)])
+        ]
+
+    @staticmethod
+    def _presence_id(user_id: str, node_id: str) -> str:
+        return json.dumps([user_id, node_id], ensure_ascii=False)
+
+    @_guarded
+    def set_presence(self, node_id: str, online: Sequence[str], offline: Sequence[str]) -> None:
+        ops: list[DeleteMany | UpdateOne] = []
+        if offline:
+            ops.append(DeleteMany({"node_id": node_id, "user_id": {"$in": list(offline)}}))
+        ops.extend(
+            UpdateOne(
+                {"_id": self._presence_id(u, node_id)},
+                {"$set": {"user_id": u, "node_id": node_id}},
+                upsert=True,
+            )
+            for u in dict.fromkeys(online)
+        )
+        if ops:
+            self._upsert(lambda: self._presence.bulk_write(ops, ordered=True))
+
+    @_guarded
+    def presence(self, user_ids: Sequence[str], now: float) -> dict[str, list[str]]:
+        if not user_ids:
+            return {}
+        held: dict[str, set[str]] = {}
+        for d in self._presence.find(
+            {"user_id": {"$in": list(dict.fromkeys(user_ids))}}, {"user_id": 1, "node_id": 1}
+        ):
+            held.setdefault(d["user_id"], set()).add(d["node_id"])
+        if not held:
+            return {}
+        node_ids = sorted(set().union(*held.values()))
+        live = {
+            d["_id"]
+            for d in self._nodes.find({"_id": {"$in": node_ids}, "exp": {"$gt": now}}, {"_id": 1})
+        }
+        out: dict[str, list[str]] = {}
+        for u in user_ids:
+            nodes = sorted(held.get(u, set()) & live)
+            if nodes:
+                out[u] = nodes
+        return out
+
+    @staticmethod
+    def _upsert(write: Callable[[], T]) -> T:
+        """Run an upserting write, retrying when a concurrent upsert won the insert."""
+        for attempt in range(3):
+            try:
+                return write()
+            except (DuplicateKeyError, BulkWriteError) as exc:
+                if attempt == 2 or (
+                    isinstance(exc, BulkWriteError)
+                    and any(
+                        e.get("code") != _DUPLICATE_KEY for e in exc.details.get("writeErrors", [])
+                    )
+                ):
+                    raise
+        raise AssertionError("unreachable")
+
+    # -- housekeeping ------------------------------------------------------------
+
+    @_guarded
+    def sweep(self, now: float) -> int:
+        removed = 0
+        # Bodies of pushes that died half-way, with whatever entries they wrote.
+        dead = [
+            d["_id"]
+            for d in self._messages.find(
+                {"pending": True, "created_at": {"$lte": now - _PENDING_GRACE}}, {"_id": 1}
+            )
+        ]
+        if dead:
+            removed += self._inbox.delete_many({"message_id": {"$in": dead}}).deleted_count
+            removed += self._messages.delete_many(
+                {"_id": {"$in": dead}, "pending": True}
+            ).deleted_count
+        removed += self._inbox.delete_many(_expired(now)).deleted_count
+        removed += self._messages.delete_many(_expired(now)).deleted_count
+        removed += self._idempotency.delete_many(_expired(now)).deleted_count
+        # Presence on nodes that expired, deregistered, or were removed by TTL.
+        with_presence = self._presence.distinct("node_id")
+        if with_presence:
+            live = {
+                d["_id"]
+                for d in self._nodes.find(
+                    {"_id": {"$in": with_presence}, "exp": {"$gt": now}}, {"_id": 1}
+                )
+            }
+            gone = [n for n in with_presence if n not in live]
+            if gone:
+                removed += self._presence.delete_many({"node_id": {"$in": gone}}).deleted_count
+        removed += self._nodes.delete_many({"exp": {"$lte": now}}).deleted_count
+        return removed
+
+    @_guarded
+    def ping(self) -> None:
+        self._client.admin.command("ping")
+
+    def close(self) -> None:
+        self._client.close()

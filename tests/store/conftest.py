@@ -1,0 +1,90 @@
+"""Fixtures for the behavioural store suite, run once per backend.
+
+To add a backend: append its name to ``BACKENDS`` and add a branch to
+``make_store``. Nothing in the tests changes. Backend-specific probes
+(``count_bodies``, ``inject_failure``) skip their extra checks for a backend
+that has none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pathlib
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager as ContextManager
+
+import pytest
+
+from pushsvc.store.base import Store
+from pushsvc.store.embedded import EmbeddedStore
+from pushsvc.store.mongo import MongoStore
+from tests.ferretdb import ferretdb  # noqa: F401
+
+BACKENDS = ["embedded", "mongo"]
+
+
+def make_store(name: str, tmp_path: pathlib.Path, mongo_uri: str = "") -> Store:
+    """A fresh, empty store of the named backend, private to one test."""
+    if name == "embedded":
+        return EmbeddedStore(tmp_path / "data")
+    if name == "mongo":
+        return MongoStore(mongo_uri, f"test_{uuid.uuid4().hex}")
+    raise ValueError(f"unknown store backend {name!r}")
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[Store]:
+    uri = request.getfixturevalue("ferretdb").uri if request.param == "mongo" else ""
+    s = make_store(request.param, tmp_path, uri)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+# -- backend-specific probes ----------------------------------------------------
+
+
+def _sqlite(store: EmbeddedStore) -> sqlite3.Connection:
+    return sqlite3.connect(str(store.path), isolation_level=None)
+
+
+@pytest.fixture
+def count_bodies(store: Store) -> Callable[[], int | None]:
+    """How many message bodies the backend holds (None if it cannot say)."""
+
+    def count() -> int | None:
+        if isinstance(store, EmbeddedStore):
+            with contextlib.closing(_sqlite(store)) as db:
+                return int(db.execute("SELECT count(*) FROM messages").fetchone()[0])
+        return None
+
+    return count
+
+
+@pytest.fixture
+def inject_failure(store: Store) -> Callable[[str], ContextManager[None]]:
+    """``with inject_failure(user_id):`` any write of ``user_id``'s inbox fails.
+
+    Skips the test for a backend without a way to inject one.
+    """
+
+    @contextlib.contextmanager
+    def inject(user_id: str) -> Iterator[None]:
+        if not isinstance(store, EmbeddedStore):
+            pytest.skip(f"no failure injection for {type(store).__name__}")
+        quoted = user_id.replace("'", "''")
+        with contextlib.closing(_sqlite(store)) as db:
+            db.execute(
+                "CREATE TRIGGER fail_inbox BEFORE INSERT ON inbox"
+                f" WHEN NEW.user_id = '{quoted}'"
+                " BEGIN SELECT RAISE(ABORT, 'disk I/O error (injected)'); END"
+            )
+            try:
+                yield
+            finally:
+                db.execute("DROP TRIGGER fail_inbox")
+
+    return inject

@@ -1,0 +1,170 @@
+"""What only the embedded (SQLite) store promises."""
+
+from __future__ import annotations
+
+import contextlib
+import pathlib
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import gevent
+import pytest
+
+from pushsvc.errors import ConfigError, StoreUnavailable
+from pushsvc.messages import Message
+from pushsvc.store.embedded import EmbeddedStore
+
+T0 = 1_700_000_000.0
+
+
+def msg(mid: str, payload: bytes = b'{"n":1}') -> Message:
+    return Message(mid, payload, "application/json", T0, T0 + 3600)
+
+
+def test_unwritable_data_dir_is_a_config_error(tmp_path: pathlib.Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("not a directory")
+    target = afile / "data"
+    with pytest.raises(ConfigError) as info:
+        EmbeddedStore(target)
+    text = str(info.value)
+    assert str(target) in text
+    assert "Not a directory" in text
+    assert "\n" not in text
+
+
+def test_data_dir_is_created(tmp_path: pathlib.Path) -> None:
+    store = EmbeddedStore(tmp_path / "a" / "b")
+    try:
+        assert store.path == tmp_path / "a" / "b" / "pushsvc.db"
+        assert store.path.is_file()
+    finally:
+        store.close()
+
+
+def test_data_survives_close_and_reopen(tmp_path: pathlib.Path) -> None:
+    store = EmbeddedStore(tmp_path)
+    first = store.store_message(msg("m1", b'{"keep":1}'), ["alice", "bob"], "k-1", T0)
+    store.store_message(msg("m2"), ["alice"], "", T0)
+    store.ack("alice", 1)
+    store.mark_delivered([("m1", "bob")])
+    store.close()
+
+    store = EmbeddedStore(tmp_path)
+    try:
+        assert [(e.seq, e.message.id) for e in store.inbox_after("alice", 0, 10, T0)] == [
+            (1, "m1"),
+            (2, "m2"),
+        ]
+        assert store.inbox_after("bob", 0, 10, T0)[0].message == msg("m1", b'{"keep":1}')
+        assert store.latest_seq("alice") == 2
+        assert store.acked_seq("alice") == 1
+        assert {s.user_id: s.delivered for s in store.message_status("m1", T0)} == {
+            "alice": False,
+            "bob": True,
+        }
+        dup = store.store_message(msg("m3"), ["alice", "bob"], "k-1", T0 + 1)
+        assert dup.duplicate and dup.message_id == first.message_id and dup.seqs == (1, 1)
+        assert store.store_message(msg("m4"), ["alice"], "", T0).seqs == (3,)
+    finally:
+        store.close()
+
+
+def test_wal_mode_and_full_sync(tmp_path: pathlib.Path) -> None:
+    store = EmbeddedStore(tmp_path)
+    try:
+        with contextlib.closing(sqlite3.connect(str(store.path))) as db:
+            assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert (tmp_path / "pushsvc.db-wal").exists()
+        assert store._call(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]) == 2  # FULL
+    finally:
+        store.close()
+
+
+def test_closed_store_raises_store_unavailable(tmp_path: pathlib.Path) -> None:
+    store = EmbeddedStore(tmp_path)
+    store.close()
+    store.close()  # idempotent
+    with pytest.raises(StoreUnavailable, match="closed"):
+        store.ping()
+    with pytest.raises(StoreUnavailable):
+        store.store_message(msg("m1"), ["alice"], "", T0)
+
+
+def test_database_errors_become_store_unavailable_and_the_store_recovers(
+    tmp_path: pathlib.Path,
+) -> None:
+    store = EmbeddedStore(tmp_path)
+    try:
+        with contextlib.closing(sqlite3.connect(str(store.path), isolation_level=None)) as db:
+            db.execute(
+                "CREATE TRIGGER boom BEFORE INSERT ON inbox"
+                " BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
+            )
+            with pytest.raises(StoreUnavailable, match=r"pushsvc\.db.*disk I/O error"):
+                store.store_message(msg("m1"), ["alice"], "", T0)
+            db.execute("DROP TRIGGER boom")
+        store.ping()
+        assert store.store_message(msg("m1"), ["alice"], "", T0).seqs == (1,)
+    finally:
+        store.close()
+
+
+def test_database_calls_do_not_block_the_event_loop(tmp_path: pathlib.Path) -> None:
+    store = EmbeddedStore(tmp_path)
+    ticks = 0
+    running = True
+
+    def ticker() -> None:
+        nonlocal ticks
+        while running:
+            ticks += 1
+            gevent.sleep(0)
+
+    users = [f"u{i}" for i in range(1000)]
+    try:
+        tick = gevent.spawn(ticker)
+        gevent.sleep(0)
+        before = ticks
+        store.store_message(msg("m1"), users, "", T0)
+        during = ticks - before
+        running = False
+        tick.join()
+        assert during > 0, "the store ran on the event loop's thread"
+    finally:
+        store.close()
+
+
+def test_works_under_monkey_patching(tmp_path: pathlib.Path) -> None:
+    script = textwrap.dedent(
+        """
+        from gevent import monkey
+        monkey.patch_all()
+        import sys
+        import gevent
+        from pushsvc.messages import Message
+        from pushsvc.store.embedded import EmbeddedStore
+
+        store = EmbeddedStore(sys.argv[1])
+        def push(i):
+            m = Message(f"m{i}", b"{}", "application/json", 0.0, 100.0)
+            return store.store_message(m, ["alice", f"u{i}"], "", 1.0).seqs[0]
+        jobs = [gevent.spawn(push, i) for i in range(20)]
+        gevent.joinall(jobs, raise_error=True)
+        assert sorted(j.value for j in jobs) == list(range(1, 21)), [j.value for j in jobs]
+        assert [e.seq for e in store.inbox_after("alice", 0, 100, 1.0)] == list(range(1, 21))
+        store.close()
+        print("ok")
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

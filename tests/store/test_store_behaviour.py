@@ -1,0 +1,389 @@
+"""The behavioural contract of ``pushsvc.store.base.Store``, for every backend.
+
+Every test passes explicit ``now`` values; nothing sleeps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager as ContextManager
+
+import gevent
+import pytest
+
+from pushsvc.errors import InvalidArgument, NotFound, StoreUnavailable
+from pushsvc.messages import Message
+from pushsvc.store.base import IDEMPOTENCY_WINDOW, NodeInfo, Store, StoreResult
+
+T0 = 1_700_000_000.0
+TTL = 3600.0
+
+_counter = 0
+
+
+def msg(
+    payload: bytes = b'{"n":1}',
+    *,
+    created_at: float = T0,
+    expires_at: float | None = T0 + TTL,
+    content_type: str = "application/json",
+) -> Message:
+    global _counter
+    _counter += 1
+    return Message(f"m{_counter:06d}", payload, content_type, created_at, expires_at)
+
+
+def push(
+    store: Store,
+    users: Sequence[str],
+    *,
+    key: str = "",
+    now: float = T0,
+    message: Message | None = None,
+) -> StoreResult:
+    return store.store_message(message or msg(created_at=now), users, key, now)
+
+
+def seqs_of(store: Store, user: str, now: float = T0) -> list[int]:
+    return [e.seq for e in store.inbox_after(user, 0, 10_000, now)]
+
+
+def node(node_id: str, expires_at: float, connections: int = 0) -> NodeInfo:
+    return NodeInfo(
+        node_id=node_id,
+        grpc_addr=f"{node_id}.example:7000",
+        ws_addr=f"{node_id}.example:8000",
+        started_at=T0,
+        expires_at=expires_at,
+        connections=connections,
+    )
+
+
+# -- seq allocation ---------------------------------------------------------------
+
+
+def test_seq_strictly_increasing_per_user_and_independent(store: Store) -> None:
+    assert store.latest_seq("alice") == 0
+    assert push(store, ["alice"]).seqs == (1,)
+    assert push(store, ["alice", "bob"]).seqs == (2, 1)
+    assert push(store, ["bob", "alice"]).seqs == (2, 3)
+    assert push(store, ["carol"]).seqs == (1,)
+    assert store.latest_seq("alice") == 3
+    assert store.latest_seq("bob") == 2
+    assert store.latest_seq("carol") == 1
+    assert seqs_of(store, "alice") == [1, 2, 3]
+    assert seqs_of(store, "bob") == [1, 2]
+
+
+def test_concurrent_pushes_from_greenlets_get_distinct_consecutive_seqs(store: Store) -> None:
+    jobs = [gevent.spawn(push, store, ["alice"]) for _ in range(20)]
+    gevent.joinall(jobs, raise_error=True)
+    seqs = sorted(job.value.seqs[0] for job in jobs)
+    assert seqs == list(range(1, 21))
+    assert store.latest_seq("alice") == 20
+    assert seqs_of(store, "alice") == list(range(1, 21))
+    assert len({job.value.message_id for job in jobs}) == 20
+
+
+def test_body_is_stored_once_for_many_recipients(
+    store: Store, count_bodies: Callable[[], int | None]
+) -> None:
+    users = [f"user-{i:04d}" for i in range(1000)]
+    m = msg(b'{"big":true}')
+    result = push(store, users, message=m)
+    assert result.message_id == m.id
+    assert result.seqs == (1,) * 1000
+    status = store.message_status(m.id, T0)
+    assert sorted(s.user_id for s in status) == sorted(users)
+    for uid in (users[0], users[500], users[-1]):
+        [entry] = store.inbox_after(uid, 0, 10, T0)
+        assert entry.message == m
+        assert entry.user_id == uid
+    bodies = count_bodies()
+    if bodies is not None:
+        assert bodies == 1
+
+
+# -- reading inboxes ----------------------------------------------------------------
+
+
+def test_inbox_after_pages_in_seq_order(store: Store) -> None:
+    sent = [msg(f'{{"n":{i}}}'.encode()) for i in range(5)]
+    for m in sent:
+        push(store, ["alice"], message=m)
+    push(store, ["bob"])
+
+    page1 = store.inbox_after("alice", 0, 2, T0)
+    assert [(e.user_id, e.seq) for e in page1] == [("alice", 1), ("alice", 2)]
+    assert [e.message for e in page1] == sent[:2]
+    page2 = store.inbox_after("alice", page1[-1].seq, 2, T0)
+    assert [e.seq for e in page2] == [3, 4]
+    assert [e.message for e in page2] == sent[2:4]
+    page3 = store.inbox_after("alice", 4, 2, T0)
+    assert [e.seq for e in page3] == [5]
+    assert store.inbox_after("alice", 5, 2, T0) == []
+    assert store.inbox_after("alice", 0, 0, T0) == []
+    assert store.inbox_after("nobody", 0, 10, T0) == []
+    assert [e.message.payload for e in store.inbox_after("alice", 0, 100, T0)] == [
+        m.payload for m in sent
+    ]
+
+
+def test_expired_entries_are_hidden_and_swept_with_their_bodies(
+    store: Store, count_bodies: Callable[[], int | None]
+) -> None:
+    short = msg(b'{"short":1}', expires_at=T0 + 100)
+    long_ = msg(b'{"long":1}', expires_at=T0 + 200)
+    push(store, ["alice", "bob"], message=short)
+    push(store, ["alice"], message=long_)
+    assert count_bodies() in (None, 2)
+
+    later = T0 + 150
+    assert [e.message.id for e in store.inbox_after("alice", 0, 10, later)] == [long_.id]
+    assert [e.message.id for e in store.inbox_unacked("alice", 10, later)] == [long_.id]
+    assert store.inbox_after("bob", 0, 10, later) == []
+    # expiry is exclusive: an entry expiring at exactly `now` is gone
+    assert store.inbox_after("bob", 0, 10, T0 + 100) == []
+    with pytest.raises(NotFound):
+        store.message_status(short.id, later)
+    assert store.message_status(short.id, T0)  # still there before its expiry
+
+    removed = store.sweep(later)
+    assert removed >= 3  # two inbox rows and one body
+    assert count_bodies() in (None, 1)
+    # swept for good: even an earlier clock no longer sees them
+    assert [e.message.id for e in store.inbox_after("alice", 0, 10, T0)] == [long_.id]
+    assert store.inbox_after("bob", 0, 10, T0) == []
+    with pytest.raises(NotFound):
+        store.message_status(short.id, T0)
+    # seqs survive the sweep: allocation continues, never reuses
+    assert store.latest_seq("bob") == 1
+    assert push(store, ["bob"], now=later).seqs == (2,)
+    assert store.sweep(later) == 0
+
+
+def test_inbox_unacked_respects_acks_and_keeps_the_newest(store: Store) -> None:
+    for _ in range(6):
+        push(store, ["alice"])
+    assert [e.seq for e in store.inbox_unacked("alice", 10, T0)] == [1, 2, 3, 4, 5, 6]
+    assert [e.seq for e in store.inbox_unacked("alice", 3, T0)] == [4, 5, 6]
+    store.ack("alice", 2)
+    assert [e.seq for e in store.inbox_unacked("alice", 10, T0)] == [3, 4, 5, 6]
+    assert [e.seq for e in store.inbox_unacked("alice", 2, T0)] == [5, 6]
+    store.ack("alice", 6)
+    assert store.inbox_unacked("alice", 10, T0) == []
+    # acking does not delete: the history is still readable by seq
+    assert seqs_of(store, "alice") == [1, 2, 3, 4, 5, 6]
+    assert store.inbox_unacked("nobody", 10, T0) == []
+
+
+def test_ack_never_lowers(store: Store) -> None:
+    assert store.acked_seq("alice") == 0
+    assert store.ack("alice", 5) == 5
+    assert store.ack("alice", 3) == 5
+    assert store.acked_seq("alice") == 5
+    assert store.ack("alice", 7) == 7
+    assert store.acked_seq("alice") == 7
+    assert store.acked_seq("bob") == 0
+
+
+# -- idempotency ------------------------------------------------------------------------
+
+
+def test_idempotency_key_returns_the_first_result_and_stores_nothing(store: Store) -> None:
+    first = push(store, ["alice", "bob"], key="k-1")
+    assert first.seqs == (1, 1) and not first.duplicate
+    push(store, ["bob"])  # bob: seq 2, without a key
+
+    again = push(store, ["bob", "carol", "alice"], key="k-1", now=T0 + 60)
+    assert again.duplicate
+    assert again.message_id == first.message_id
+    assert again.seqs == (1, 0, 1)  # carol was not a recipient the first time
+    assert store.latest_seq("alice") == 1
+    assert store.latest_seq("bob") == 2
+    assert store.latest_seq("carol") == 0
+    assert seqs_of(store, "alice") == [1]
+    assert seqs_of(store, "bob") == [1, 2]
+    assert seqs_of(store, "carol") == []
+    assert {s.user_id for s in store.message_status(first.message_id, T0)} == {"alice", "bob"}
+
+    # an empty key never deduplicates
+    assert push(store, ["dave"]).seqs == (1,)
+    assert push(store, ["dave"]).seqs == (2,)
+
+
+def test_idempotency_key_is_forgotten_after_the_window(store: Store) -> None:
+    first = push(store, ["alice"], key="k-2")
+    edge = T0 + IDEMPOTENCY_WINDOW - 1
+    assert push(store, ["alice"], key="k-2", now=edge).duplicate
+
+    later = T0 + IDEMPOTENCY_WINDOW + 1
+    # forgotten even before a sweep removes it
+    fresh = push(store, ["alice"], key="k-2", now=later)
+    assert not fresh.duplicate
+    assert fresh.message_id != first.message_id
+    assert fresh.seqs == (2,)
+    # the new use of the key is now the one remembered
+    dup = push(store, ["alice"], key="k-2", now=later + 10)
+    assert dup.duplicate and dup.message_id == fresh.message_id and dup.seqs == (2,)
+
+    # and after a sweep a key older than the window is gone too
+    push(store, ["bob"], key="k-3", now=T0)
+    store.sweep(later)
+    assert not push(store, ["bob"], key="k-3", now=later).duplicate
+    assert store.latest_seq("bob") == 2
+
+
+# -- receipts ---------------------------------------------------------------------
+
+
+def test_mark_delivered_and_message_status(store: Store) -> None:
+    m = msg(expires_at=T0 + 100)
+    result = push(store, ["alice", "bob", "carol"], message=m)
+    other = push(store, ["alice"])
+
+    status = {s.user_id: s for s in store.message_status(m.id, T0)}
+    assert set(status) == {"alice", "bob", "carol"}
+    assert all(not s.delivered and not s.acked for s in status.values())
+    assert [status[u].seq for u in ("alice", "bob", "carol")] == list(result.seqs)
+
+    store.mark_delivered([(m.id, "alice"), (m.id, "bob"), ("no-such-message", "alice")])
+    store.mark_delivered([])
+    store.ack("bob", 1)
+    store.ack("carol", 0)
+    status = {s.user_id: s for s in store.message_status(m.id, T0)}
+    assert (status["alice"].delivered, status["alice"].acked) == (True, False)
+    assert (status["bob"].delivered, status["bob"].acked) == (True, True)
+    assert (status["carol"].delivered, status["carol"].acked) == (False, False)
+    # the receipt is per (message, user): alice's other message is untouched
+    [o] = store.message_status(other.message_id, T0)
+    assert (o.user_id, o.seq, o.delivered, o.acked) == ("alice", 2, False, False)
+
+    store.ack("alice", 2)  # cumulative: covers seq 1 too
+    assert {s.user_id: s.acked for s in store.message_status(m.id, T0)}["alice"]
+
+    with pytest.raises(NotFound):
+        store.message_status("no-such-message", T0)
+    with pytest.raises(NotFound):
+        store.message_status(m.id, T0 + 100)
+
+
+# -- nodes and presence -------------------------------------------------------------
+
+
+def test_node_registration_refresh_and_deregistration(store: Store) -> None:
+    assert store.live_nodes(T0) == []
+    store.register_node(node("n2", T0 + 15, connections=3))
+    store.register_node(node("n1", T0 + 15))
+    assert store.live_nodes(T0) == [node("n1", T0 + 15), node("n2", T0 + 15, connections=3)]
+
+    store.refresh_node("n1", T0 + 30, 7)
+    assert store.live_nodes(T0 + 20) == [node("n1", T0 + 30, connections=7)]
+    assert store.live_nodes(T0 + 30) == []  # expiry is exclusive
+
+    # re-registering replaces the registration
+    moved = NodeInfo("n1", "new:7000", "new:8000", T0 + 5, T0 + 50, 0)
+    store.register_node(moved)
+    assert store.live_nodes(T0 + 40) == [moved]
+
+    store.deregister_node("n1")
+    assert [n.node_id for n in store.live_nodes(T0)] == ["n2"]
+    store.deregister_node("never-registered")
+
+
+def test_refresh_recreates_a_swept_registration(store: Store) -> None:
+    store.register_node(node("n1", T0 + 15))
+    assert store.sweep(T0 + 20) >= 1
+    assert store.live_nodes(T0 + 20) == []
+    store.refresh_node("n1", T0 + 35, 2)
+    assert store.live_nodes(T0 + 20) == [node("n1", T0 + 35, connections=2)]
+
+
+def test_presence_counts_only_live_nodes(store: Store) -> None:
+    store.register_node(node("n1", T0 + 15))
+    store.register_node(node("n2", T0 + 30))
+    store.set_presence("n1", ["alice", "bob"], [])
+    store.set_presence("n2", ["alice"], [])
+    store.set_presence("ghost", ["alice", "carol"], [])  # node never registered
+
+    users = ["alice", "bob", "carol", "dave"]
+    assert store.presence(users, T0) == {"alice": ["n1", "n2"], "bob": ["n1"]}
+    assert store.presence([], T0) == {}
+
+    store.set_presence("n1", [], ["bob"])
+    store.set_presence("n1", ["alice"], [])  # already present: no duplicate
+    assert store.presence(users, T0) == {"alice": ["n1", "n2"]}
+
+    # n1 expired: its presence is ignored before any sweep
+    assert store.presence(users, T0 + 20) == {"alice": ["n2"]}
+    store.refresh_node("n1", T0 + 60, 1)
+    assert store.presence(users, T0 + 20) == {"alice": ["n1", "n2"]}
+
+    store.deregister_node("n2")
+    assert store.presence(users, T0 + 20) == {"alice": ["n1"]}
+    store.register_node(node("n2", T0 + 60))
+    assert store.presence(users, T0 + 20) == {"alice": ["n1"]}  # no resurrection
+
+
+def test_register_node_purges_presence_of_an_earlier_run(store: Store) -> None:
+    store.register_node(node("n1", T0 + 15))
+    store.set_presence("n1", ["alice", "bob"], [])
+    assert store.presence(["alice", "bob"], T0) == {"alice": ["n1"], "bob": ["n1"]}
+    store.register_node(node("n1", T0 + 30))  # the node restarted
+    assert store.presence(["alice", "bob"], T0) == {}
+    store.set_presence("n1", ["bob"], [])
+    assert store.presence(["alice", "bob"], T0) == {"bob": ["n1"]}
+
+
+def test_sweep_removes_expired_registrations_and_their_presence(store: Store) -> None:
+    store.register_node(node("n1", T0 + 15))
+    store.register_node(node("n2", T0 + 60))
+    store.set_presence("n1", ["alice"], [])
+    store.set_presence("n2", ["bob"], [])
+    assert store.sweep(T0 + 20) >= 2  # n1 and alice's presence on it
+    assert [n.node_id for n in store.live_nodes(T0)] == ["n2"]
+    # a re-created n1 does not bring back presence from before the sweep
+    store.refresh_node("n1", T0 + 90, 0)
+    assert store.presence(["alice", "bob"], T0 + 20) == {"bob": ["n2"]}
+
+
+# -- failures leave nothing behind ----------------------------------------------------
+
+
+def test_invalid_message_raises_before_anything_is_written(store: Store) -> None:
+    with pytest.raises(InvalidArgument):
+        push(store, ["alice"], key="k-bad", message=msg(expires_at=None))
+    with pytest.raises(InvalidArgument):
+        push(store, [], key="k-bad")
+    assert store.latest_seq("alice") == 0
+    assert store.inbox_after("alice", 0, 10, T0) == []
+    # the key was not consumed by the failed call
+    ok = push(store, ["alice"], key="k-bad")
+    assert not ok.duplicate and ok.seqs == (1,)
+
+
+def test_failed_write_leaves_nothing_stored(
+    store: Store,
+    inject_failure: Callable[[str], ContextManager[None]],
+    count_bodies: Callable[[], int | None],
+) -> None:
+    push(store, ["alice"])
+    m = msg()
+    with inject_failure("zed"), pytest.raises(StoreUnavailable):
+        push(store, ["alice", "bob", "zed"], key="k-fail", message=m)
+    assert store.latest_seq("alice") == 1
+    assert store.latest_seq("bob") == 0
+    assert store.latest_seq("zed") == 0
+    assert seqs_of(store, "alice") == [1]
+    assert seqs_of(store, "bob") == []
+    with pytest.raises(NotFound):
+        store.message_status(m.id, T0)
+    assert count_bodies() in (None, 1)
+    # the store is still usable, and the retry is not taken for a duplicate
+    retry = push(store, ["alice", "bob", "zed"], key="k-fail", message=m)
+    assert not retry.duplicate
+    assert retry.seqs == (2, 1, 1)
+
+
+def test_ping(store: Store) -> None:
+    store.ping()
