@@ -115,9 +115,7 @@ class Peer:
         """One Deliver call with the deadline; None when it failed."""
         request = node_pb2.DeliverRequest(node_id=self.info.node_id, deliveries=deliveries)
         try:
-            response = self._stub.Deliver(
-                request, timeout=self._timeout, metadata=self._metadata
-            )
+            response = self._stub.Deliver(request, timeout=self._timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else None
             result = "timeout" if code == grpc.StatusCode.DEADLINE_EXCEEDED else "error"

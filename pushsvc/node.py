@@ -295,6 +295,9 @@ class Node:
 
 def run_node(settings: Settings) -> int:
     configure_logging(settings.log_level, settings.log_format)
+    # The embedded store runs SQLite on its own OS thread; a short switch interval
+    # hands the GIL back to it quickly while the event loop is busy.
+    sys.setswitchinterval(0.0005)
     try:
         node = Node(settings)
         node.start()

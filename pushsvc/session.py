@@ -53,6 +53,8 @@ log = logging.getLogger("pushsvc.session")
 MAX_SUBSCRIPTIONS = 100
 REPLAY_PAGE = 200
 CLOSE_GRACE = 2.0  # seconds a close frame may take before the socket is cut
+GAP_GRACE = 1.0  # seconds a fresh gap in a user's seqs is waited on
+GAP_POLL = 0.02
 
 
 class Transport(Protocol):
@@ -233,21 +235,34 @@ class Session:
                 start_after = self._replay_start() if self._since is None else self._since
                 self.last_seq = max(self.last_seq, start_after)
                 self._start_resolved = True
+            gap_deadline = 0.0
             while self._closing is None:
                 entries = self._store.inbox_after(
                     self.user_id, self.last_seq, REPLAY_PAGE, time.time()
                 )
                 for entry in entries:
+                    if entry.seq != self.last_seq + 1 and self._young(entry):
+                        # A fresh gap: a concurrent push may still be committing
+                        # the missing seq (MongoDB has no multi-document
+                        # transactions). Give it GAP_GRACE before moving past it.
+                        if not gap_deadline:
+                            gap_deadline = time.monotonic() + GAP_GRACE
+                        if time.monotonic() < gap_deadline:
+                            break
+                    gap_deadline = 0.0
                     if not self._queue_replayed(entry):
                         return
-                if len(entries) < REPLAY_PAGE:
-                    if self._max_seen > self.last_seq:
-                        if entries:
-                            continue  # more was announced while this page was read
-                        # Announced but gone from the store (expired): nothing to send.
-                        self.last_seq = self._max_seen
-                    self._live = True
-                    return
+                else:
+                    if len(entries) < REPLAY_PAGE:
+                        if self._max_seen > self.last_seq:
+                            if entries:
+                                continue  # more was announced while this page was read
+                            # Announced but gone from the store (expired): nothing to send.
+                            self.last_seq = self._max_seen
+                        self._live = True
+                        return
+                    continue
+                gevent.sleep(GAP_POLL)  # retry the read until the gap fills or the grace ends
         except StoreUnavailable as exc:
             self._metrics.store_errors.inc()
             log.warning("catch-up failed conn=%s: %s", self.conn_id, exc)
@@ -255,6 +270,10 @@ class Session:
             raise
         finally:
             self._catching_up = False
+
+    @staticmethod
+    def _young(entry: InboxEntry) -> bool:
+        return time.time() - entry.message.created_at < GAP_GRACE
 
     def _queue_replayed(self, entry: InboxEntry) -> bool:
         # Leave headroom for live traffic: wait while the queue is half full.

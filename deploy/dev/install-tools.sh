@@ -8,25 +8,33 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 TOOLS="$PWD/.tools"
 mkdir -p "$TOOLS/bin"
+export PATH="$TOOLS/bin:$PATH"
 
 FERRETDB_VERSION=v1.24.2
-if ! command -v ferretdb >/dev/null 2>&1 || ! ferretdb --version 2>/dev/null | grep -q "${FERRETDB_VERSION#v}"; then
-  echo "installing FerretDB $FERRETDB_VERSION (one-time; compiles from the Go module proxy)"
-  if ! GOBIN="$TOOLS/bin" go install "github.com/FerretDB/FerretDB/cmd/ferretdb@$FERRETDB_VERSION"; then
-    # `go install pkg@version` also asks the proxy for the module's version
-    # list to check for deprecation; when that listing is refused, build the
-    # same pinned version from a throwaway module instead.
-    echo "go install refused; building the pinned version from a module" >&2
-    work=$(mktemp -d)
-    trap 'rm -rf "$work"' EXIT
-    cat > "$work/go.mod" <<MOD
+if ! ferretdb --version 2>/dev/null | grep -q "version: $FERRETDB_VERSION"; then
+  echo "building FerretDB $FERRETDB_VERSION from the Go module proxy (one-time, a few minutes)"
+  # Not `go install ...@$FERRETDB_VERSION`: it also asks the proxy for the
+  # module's version list (to check deprecation), which the proxy refuses here,
+  # and the module zip lacks build/version/version.txt, which FerretDB's
+  # binary reads at start-up. So: fetch the pinned module, add the version
+  # file, and build it through a throwaway module that replaces it.
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+  src=$(go mod download -json "github.com/FerretDB/FerretDB@$FERRETDB_VERSION" |
+    sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  cp -r "$src" "$work/src"
+  chmod -R u+w "$work/src"
+  echo "$FERRETDB_VERSION" > "$work/src/build/version/version.txt"
+  cat > "$work/go.mod" <<MOD
 module pushsvc.local/ferretdb-build
 
 go 1.22
 
 require github.com/FerretDB/FerretDB $FERRETDB_VERSION
+
+replace github.com/FerretDB/FerretDB => ./src
 MOD
-    printf '//go:build tools\n\npackage tools\n\nimport _ "github.com/FerretDB/FerretDB/cmd/ferretdb"\n' > "$work/tools.go"
-    (cd "$work" && go mod tidy && go build -o "$TOOLS/bin/ferretdb" github.com/FerretDB/FerretDB/cmd/ferretdb)
-  fi
+  printf '//go:build tools\n\npackage tools\n\nimport _ "github.com/FerretDB/FerretDB/cmd/ferretdb"\n' > "$work/tools.go"
+  (cd "$work" && go mod tidy && go build -o "$TOOLS/bin/ferretdb" github.com/FerretDB/FerretDB/cmd/ferretdb)
+  ferretdb --version | head -1
 fi

@@ -146,6 +146,7 @@ class MongoStore(Store):
         socket_timeout: float = 10.0,
     ) -> None:
         timeout_ms = max(1, int(server_selection_timeout * 1000))
+        self._cleanup_timeout = max(0.2, server_selection_timeout / 2)
         self._client: pymongo.MongoClient[Doc] = pymongo.MongoClient(
             uri,
             serverSelectionTimeoutMS=timeout_ms,
@@ -363,14 +364,14 @@ class MongoStore(Store):
                     for e in self._inbox.find({"message_id": first_id}, {"user_id": 1, "seq": 1})
                 }
                 return StoreResult(first_id, tuple(seen.get(u, 0) for u in users), True)
-            if (key, first_id) in self._abandoned or (
+            abandoned = (key, first_id) in self._abandoned or (
                 time.time() - float(doc.get("claimed", 0.0)) > _CLAIM_STALE
-            ):
-                # The first push never finished (its node died): take the key over.
-                if self._discard(first_id, "", {}):
-                    self._idempotency.delete_one({"_id": key, "message_id": first_id})
-                    self._abandoned.discard((key, first_id))
-                    continue
+            )
+            # The first push never finished (its node died): take the key over.
+            if abandoned and self._discard(first_id, "", {}):
+                self._idempotency.delete_one({"_id": key, "message_id": first_id})
+                self._abandoned.discard((key, first_id))
+                continue
             time.sleep(0.05)
 
     def _append(self, message_id: str, users: list[str], exp: float, seqs: dict[str, int]) -> None:
@@ -430,6 +431,7 @@ class MongoStore(Store):
                         upsert=True,
                         return_document=ReturnDocument.AFTER,
                     )
+                assert doc is not None  # upserted
                 return int(doc["seq"])
             except DuplicateKeyError:  # two first-ever upserts raced
                 if attempt == 2:
@@ -461,23 +463,26 @@ class MongoStore(Store):
     def _discard(self, message_id: str, key: str, seqs: dict[str, int]) -> bool:
         """Best effort: remove what a push that failed before its commit wrote.
 
-        Returns whether the message is gone. Never raises. Whatever cannot be removed now stays invisible (the body
-        is pending) until a later push of the same key or ``sweep`` removes it.
+        Returns whether the message is gone. Never raises. Whatever cannot be
+        removed now stays invisible (its body is pending) until a later push of
+        the same key, or ``sweep``, removes it.
         """
         try:
-            self._messages.delete_one({"_id": message_id, "pending": True})
-            if self._messages.find_one({"_id": message_id}, {"_id": 1}) is not None:
-                return False  # the commit went through after all: the message is stored
-            self._inbox.delete_many({"message_id": message_id})
-            if seqs:
-                # Give a seq back only if nobody allocated after it; else leave a gap.
-                self._counters.bulk_write(
-                    [
-                        UpdateOne({"_id": u, "seq": s}, {"$inc": {"seq": -1}})
-                        for u, s in seqs.items()
-                    ],
-                    ordered=False,
-                )
+            # Bounded, so a push failing in an outage still fails fast.
+            with pymongo.timeout(self._cleanup_timeout):
+                self._messages.delete_one({"_id": message_id, "pending": True})
+                if self._messages.find_one({"_id": message_id}, {"_id": 1}) is not None:
+                    return False  # the commit went through after all: the message is stored
+                self._inbox.delete_many({"message_id": message_id})
+                if seqs:
+                    # Give a seq back only if nobody allocated after it; else leave a gap.
+                    self._counters.bulk_write(
+                        [
+                            UpdateOne({"_id": u, "seq": s}, {"$inc": {"seq": -1}})
+                            for u, s in seqs.items()
+                        ],
+                        ordered=False,
+                    )
         except PyMongoError as exc:
             log.warning("could not remove failed message %s: %s", message_id, _short(exc))
             if key:
@@ -563,6 +568,7 @@ class MongoStore(Store):
                         upsert=True,
                         return_document=ReturnDocument.AFTER,
                     )
+                    assert doc is not None  # upserted
                     return int(doc["acked_seq"])
                 except DuplicateKeyError:  # two first-ever upserts raced
                     if attempt == 2:

@@ -2,8 +2,7 @@
 
 To add a backend: append its name to ``BACKENDS`` and add a branch to
 ``make_store``. Nothing in the tests changes. Backend-specific probes
-(``count_bodies``, ``inject_failure``) skip their extra checks for a backend
-that has none.
+(``count_bodies``) skip their extra checks for a backend that has none.
 """
 
 from __future__ import annotations
@@ -14,8 +13,10 @@ import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager as ContextManager
+from typing import Any
 
 import pytest
+from pymongo.errors import AutoReconnect
 
 from pushsvc.store.base import Store
 from pushsvc.store.embedded import EmbeddedStore
@@ -68,13 +69,17 @@ def count_bodies(store: Store) -> Callable[[], int | None]:
 def inject_failure(store: Store) -> Callable[[str], ContextManager[None]]:
     """``with inject_failure(user_id):`` any write of ``user_id``'s inbox fails.
 
-    Skips the test for a backend without a way to inject one.
+    Embedded: a SQLite trigger aborts the insert. MongoDB: the server is real,
+    and the connection to it drops (AutoReconnect) on that user's inbox write.
     """
 
     @contextlib.contextmanager
     def inject(user_id: str) -> Iterator[None]:
-        if not isinstance(store, EmbeddedStore):
-            pytest.skip(f"no failure injection for {type(store).__name__}")
+        if isinstance(store, MongoStore):
+            with _mongo_inbox_fails(store, user_id):
+                yield
+            return
+        assert isinstance(store, EmbeddedStore)
         quoted = user_id.replace("'", "''")
         with contextlib.closing(_sqlite(store)) as db:
             db.execute(
@@ -88,3 +93,23 @@ def inject_failure(store: Store) -> Callable[[str], ContextManager[None]]:
                 db.execute("DROP TRIGGER fail_inbox")
 
     return inject
+
+
+@contextlib.contextmanager
+def _mongo_inbox_fails(store: MongoStore, user_id: str) -> Iterator[None]:
+    inbox = store._inbox
+
+    class FailingInbox:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(inbox, name)
+
+        def insert_many(self, docs: list[dict[str, Any]], **kwargs: Any) -> Any:
+            if any(d.get("user_id") == user_id for d in docs):
+                raise AutoReconnect("connection reset (injected)")
+            return inbox.insert_many(docs, **kwargs)
+
+    store._inbox = FailingInbox()  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        store._inbox = inbox
