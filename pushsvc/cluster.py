@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
 
 import gevent
 import grpc
@@ -35,9 +34,12 @@ NODES_CACHE = 1.0  # seconds a list of live nodes is reused
 
 
 class Presence:
-    """Writes which users this node holds. An arrival is written before the
-    connection is replayed (so a push stored after it is routed here); departures
-    are batched, and never undo a newer arrival."""
+    """Writes how many connections of each user this node holds.
+
+    A user's first arrival is written at once, before the connection is
+    replayed, so a push stored after it is routed here. Other changes are
+    batched; a batch writes the current counts, so it never undoes a newer change.
+    """
 
     def __init__(self, store: Store, hub: Hub, node_id: str, metrics: Metrics) -> None:
         self._store = store
@@ -45,41 +47,61 @@ class Presence:
         self._node_id = node_id
         self._metrics = metrics
         self._lock = Semaphore()
-        self._gone: set[str] = set()
+        self._dirty: set[str] = set()
         self._resync = False
+        self._wakeup = Event()
         hub.presence_hooks.append(self._changed)
 
-    def _changed(self, user_id: str, online: bool) -> None:
-        if not online:
-            self._gone.add(user_id)
+    def _changed(self, user_id: str, connections: int) -> None:
+        if connections != 1 or self._hub.connections_of(user_id):
+            self._dirty.add(user_id)
+            self._wakeup.set()
             return
-        with self._lock:
-            self._gone.discard(user_id)
+        with self._lock:  # first arrival of the user on this node
+            self._dirty.discard(user_id)
             try:
-                self._store.set_presence(self._node_id, [user_id], [])
+                self._store.set_presence(self._node_id, {user_id: 1})
             except StoreUnavailable as exc:
                 self._metrics.store_errors.inc()
                 self._resync = True
                 log.warning("presence not written for a connection: %s", exc)
 
     def flush(self) -> None:
+        """Write pending changes (everything after an outage). Raises StoreUnavailable."""
         with self._lock:
             if self._resync:
-                # After a store outage (or at start) the whole local picture is rewritten.
-                users = self._hub.users()
-                self._store.set_presence(self._node_id, users, [])
+                users = set(self._hub.users()) | self._dirty
+                self._dirty.clear()
+                self._write(users)
                 self._resync = False
-            gone = [u for u in self._gone if self._hub.connections_of(u) == 0]
-            self._gone.clear()
-            if gone:
-                try:
-                    self._store.set_presence(self._node_id, [], gone)
-                except StoreUnavailable:
-                    self._gone.update(gone)
-                    raise
+                return
+            if self._dirty:
+                users, self._dirty = self._dirty, set()
+                self._write(users)
+
+    def _write(self, users: set[str]) -> None:
+        counts = {u: self._hub.connections_of(u) for u in users}
+        try:
+            self._store.set_presence(self._node_id, counts)
+        except StoreUnavailable:
+            self._dirty |= users
+            raise
+
+    def run(self, interval: float) -> None:
+        """Flush changes as they come, at most every ``interval`` seconds."""
+        while True:
+            self._wakeup.wait()
+            self._wakeup.clear()
+            try:
+                self.flush()
+            except StoreUnavailable as exc:
+                self._metrics.store_errors.inc()
+                log.warning("presence not written: %s", exc)
+            gevent.sleep(interval)  # batching window, not synchronisation
 
     def mark_resync(self) -> None:
         self._resync = True
+        self._wakeup.set()
 
 
 class Peer:
@@ -98,16 +120,19 @@ class Peer:
         self._metrics = metrics
         self._channel = grpc.insecure_channel(info.grpc_addr)
         self._stub = node_pb2_grpc.NodeServiceStub(self._channel)
-        self._outbox: deque[node_pb2.Delivery] = deque()
+        # (delivery, set when the Deliver call carrying it has finished)
+        self._outbox: deque[tuple[node_pb2.Delivery, Event | None]] = deque()
         self._wakeup = Event()
         self._greenlet = gevent.spawn(self._run)
         self.last_used = time.monotonic()
 
-    def send(self, delivery: node_pb2.Delivery) -> None:
+    def send(self, delivery: node_pb2.Delivery, done: Event | None = None) -> None:
         if len(self._outbox) >= OUTBOX_LIMIT:
-            self._outbox.popleft()
+            _, dropped = self._outbox.popleft()
+            if dropped is not None:
+                dropped.set()
             self._metrics.forwards.labels("dropped").inc()
-        self._outbox.append(delivery)
+        self._outbox.append((delivery, done))
         self._wakeup.set()
         self.last_used = time.monotonic()
 
@@ -134,7 +159,12 @@ class Peer:
             self._wakeup.clear()
             while self._outbox:
                 batch = [self._outbox.popleft() for _ in range(min(BATCH, len(self._outbox)))]
-                self.call(batch)
+                try:
+                    self.call([delivery for delivery, _ in batch])
+                finally:
+                    for _, done in batch:
+                        if done is not None:
+                            done.set()
 
     def close(self) -> None:
         self._greenlet.kill(block=False)
@@ -196,25 +226,40 @@ class Fleet:
     def forward_users(
         self, message: Message, recipients: list[tuple[str, int]], exclude_local: bool
     ) -> None:
-        """Queue the message for every other node holding a recipient (returns at once)."""
-        gevent.spawn(self._route_users, message, recipients)
+        """Hand the message to every other node holding a recipient; wait (bounded).
 
-    def _route_users(self, message: Message, recipients: list[tuple[str, int]]) -> None:
+        Waiting means a push that answered OK has already reached the nodes of
+        its online recipients, even if this node dies the next moment. A peer
+        that does not answer costs at most the forward deadline.
+        """
+        waits = self._route_users(message, recipients)
+        if waits:
+            deadline = time.monotonic() + self._timeout + 0.5
+            for done in waits:
+                done.wait(max(0.0, deadline - time.monotonic()))
+
+    def _route_users(self, message: Message, recipients: list[tuple[str, int]]) -> list[Event]:
         try:
             where = self._store.presence([u for u, _ in recipients], time.time())
             nodes = {n.node_id: n for n in self._remote_nodes()}
+            named = {node_id for per_node in where.values() for node_id in per_node}
+            if not named <= nodes.keys() | {self._node_id}:
+                self._nodes_at = 0.0  # a node newer than the cached list holds a recipient
+                nodes = {n.node_id: n for n in self._remote_nodes()}
         except StoreUnavailable as exc:
             self._metrics.forwards.labels("error").inc()
             log.warning("no routing (store unreachable): %s", exc)
-            return
+            return []
         per_node: dict[str, list[node_pb2.Recipient]] = {}
         for user_id, seq in recipients:
-            for node_id in where.get(user_id, ()):
+            for node_id in where.get(user_id, {}):
                 if node_id in nodes:
                     per_node.setdefault(node_id, []).append(
                         node_pb2.Recipient(user_id=user_id, seq=seq)
                     )
+        waits = []
         for node_id, recips in per_node.items():
+            done = Event()
             self._peer(nodes[node_id]).send(
                 node_pb2.Delivery(
                     user=node_pb2.UserDelivery(
@@ -223,8 +268,11 @@ class Fleet:
                         content_type=message.content_type,
                         recipients=recips,
                     )
-                )
+                ),
+                done,
             )
+            waits.append(done)
+        return waits
 
     def forward_topic(self, message: Message, topic: str) -> None:
         gevent.spawn(self._route_topic, message, topic)
@@ -256,28 +304,27 @@ class Fleet:
         delivery = node_pb2.Delivery(
             disconnect=node_pb2.UserDisconnect(user_id=user_id, reason=reason)
         )
-        calls: list[Callable[[], node_pb2.DeliverResponse | None]] = [
-            (lambda p=self._peer(n): p.call([delivery])) for n in nodes
-        ]
-        results = self._pool.map(lambda f: f(), calls)
-        return sum(r.connections[0] for r in results if r is not None and r.connections)
+        peers = [self._peer(n) for n in nodes]
+
+        def call(peer: Peer) -> int:
+            response = peer.call([delivery])
+            return response.connections[0] if response is not None and response.connections else 0
+
+        return sum(self._pool.map(call, peers))
 
     # -- queries ---------------------------------------------------------------------------------
 
     def presence(self, user_ids: tuple[str, ...]) -> dict[str, tuple[int, tuple[str, ...]]]:
         where = self._store.presence(list(user_ids), time.time())
-        counts = {n.node_id: n for n in self.nodes()}
         out: dict[str, tuple[int, tuple[str, ...]]] = {}
         for user_id in user_ids:
-            node_ids = set(where.get(user_id, ()))
-            local = self._hub.connections_of(user_id)
+            per_node = dict(where.get(user_id, {}))
+            local = self._hub.connections_of(user_id)  # fresher than the store
             if local:
-                node_ids.add(self._node_id)
+                per_node[self._node_id] = local
             else:
-                node_ids.discard(self._node_id)
-            node_ids &= set(counts) | {self._node_id}
-            remote = len(node_ids - {self._node_id})  # at least one connection per node
-            out[user_id] = (local + remote, tuple(sorted(node_ids)))
+                per_node.pop(self._node_id, None)
+            out[user_id] = (sum(per_node.values()), tuple(sorted(per_node)))
         return out
 
     def close(self) -> None:

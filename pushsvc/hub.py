@@ -15,7 +15,7 @@ from pushsvc.protocol import Close, UserFrame, wire_text
 if TYPE_CHECKING:
     from pushsvc.session import Session
 
-PresenceHook = Callable[[str, bool], None]  # (user_id, online)
+PresenceHook = Callable[[str, int], None]  # (user_id, connections now held here)
 
 
 class Hub:
@@ -31,11 +31,16 @@ class Hub:
         self._sessions[session.conn_id] = session
         conns = self._users.get(session.user_id)
         if conns is None:
-            self._users[session.user_id] = {session}
+            # Hooks run before the session is visible here, so the user's first
+            # arrival is recorded before the connection is replayed.
             for hook in self.presence_hooks:
-                hook(session.user_id, True)
+                hook(session.user_id, 1)
+            conns = self._users.setdefault(session.user_id, set())
+            conns.add(session)
         else:
             conns.add(session)
+            for hook in self.presence_hooks:
+                hook(session.user_id, len(conns))
 
     def remove(self, session: Session) -> None:
         if self._sessions.pop(session.conn_id, None) is None:
@@ -47,8 +52,8 @@ class Hub:
             conns.discard(session)
             if not conns:
                 del self._users[session.user_id]
-                for hook in self.presence_hooks:
-                    hook(session.user_id, False)
+            for hook in self.presence_hooks:
+                hook(session.user_id, len(conns))
 
     def subscribe(self, session: Session, topic: str) -> None:
         self._topics.setdefault(topic, set()).add(session)

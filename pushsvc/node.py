@@ -151,6 +151,8 @@ class Node:
             gevent.spawn(self._heartbeat_loop),
             gevent.spawn(self._sweep_loop),
         ]
+        if self.fleet is not None:
+            self._greenlets.append(gevent.spawn(self.fleet.presence_writer.run, 0.2))
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self._announce()
 
@@ -223,8 +225,6 @@ class Node:
                     log.info("store reachable again")
                     if self.fleet is not None:
                         self.fleet.presence_writer.mark_resync()
-                if self.fleet is not None:
-                    self.fleet.presence_writer.flush()
                 self._store_ok = True
             except StoreUnavailable as exc:
                 if self._store_ok:

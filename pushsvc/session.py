@@ -350,7 +350,10 @@ class Session:
         self.touch()
         if self._closing is not None:
             return
-        if not self._bucket.take():
+        # Acks are cheap (coalesced in memory): a client acking every message of
+        # a large replay must not be taken for a flood.
+        cost = 0.2 if isinstance(text, str) and '"ack"' in text[:40] else 1.0
+        if not self._bucket.take(cost):
             if not self._rate_warned:
                 self._rate_warned = True
                 self._queue_frame(wire_text(error_frame("rate_limited", "slow down")))

@@ -1,4 +1,4 @@
-"""Delivery guarantees (DESIGN §4) against a real node: durability, replay, order, slow consumers."""
+"""Delivery guarantees (DESIGN §4) on a real node: durability, replay, order, slow consumers."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def push_many(stub: push_pb2_grpc.PushServiceStub, user: str, first: int, count:
 def until_pong(client: Client) -> list[dict[str, Any]]:
     """Send a ping; return every frame received before the pong."""
     client.send({"type": "ping"})
-    before = []
+    before: list[dict[str, Any]] = []
     while True:
         frame = client.recv()
         if frame["type"] == "pong":

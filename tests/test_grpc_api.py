@@ -55,7 +55,7 @@ def rpc_error(call: Callable[[], Any]) -> grpc.RpcError:
 def until_pong(client: Client) -> list[dict[str, Any]]:
     """Send a ping; return every frame received before the pong."""
     client.send({"type": "ping"})
-    before = []
+    before: list[dict[str, Any]] = []
     while True:
         frame = client.recv()
         if frame["type"] == "pong":
@@ -160,7 +160,7 @@ def test_push_invalid_argument_stores_nothing(
     user = f"u-{case}"
     req: dict[str, Any] = {"user_ids": [user], "payload": b'{"ok":1}'}
     if case == "too-many-user-ids":
-        req["user_ids"] = [user] + fields["user_ids"][1:]  # the watched user among 1,001
+        req["user_ids"] = [user, *fields["user_ids"][1:]]  # the watched user among 1,001
     else:
         req.update(fields)
     err = rpc_error(lambda: stub.Push(push_pb2.PushRequest(**req), metadata=AUTH, timeout=10))
@@ -395,9 +395,9 @@ def test_rate_limit(node_factory: Callable[..., NodeProcess]) -> None:
     assert all(not isinstance(o, grpc.RpcError) for o in outcomes[:5]), outcomes[:5]
     assert isinstance(outcomes[5], grpc.RpcError), "the 6th rapid push was not refused"
     assert len(ok) <= 5 + int(5 * elapsed) + 1
-    for err in refused:
-        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
-        assert "rate" in (err.details() or "")
+    for refusal in refused:
+        assert refusal.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refusal
+        assert "rate" in (refusal.details() or "")
     # Only the accepted pushes were stored, with consecutive seqs.
     assert [list(r.seqs) for r in ok] == [[s] for s in range(1, len(ok) + 1)]
     with open_ws(node, "limited", since=0) as client:

@@ -57,4 +57,4 @@ def open_ws(
     url = node.ws_url + f"?token={token(user, topics=topics)}"
     if since is not None:
         url += f"&since={since}"
-    return Client(connect(url, open_timeout=10, **kwargs))
+    return Client(connect(url, open_timeout=10, legacy=True, **kwargs))

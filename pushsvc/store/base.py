@@ -9,7 +9,7 @@ backend cannot be reached, and a failed write leaves nothing behind.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from pushsvc.messages import Message
@@ -127,12 +127,14 @@ class Store(ABC):
         """Registrations that have not expired, sorted by node id."""
 
     @abstractmethod
-    def set_presence(self, node_id: str, online: Sequence[str], offline: Sequence[str]) -> None:
-        """Mark users as held (``online``) or no longer held (``offline``) by the node."""
+    def set_presence(self, node_id: str, counts: Mapping[str, int]) -> None:
+        """Record how many connections of each user the node holds; 0 removes the
+        (user, node) presence record. Users not named are left as they are."""
 
     @abstractmethod
-    def presence(self, user_ids: Sequence[str], now: float) -> dict[str, list[str]]:
-        """For each user with presence on a live node: the sorted node ids."""
+    def presence(self, user_ids: Sequence[str], now: float) -> dict[str, dict[str, int]]:
+        """For each user with presence on a live (unexpired) node: {node_id: connections}.
+        Users without any are absent from the result."""
 
     # -- housekeeping ------------------------------------------------------------
 

@@ -19,7 +19,7 @@ import contextlib
 import json
 import pathlib
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from gevent.monkey import get_original
@@ -39,7 +39,7 @@ from pushsvc.store.base import (
 T = TypeVar("T")
 
 DB_FILENAME = "pushsvc.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: presence.connections
 MIN_SQLITE = (3, 24, 0)  # upsert; plus the JSON1 functions (built in since 3.38)
 
 _SCHEMA = """
@@ -91,8 +91,9 @@ CREATE TABLE IF NOT EXISTS nodes (
 CREATE INDEX IF NOT EXISTS nodes_expires_at ON nodes (expires_at);
 
 CREATE TABLE IF NOT EXISTS presence (
-    user_id TEXT NOT NULL,
-    node_id TEXT NOT NULL,
+    user_id     TEXT NOT NULL,
+    node_id     TEXT NOT NULL,
+    connections INTEGER NOT NULL,
     PRIMARY KEY (user_id, node_id)
 );
 CREATE INDEX IF NOT EXISTS presence_node ON presence (node_id);
@@ -185,6 +186,10 @@ class EmbeddedStore(Store):
                     f"schema version {version} is newer than this build ({SCHEMA_VERSION})"
                 )
             conn.execute("BEGIN IMMEDIATE")
+            if 0 < version < 2:
+                # Version 1 presence rows had no count. Presence is soft state
+                # (each node purges and rewrites its own on registering): drop it.
+                conn.execute("DROP TABLE IF EXISTS presence")
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     conn.execute(stmt)
@@ -493,12 +498,12 @@ class EmbeddedStore(Store):
 
         return [NodeInfo(*row) for row in self._call(body)]
 
-    def set_presence(self, node_id: str, online: Sequence[str], offline: Sequence[str]) -> None:
-        """Offline is applied first, so a user named in both ends up online."""
-        if not online and not offline:
+    def set_presence(self, node_id: str, counts: Mapping[str, int]) -> None:
+        """A count of 0 (or less) removes the user's presence on the node."""
+        if not counts:
             return
-        gone = json.dumps(list(offline))
-        held = json.dumps(list(online))
+        gone = json.dumps([u for u, c in counts.items() if c <= 0])
+        held = json.dumps({u: int(c) for u, c in counts.items() if c > 0})
 
         def body(conn: sqlite3.Connection) -> None:
             def work() -> None:
@@ -508,8 +513,10 @@ class EmbeddedStore(Store):
                     (node_id, gone),
                 )
                 conn.execute(
-                    "INSERT OR IGNORE INTO presence (user_id, node_id)"
-                    " SELECT value, ? FROM json_each(?)",
+                    "INSERT INTO presence (user_id, node_id, connections)"
+                    " SELECT key, ?, value FROM json_each(?) WHERE true"
+                    " ON CONFLICT (user_id, node_id) DO UPDATE"
+                    " SET connections = excluded.connections",
                     (node_id, held),
                 )
 
@@ -517,26 +524,25 @@ class EmbeddedStore(Store):
 
         self._call(body)
 
-    def presence(self, user_ids: Sequence[str], now: float) -> dict[str, list[str]]:
+    def presence(self, user_ids: Sequence[str], now: float) -> dict[str, dict[str, int]]:
         users = list(dict.fromkeys(user_ids))
         if not users:
             return {}
 
         users_json = json.dumps(users)
 
-        def body(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+        def body(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:
             return conn.execute(
-                "SELECT p.user_id, p.node_id FROM presence p"
+                "SELECT p.user_id, p.node_id, p.connections FROM presence p"
                 " JOIN nodes n ON n.node_id = p.node_id"
-                " WHERE p.user_id IN (SELECT value FROM json_each(?)) AND n.expires_at > ?",
+                " WHERE p.user_id IN (SELECT value FROM json_each(?)) AND n.expires_at > ?"
+                " ORDER BY p.user_id, p.node_id",
                 (users_json, now),
             ).fetchall()
 
-        result: dict[str, list[str]] = {}
-        for uid, nid in self._call(body):
-            result.setdefault(uid, []).append(nid)
-        for nodes in result.values():
-            nodes.sort()
+        result: dict[str, dict[str, int]] = {}
+        for uid, nid, connections in self._call(body):
+            result.setdefault(uid, {})[nid] = int(connections)
         return result
 
     # -- housekeeping -------------------------------------------------------------

@@ -15,7 +15,8 @@ Collections (every query has an index):
 - ``idempotency``: ``{_id: key, message_id, users, seqs, created_at, exp,
   expires_at, claimed}``; ``seqs`` is null while the first push is in flight.
 - ``nodes``: ``{_id: node id, grpc_addr, ws_addr, started_at, exp, expires_at,
-  connections}``; ``presence``: ``{_id: '["user","node"]', user_id, node_id}``.
+  connections}``; ``presence``: ``{_id: '["user","node"]', user_id, node_id,
+  connections}``.
 
 Expiry: ``exp`` is the exact unix time (a double, what every query compares);
 ``expires_at`` is the same instant as a BSON date rounded up to the
@@ -40,7 +41,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -686,40 +687,44 @@ class MongoStore(Store):
         return json.dumps([user_id, node_id], ensure_ascii=False)
 
     @_guarded
-    def set_presence(self, node_id: str, online: Sequence[str], offline: Sequence[str]) -> None:
+    def set_presence(self, node_id: str, counts: Mapping[str, int]) -> None:
+        """A count of 0 (or less) removes the user's presence on the node."""
+        gone = [u for u, c in counts.items() if c <= 0]
         ops: list[DeleteMany | UpdateOne] = []
-        if offline:
-            ops.append(DeleteMany({"node_id": node_id, "user_id": {"$in": list(offline)}}))
+        if gone:
+            ops.append(DeleteMany({"node_id": node_id, "user_id": {"$in": gone}}))
         ops.extend(
             UpdateOne(
                 {"_id": self._presence_id(u, node_id)},
-                {"$set": {"user_id": u, "node_id": node_id}},
+                {"$set": {"user_id": u, "node_id": node_id, "connections": int(c)}},
                 upsert=True,
             )
-            for u in dict.fromkeys(online)
+            for u, c in counts.items()
+            if c > 0
         )
         if ops:
             self._upsert(lambda: self._presence.bulk_write(ops, ordered=True))
 
     @_guarded
-    def presence(self, user_ids: Sequence[str], now: float) -> dict[str, list[str]]:
+    def presence(self, user_ids: Sequence[str], now: float) -> dict[str, dict[str, int]]:
         if not user_ids:
             return {}
-        held: dict[str, set[str]] = {}
+        held: dict[str, dict[str, int]] = {}
         for d in self._presence.find(
-            {"user_id": {"$in": list(dict.fromkeys(user_ids))}}, {"user_id": 1, "node_id": 1}
+            {"user_id": {"$in": list(dict.fromkeys(user_ids))}},
+            {"user_id": 1, "node_id": 1, "connections": 1},
         ):
-            held.setdefault(d["user_id"], set()).add(d["node_id"])
+            held.setdefault(d["user_id"], {})[d["node_id"]] = int(d["connections"])
         if not held:
             return {}
-        node_ids = sorted(set().union(*held.values()))
+        node_ids = sorted({n for nodes in held.values() for n in nodes})
         live = {
             d["_id"]
             for d in self._nodes.find({"_id": {"$in": node_ids}, "exp": {"$gt": now}}, {"_id": 1})
         }
-        out: dict[str, list[str]] = {}
-        for u in user_ids:
-            nodes = sorted(held.get(u, set()) & live)
+        out: dict[str, dict[str, int]] = {}
+        for u in dict.fromkeys(user_ids):
+            nodes = {n: c for n, c in sorted(held.get(u, {}).items()) if n in live}
             if nodes:
                 out[u] = nodes
         return out

@@ -81,7 +81,7 @@ def test_ttl_index_fallback_is_detected_and_sweep_does_the_work(store: MongoStor
     store.store_message(short, ["alice", "bob"], "k-short", T0)
     store.store_message(long_, ["alice"], "", T0)
     store.register_node(NodeInfo("n1", "a:1", "a:2", T0, T0 + 15))
-    store.set_presence("n1", ["alice"], [])
+    store.set_presence("n1", {"alice": 1})
     assert (count(store, "messages"), count(store, "inbox")) == (2, 3)
 
     # nothing removes expired documents by itself on FerretDB

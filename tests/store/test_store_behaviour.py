@@ -299,52 +299,86 @@ def test_refresh_recreates_a_swept_registration(store: Store) -> None:
     assert store.live_nodes(T0 + 20) == [node("n1", T0 + 35, connections=2)]
 
 
-def test_presence_counts_only_live_nodes(store: Store) -> None:
+def test_presence_counts_are_stored_per_node_and_only_live_nodes_count(store: Store) -> None:
     store.register_node(node("n1", T0 + 15))
     store.register_node(node("n2", T0 + 30))
-    store.set_presence("n1", ["alice", "bob"], [])
-    store.set_presence("n2", ["alice"], [])
-    store.set_presence("ghost", ["alice", "carol"], [])  # node never registered
+    store.set_presence("n1", {"alice": 2, "bob": 1})
+    store.set_presence("n2", {"alice": 1})
+    store.set_presence("ghost", {"alice": 4, "carol": 1})  # node never registered
 
     users = ["alice", "bob", "carol", "dave"]
-    assert store.presence(users, T0) == {"alice": ["n1", "n2"], "bob": ["n1"]}
+    assert store.presence(users, T0) == {"alice": {"n1": 2, "n2": 1}, "bob": {"n1": 1}}
+    assert store.presence(["bob"], T0) == {"bob": {"n1": 1}}
+    assert store.presence(["dave"], T0) == {}
     assert store.presence([], T0) == {}
-
-    store.set_presence("n1", [], ["bob"])
-    store.set_presence("n1", ["alice"], [])  # already present: no duplicate
-    assert store.presence(users, T0) == {"alice": ["n1", "n2"]}
+    store.set_presence("n1", {})  # nothing to do
 
     # n1 expired: its presence is ignored before any sweep
-    assert store.presence(users, T0 + 20) == {"alice": ["n2"]}
-    store.refresh_node("n1", T0 + 60, 1)
-    assert store.presence(users, T0 + 20) == {"alice": ["n1", "n2"]}
+    assert store.presence(users, T0 + 20) == {"alice": {"n2": 1}}
+    store.refresh_node("n1", T0 + 60, 3)
+    assert store.presence(users, T0 + 20) == {"alice": {"n1": 2, "n2": 1}, "bob": {"n1": 1}}
 
     store.deregister_node("n2")
-    assert store.presence(users, T0 + 20) == {"alice": ["n1"]}
+    assert store.presence(users, T0 + 20) == {"alice": {"n1": 2}, "bob": {"n1": 1}}
     store.register_node(node("n2", T0 + 60))
-    assert store.presence(users, T0 + 20) == {"alice": ["n1"]}  # no resurrection
+    assert store.presence(users, T0 + 20) == {"alice": {"n1": 2}, "bob": {"n1": 1}}
+
+
+def test_set_presence_overwrites_removes_at_zero_and_leaves_others(store: Store) -> None:
+    store.register_node(node("n1", T0 + 30))
+    store.register_node(node("n2", T0 + 30))
+    store.set_presence("n1", {"alice": 1, "bob": 2, "carol": 1})
+    store.set_presence("n2", {"alice": 5, "bob": 1})
+    users = ["alice", "bob", "carol"]
+
+    # a later call overwrites the count (it does not add to it)
+    store.set_presence("n1", {"alice": 3})
+    assert store.presence(users, T0) == {
+        "alice": {"n1": 3, "n2": 5},
+        "bob": {"n1": 2, "n2": 1},
+        "carol": {"n1": 1},
+    }
+    store.set_presence("n1", {"alice": 1})  # counts go down as well as up
+    assert store.presence(["alice"], T0) == {"alice": {"n1": 1, "n2": 5}}
+
+    # 0 removes the (user, node) record, on that node only; others are untouched
+    store.set_presence("n1", {"bob": 0, "carol": 0, "alice": 4})
+    assert store.presence(users, T0) == {"alice": {"n1": 4, "n2": 5}, "bob": {"n2": 1}}
+    store.set_presence("n2", {"bob": 0})
+    assert store.presence(users, T0) == {"alice": {"n1": 4, "n2": 5}}
+    store.set_presence("n1", {"dave": 0})  # removing what is not there is a no-op
+    assert store.presence([*users, "dave"], T0) == {"alice": {"n1": 4, "n2": 5}}
+
+    # a removed user can come back
+    store.set_presence("n2", {"carol": 2})
+    assert store.presence(["carol"], T0) == {"carol": {"n2": 2}}
 
 
 def test_register_node_purges_presence_of_an_earlier_run(store: Store) -> None:
     store.register_node(node("n1", T0 + 15))
-    store.set_presence("n1", ["alice", "bob"], [])
-    assert store.presence(["alice", "bob"], T0) == {"alice": ["n1"], "bob": ["n1"]}
+    store.register_node(node("n2", T0 + 15))
+    store.set_presence("n1", {"alice": 2, "bob": 1})
+    store.set_presence("n2", {"alice": 1})
+    assert store.presence(["alice", "bob"], T0) == {
+        "alice": {"n1": 2, "n2": 1},
+        "bob": {"n1": 1},
+    }
     store.register_node(node("n1", T0 + 30))  # the node restarted
-    assert store.presence(["alice", "bob"], T0) == {}
-    store.set_presence("n1", ["bob"], [])
-    assert store.presence(["alice", "bob"], T0) == {"bob": ["n1"]}
+    assert store.presence(["alice", "bob"], T0) == {"alice": {"n2": 1}}
+    store.set_presence("n1", {"bob": 3})
+    assert store.presence(["alice", "bob"], T0) == {"alice": {"n2": 1}, "bob": {"n1": 3}}
 
 
 def test_sweep_removes_expired_registrations_and_their_presence(store: Store) -> None:
     store.register_node(node("n1", T0 + 15))
     store.register_node(node("n2", T0 + 60))
-    store.set_presence("n1", ["alice"], [])
-    store.set_presence("n2", ["bob"], [])
+    store.set_presence("n1", {"alice": 2})
+    store.set_presence("n2", {"bob": 1})
     assert store.sweep(T0 + 20) >= 2  # n1 and alice's presence on it
     assert [n.node_id for n in store.live_nodes(T0)] == ["n2"]
     # a re-created n1 does not bring back presence from before the sweep
     store.refresh_node("n1", T0 + 90, 0)
-    assert store.presence(["alice", "bob"], T0 + 20) == {"bob": ["n2"]}
+    assert store.presence(["alice", "bob"], T0 + 20) == {"bob": {"n2": 1}}
 
 
 # -- failures leave nothing behind ----------------------------------------------------

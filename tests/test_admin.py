@@ -1,0 +1,137 @@
+"""The admin listener (DESIGN §6) and graceful shutdown (DESIGN §5) of a real node."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+from websockets.exceptions import ConnectionClosed
+
+from pushsvc.v1 import push_pb2
+from tests.nodeproc import NodeProcess, auth
+from tests.wsclient import Client, open_ws
+
+AUTH = auth()
+
+FAMILIES = (
+    "pushsvc_connections",
+    "pushsvc_messages_pushed_total",
+    "pushsvc_frames_sent_total",
+    "pushsvc_acks_total",
+    "pushsvc_push_duration_seconds",
+    "pushsvc_forward_total",
+    "pushsvc_store_errors_total",
+)
+
+
+def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def metrics(node: NodeProcess) -> dict[str, float]:
+    """Every unlabelled sample (and labelled ones as name{k="v"}) of /metrics."""
+    status, text = node.admin_get("/metrics")
+    assert status == 200
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}" if labels else s.name] = float(s.value)
+    return out
+
+
+def test_healthz_and_readyz(node: NodeProcess) -> None:
+    status, body = node.admin_get("/healthz")
+    assert status == 200, body
+    status, body = node.admin_get("/readyz")
+    assert status == 200, body
+    assert json.loads(body)["ready"] is True
+    status, _ = node.admin_get("/nope")
+    assert status == 404
+
+
+def test_metrics_families(node: NodeProcess) -> None:
+    status, text = node.admin_get("/metrics")
+    assert status == 200
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    types = {
+        "pushsvc_connections": "gauge",
+        "pushsvc_messages_pushed": "counter",
+        "pushsvc_frames_sent": "counter",
+        "pushsvc_acks": "counter",
+        "pushsvc_push_duration_seconds": "histogram",
+        "pushsvc_forward": "counter",
+        "pushsvc_store_errors": "counter",
+    }
+    for name, kind in types.items():
+        assert name in families, name
+        assert families[name].type == kind, (name, families[name].type)
+    for name in FAMILIES:  # the exposed names, labelled families without samples included
+        assert f"# HELP {name} " in text, name
+        assert f"# TYPE {name} " in text, name
+
+
+def test_metrics_move(node: NodeProcess) -> None:
+    before = metrics(node)
+    assert before["pushsvc_connections"] == 0
+    with node.stub() as stub:
+        with open_ws(node, "metered") as client:
+            wait_for(lambda: metrics(node)["pushsvc_connections"] == 1, what="connections 1")
+            stub.Push(push_pb2.PushRequest(user_ids=["metered"], payload=b'{"m":1}'), metadata=AUTH)
+            (msg,) = client.messages(1)
+            after_push = wait_for(
+                lambda: (
+                    (m := metrics(node))["pushsvc_frames_sent_total"]
+                    >= before["pushsvc_frames_sent_total"] + 2  # welcome + message
+                    and m
+                ),
+                what="frames_sent to move",
+            )
+            assert (
+                after_push["pushsvc_messages_pushed_total"]
+                == before["pushsvc_messages_pushed_total"] + 1
+            )
+            assert (
+                after_push["pushsvc_push_duration_seconds_count"]
+                == before["pushsvc_push_duration_seconds_count"] + 1
+            )
+            assert after_push["pushsvc_acks_total"] == before["pushsvc_acks_total"]
+            client.send({"type": "ack", "seq": msg["seq"]})
+            wait_for(
+                lambda: metrics(node)["pushsvc_acks_total"] == before["pushsvc_acks_total"] + 1,
+                what="acks to move",
+            )
+        wait_for(lambda: metrics(node)["pushsvc_connections"] == 0, what="connections 0")
+    assert metrics(node)["pushsvc_store_errors_total"] == 0
+
+
+def wait_closed(client: Client, timeout: float = 10.0) -> ConnectionClosed:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.recv(timeout=max(0.01, deadline - time.monotonic()))
+        except ConnectionClosed as exc:
+            return exc
+
+
+def test_sigterm_drains_with_1012_and_exits_0(node: NodeProcess) -> None:
+    with open_ws(node, "drained") as client, open_ws(node, "drained2") as other:
+        started = time.monotonic()
+        code = node.stop(timeout=30)
+        elapsed = time.monotonic() - started
+        assert code == 0, node.log()
+        assert elapsed < 25, elapsed
+        for c in (client, other):
+            closed = wait_closed(c)
+            assert closed.rcvd is not None, "no close frame from the server"
+            assert closed.rcvd.code == 1012, closed.rcvd
