@@ -74,6 +74,8 @@ class PushWebSocket(WebSocket):
         header = Header.decode_header(self.stream)
         if header.flags:
             raise ProtocolError("reserved bits set: no extension was negotiated")
+        if not header.mask:
+            raise ProtocolError("client frames must be masked (RFC 6455 5.1)")
         if header.length > self.max_size:
             raise FrameTooLargeException(f"frame of {header.length} bytes")
         if not header.length:
@@ -318,21 +320,23 @@ class EdgeHandler(WebSocketHandler):
         finally:
             self.environ.update({"wsgi.websocket": None})
 
-    def upgrade_connection(self) -> list[str] | None:
+    def upgrade_connection(self) -> list[bytes] | None:
         version = self.environ.get("HTTP_SEC_WEBSOCKET_VERSION")
         if version not in self.SUPPORTED_VERSIONS:
-            self.start_response(
-                "400 Bad Request", [("Sec-WebSocket-Version", ", ".join(self.SUPPORTED_VERSIONS))]
+            return _json_response(
+                self.start_response,
+                "400 Bad Request",
+                f"unsupported WebSocket version {str(version)[:20]}: use 13",
             )
-            return [f"unsupported WebSocket version {version}"]
         key = self.environ.get("HTTP_SEC_WEBSOCKET_KEY", "").strip()
         try:
             valid = len(base64.b64decode(key, validate=True)) == 16
         except ValueError:
             valid = False
         if not valid:
-            self.start_response("400 Bad Request", [])
-            return ["invalid Sec-WebSocket-Key"]
+            return _json_response(
+                self.start_response, "400 Bad Request", "invalid Sec-WebSocket-Key"
+            )
         self.websocket = PushWebSocket(self.environ, Stream(self), self)
         self.environ.update({"wsgi.websocket_version": version, "wsgi.websocket": self.websocket})
         accept = base64.b64encode(

@@ -183,12 +183,15 @@ class Session:
             self._writer.join(timeout)
 
     def close(self, reason: Close, text: str | None = None) -> None:
-        """Close with a code; pending frames are dropped (stored ones wait in the inbox)."""
+        """Close with a code. Frames already queued go out first (so an error frame
+        explains the close), except for a slow consumer, whose queue is dropped:
+        its stored messages wait in the inbox."""
         if self._closing is not None:
             return
         self._closing = (reason.code, text if text is not None else reason.reason)
         self._metrics.closed.labels(str(reason.code)).inc()
-        self._queue.clear()
+        if reason is Close.SLOW_CONSUMER:
+            self._queue.clear()
         self._wakeup.set()
         self._drained.set()
         # A writer stuck on a full socket buffer is cut loose after a grace period.
@@ -302,6 +305,8 @@ class Session:
                 if self._closing is None and now - self._last_seen > limits.ping_timeout:
                     self.close(Close.PING_TIMEOUT)
                 if self._closing is not None:
+                    if self._queue:
+                        self._flush()
                     code, text = self._closing
                     self._transport.write(wire_close(code, text))
                     return
