@@ -18,6 +18,14 @@ RESULTS = BENCH_DIR / "RESULTS.md"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def loadavg() -> str:
+    with open("/proc/loadavg") as fh:
+        return " ".join(fh.read().split()[:3])
+
+
+LOAD_AT_START = loadavg()
+
+
 def raise_nofile() -> int:
     """Lift the soft open-files limit to the hard one (children inherit it)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -127,7 +135,9 @@ def append_results(title: str, body: str) -> None:
     entry = (
         f"\n## {title} — {utc_now()}\n\n"
         f"- command: `{command_line()}`\n"
-        f"- machine: {machine()}\n\n"
+        f"- machine: {machine()}\n"
+        f"- load average (1/5/15 min) at start: {LOAD_AT_START}; at end: {loadavg()} "
+        "(other work on the machine shares the 2 cores)\n\n"
         f"{body.rstrip()}\n"
     )
     with RESULTS.open("a") as fh:

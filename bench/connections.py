@@ -23,13 +23,14 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,17 @@ BATCH = 1000  # user_ids per Push: the contract's maximum
 
 
 @dataclass
+class Round:
+    """One fan-out: a message to every connected user."""
+
+    delivered: int = 0
+    seconds: float = 0.0  # call → last frame received
+    cpu: float = 0.0  # node CPU over the same span
+    rpc_seconds: float = 0.0  # call → the Push calls (or POST) answered
+    latencies: list[float] = field(default_factory=list)
+
+
+@dataclass
 class Result:
     name: str
     target: int
@@ -71,11 +83,7 @@ class Result:
     connect_cpu: float = 0.0
     idle_seconds: float = 0.0
     idle_cpu: float = 0.0
-    delivered: int = 0
-    deliver_seconds: float = 0.0
-    deliver_cpu: float = 0.0
-    rpc_seconds: float = 0.0
-    latencies: list[float] = field(default_factory=list)
+    rounds: list[Round] = field(default_factory=list)
     frame_bytes: int = 0
     loadgen_cpu: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -88,6 +96,46 @@ class Result:
     def connect_rate(self) -> float:
         return self.connected / self.connect_seconds if self.connect_seconds else 0.0
 
+    @property
+    def median_round(self) -> Round:
+        """The round with the median delivery time (the middle one of an odd count)."""
+        if not self.rounds:
+            return Round()
+        ordered = sorted(self.rounds, key=lambda r: r.seconds)
+        return ordered[(len(ordered) - 1) // 2]
+
+
+class Profiler:
+    """py-spy sampling one phase of a run into a collapsed-stack file (``--profile``)."""
+
+    def __init__(self, prefix: str | None, pid: int, phase: str) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        if not prefix:
+            return
+        self.proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "py-spy"),
+                "record",
+                "--pid",
+                str(pid),
+                "--rate",
+                "200",
+                "--format",
+                "raw",
+                "--threads",
+                "-o",
+                f"{prefix}-{phase}.txt",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(0.5)  # let it attach
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.wait(30)
+
 
 class Target:
     """A server under test: start, fan out one frame to everyone, stop."""
@@ -98,6 +146,9 @@ class Target:
     log_path: Path | None = None
 
     def start(self) -> None: ...
+
+    def user(self, i: int) -> str:
+        return f"peer-{i}"
 
     def token(self, i: int) -> str | None:
         return None
@@ -232,23 +283,21 @@ async def measure(target: Target, args: argparse.Namespace) -> Result:
         pid = target.pid
         res.rss_before = rss_bytes(pid)
         tokens = [target.token(i) for i in range(n)]
-        users = (
-            [PushsvcTarget.user(target, i) for i in range(n)]
-            if isinstance(target, PushsvcTarget)
-            else []
-        )
+        users = [target.user(i) for i in range(n)]
 
-        received = 0
-        done = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        arrivals: list[float] = []
+        done: asyncio.Future[float] = loop.create_future()
 
         def on_text(conn: WsConn, payload: bytes, now: float) -> None:
-            nonlocal received
-            if conn.messages == 1:
-                res.frame_bytes = len(payload)
-                received += 1
-                if received >= res.connected and not done.done():
-                    done.set_result(now)
+            # Every text frame after the welcome is the current round's message.
+            res.frame_bytes = len(payload)
+            arrivals.append(now)
+            if len(arrivals) >= res.connected and not done.done():
+                done.set_result(now)
 
+        profile = args.profile if isinstance(target, PushsvcTarget) else None
+        prof = Profiler(profile, pid, "connect")
         lg0 = os.times()
         cpu0 = cpu_seconds(pid)
         t0 = time.perf_counter()
@@ -263,6 +312,7 @@ async def measure(target: Target, args: argparse.Namespace) -> Result:
         )
         res.connect_seconds = time.perf_counter() - t0
         res.connect_cpu = cpu_seconds(pid) - cpu0
+        prof.stop()
         res.connected = len(conns)
         print(
             f"  {target.name}: {res.connected}/{n} connected in {res.connect_seconds:.2f}s"
@@ -278,22 +328,27 @@ async def measure(target: Target, args: argparse.Namespace) -> Result:
             res.idle_cpu = cpu_seconds(pid) - cpu_i
             res.idle_seconds = time.perf_counter() - t_i
 
-            connected_users = [users[c.index] for c in conns] if users else []
-            cpu_d = cpu_seconds(pid)
-            t_d = time.perf_counter()
-            rpc: Awaitable[None] = target.fan_out(connected_users)
-            finished = await _timed(rpc)
-            res.rpc_seconds = finished - t_d
-            try:
-                t_last = await asyncio.wait_for(done, args.deliver_timeout)
-                res.deliver_cpu = cpu_seconds(pid) - cpu_d
-                res.deliver_seconds = t_last - t_d
-            except TimeoutError:
-                res.deliver_cpu = cpu_seconds(pid) - cpu_d
-                res.deliver_seconds = time.perf_counter() - t_d
-                res.notes.append(f"delivery timed out after {args.deliver_timeout}s")
-            res.delivered = received
-            res.latencies = [c.first_message_at - t_d for c in conns if c.first_message_at]
+            connected_users = [users[c.index] for c in conns]
+            prof = Profiler(profile, pid, "fanout")
+            for _ in range(args.rounds):
+                arrivals.clear()
+                done = loop.create_future()
+                rnd = Round()
+                cpu_d = cpu_seconds(pid)
+                t_d = time.perf_counter()
+                await target.fan_out(connected_users)
+                rnd.rpc_seconds = time.perf_counter() - t_d
+                try:
+                    rnd.seconds = await asyncio.wait_for(done, args.deliver_timeout) - t_d
+                except TimeoutError:
+                    rnd.seconds = time.perf_counter() - t_d
+                    res.notes.append(f"delivery timed out after {args.deliver_timeout}s")
+                rnd.cpu = cpu_seconds(pid) - cpu_d
+                rnd.delivered = len(arrivals)
+                rnd.latencies = [t - t_d for t in arrivals]
+                res.rounds.append(rnd)
+                await asyncio.sleep(1.0)
+            prof.stop()
             await asyncio.sleep(1.0)
             res.rss_after_push = rss_bytes(pid)
             dropped = sum(1 for c in conns if c.closed.done())
@@ -311,11 +366,6 @@ async def measure(target: Target, args: argparse.Namespace) -> Result:
         if bad:
             res.notes.append(f"{len(bad)} error lines in the server log, first: {bad[0][:200]}")
     return res
-
-
-async def _timed(aw: Awaitable[None]) -> float:
-    await aw
-    return time.perf_counter()
 
 
 def report(results: list[Result], args: argparse.Namespace) -> str:
@@ -338,20 +388,42 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
             f"node CPU idle with N conns (% of a core, {args.idle:.0f} s)",
             lambda r: r.idle_cpu / r.idle_seconds * 100 if r.idle_seconds else float("nan"),
         ),
-        row("fan-out: frames received", lambda r: f"{r.delivered:,} / {r.connected:,}"),
         row("fan-out: frame size (bytes)", lambda r: r.frame_bytes),
-        row("fan-out: RPC/trigger answered (ms)", lambda r: r.rpc_seconds * ms),
-        row("fan-out: p50 frame arrival (ms)", lambda r: percentile(r.latencies, 50) * ms),
-        row("fan-out: p99 frame arrival (ms)", lambda r: percentile(r.latencies, 99) * ms),
-        row("fan-out: all frames received (ms)", lambda r: r.deliver_seconds * ms),
-        row("fan-out: node CPU (s)", lambda r: r.deliver_cpu),
         row(
-            "fan-out: node CPU per frame (µs)",
-            lambda r: r.deliver_cpu / r.delivered * 1e6 if r.delivered else float("nan"),
+            "fan-out: frames received (each round)",
+            lambda r: " ".join(f"{x.delivered:,}" for x in r.rounds) + f" / {r.connected:,}",
         ),
         row(
-            "fan-out: frames/s (N / all received)",
-            lambda r: r.delivered / r.deliver_seconds if r.deliver_seconds else float("nan"),
+            "fan-out: all frames received, each round (ms)",
+            lambda r: " ".join(f"{x.seconds * ms:.0f}" for x in r.rounds),
+        ),
+        row("fan-out, median round: all received (ms)", lambda r: r.median_round.seconds * ms),
+        row(
+            "fan-out, median round: Push/POST answered (ms)",
+            lambda r: r.median_round.rpc_seconds * ms,
+        ),
+        row(
+            "fan-out, median round: p50 frame arrival (ms)",
+            lambda r: percentile(r.median_round.latencies, 50) * ms,
+        ),
+        row(
+            "fan-out, median round: p99 frame arrival (ms)",
+            lambda r: percentile(r.median_round.latencies, 99) * ms,
+        ),
+        row("fan-out, median round: node CPU (s)", lambda r: r.median_round.cpu),
+        row(
+            "fan-out: node CPU per frame, all rounds (µs)",
+            lambda r: (
+                sum(x.cpu for x in r.rounds) / max(1, sum(x.delivered for x in r.rounds)) * 1e6
+            ),
+        ),
+        row(
+            "fan-out, median round: frames/s",
+            lambda r: (
+                r.median_round.delivered / r.median_round.seconds
+                if r.median_round.seconds
+                else float("nan")
+            ),
         ),
         row("RSS after fan-out (MiB)", lambda r: r.rss_after_push / 2**20),
         row("load generator CPU, whole run (s)", lambda r: r.loadgen_cpu),
@@ -385,14 +457,23 @@ async def amain(args: argparse.Namespace) -> list[Result]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=3, help="fan-outs, one message each")
     parser.add_argument("--concurrency", type=int, default=200, help="handshakes in flight")
-    parser.add_argument("--idle", type=float, default=10.0, help="idle CPU window, seconds")
+    parser.add_argument(
+        "--idle",
+        type=float,
+        default=25.0,
+        help="idle CPU window, seconds (default: one ping interval, every connection pinged once)",
+    )
     parser.add_argument("--settle", type=float, default=2.0, help="pause before RSS readings")
     parser.add_argument("--connect-deadline", type=float, default=120.0)
     parser.add_argument("--deliver-timeout", type=float, default=60.0)
     parser.add_argument("--log-level", default="info", help="the node's PUSHSVC_LOG_LEVEL")
     parser.add_argument("--targets", default="pushsvc,peer", help="pushsvc,peer")
     parser.add_argument("--record", action="store_true", help="append to bench/RESULTS.md")
+    parser.add_argument(
+        "--profile", help="py-spy the pushsvc node: PREFIX-connect.txt, PREFIX-fanout.txt"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
     limit = raise_nofile()
@@ -408,9 +489,9 @@ def main() -> int:
             "One node, embedded store, log level "
             f"{args.log_level}; load generator in one asyncio process (raw RFC 6455 "
             f"client, {args.concurrency} handshakes in flight); both on the same 2 cores. "
-            "Fan-out: one message to every user (pushsvc: concurrent Push calls of "
-            "1,000 user_ids; peer: one POST /fanout), timed from the call to the last "
-            "frame received.\n\n" + text,
+            f"Fan-out ({args.rounds} rounds): one message to every user (pushsvc: "
+            "concurrent Push calls of 1,000 user_ids; peer: one POST /fanout), "
+            "timed from the call to the last frame received.\n\n" + text,
         )
     return 0
 

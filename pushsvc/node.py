@@ -31,7 +31,7 @@ from pushsvc import edge, grpc_api  # noqa: E402
 from pushsvc.admin import AdminApp  # noqa: E402
 from pushsvc.auth import ApiKeys, TokenVerifier, load_or_create_secret  # noqa: E402
 from pushsvc.cluster import Fleet  # noqa: E402
-from pushsvc.config import Settings, check_secure  # noqa: E402
+from pushsvc.config import Address, Settings, check_secure  # noqa: E402
 from pushsvc.dispatcher import Dispatcher  # noqa: E402
 from pushsvc.errors import ConfigError, StoreUnavailable  # noqa: E402
 from pushsvc.hub import Hub  # noqa: E402
@@ -129,14 +129,13 @@ class Node:
 
     def start(self) -> None:
         s = self.settings
-        try:
-            ws_sock = edge.listen_socket(s.ws_addr, reuse_port=True)
-            admin_sock = edge.listen_socket(s.admin_addr)
-        except OSError as exc:
-            raise ConfigError(f"cannot listen: {exc.strerror}") from None
+        ws_sock = _listen(s.ws_addr, "PUSHSVC_WS_ADDR", reuse_port=True)
+        admin_sock = _listen(s.admin_addr, "PUSHSVC_ADMIN_ADDR")
         grpc_port = self.grpc_server.add_insecure_port(str(s.grpc_addr))
         if grpc_port == 0:
-            raise ConfigError(f"cannot listen for gRPC on {s.grpc_addr} (address in use?)")
+            raise ConfigError(
+                f"cannot listen on PUSHSVC_GRPC_ADDR {s.grpc_addr}: address in use or not local"
+            )
         self.ws_port = ws_sock.getsockname()[1]
         self.grpc_port = grpc_port
         self.admin_port = admin_sock.getsockname()[1]
@@ -291,6 +290,13 @@ class Node:
             self.admin_server.stop(timeout=1)
         self.store.close()
         log.info("stopped")
+
+
+def _listen(addr: Address, name: str, reuse_port: bool = False) -> socket.socket:
+    try:
+        return edge.listen_socket(addr, reuse_port=reuse_port)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {name} {addr}: {exc.strerror}") from None
 
 
 def run_node(settings: Settings) -> int:

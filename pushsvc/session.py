@@ -150,6 +150,8 @@ class Session:
             )
         )
         self._welcomed = True
+        if since is not None and latest and since > latest:
+            self._since = latest  # a client ahead of the store would silently skip new seqs
         self._catching_up = True
         gevent.spawn(self._catch_up)
 
@@ -240,6 +242,7 @@ class Session:
                 self._start_resolved = True
             gap_deadline = 0.0
             while self._closing is None:
+                announced = self._max_seen  # what was known before this read began
                 entries = self._store.inbox_after(
                     self.user_id, self.last_seq, REPLAY_PAGE, time.time()
                 )
@@ -258,10 +261,10 @@ class Session:
                 else:
                     if len(entries) < REPLAY_PAGE:
                         if self._max_seen > self.last_seq:
-                            if entries:
+                            if entries or self._max_seen > announced:
                                 continue  # more was announced while this page was read
-                            # Announced but gone from the store (expired): nothing to send.
-                            self.last_seq = self._max_seen
+                            # Announced before an empty read: gone (expired), nothing to send.
+                            self.last_seq = announced
                         self._live = True
                         return
                     continue

@@ -31,6 +31,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class PortTaken(RuntimeError):
+    """The node could not bind a port another process took meanwhile."""
+
+
 class NodeProcess:
     """One node: start, wait until ready, stop or kill, restart with the same settings."""
 
@@ -66,6 +70,26 @@ class NodeProcess:
         return self.env.get("PUSHSVC_NODE_ID") or f"{socket.gethostname()}-{self.grpc_port}"
 
     def start(self, timeout: float = 20.0) -> NodeProcess:
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except PortTaken:
+                if attempt == 2 or self.proc is None:
+                    raise
+                # free_port() only reserved the ports for a moment; take new ones.
+                self.ws_port, self.grpc_port, self.admin_port = (
+                    free_port(),
+                    free_port(),
+                    free_port(),
+                )
+                self.env.update(
+                    PUSHSVC_WS_ADDR=f"127.0.0.1:{self.ws_port}",
+                    PUSHSVC_GRPC_ADDR=f"127.0.0.1:{self.grpc_port}",
+                    PUSHSVC_ADMIN_ADDR=f"127.0.0.1:{self.admin_port}",
+                )
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> NodeProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSVC_")}
         env.update(self.env)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
@@ -82,7 +106,12 @@ class NodeProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.log()}")
+                self._close_log()
+                log = self.log()
+                lines = log.strip().splitlines()
+                if lines and "cannot listen" in lines[-1]:
+                    raise PortTaken(log)
+                raise RuntimeError(f"node exited with {self.proc.returncode}:\n{log}")
             with contextlib.suppress(OSError, urllib.error.URLError):
                 status, _ = self.admin_get("/readyz")
                 if status == 200:
