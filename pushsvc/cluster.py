@@ -223,9 +223,7 @@ class Fleet:
 
     # -- forwarding --------------------------------------------------------------------------
 
-    def forward_users(
-        self, message: Message, recipients: list[tuple[str, int]], exclude_local: bool
-    ) -> None:
+    def forward_users(self, message: Message, recipients: list[tuple[str, int]]) -> None:
         """Hand the message to every other node holding a recipient; wait (bounded).
 
         Waiting means a push that answered OK has already reached the nodes of

@@ -44,9 +44,7 @@ class Presence:
 class Fleet(Protocol):
     """Cross-node routing; the embedded node has none (``LocalOnly``)."""
 
-    def forward_users(
-        self, message: Message, recipients: list[tuple[str, int]], exclude_local: bool
-    ) -> None: ...
+    def forward_users(self, message: Message, recipients: list[tuple[str, int]]) -> None: ...
 
     def forward_topic(self, message: Message, topic: str) -> None: ...
 
@@ -77,7 +75,7 @@ class Dispatcher:
             local = sum(self.hub.deliver_online(uid, wire) for uid in cmd.user_ids)
             message = Message(message_id, cmd.payload, cmd.content_type, now)
             if self.fleet is not None:
-                self.fleet.forward_users(message, [(u, 0) for u in cmd.user_ids], True)
+                self.fleet.forward_users(message, [(u, 0) for u in cmd.user_ids])
             self._count(started)
             return PushOutcome(message_id, (), False, local)
         message = Message(message_id, cmd.payload, cmd.content_type, now, now + cmd.ttl_seconds)
@@ -92,9 +90,7 @@ class Dispatcher:
         for uid, seq in zip(cmd.user_ids, stored.seqs, strict=True):
             local += self.hub.deliver_user(uid, seq, frame, message_id)
         if self.fleet is not None:
-            self.fleet.forward_users(
-                message, list(zip(cmd.user_ids, stored.seqs, strict=True)), True
-            )
+            self.fleet.forward_users(message, list(zip(cmd.user_ids, stored.seqs, strict=True)))
         self._count(started)
         return PushOutcome(message_id, stored.seqs, False, local)
 
