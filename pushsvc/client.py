@@ -116,7 +116,9 @@ class UnavailableError(PushClientError):
     def unreachable(self) -> bool:
         """True when no connection to the node could be made at all."""
         text = self.message.lower()
-        return any(hint in text for hint in _UNREACHABLE_HINTS)
+        # Only the client's own transport phrases it this way; a node whose store
+        # is down may quote a driver's "connection refused" later in its message.
+        return text.startswith(_UNREACHABLE_HINTS)
 
 
 _ERRORS: dict[grpc.StatusCode, type[PushClientError]] = {
@@ -139,7 +141,7 @@ def _error(exc: grpc.RpcError) -> PushClientError:
     if isinstance(exc, grpc.Call):
         code, details = exc.code(), exc.details()
     code = code or grpc.StatusCode.UNKNOWN
-    details = details or str(exc) or code.name
+    details = details or code.name
     return _ERRORS.get(code, PushClientError)(code, details)
 
 

@@ -1,28 +1,36 @@
-"""The ``pushsvc`` command line, run as a real subprocess. No node needed.
+"""The ``pushsvc`` command line, run as a real subprocess.
 
-Client commands are checked against a closed port and against a fake PushService
-served in this process (to see the request, the metadata and the output lines).
+Configuration errors and ``token`` need no node; the client commands run against
+real nodes (``pushsvc serve`` on ephemeral ports), and their effect is checked
+with real WebSocket clients. The retry test takes a real FerretDB away.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
-from concurrent import futures
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import grpc
 import jwt
 import pytest
+from websockets.exceptions import ConnectionClosed
 
-from pushsvc.v1 import push_pb2, push_pb2_grpc
+from pushsvc.client import PushClient, UnavailableError
+from pushsvc.v1 import push_pb2
+from tests.ferretdb import FerretDB
+from tests.nodeproc import API_KEY, CLUSTER_KEY, JWT_SECRET, NodeProcess
+from tests.wsclient import Client, open_ws
 
+T = TypeVar("T")
 SECRET = "test-secret-0123456789-0123456789-abcdef"
 
 
@@ -107,6 +115,46 @@ def test_serve_unreadable_config_file(tmp_path: Path, which: str) -> None:
     line = assert_one_line_error(run_cli("serve", "--config", str(path), cwd=tmp_path), 2)
     assert "cannot read config file" in line
     assert str(path) in line
+
+
+def test_serve_unusable_data_dir(tmp_path: Path) -> None:
+    # Tests run as root, where chmod blocks nothing: put the data dir under a file.
+    (tmp_path / "afile").write_text("not a directory\n")
+    data_dir = tmp_path / "afile" / "data"
+    env = {
+        "PUSHSVC_DATA_DIR": str(data_dir),
+        "PUSHSVC_WS_ADDR": "127.0.0.1:0",
+        "PUSHSVC_GRPC_ADDR": "127.0.0.1:0",
+        "PUSHSVC_ADMIN_ADDR": "127.0.0.1:0",
+    }
+    line = assert_one_line_error(run_cli("serve", env=env, cwd=tmp_path), 2)
+    assert line.startswith("pushsvc: error: ")
+    assert str(data_dir) in line
+
+
+def test_serve_wildcard_grpc_without_api_keys(tmp_path: Path) -> None:
+    env = {
+        "PUSHSVC_GRPC_ADDR": "0.0.0.0:0",
+        "PUSHSVC_WS_ADDR": "127.0.0.1:0",
+        "PUSHSVC_ADMIN_ADDR": "127.0.0.1:0",
+    }
+    line = assert_one_line_error(run_cli("serve", env=env, cwd=tmp_path), 2)
+    assert line.startswith("pushsvc: error: ")
+    assert "set PUSHSVC_API_KEYS" in line
+    assert not (tmp_path / "pushsvc-data").exists()  # refused before touching anything
+
+
+def test_serve_mongo_without_cluster_key(tmp_path: Path) -> None:
+    env = {
+        "PUSHSVC_MONGO_URI": f"mongodb://127.0.0.1:{closed_port()}",
+        "PUSHSVC_JWT_SECRET": JWT_SECRET,
+        "PUSHSVC_WS_ADDR": "127.0.0.1:0",
+        "PUSHSVC_GRPC_ADDR": "127.0.0.1:0",
+        "PUSHSVC_ADMIN_ADDR": "127.0.0.1:0",
+    }
+    line = assert_one_line_error(run_cli("serve", env=env, cwd=tmp_path), 2)
+    assert line.startswith("pushsvc: error: ")
+    assert "PUSHSVC_CLUSTER_KEY" in line
 
 
 def test_serve_help_settings(tmp_path: Path) -> None:
@@ -288,214 +336,153 @@ def test_unreadable_data_file(tmp_path: Path) -> None:
     assert "absent.json" in line
 
 
-# -- client commands against a fake PushService -------------------------------------------
+# -- client commands against a real node ------------------------------------------------------
 
 
-class FakePushService(push_pb2_grpc.PushServiceServicer):
-    """Records requests and metadata; fails the first ``unavailable`` calls."""
+def node_env(node: NodeProcess, key: str | None = API_KEY) -> dict[str, str]:
+    """What a shell next to the node would export: its gRPC address and an API key."""
+    env = {"PUSHSVC_GRPC_ADDR": node.grpc_addr}
+    if key is not None:
+        env["PUSHSVC_API_KEYS"] = key
+    return env
 
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, Any, dict[str, str]]] = []
-        self.unavailable = 0
 
-    def _record(self, name: str, request: Any, context: grpc.ServicerContext) -> None:
-        metadata = {k: str(v) for k, v in context.invocation_metadata()}
-        self.calls.append((name, request, metadata))
-        if self.unavailable > 0:
-            self.unavailable -= 1
-            context.abort(grpc.StatusCode.UNAVAILABLE, "store unreachable")
-        if metadata.get("authorization") != "Bearer k1":
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "API key is not valid")
+def cli_ok(*args: str, **kwargs: Any) -> str:
+    proc = run_cli(*args, **kwargs)
+    assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr)
+    assert proc.stderr == ""
+    return proc.stdout
 
-    def Push(self, request: Any, context: grpc.ServicerContext) -> push_pb2.PushResponse:
-        self._record("Push", request, context)
-        if not request.user_ids:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "user_ids is empty")
-        if request.HasField("ttl_seconds") and request.ttl_seconds == 0:
-            return push_pb2.PushResponse(message_id="m-online")
-        seqs = [3 + i * 4 for i in range(len(request.user_ids))]
-        return push_pb2.PushResponse(message_id="m-1", seqs=seqs)
 
-    def Publish(self, request: Any, context: grpc.ServicerContext) -> push_pb2.PublishResponse:
-        self._record("Publish", request, context)
-        return push_pb2.PublishResponse(message_id="t-1", local_subscribers=2)
+def wait_for(
+    fetch: Callable[[], T], good: Callable[[T], bool], what: str, timeout: float = 10.0
+) -> T:
+    """Poll ``fetch()`` until ``good`` holds of its value (a deadline, never a bare sleep)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fetch()
+        if good(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout}s (last: {value!r})")
+        time.sleep(0.05)
 
-    def GetPresence(
-        self, request: Any, context: grpc.ServicerContext
-    ) -> push_pb2.GetPresenceResponse:
-        self._record("GetPresence", request, context)
-        return push_pb2.GetPresenceResponse(
-            presence=[
-                push_pb2.UserPresence(user_id="alice", online=True, connections=2, node_ids=["n1"]),
-                push_pb2.UserPresence(user_id="bob"),
-            ]
-        )
 
-    def ListNodes(self, request: Any, context: grpc.ServicerContext) -> push_pb2.ListNodesResponse:
-        self._record("ListNodes", request, context)
-        node = push_pb2.NodeStatus(
-            node_id="n1",
-            grpc_addr="10.0.0.1:50051",
-            ws_addr="0.0.0.0:8080",
-            connections=12,
-            started_at=time.time() - 3700,
-        )
-        return push_pb2.ListNodesResponse(nodes=[node])
+def barrier(client: Client) -> list[dict[str, Any]]:
+    """Frames queued before a pong: the server writes a connection's frames in order."""
+    client.send({"type": "ping"})
+    before: list[dict[str, Any]] = []
+    while True:
+        frame = client.recv()
+        if frame["type"] == "pong":
+            return before
+        before.append(frame)
 
-    def GetMessageStatus(
-        self, request: Any, context: grpc.ServicerContext
-    ) -> push_pb2.GetMessageStatusResponse:
-        self._record("GetMessageStatus", request, context)
-        if request.message_id != "m-1":
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no message {request.message_id}")
-        return push_pb2.GetMessageStatusResponse(
-            recipients=[
-                push_pb2.RecipientStatus(user_id="alice", seq=3, delivered=True, acked=True),
-                push_pb2.RecipientStatus(user_id="bob", seq=7),
-            ]
-        )
 
-    def Disconnect(
-        self, request: Any, context: grpc.ServicerContext
-    ) -> push_pb2.DisconnectResponse:
-        self._record("Disconnect", request, context)
-        return push_pb2.DisconnectResponse(connections_closed=2)
+def close_of(client: Client, timeout: float = 10.0) -> tuple[int | None, str]:
+    """Read until the server closes the connection: (close code, reason)."""
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"connection still open after {timeout}s")
+            client.conn.recv(timeout=remaining)
+    except ConnectionClosed as exc:
+        return (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd else (None, "")
+
+
+def metric(node: NodeProcess, name: str) -> float:
+    status, body = node.admin_get("/metrics")
+    assert status == 200, body
+    for line in body.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no metric {name} in /metrics")
 
 
 @pytest.fixture
-def fake() -> Iterator[tuple[FakePushService, str]]:
-    service = FakePushService()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    push_pb2_grpc.add_PushServiceServicer_to_server(service, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield service, f"127.0.0.1:{port}"
-    finally:
-        server.stop(None)
+def clients() -> Iterator[list[Client]]:
+    opened: list[Client] = []
+    yield opened
+    for c in opened:
+        c.close()
 
 
-def test_push_output_and_metadata(fake: tuple[FakePushService, str], tmp_path: Path) -> None:
-    service, addr = fake
-    env = {"PUSHSVC_GRPC_ADDR": addr, "PUSHSVC_API_KEYS": "k1,k2"}
-    proc = run_cli(
+def test_push_human_output_and_delivery(
+    node: NodeProcess, clients: list[Client], tmp_path: Path
+) -> None:
+    alice, bob = open_ws(node, "alice"), open_ws(node, "bob")
+    clients += [alice, bob]
+    # the first of PUSHSVC_API_KEYS is used; the second is not even a key of the node
+    env = node_env(node, f"{API_KEY},not-a-key")
+    out = cli_ok(
         "push", "--user", "alice", "--user", "bob", "--data", '{"hello":1}', env=env, cwd=tmp_path
     )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == "pushed m-1: alice seq 3, bob seq 7\n"
-    name, request, metadata = service.calls[-1]
-    assert name == "Push"
-    assert list(request.user_ids) == ["alice", "bob"]
-    assert request.payload == b'{"hello":1}'
-    assert request.content_type == "application/json"
-    assert not request.HasField("ttl_seconds")
-    assert request.idempotency_key  # generated
-    assert metadata["authorization"] == "Bearer k1"
+    match = re.fullmatch(r"pushed (\S+): alice seq 1, bob seq 1\n", out)
+    assert match, out
+    message_id = match[1]
+    for client in (alice, bob):
+        (msg,) = client.messages(1)
+        assert (msg["id"], msg["seq"], msg["data"]) == (message_id, 1, {"hello": 1})
+        assert msg["content_type"] == "application/json"
 
-    proc = run_cli("push", "--user", "alice", "--data", "{}", "--ttl", "0", env=env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("online-only push m-online")
-    assert service.calls[-1][1].ttl_seconds == 0
+    out = cli_ok(
+        "push", "--user", "alice", "--data", '{"n":2}', "--ttl", "0", env=env, cwd=tmp_path
+    )
+    match = re.fullmatch(r"online-only push (\S+): sent to live connections of alice\n", out)
+    assert match, out
+    (live,) = alice.messages(1)
+    assert live["id"] == match[1] and live["data"] == {"n": 2} and "seq" not in live
+
+    args = ("push", "--user", "bob", "--data", '"once"', "--idempotency-key", "order-7")
+    first = re.fullmatch(r"pushed (\S+): bob seq 2\n", cli_ok(*args, env=env, cwd=tmp_path))
+    assert first, "first push with the key"
+    assert cli_ok(*args, env=env, cwd=tmp_path) == (
+        f"duplicate of {first[1]}: idempotency key seen before, nothing sent again\n"
+    )
+    (msg,) = bob.messages(1)
+    assert (msg["id"], msg["seq"], msg["data"]) == (first[1], 2, "once")
+    assert barrier(bob) == []  # the duplicate delivered nothing
+    assert barrier(alice) == []
 
 
-def test_push_json_output(fake: tuple[FakePushService, str], tmp_path: Path) -> None:
-    _, addr = fake
-    proc = run_cli(
+def test_push_json_output_with_api_key_flag(
+    node: NodeProcess, clients: list[Client], tmp_path: Path
+) -> None:
+    alice = open_ws(node, "alice")
+    clients.append(alice)
+    out = cli_ok(
         "push",
         "--user",
         "alice",
-        "--data",
-        "{}",
+        "--data-file",
+        "-",
         "--json",
         "--addr",
-        addr,
+        node.grpc_addr,
         "--api-key",
-        "k1",
+        API_KEY,
         cwd=tmp_path,
+        stdin='{"from":"stdin"}',
     )
-    assert proc.returncode == 0, proc.stderr
-    assert len(proc.stdout.splitlines()) == 1
-    out = json.loads(proc.stdout)
-    assert out["message_id"] == "m-1"
-    assert [int(s) for s in out["seqs"]] == [3]
-    assert out["duplicate"] is False
+    assert len(out.splitlines()) == 1
+    resp = json.loads(out)
+    assert resp["message_id"]
+    assert [int(s) for s in resp["seqs"]] == [1]
+    assert resp["duplicate"] is False
+    (msg,) = alice.messages(1)
+    assert (msg["id"], msg["seq"], msg["data"]) == (resp["message_id"], 1, {"from": "stdin"})
 
 
-def test_api_key_from_generated_file(fake: tuple[FakePushService, str], tmp_path: Path) -> None:
-    service, addr = fake
-    (tmp_path / "pushsvc-data").mkdir()
-    (tmp_path / "pushsvc-data" / "api-key").write_text("k1\n")
-    proc = run_cli("nodes", env={"PUSHSVC_GRPC_ADDR": addr}, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("n1: grpc 10.0.0.1:50051, ws 0.0.0.0:8080, 12 connections, up 1h")
-    assert service.calls[-1][2]["authorization"] == "Bearer k1"
-
-
-def test_grpc_errors_are_one_line(fake: tuple[FakePushService, str], tmp_path: Path) -> None:
-    _, addr = fake
-    proc = run_cli("status", "nope", "--addr", addr, "--api-key", "k1", cwd=tmp_path)
-    assert assert_one_line_error(proc, 1) == "pushsvc: NOT_FOUND: no message nope"
-    proc = run_cli("presence", "alice", "--addr", addr, "--api-key", "wrong", cwd=tmp_path)
-    line = assert_one_line_error(proc, 1)
-    assert line.startswith("pushsvc: UNAUTHENTICATED: API key is not valid")
-    proc = run_cli("presence", "alice", "--addr", addr, cwd=tmp_path)
-    line = assert_one_line_error(proc, 1)
-    assert "no API key found" in line
-
-
-def test_retry_on_unavailable_reuses_idempotency_key(
-    fake: tuple[FakePushService, str], tmp_path: Path
+def test_publish_reaches_subscribers(
+    node: NodeProcess, clients: list[Client], tmp_path: Path
 ) -> None:
-    service, addr = fake
-    service.unavailable = 2
-    proc = run_cli(
-        "push",
-        "--user",
-        "alice",
-        "--data",
-        '"hi"',
-        "--addr",
-        addr,
-        "--api-key",
-        "k1",
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr
-    keys = [c[1].idempotency_key for c in service.calls if c[0] == "Push"]
-    assert len(keys) == 3
-    assert len(set(keys)) == 1 and keys[0]
-
-    service.calls.clear()
-    service.unavailable = 100
-    proc = run_cli(
-        "push",
-        "--user",
-        "alice",
-        "--data",
-        "{}",
-        "--idempotency-key",
-        "order-42",
-        "--addr",
-        addr,
-        "--api-key",
-        "k1",
-        cwd=tmp_path,
-    )
-    assert assert_one_line_error(proc, 1) == "pushsvc: UNAVAILABLE: store unreachable"
-    assert [c[1].idempotency_key for c in service.calls] == ["order-42"] * 4  # 1 + 3 retries
-
-
-def test_other_client_commands(fake: tuple[FakePushService, str], tmp_path: Path) -> None:
-    service, addr = fake
-    env = {"PUSHSVC_GRPC_ADDR": addr, "PUSHSVC_API_KEYS": "k1"}
-    proc = run_cli("presence", "alice", "bob", env=env, cwd=tmp_path)
-    assert proc.stdout == "alice: online, 2 connections on n1\nbob: offline\n"
-    proc = run_cli("status", "m-1", env=env, cwd=tmp_path)
-    assert proc.stdout == "alice seq 3: acked\nbob seq 7: stored, not delivered yet\n"
-    proc = run_cli("disconnect", "alice", "--reason", "banned", env=env, cwd=tmp_path)
-    assert proc.stdout == "disconnected alice: 2 connections closed\n"
-    assert service.calls[-1][1].reason == "banned"
-    proc = run_cli(
+    sub = open_ws(node, "reader", topics=["news*"])
+    clients.append(sub)
+    sub.send({"type": "subscribe", "topic": "news"})
+    assert sub.recv() == {"type": "subscribed", "topic": "news"}
+    out = cli_ok(
         "publish",
         "--topic",
         "news",
@@ -503,15 +490,251 @@ def test_other_client_commands(fake: tuple[FakePushService, str], tmp_path: Path
         "-",
         "--content-type",
         "text/plain",
-        env=env,
+        env=node_env(node),
         cwd=tmp_path,
         stdin="breaking",
     )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("published t-1 to news: 2 subscriber connections")
-    request = service.calls[-1][1]
-    assert (request.topic, request.payload, request.content_type) == (
-        "news",
-        b"breaking",
-        "text/plain",
+    match = re.fullmatch(
+        r"published (\S+) to news: 1 subscriber connection on the node that took it\n", out
     )
+    assert match, out
+    (msg,) = sub.messages(1)
+    assert (msg["id"], msg["topic"], msg["content_type"], msg["data"]) == (
+        match[1],
+        "news",
+        "text/plain",
+        "breaking",
+    )
+
+    out = cli_ok(
+        "publish", "--topic", "sports", "--data", "{}", "--json", env=node_env(node), cwd=tmp_path
+    )
+    resp = json.loads(out)
+    assert resp["message_id"] and resp["local_subscribers"] == 0
+    assert barrier(sub) == []
+
+
+def test_presence_nodes_and_disconnect(
+    node_factory: Callable[..., NodeProcess], clients: list[Client], tmp_path: Path
+) -> None:
+    # ListNodes counts connections as of the last heartbeat: beat often
+    node = node_factory(env={"PUSHSVC_HEARTBEAT_INTERVAL": "0.2"})
+    env = node_env(node)
+    a1, a2, carol = open_ws(node, "alice"), open_ws(node, "alice"), open_ws(node, "carol")
+    clients += [a1, a2, carol]
+    out = cli_ok("presence", "alice", "bob", env=env, cwd=tmp_path)
+    assert out == f"alice: online, 2 connections on {node.node_id}\nbob: offline\n"
+    resp = json.loads(cli_ok("presence", "alice", "--json", env=env, cwd=tmp_path))
+    assert resp == {
+        "presence": [
+            {"user_id": "alice", "online": True, "connections": 2, "node_ids": [node.node_id]}
+        ]
+    }
+
+    line = re.compile(
+        rf"{re.escape(node.node_id)}: grpc {re.escape(node.grpc_addr)}, "
+        rf"ws 127\.0\.0\.1:{node.ws_port}, 3 connections, up \d+s\n"
+    )
+    wait_for(
+        lambda: cli_ok("nodes", env=env, cwd=tmp_path),
+        lambda out: line.fullmatch(out) is not None,
+        "nodes shows the node with its 3 connections",
+    )
+    (listed,) = json.loads(cli_ok("nodes", "--json", env=env, cwd=tmp_path))["nodes"]
+    assert listed["node_id"] == node.node_id
+    assert time.time() - 120 < listed["started_at"] <= time.time()
+
+    out = cli_ok("disconnect", "alice", "--reason", "banned", env=env, cwd=tmp_path)
+    assert out == "disconnected alice: 2 connections closed\n"
+    assert close_of(a1) == (4000, "banned")
+    assert close_of(a2) == (4000, "banned")
+    assert barrier(carol) == []  # other users keep their connection
+    wait_for(
+        lambda: cli_ok("presence", "alice", env=env, cwd=tmp_path),
+        lambda out: out == "alice: offline\n",
+        "alice offline after the disconnect",
+    )
+    out = cli_ok("disconnect", "nobody", env=env, cwd=tmp_path)
+    assert out == "disconnected nobody: 0 connections closed\n"
+
+
+def test_status_shows_delivered_and_acked(
+    node: NodeProcess, clients: list[Client], tmp_path: Path
+) -> None:
+    env = node_env(node)
+    acker, reader = open_ws(node, "acker"), open_ws(node, "reader")
+    clients += [acker, reader]
+    out = cli_ok(
+        "push",
+        *("--user", "acker", "--user", "reader", "--user", "offline"),
+        *("--data", '{"s":1}'),
+        env=env,
+        cwd=tmp_path,
+    )
+    match = re.fullmatch(r"pushed (\S+): acker seq 1, reader seq 1, offline seq 1\n", out)
+    assert match, out
+    message_id = match[1]
+    (msg,) = acker.messages(1)
+    acker.send({"type": "ack", "seq": msg["seq"]})
+    reader.messages(1)  # received, never acked
+    expected = [  # one line per recipient, in no promised order
+        "acker seq 1: acked",
+        "offline seq 1: stored, not delivered yet",
+        "reader seq 1: delivered, not acked yet",
+    ]
+    # receipts and acks reach the store in batches: poll the command until it agrees
+    wait_for(
+        lambda: cli_ok("status", message_id, env=env, cwd=tmp_path),
+        lambda out: out.endswith("\n") and sorted(out.splitlines()) == expected,
+        "status shows delivered and acked",
+    )
+    resp = json.loads(cli_ok("status", message_id, "--json", env=env, cwd=tmp_path))
+    assert sorted(resp["recipients"], key=lambda r: r["user_id"]) == [
+        {"user_id": "acker", "seq": "1", "delivered": True, "acked": True},
+        {"user_id": "offline", "seq": "1", "delivered": False, "acked": False},
+        {"user_id": "reader", "seq": "1", "delivered": True, "acked": False},
+    ]
+
+
+def test_api_key_from_generated_file(
+    node_factory: Callable[..., NodeProcess], tmp_path: Path
+) -> None:
+    node = node_factory(start=False)
+    del node.env["PUSHSVC_API_KEYS"]  # the node generates <data_dir>/api-key
+    node.start()
+    key_file = node.data_dir / "api-key"
+    assert key_file.read_text().strip()
+    env = {"PUSHSVC_GRPC_ADDR": node.grpc_addr, "PUSHSVC_DATA_DIR": str(node.data_dir)}
+    out = cli_ok("nodes", env=env, cwd=tmp_path)
+    assert out.startswith(f"{node.node_id}: grpc {node.grpc_addr}, ")
+    # ...also from the default data dir, ./pushsvc-data of the working directory
+    (tmp_path / "pushsvc-data").mkdir()
+    (tmp_path / "pushsvc-data" / "api-key").write_text(key_file.read_text())
+    assert cli_ok("presence", "x", env={"PUSHSVC_GRPC_ADDR": node.grpc_addr}, cwd=tmp_path) == (
+        "x: offline\n"
+    )
+    # a stale key file: the error says where the key came from
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    (stale / "api-key").write_text("an-old-key\n")
+    proc = run_cli("nodes", env={**env, "PUSHSVC_DATA_DIR": str(stale)}, cwd=tmp_path)
+    line = assert_one_line_error(proc, 1)
+    assert line.startswith("pushsvc: UNAUTHENTICATED: ")
+    assert f"(key from {stale / 'api-key'})" in line
+
+
+def test_grpc_errors_are_one_line(node: NodeProcess, tmp_path: Path) -> None:
+    env = node_env(node)
+    proc = run_cli("push", "--user", "alice", "--data", "{not json", env=env, cwd=tmp_path)
+    line = assert_one_line_error(proc, 1)
+    assert line.startswith("pushsvc: INVALID_ARGUMENT: ")
+    assert "JSON" in line
+    proc = run_cli("status", "no-such-message", env=env, cwd=tmp_path)
+    line = assert_one_line_error(proc, 1)
+    assert line.startswith("pushsvc: NOT_FOUND: ")
+    proc = run_cli("presence", "alice", "--api-key", "wrong", env=env, cwd=tmp_path)
+    line = assert_one_line_error(proc, 1)
+    assert line.startswith("pushsvc: UNAUTHENTICATED: ")
+    assert line.endswith("(key from --api-key)")
+    proc = run_cli("presence", "alice", env=node_env(node, key=None), cwd=tmp_path)
+    line = assert_one_line_error(proc, 1)
+    assert line.startswith("pushsvc: UNAUTHENTICATED: ")
+    assert "no API key found" in line
+    # nothing was stored by the refused push: the next one gets seq 1
+    out = cli_ok("push", "--user", "alice", "--data", "{}", env=env, cwd=tmp_path)
+    assert re.fullmatch(r"pushed \S+: alice seq 1\n", out), out
+
+
+@pytest.fixture
+def mongo_node(
+    node_factory: Callable[..., NodeProcess],
+) -> Iterator[tuple[FerretDB, NodeProcess]]:
+    """A fleet node on a FerretDB of its own, which the test may stop and start."""
+    db = FerretDB()
+    try:
+        db.start()
+        node = node_factory(
+            env={
+                "PUSHSVC_MONGO_URI": db.uri,
+                "PUSHSVC_MONGO_DB": f"cli_{uuid.uuid4().hex[:10]}",
+                "PUSHSVC_CLUSTER_KEY": CLUSTER_KEY,
+                "PUSHSVC_JWT_SECRET": JWT_SECRET,
+            }
+        )
+        yield db, node
+    finally:
+        db.cleanup()
+
+
+def test_retry_on_unavailable_reuses_idempotency_key(
+    mongo_node: tuple[FerretDB, NodeProcess], clients: list[Client]
+) -> None:
+    db, node = mongo_node
+    assert metric(node, "pushsvc_store_errors_total") == 0
+    db.stop()  # Push now answers UNAVAILABLE
+
+    key = f"order-{uuid.uuid4().hex[:8]}"
+    result: dict[str, Any] = {}
+
+    def push_with_retries() -> None:
+        with PushClient(
+            node.grpc_addr, API_KEY, timeout=10, retries=60, backoff=0.1, max_backoff=0.5
+        ) as client:
+            try:
+                result["response"] = client.push("frank", {"n": 1}, idempotency_key=key)
+            except Exception as exc:  # reported by the main thread
+                result["error"] = exc
+
+    pusher = threading.Thread(target=push_with_retries, daemon=True)
+    pusher.start()
+    wait_for(
+        lambda: metric(node, "pushsvc_store_errors_total"),
+        lambda errors: errors > 0,
+        "the node reports a store error",
+        timeout=30,
+    )
+    assert pusher.is_alive(), result  # still retrying
+
+    db.start()
+    pusher.join(60)
+    assert not pusher.is_alive(), "the push did not finish after the store came back"
+    assert "error" not in result, result
+    first: push_pb2.PushResponse = result["response"]
+    assert not first.duplicate
+    assert list(first.seqs) == [1]  # the refused attempts stored nothing
+
+    with PushClient(node.grpc_addr, API_KEY, timeout=10) as client:
+        again = client.push("frank", {"n": 1}, idempotency_key=key)
+    assert again.duplicate
+    assert again.message_id == first.message_id
+
+    # Stored exactly once.
+    replay = open_ws(node, "frank", since=0)
+    clients.append(replay)
+    (msg,) = replay.messages(1)
+    assert (msg["id"], msg["seq"], msg["data"]) == (first.message_id, 1, {"n": 1})
+    assert barrier(replay) == []
+
+
+def test_store_outage_is_unavailable_not_unreachable(
+    mongo_node: tuple[FerretDB, NodeProcess], tmp_path: Path
+) -> None:
+    """The node answers, its store does not: never "is the node running?"."""
+    db, node = mongo_node
+    db.stop()
+    with (
+        PushClient(node.grpc_addr, API_KEY, timeout=10, retries=0) as client,
+        pytest.raises(UnavailableError) as err,
+    ):
+        client.push("frank", {"n": "once"})
+    assert "store" in err.value.message
+    assert not err.value.unreachable, err.value.message
+    proc = run_cli(
+        "push",
+        *("--user", "frank", "--data", '{"n":"cli"}', "--timeout", "10"),
+        env=node_env(node),
+        cwd=tmp_path,
+    )
+    line = assert_one_line_error(proc, 1)
+    assert line.startswith("pushsvc: UNAVAILABLE: "), line
+    assert "is the node running" not in line

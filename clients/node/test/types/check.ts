@@ -1,0 +1,59 @@
+// Compiled (not run) by types.test.js: the declarations describe the API as used.
+import {
+  PushClient,
+  PushsvcError,
+  Status,
+  UnauthenticatedError,
+  isUnauthenticated,
+  type PushRequest,
+  type PushResult,
+  type UserPresence,
+} from "@pushsvc/client";
+
+const client = new PushClient("127.0.0.1:50051", {
+  apiKey: "k",
+  timeoutMs: 1000,
+  retries: 2,
+  onRetry: ({ attempt, delayMs, error }) => console.log(attempt, delayMs, error.codeName),
+});
+
+async function main(): Promise<void> {
+  const r: PushResult = await client.push({ userIds: ["a"], payload: { x: 1 }, ttlSeconds: 0 });
+  const seq: number | undefined = r.seqs[0];
+  const id: string = r.messageId;
+  await client.push({ userIds: "a", payload: new Uint8Array([1]), contentType: "application/octet-stream" });
+  const presence: UserPresence[] = await client.getPresence(["a"], { timeoutMs: 100 });
+  const online: boolean = presence[0]!.online;
+  const pub = await client.publish({ topic: "t", payload: "{}" });
+  const subs: number = pub.localSubscribers;
+  const { connectionsClosed } = await client.disconnect("a", "bye");
+  const status = await client.getMessageStatus(id);
+  const acked: boolean = status[0]!.acked;
+  const nodes = await client.listNodes();
+  const addr: string = nodes[0]!.grpcAddr;
+
+  async function* gen(): AsyncGenerator<PushRequest> {
+    yield { userIds: ["a"], payload: 1 };
+  }
+  for await (const res of client.pushStream(gen(), { timeoutMs: null })) {
+    if (res.error) console.log(res.error.code === Status.INVALID_ARGUMENT, res.error.message);
+  }
+  const stream = client.openPushStream();
+  const one: PushResult = await stream.push({ userIds: ["a"], payload: 1 });
+  await stream.end();
+
+  try {
+    await client.push({ userIds: [], payload: null });
+  } catch (err) {
+    if (isUnauthenticated(err)) {
+      const e: UnauthenticatedError = err;
+      console.log(e.code === Status.UNAUTHENTICATED, e.details, e.attempts);
+    } else if (err instanceof PushsvcError && err.isInvalidArgument()) {
+      console.log(err.codeName);
+    }
+  }
+  console.log(seq, online, subs, connectionsClosed, acked, addr, one);
+  client.close();
+}
+
+void main();

@@ -1,0 +1,135 @@
+"""The Go client (clients/go): its own `go test` suite against a live node.
+
+The Go tests read the node's addresses and secrets from PUSHSVC_TEST_* variables;
+this wrapper starts a node, sets them, and runs `go generate`, `go vet` and
+`go test` in clients/go. The example command is run against the node too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.nodeproc import API_KEY, JWT_SECRET, NodeProcess
+from tests.wsclient import open_ws
+
+ROOT = Path(__file__).resolve().parent.parent
+GO_DIR = ROOT / "clients" / "go"
+TOOLS_BIN = ROOT / ".tools" / "bin"
+
+# A cold module cache and build cache make the first `go vet`/`go test` slow.
+pytestmark = pytest.mark.timeout(900)
+
+
+def _go_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSVC_")}
+    env["PATH"] = os.pathsep.join([str(TOOLS_BIN), env.get("PATH", "")])
+    env["PUSHSVC_PYTHON"] = sys.executable  # grpc_tools.protoc for go generate
+    env.update(extra or {})
+    return env
+
+
+def _run(cmd: list[str], env: dict[str, str], timeout: float = 600, cwd: Path = GO_DIR) -> str:
+    proc = subprocess.run(
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+    )
+    output = proc.stdout
+    print(f"$ {' '.join(cmd)}\n{output}")
+    assert proc.returncode == 0, f"`{' '.join(cmd)}` exited {proc.returncode}:\n{output}"
+    return output
+
+
+@pytest.fixture(scope="module")
+def go_env() -> dict[str, str]:
+    if shutil.which("go") is None:
+        pytest.fail("go is not installed: install Go, then run make tools")
+    for plugin in ("protoc-gen-go", "protoc-gen-go-grpc"):
+        if not (TOOLS_BIN / plugin).exists():
+            pytest.fail(f"{TOOLS_BIN / plugin} is missing: run make tools")
+    env = _go_env()
+    _run(["go", "generate", "./..."], env)
+    _run(["go", "vet", "./..."], env)
+    return env
+
+
+def test_go_tests_pass_against_a_live_node(node: NodeProcess, go_env: dict[str, str]) -> None:
+    env = {
+        **go_env,
+        "PUSHSVC_TEST_GRPC_ADDR": node.grpc_addr,
+        "PUSHSVC_TEST_WS_URL": node.ws_url,
+        "PUSHSVC_TEST_API_KEY": API_KEY,
+        "PUSHSVC_TEST_JWT_SECRET": JWT_SECRET,
+    }
+    output = _run(["go", "test", "-count=1", "-v", "./..."], env)
+    assert "--- PASS: TestLivePushArrivesOnWebSocket" in output
+    assert "--- SKIP" not in output
+
+
+def test_go_tests_fail_without_a_node(go_env: dict[str, str]) -> None:
+    proc = subprocess.run(
+        ["go", "test", "-count=1", "-run", "TestLivePush$|TestLivePushArrivesOnWebSocket", "."],
+        cwd=GO_DIR,
+        env=go_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode != 0, proc.stdout
+    assert "PUSHSVC_TEST_GRPC_ADDR" in proc.stdout, proc.stdout
+
+
+def test_go_example_command(node: NodeProcess, go_env: dict[str, str]) -> None:
+    env = {**go_env, "PUSHSVC_GRPC_ADDR": node.grpc_addr, "PUSHSVC_API_KEY": API_KEY}
+    output = _run(["go", "run", "./cmd/pushsvc-example", "-user", "gopher"], env)
+    assert "pushed " in output and "to gopher (seqs [1])" in output
+    assert f"node {node.node_id} " in output
+
+    bad = subprocess.run(
+        ["go", "run", "./cmd/pushsvc-example", "-api-key", "wrong"],
+        cwd=GO_DIR,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=600,
+    )
+    assert bad.returncode == 1, bad.stdout
+    assert "Unauthenticated" in bad.stdout and "hint:" in bad.stdout, bad.stdout
+
+
+def test_readme_example_runs_as_written(
+    node: NodeProcess, go_env: dict[str, str], tmp_path: Path
+) -> None:
+    readme = (GO_DIR / "README.md").read_text()
+    match = re.search(r"^## Ten-line example\n\n```go\n(.*?)^```$", readme, re.S | re.M)
+    assert match, "no ```go block under '## Ten-line example' in clients/go/README.md"
+    program = match.group(1)
+    assert '"127.0.0.1:50051"' in program
+    hello = tmp_path / "hello"
+    hello.mkdir()
+    (hello / "main.go").write_text(program.replace("127.0.0.1:50051", node.grpc_addr))
+    env = {**go_env, "PUSHSVC_API_KEY": API_KEY}
+    with open_ws(node, "alice") as ws:
+        for cmd in (
+            ["go", "mod", "init", "hello"],
+            ["go", "mod", "edit", f"-replace=github.com/pushsvc/pushsvc/clients/go={GO_DIR}"],
+            ["go", "mod", "tidy"],
+        ):
+            _run(cmd, env, cwd=hello)
+        output = _run(["go", "run", "."], env, cwd=hello)
+        (frame,) = ws.messages(1)
+    assert output.strip() == f"pushed {frame['id']} seqs [1]"
+    assert frame["data"] == {"hello": "world"}
