@@ -7,6 +7,7 @@ installs, ``make proto``) produces it from the .proto contract.
 from __future__ import annotations
 
 import pathlib
+import shutil
 import sys
 
 from setuptools import setup
@@ -36,9 +37,17 @@ def generate_protos(out_dir: pathlib.Path) -> None:
     (pkg / "__init__.py").write_text('"""Generated from protos/pushsvc/v1 by the build."""\n')
 
 
+def copy_js_client() -> None:
+    """Ship clients/js/pushsvc.js in the package for the /demo page (not committed twice)."""
+    client_js = ROOT / "clients" / "js" / "pushsvc.js"
+    if client_js.is_file():  # absent when building from an sdist, which has the copy
+        shutil.copyfile(client_js, ROOT / "pushsvc" / "static" / "pushsvc.js")
+
+
 # Generate before setup() so that package discovery sees pushsvc.v1, on a
 # clean checkout as on a rebuild.
 generate_protos(ROOT)
+copy_js_client()
 
 if sys.argv[1:] != ["protos"]:  # `python setup.py protos`: generate only
     setup()
