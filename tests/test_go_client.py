@@ -3,6 +3,10 @@
 The Go tests read the node's addresses and secrets from PUSHSVC_TEST_* variables;
 this wrapper starts a node, sets them, and runs `go generate`, `go vet` and
 `go test` in clients/go. The example command is run against the node too.
+
+The retry tests (TestOutage*) run against a real store outage instead: a fleet
+node on a FerretDB of its own, which tests/outage.py stops and starts again
+while the Go test's pushes are retrying. The plain live run skips them.
 """
 
 from __future__ import annotations
@@ -12,16 +16,19 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.nodeproc import API_KEY, JWT_SECRET, NodeProcess
+from tests.outage import outage_env, outage_node, run_through_outage
 from tests.wsclient import open_ws
 
 ROOT = Path(__file__).resolve().parent.parent
 GO_DIR = ROOT / "clients" / "go"
 TOOLS_BIN = ROOT / ".tools" / "bin"
+OUTAGE_TESTS = "^TestOutage"  # need a store outage: run by the outage test below only
 
 # A cold module cache and build cache make the first `go vet`/`go test` slow.
 pytestmark = pytest.mark.timeout(900)
@@ -72,9 +79,42 @@ def test_go_tests_pass_against_a_live_node(node: NodeProcess, go_env: dict[str, 
         "PUSHSVC_TEST_API_KEY": API_KEY,
         "PUSHSVC_TEST_JWT_SECRET": JWT_SECRET,
     }
-    output = _run(["go", "test", "-count=1", "-v", "./..."], env)
+    output = _run(["go", "test", "-count=1", "-v", "-skip", OUTAGE_TESTS, "./..."], env)
     assert "--- PASS: TestLivePushArrivesOnWebSocket" in output
+    assert "--- PASS: TestUnreachableNodeIsRetriedWithBackoffThenUnavailable" in output
     assert "--- SKIP" not in output
+    assert "TestOutage" not in output
+
+
+def test_go_client_retries_through_a_store_outage(
+    node_factory: Callable[..., NodeProcess], go_env: dict[str, str]
+) -> None:
+    with outage_node(node_factory) as (db, node):
+        output = run_through_outage(
+            ["go", "test", "-count=1", "-v", "-run", OUTAGE_TESTS, "."],
+            cwd=GO_DIR,
+            env={**go_env, **outage_env(node)},
+            db=db,
+            node=node,
+        )
+    assert "--- PASS: TestOutageRetry" in output
+    assert "--- SKIP" not in output and "--- FAIL" not in output
+
+
+def test_go_outage_test_fails_without_an_outage(node: NodeProcess, go_env: dict[str, str]) -> None:
+    """Selected without PUSHSVC_TEST_OUTAGE=1, the outage test fails; it does not skip."""
+    env = {**outage_env(node), "PUSHSVC_TEST_OUTAGE": ""}
+    proc = subprocess.run(
+        ["go", "test", "-count=1", "-run", OUTAGE_TESTS, "."],
+        cwd=GO_DIR,
+        env={**go_env, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode != 0, proc.stdout
+    assert "PUSHSVC_TEST_OUTAGE=1 is not set" in proc.stdout, proc.stdout
 
 
 def test_go_tests_fail_without_a_node(go_env: dict[str, str]) -> None:

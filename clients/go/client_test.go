@@ -1,168 +1,194 @@
 package pushsvc_test
 
-// Client behaviour that a live node cannot show on demand (retries, deadlines),
-// against an in-process fake PushService.
+// Client behaviour that needs no server at all: option checks, the requests
+// as built, and retries with backoff against a port nothing listens on.
+// Retries against a real node whose store goes away are in outage_test.go.
 
 import (
 	"context"
 	"errors"
 	"net"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	pushsvc "github.com/pushsvc/pushsvc/clients/go"
 	pb "github.com/pushsvc/pushsvc/clients/go/pushsvcv1"
 )
 
-type fakeServer struct {
-	pb.UnimplementedPushServiceServer
-	mu       sync.Mutex
-	failures []error // returned by the next calls, in order
-	delay    time.Duration
-	keys     []string
-	auth     []string
-	ttls     []*uint32
+// attempt is one RPC a Client really made, as its interceptor saw it.
+type attempt struct {
+	method     string
+	users      []string // Push only
+	key        string   // Push only: the idempotency key sent
+	ttl        *uint32  // Push only
+	start, end time.Time
+	err        error
 }
 
-func (f *fakeServer) Push(ctx context.Context, req *pb.PushRequest) (*pb.PushResponse, error) {
-	md, _ := metadata.FromIncomingContext(ctx)
-	f.mu.Lock()
-	f.keys = append(f.keys, req.GetIdempotencyKey())
-	f.auth = append(f.auth, strings.Join(md.Get("authorization"), ","))
-	f.ttls = append(f.ttls, req.TtlSeconds)
-	var err error
-	if len(f.failures) > 0 {
-		err, f.failures = f.failures[0], f.failures[1:]
+// recorder is a client interceptor (a real one, installed with
+// pushsvc.WithDialOptions): it sees every attempt of every call, retries
+// included, with the request as sent and the status that came back.
+type recorder struct {
+	mu    sync.Mutex
+	calls []attempt
+}
+
+func (r *recorder) option() pushsvc.Option {
+	return pushsvc.WithDialOptions(grpc.WithChainUnaryInterceptor(r.intercept))
+}
+
+func (r *recorder) intercept(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn,
+	invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	a := attempt{method: method, start: time.Now()}
+	if p, ok := req.(*pb.PushRequest); ok {
+		a.users, a.key, a.ttl = append([]string(nil), p.GetUserIds()...), p.GetIdempotencyKey(), p.TtlSeconds
 	}
-	delay := f.delay
-	f.mu.Unlock()
-	if delay > 0 {
-		select {
-		case <-time.After(delay):
-		case <-ctx.Done():
+	err := invoker(ctx, method, req, reply, cc, opts...)
+	a.end, a.err = time.Now(), err
+	r.mu.Lock()
+	r.calls = append(r.calls, a)
+	r.mu.Unlock()
+	return err
+}
+
+// all returns the finished attempts so far, in the order they ended.
+func (r *recorder) all() []attempt {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]attempt(nil), r.calls...)
+}
+
+// pushesTo returns the finished Push attempts whose first recipient is user.
+func (r *recorder) pushesTo(user string) []attempt {
+	var out []attempt
+	for _, a := range r.all() {
+		if len(a.users) > 0 && a.users[0] == user {
+			out = append(out, a)
 		}
 	}
-	if err != nil {
-		return nil, err
-	}
-	return &pb.PushResponse{MessageId: "m1", Seqs: []uint64{7}}, nil
+	return out
 }
 
-func startFake(t *testing.T, f *fakeServer) string {
+// deadAddr is a loopback address nothing listens on (bound, then released).
+func deadAddr(t *testing.T) string {
 	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer()
-	pb.RegisterPushServiceServer(srv, f)
-	go func() { _ = srv.Serve(lis) }()
-	t.Cleanup(srv.Stop)
-	return lis.Addr().String()
-}
-
-func fakeClient(t *testing.T, addr string, opts ...pushsvc.Option) *pushsvc.Client {
-	t.Helper()
-	opts = append([]pushsvc.Option{pushsvc.WithAPIKey("k1"), pushsvc.WithBackoff(time.Millisecond, 10*time.Millisecond)}, opts...)
-	c, err := pushsvc.New(addr, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
-	return c
-}
-
-func TestRetryOnUnavailableReusesIdempotencyKey(t *testing.T) {
-	f := &fakeServer{failures: []error{
-		status.Error(codes.Unavailable, "store down"),
-		status.Error(codes.Unavailable, "store down"),
-	}}
-	c := fakeClient(t, startFake(t, f))
-	res, err := c.Push(context.Background(), pushsvc.Message{UserIDs: []string{"a"}, Payload: []byte(`{}`), TTL: 1500 * time.Millisecond})
-	if err != nil || res.MessageID != "m1" || res.Seqs[0] != 7 {
-		t.Fatalf("Push: %+v, %v", res, err)
-	}
-	if len(f.keys) != 3 || f.keys[0] == "" || f.keys[1] != f.keys[0] || f.keys[2] != f.keys[0] {
-		t.Fatalf("idempotency keys of the 3 attempts: %q", f.keys)
-	}
-	for _, a := range f.auth {
-		if a != "Bearer k1" {
-			t.Fatalf("authorization metadata %q", a)
-		}
-	}
-	if f.ttls[0] == nil || *f.ttls[0] != 2 {
-		t.Fatalf("ttl_seconds %v, want 2 (rounded up)", f.ttls[0])
-	}
-
-	// A caller's key is kept; two pushes without one get different keys.
-	if _, err := c.Push(context.Background(), pushsvc.Message{UserIDs: []string{"a"}, IdempotencyKey: "mine"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Push(context.Background(), pushsvc.Message{UserIDs: []string{"a"}, OnlineOnly: true}); err != nil {
-		t.Fatal(err)
-	}
-	if f.keys[3] != "mine" || f.keys[4] == "" || f.keys[4] == f.keys[0] {
-		t.Fatalf("keys: %q", f.keys)
-	}
-	if f.ttls[3] != nil || f.ttls[4] == nil || *f.ttls[4] != 0 {
-		t.Fatalf("ttls: default %v, online-only %v", f.ttls[3], f.ttls[4])
-	}
-}
-
-func TestRetriesRunOut(t *testing.T) {
-	unavailable := status.Error(codes.Unavailable, "store down")
-	f := &fakeServer{failures: []error{unavailable, unavailable, unavailable}}
-	c := fakeClient(t, startFake(t, f), pushsvc.WithRetries(2))
-	_, err := c.Push(context.Background(), pushsvc.Message{UserIDs: []string{"a"}})
-	if !errors.Is(err, pushsvc.ErrUnavailable) || len(f.keys) != 3 {
-		t.Fatalf("err %v after %d attempts, want ErrUnavailable after 3", err, len(f.keys))
-	}
-}
-
-func TestOtherErrorsAreNotRetried(t *testing.T) {
-	f := &fakeServer{failures: []error{status.Error(codes.InvalidArgument, "user_ids is empty")}}
-	c := fakeClient(t, startFake(t, f))
-	_, err := c.Push(context.Background(), pushsvc.Message{})
-	var e *pushsvc.Error
-	if !errors.Is(err, pushsvc.ErrInvalidArgument) || !errors.As(err, &e) || e.Message != "user_ids is empty" {
-		t.Fatalf("err %v", err)
-	}
-	if len(f.keys) != 1 {
-		t.Fatalf("%d attempts, want 1", len(f.keys))
-	}
-}
-
-func TestDefaultDeadline(t *testing.T) {
-	f := &fakeServer{delay: 5 * time.Second}
-	c := fakeClient(t, startFake(t, f), pushsvc.WithTimeout(100*time.Millisecond))
-	start := time.Now()
-	_, err := c.Push(context.Background(), pushsvc.Message{UserIDs: []string{"a"}})
-	if !errors.Is(err, pushsvc.ErrDeadlineExceeded) || !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("err %v, want a deadline error", err)
-	}
-	if d := time.Since(start); d > 2*time.Second {
-		t.Fatalf("took %s", d)
-	}
-}
-
-func TestUnreachableNodeIsUnavailable(t *testing.T) {
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr := lis.Addr().String()
 	_ = lis.Close()
-	c := fakeClient(t, addr, pushsvc.WithRetries(1))
-	_, err = c.ListNodes(context.Background())
+	return addr
+}
+
+func newDeadClient(t *testing.T, opts ...pushsvc.Option) (*pushsvc.Client, *recorder) {
+	t.Helper()
+	rec := &recorder{}
+	c, err := pushsvc.New(deadAddr(t), append([]pushsvc.Option{pushsvc.WithAPIKey("k1"), rec.option()}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c, rec
+}
+
+func TestUnreachableNodeIsRetriedWithBackoffThenUnavailable(t *testing.T) {
+	const (
+		retries = 3
+		base    = 200 * time.Millisecond
+		maxWait = 300 * time.Millisecond
+		slack   = 150 * time.Millisecond // scheduling, and the reconnect of the channel
+	)
+	c, rec := newDeadClient(t, pushsvc.WithRetries(retries), pushsvc.WithBackoff(base, maxWait))
+	start := time.Now()
+	_, err := c.Push(context.Background(), pushsvc.Message{UserIDs: []string{"a"}, Payload: []byte(`{}`)})
+	elapsed := time.Since(start)
 	if !errors.Is(err, pushsvc.ErrUnavailable) || status.Code(err) != codes.Unavailable {
 		t.Fatalf("err %v, want ErrUnavailable", err)
+	}
+	calls := rec.all()
+	if len(calls) != retries+1 {
+		t.Fatalf("%d attempts, want %d", len(calls), retries+1)
+	}
+	for i, a := range calls {
+		if status.Code(a.err) != codes.Unavailable {
+			t.Fatalf("attempt %d: %v", i, a.err)
+		}
+		// A retry reuses the generated idempotency key.
+		if a.key == "" || a.key != calls[0].key {
+			t.Fatalf("attempt %d sent key %q, the first sent %q", i, a.key, calls[0].key)
+		}
+		if i == 0 {
+			continue
+		}
+		// Full jitter: retry i sleeps in [0, min(max, base*2^(i-1))].
+		ceiling := min(maxWait, base<<(i-1))
+		if gap := a.start.Sub(calls[i-1].end); gap < 0 || gap > ceiling+slack {
+			t.Fatalf("backoff before retry %d: %s, want <= %s", i, gap, ceiling)
+		}
+	}
+	if elapsed > 5*time.Second {
+		t.Fatalf("took %s", elapsed)
+	}
+
+	// retries 0: one attempt; ListNodes goes through the same retry loop.
+	c0, rec0 := newDeadClient(t, pushsvc.WithRetries(0))
+	if _, err := c0.ListNodes(context.Background()); !errors.Is(err, pushsvc.ErrUnavailable) {
+		t.Fatalf("ListNodes: %v, want ErrUnavailable", err)
+	}
+	if n := len(rec0.all()); n != 1 {
+		t.Fatalf("retries 0: %d attempts", n)
+	}
+}
+
+func TestDeadlineIsNotRetried(t *testing.T) {
+	// The per-attempt deadline is over before anything answers: DEADLINE_EXCEEDED,
+	// which may have taken effect on a node, so it is not retried.
+	c, rec := newDeadClient(t, pushsvc.WithTimeout(time.Nanosecond), pushsvc.WithRetries(3))
+	_, err := c.Push(context.Background(), pushsvc.Message{UserIDs: []string{"a"}})
+	if !errors.Is(err, pushsvc.ErrDeadlineExceeded) || !errors.Is(err, context.DeadlineExceeded) ||
+		status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("err %v, want a deadline error", err)
+	}
+	if n := len(rec.all()); n != 1 {
+		t.Fatalf("%d attempts, want 1", n)
+	}
+}
+
+func TestRequestsAsSent(t *testing.T) {
+	c, rec := newDeadClient(t, pushsvc.WithRetries(0))
+	ctx := context.Background()
+	msgs := []pushsvc.Message{
+		{UserIDs: []string{"u0"}, TTL: 1500 * time.Millisecond}, // rounded up to 2 s
+		{UserIDs: []string{"u1"}, IdempotencyKey: "mine"},       // the caller's key is kept
+		{UserIDs: []string{"u2"}, OnlineOnly: true},             // ttl_seconds 0
+		{UserIDs: []string{"u3"}},                               // no ttl: the server's default
+	}
+	for _, m := range msgs {
+		if _, err := c.Push(ctx, m); !errors.Is(err, pushsvc.ErrUnavailable) {
+			t.Fatalf("Push %v: %v", m.UserIDs, err)
+		}
+	}
+	calls := rec.all()
+	if len(calls) != len(msgs) {
+		t.Fatalf("%d attempts", len(calls))
+	}
+	if calls[0].ttl == nil || *calls[0].ttl != 2 {
+		t.Fatalf("ttl_seconds %v, want 2 (rounded up)", calls[0].ttl)
+	}
+	if calls[1].key != "mine" {
+		t.Fatalf("caller's key sent as %q", calls[1].key)
+	}
+	if calls[2].ttl == nil || *calls[2].ttl != 0 || calls[3].ttl != nil {
+		t.Fatalf("ttls: online-only %v, default %v", calls[2].ttl, calls[3].ttl)
+	}
+	if calls[0].key == "" || calls[2].key == "" || calls[0].key == calls[2].key {
+		t.Fatalf("generated keys %q and %q", calls[0].key, calls[2].key)
 	}
 }
 
