@@ -302,7 +302,14 @@ class EdgeHandler(WebSocketHandler):
             identity, since = app.authorize(env)
         except Refusal as refusal:
             app.metrics.rejected.labels(refusal.status.split(" ", 1)[0]).inc()
-            log.info("handshake refused", extra={"status": refusal.status, "why": refusal.message})
+            log.info(
+                "handshake refused",
+                extra={
+                    "status": refusal.status,
+                    "why": refusal.message,
+                    "peer": self.client_address[0] if self.client_address else "",
+                },
+            )
             self.result = _json_response(self.start_response, refusal.status, refusal.message)
             self.process_result()
             return

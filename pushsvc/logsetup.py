@@ -7,22 +7,41 @@ text: ``2026-11-22T03:46:10Z INFO pushsvc.edge connection opened conn=ab12 user=
 json: ``{"ts":"2026-11-22T03:46:10.123Z","level":"INFO","logger":"pushsvc.edge",
 "msg":"connection opened","conn":"ab12","user":"alice"}``
 
+Every event is exactly one line in both formats: a message or traceback that spans
+lines is escaped (text) or encoded in a JSON string (json).
+
 Tokens and payloads never belong in a log line. As a safety net, a filter on the
 handler replaces the value of any field whose name says it is a secret (token,
-payload, authorization, api_key, secret, jwt, password...) with ``[redacted]``.
+payload, authorization, api_key, secret, jwt, password...) with ``[redacted]``, and
+every line is scrubbed of ``token=...`` query parameters, ``Bearer ...`` credentials
+and anything shaped like a JWT (a request line quoted in a library's error message,
+an exception text). Libraries that log message bodies at debug level (pymongo's
+command log) are held at info. Errors gevent would print with their context (a WSGI
+environ, query string included) go through logging instead.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import Any, TextIO
 
 from pushsvc.errors import ConfigError
 
-__all__ = ["REDACTED", "RedactFilter", "configure_logging", "is_sensitive", "log_event"]
+__all__ = [
+    "REDACTED",
+    "RedactFilter",
+    "configure_logging",
+    "is_sensitive",
+    "log_event",
+    "route_gevent_errors",
+    "scrub",
+]
 
 REDACTED = "[redacted]"
 
@@ -45,6 +64,31 @@ _SENSITIVE_WORDS = frozenset(
     | {"password", "passwd", "credentials", "cookie"}
 )
 _SENSITIVE_NAMES = frozenset({"api_key", "api_keys", "apikey", "cluster_key", "private_key"})
+
+
+# Loggers of libraries that put message bodies or credentials in debug records.
+_QUIET_LOGGERS = ("pymongo", "urllib3", "hpack")
+
+# Secrets that may hide inside free text: a query parameter, an Authorization
+# value, or a JWT (three base64url parts, the first starting with '{"' encoded).
+_SCRUB = (
+    (
+        re.compile(
+            r"(?i)\b((?:access_)?token|jwt|api_?key|cluster_key|authorization|secret|password)"
+            r"(=|%3D)[^&\s\"'\\]+"
+        ),
+        r"\1\2" + REDACTED,
+    ),
+    (re.compile(r"(?i)\b(bearer)\s+[^\s\"'\\,;]+"), r"\1 " + REDACTED),
+    (re.compile(r"\beyJ[\w-]{4,}\.[\w-]*\.?[\w-]*"), REDACTED),
+)
+
+
+def scrub(text: str) -> str:
+    """``text`` with credentials that look like credentials replaced by ``[redacted]``."""
+    for pattern, replacement in _SCRUB:
+        text = pattern.sub(replacement, text)
+    return text
 
 
 def is_sensitive(name: str) -> bool:
@@ -96,23 +140,30 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+def _one_line(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _scrubbed(value: Any) -> Any:
+    return scrub(value) if isinstance(value, str) else value
+
+
 class TextFormatter(logging.Formatter):
-    """``<ts> <LEVEL> <logger> <message> key=value ...``"""
+    """``<ts> <LEVEL> <logger> <message> key=value ... [exc="<traceback>"]``, one line."""
 
     def format(self, record: logging.LogRecord) -> str:
         parts = [
             _timestamp(record.created, millis=False),
             record.levelname,
             record.name,
-            record.getMessage(),
+            _one_line(scrub(record.getMessage())),
         ]
-        parts += [f"{k}={_text_value(v)}" for k, v in _extra_fields(record).items()]
-        line = " ".join(parts)
+        parts += [f"{k}={_text_value(_scrubbed(v))}" for k, v in _extra_fields(record).items()]
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            parts.append("exc=" + json.dumps(scrub(self.formatException(record.exc_info))))
         elif record.stack_info:
-            line += "\n" + self.formatStack(record.stack_info)
-        return line
+            parts.append("stack=" + json.dumps(scrub(self.formatStack(record.stack_info))))
+        return " ".join(parts)
 
 
 class JsonFormatter(logging.Formatter):
@@ -123,14 +174,14 @@ class JsonFormatter(logging.Formatter):
             "ts": _timestamp(record.created, millis=True),
             "level": record.levelname,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": scrub(record.getMessage()),
         }
         for key, value in _extra_fields(record).items():
-            obj[key if key not in obj else f"extra_{key}"] = value
+            obj[key if key not in obj else f"extra_{key}"] = _scrubbed(value)
         if record.exc_info:
-            obj["exc"] = self.formatException(record.exc_info)
+            obj["exc"] = scrub(self.formatException(record.exc_info))
         elif record.stack_info:
-            obj["stack"] = self.formatStack(record.stack_info)
+            obj["stack"] = scrub(self.formatStack(record.stack_info))
         return json.dumps(obj, default=_json_default, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -179,7 +230,45 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
     handler.addFilter(RedactFilter())
     root.addHandler(handler)
     root.setLevel(numeric)
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(numeric, logging.INFO))
     logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+
+
+def _log_uncaught(
+    type_: type[BaseException], value: BaseException, tb: TracebackType | None
+) -> None:
+    if issubclass(type_, KeyboardInterrupt):
+        sys.__excepthook__(type_, value, tb)
+        return
+    logging.getLogger("pushsvc").critical("uncaught exception", exc_info=(type_, value, tb))
+
+
+def _context_name(context: Any) -> str:
+    """Where an error happened, without the context's repr (a WSGI environ holds the
+    query string and headers, a greenlet's repr its arguments)."""
+    if context is None:
+        return "event loop"
+    if isinstance(context, dict):
+        return f"request {context.get('REQUEST_METHOD', '')} {context.get('PATH_INFO', '')}"
+    return type(context).__name__
+
+
+def route_gevent_errors(hub: Any) -> None:
+    """Log the errors gevent's hub reports (a greenlet or a request handler that
+    raised) as one event, instead of printing the traceback and its context."""
+    logger = logging.getLogger("pushsvc.errors")
+
+    def print_exception(
+        context: Any, type_: type[BaseException], value: BaseException, tb: TracebackType | None
+    ) -> None:
+        logger.error(
+            "unhandled error", extra={"where": _context_name(context)}, exc_info=(type_, value, tb)
+        )
+
+    hook: Callable[..., None] = print_exception
+    hub.print_exception = hook
 
 
 def log_event(logger: logging.Logger, level: str | int, msg: str, **fields: Any) -> None:

@@ -16,6 +16,7 @@ from grpc.experimental import gevent as grpc_gevent  # type: ignore[attr-defined
 grpc_gevent.init_gevent()
 
 import logging  # noqa: E402
+import math  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
 import sys  # noqa: E402
@@ -27,7 +28,7 @@ from gevent.event import Event  # noqa: E402
 from gevent.pywsgi import WSGIServer  # noqa: E402
 from grpc_health.v1 import health_pb2  # noqa: E402
 
-from pushsvc import edge, grpc_api  # noqa: E402
+from pushsvc import demo, edge, grpc_api  # noqa: E402
 from pushsvc.admin import AdminApp  # noqa: E402
 from pushsvc.auth import ApiKeys, TokenVerifier, load_or_create_secret  # noqa: E402
 from pushsvc.cluster import Fleet  # noqa: E402
@@ -35,16 +36,21 @@ from pushsvc.config import Address, Settings, check_secure  # noqa: E402
 from pushsvc.dispatcher import Dispatcher  # noqa: E402
 from pushsvc.errors import ConfigError, StoreUnavailable  # noqa: E402
 from pushsvc.hub import Hub  # noqa: E402
-from pushsvc.logsetup import configure_logging  # noqa: E402
+from pushsvc.logsetup import configure_logging, route_gevent_errors  # noqa: E402
 from pushsvc.metrics import Metrics  # noqa: E402
 from pushsvc.protocol import Close  # noqa: E402
 from pushsvc.receipts import Receipts  # noqa: E402
 from pushsvc.session import SessionLimits  # noqa: E402
 from pushsvc.store import NodeInfo, Store  # noqa: E402
+from pushsvc.systemd import Notifier  # noqa: E402
 
 log = logging.getLogger("pushsvc.node")
 
 DRAIN_BATCH = 100  # connections closed per step while draining
+DRAIN_PAUSE = 0.05  # seconds between two batches, at most (spreads the reconnects)
+DRAIN_BATCH_WAIT = 1.0  # seconds a batch's close handshakes may hold up the next batch
+GRPC_GRACE = 5.0  # seconds in-flight gRPC calls get to finish
+STORE_STEP = 2.0  # seconds a store call may take while draining
 
 
 class Node:
@@ -98,6 +104,7 @@ class Node:
             self.store,
             self.receipts,
             self.metrics,
+            extra_routes=demo.routes() if s.demo else None,
         )
         self.grpc_server, self.health = grpc_api.make_server(
             self.dispatcher,
@@ -106,10 +113,14 @@ class Node:
             s.cluster_key,
             grpc_api.CallerLimits(s.api_rate, s.api_burst),
         )
+        self.notifier = Notifier()
         self._stop = Event()
         self._draining = False
         self._store_ok = True
+        self._registered = False
+        self._ready_sent = False
         self._greenlets: list[gevent.Greenlet] = []
+        self._watchdog: gevent.Greenlet | None = None
         self.ws_server: WSGIServer | None = None
         self.admin_server: WSGIServer | None = None
         self.started_at = time.time()
@@ -129,6 +140,8 @@ class Node:
 
     def start(self) -> None:
         s = self.settings
+        if self.notifier.watchdog_interval is not None:
+            self._watchdog = gevent.spawn(self._watchdog_loop, self.notifier.watchdog_interval)
         ws_sock = _listen(s.ws_addr, "PUSHSVC_WS_ADDR", reuse_port=True)
         admin_sock = _listen(s.admin_addr, "PUSHSVC_ADMIN_ADDR")
         grpc_port = self.grpc_server.add_insecure_port(str(s.grpc_addr))
@@ -154,6 +167,10 @@ class Node:
             self._greenlets.append(gevent.spawn(self.fleet.presence_writer.run, 0.2))
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self._announce()
+        if self._registered:
+            self._notify_ready()
+        else:
+            self.notifier.status(self._status() + ": waiting for the store to register")
 
     def _advertise(self) -> str:
         s = self.settings
@@ -180,6 +197,7 @@ class Node:
         try:
             self.store.register_node(self._registration())
             self._store_ok = True
+            self._registered = True
         except StoreUnavailable as exc:
             self._store_ok = False
             self.metrics.store_errors.inc()
@@ -189,7 +207,7 @@ class Node:
         s = self.settings
         ws_host = "127.0.0.1" if s.ws_addr.host in ("0.0.0.0", "::") else s.ws_addr.host
         log.info(
-            "node ready",
+            "node ready" if self._registered else "node listening, not registered yet",
             extra={
                 "node": self.node_id,
                 "ws": f"{s.ws_addr.host}:{self.ws_port}",
@@ -198,6 +216,8 @@ class Node:
                 "store": "embedded" if s.embedded else "mongodb",
             },
         )
+        if s.log_format != "text" or not sys.stderr.isatty():
+            return  # the banner is for a person at a terminal, not for a log collector
         env = ""
         if self.grpc_port != 50051 or s.grpc_addr.host != "127.0.0.1":
             env = f"PUSHSVC_GRPC_ADDR={s.grpc_addr.host}:{self.grpc_port} "
@@ -214,9 +234,36 @@ class Node:
 
     # -- housekeeping -----------------------------------------------------------------------
 
+    def _status(self) -> str:
+        state = "draining" if self._draining else "ready" if self._ready_sent else "starting"
+        return (
+            f"{state}: {self.hub.connection_count} connections, "
+            f"{self.hub.user_count} users (node {self.node_id})"
+        )
+
+    def _notify_ready(self) -> None:
+        """READY=1 once the listeners are bound and the node is registered."""
+        if not self._ready_sent:
+            self._ready_sent = True
+            self.notifier.ready(self._status())
+
+    def _watchdog_loop(self, interval: float) -> None:
+        """WATCHDOG=1 from the event loop: a blocked loop stops it and systemd restarts us."""
+        self.notifier.watchdog()
+        while True:
+            gevent.sleep(interval)
+            self.notifier.watchdog()
+
     def _heartbeat_loop(self) -> None:
         interval = self.settings.heartbeat_interval
         while not self._stop.wait(interval):
+            if not self._registered:
+                self._register()  # the store was down at start: register in full now
+                if self._registered:
+                    log.info("node registered", extra={"node": self.node_id})
+                    self._notify_ready()
+                self.notifier.status(self._status())
+                continue
             reg = self._registration()
             try:
                 self.store.refresh_node(reg.node_id, reg.expires_at, reg.connections)
@@ -230,6 +277,7 @@ class Node:
                     log.error("store unreachable: %s", exc)
                 self._store_ok = False
                 self.metrics.store_errors.inc()
+            self.notifier.status(self._status())
 
     def _sweep_loop(self) -> None:
         while not self._stop.wait(self.settings.sweep_interval):
@@ -251,45 +299,95 @@ class Node:
     # -- stop ----------------------------------------------------------------------------------
 
     def request_stop(self) -> None:
+        """SIGTERM/SIGINT: not ready from this instant; ``wait()`` returns and drains."""
+        if self._stop.is_set():
+            log.info("already draining")
+            return
+        self._begin_drain()
         self._stop.set()
+
+    def _begin_drain(self) -> None:
+        if self._draining:
+            return
+        self._draining = True  # /readyz answers 503 from now on
+        self.edge_app.accepting = False  # handshakes in progress get 503
+        self.health.enter_graceful_shutdown()  # gRPC health NOT_SERVING
+        self.notifier.stopping(self._status())
 
     def wait(self) -> None:
         self._stop.wait()
 
     def drain(self) -> None:
-        """Refuse new work, hand connections to other nodes in batches, finish in-flight RPCs."""
-        deadline = time.monotonic() + self.settings.drain_timeout
-        self._draining = True
-        self.edge_app.accepting = False
-        self.health.enter_graceful_shutdown()
+        """Refuse new work, hand connections to other nodes in batches, finish in-flight
+        RPCs, flush acks; everything within ``drain_timeout``."""
+        budget = self.settings.drain_timeout
+        deadline = time.monotonic() + budget
+
+        def left(reserve: float = 0.0) -> float:
+            return max(0.0, deadline - reserve - time.monotonic())
+
+        self._begin_drain()
+        self._stop.set()
         log.info("draining", extra={"connections": self.hub.connection_count})
         if self.ws_server is not None:
             self.ws_server.close()  # stop accepting; existing connections go on
-        try:
-            self.store.deregister_node(self.node_id)
-        except StoreUnavailable as exc:
-            log.warning("deregistration failed (the registration expires by itself): %s", exc)
-        sessions = self.hub.sessions()
-        for i in range(0, len(sessions), DRAIN_BATCH):
-            for session in sessions[i : i + DRAIN_BATCH]:
-                session.close(Close.RESTART)
-            gevent.idle()
-            if time.monotonic() > deadline:
-                break
-        remaining = max(0.1, deadline - time.monotonic())
-        for session in sessions:
-            session.closed.wait(max(0.0, deadline - time.monotonic()))
-        stopped = self.grpc_server.stop(grace=min(5.0, remaining))
-        stopped.wait(max(0.1, deadline - time.monotonic()))
+        # No heartbeat may re-create the registration, no presence write may follow it.
         for g in self._greenlets:
-            g.kill(block=False)
-        self.receipts.stop()
+            g.kill(block=True, timeout=min(1.0, left()))
+        with gevent.Timeout(min(STORE_STEP, left()), False):
+            try:
+                self.store.deregister_node(self.node_id)
+            except StoreUnavailable as exc:
+                log.warning("deregistration failed (the registration expires by itself): %s", exc)
+        # Keep time for the in-flight RPCs and the last flush after the connections.
+        tail = min(GRPC_GRACE + 1.0, 0.3 * budget)
+        closed = self._close_connections(deadline - tail)
+        log.info("connections closed", extra={"closed": closed, "open": self.hub.connection_count})
+        grace = min(GRPC_GRACE, left(0.1 * budget))
+        stopped = self.grpc_server.stop(grace=grace)
+        done = stopped.wait(left(0.05 * budget))
+        log.info("grpc stopped", extra={"grace": round(grace, 3), "in_time": bool(done)})
+        with gevent.Timeout(max(0.01, left(0.02 * budget)), False):
+            self.receipts.stop()  # flushes pending acks and receipts
         if self.fleet is not None:
             self.fleet.close()
         if self.admin_server is not None:
-            self.admin_server.stop(timeout=1)
+            self.admin_server.stop(timeout=min(1.0, left()))
         self.store.close()
-        log.info("stopped")
+        self.notifier.status(f"stopped: {closed} connections handed over (node {self.node_id})")
+        if self._watchdog is not None:
+            self._watchdog.kill(block=False)
+        self.notifier.close()
+        log.info("stopped", extra={"closed": closed, "seconds": round(budget - left(), 3)})
+
+    def _close_connections(self, until: float) -> int:
+        """Close every connection with 1012, DRAIN_BATCH at a time: a batch's close
+        handshakes finish (or DRAIN_BATCH_WAIT passes) and a short pause follows before
+        the next batch, so clients reconnect elsewhere spread out, not all at once."""
+        sessions = self.hub.sessions()
+        batches = math.ceil(len(sessions) / DRAIN_BATCH)
+        window = max(0.0, until - time.monotonic())
+        pause = min(DRAIN_PAUSE, 0.25 * window / batches) if batches > 1 else 0.0
+        for i in range(batches):
+            batch = sessions[i * DRAIN_BATCH : (i + 1) * DRAIN_BATCH]
+            if time.monotonic() >= until:
+                batch = sessions[i * DRAIN_BATCH :]  # out of time: tell everyone at once
+            for session in batch:
+                session.close(Close.RESTART)
+            remaining = until - time.monotonic()
+            gevent.wait(
+                [s.closed for s in batch], timeout=max(0.0, min(DRAIN_BATCH_WAIT, remaining))
+            )
+            if len(batch) > DRAIN_BATCH or i == batches - 1:
+                break
+            self.notifier.status(self._status())
+            gevent.sleep(pause)  # pacing the reconnects, not synchronisation
+        late = [s for s in self.hub.sessions() if not s.closing]  # handshakes already past
+        for session in late:
+            session.close(Close.RESTART)
+        everyone = sessions + late
+        gevent.wait([s.closed for s in everyone], timeout=max(0.0, until - time.monotonic()))
+        return len(everyone)
 
 
 def _listen(addr: Address, name: str, reuse_port: bool = False) -> socket.socket:
@@ -301,6 +399,7 @@ def _listen(addr: Address, name: str, reuse_port: bool = False) -> socket.socket
 
 def run_node(settings: Settings) -> int:
     configure_logging(settings.log_level, settings.log_format)
+    route_gevent_errors(gevent.get_hub())
     # The embedded store runs SQLite on its own OS thread; a short switch interval
     # hands the GIL back to it quickly while the event loop is busy.
     sys.setswitchinterval(0.0005)

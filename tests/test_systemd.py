@@ -1,0 +1,447 @@
+"""The systemd units and the sd_notify protocol.
+
+- ``systemd-analyze verify`` accepts the units (on a copy whose ExecStart is this
+  venv's ``pushsvc``: verify checks that the executable exists);
+- ``systemd-analyze security --offline=true`` rates the service at exposure <= 2.0;
+- the unit carries the settings the operations guide relies on, and the example
+  environment files are valid settings;
+- a real node talks to a notification socket the test owns: READY=1 once it accepts
+  connections, WATCHDOG=1 every WATCHDOG_USEC/2, STATUS= with the connection count,
+  STOPPING=1 on SIGTERM;
+- the node runs with writable+executable memory refused by the kernel (what
+  ``MemoryDenyWriteExecute=yes`` enforces).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pushsvc.config import Settings, load_settings
+from pushsvc.systemd import Notifier, watchdog_interval
+from pushsvc.v1 import push_pb2
+from tests.nodeproc import NodeProcess, auth
+from tests.rawws import RawWS
+from tests.wsclient import token
+
+REPO = Path(__file__).resolve().parent.parent
+UNITS = REPO / "systemd"
+SERVICE = UNITS / "pushsvc@.service"
+TARGET = UNITS / "pushsvc.target"
+ENV_DIR = REPO / "deploy" / "env"
+MAX_EXPOSURE = 2.0
+
+
+def systemd_analyze() -> str:
+    path = shutil.which("systemd-analyze")
+    if path is None:
+        pytest.fail("systemd-analyze is not installed: run `make tools`", pytrace=False)
+    return path
+
+
+def parse_unit(path: Path) -> dict[str, dict[str, list[str]]]:
+    """Sections → key → every value (systemd keys may repeat)."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] = {}
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], {})
+            continue
+        key, _, value = line.partition("=")
+        current.setdefault(key.strip(), []).append(value.strip())
+    return sections
+
+
+def seconds(value: str) -> float:
+    units = {"ms": 0.001, "s": 1, "sec": 1, "min": 60, "m": 60, "h": 3600}
+    total = 0.0
+    for number, unit in re.findall(r"(\d+(?:\.\d+)?)\s*([a-z]*)", value):
+        total += float(number) * units[unit or "s"]
+    return total
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            env[key.strip()] = value.strip().strip('"')
+    return env
+
+
+def spawn(node: NodeProcess, **popen: Any) -> subprocess.Popen[bytes]:
+    """``pushsvc serve`` with the node's settings, without waiting for anything."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSVC_")}
+    env.update(node.env)
+    with open(node.log_path, "wb") as log:
+        node.proc = subprocess.Popen(
+            [sys.executable, "-m", "pushsvc", "serve"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            **popen,
+        )
+    return node.proc
+
+
+def venv_pushsvc() -> Path:
+    exe = Path(sys.executable).parent / "pushsvc"
+    assert exe.is_file() and os.access(exe, os.X_OK), exe
+    return exe
+
+
+# -- the unit files ------------------------------------------------------------------
+
+
+def test_units_verify(tmp_path: Path) -> None:
+    unit = SERVICE.read_text()
+    assert re.search(r"^ExecStart=/opt/pushsvc/venv/bin/pushsvc serve$", unit, re.M)
+    rendered = unit.replace("/opt/pushsvc/venv/bin/pushsvc", str(venv_pushsvc()))
+    (tmp_path / SERVICE.name).write_text(rendered)
+    shutil.copy(TARGET, tmp_path / TARGET.name)
+    # An instance and the target; User=pushsvc need not exist for verify.
+    proc = subprocess.run(
+        [
+            systemd_analyze(),
+            "verify",
+            "--man=false",
+            str(tmp_path / "pushsvc@1.service"),
+            str(tmp_path / "pushsvc.target"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    # Warnings (unknown keys, bad values) do not change the exit code: none is allowed.
+    ours = [line for line in output.splitlines() if "pushsvc" in line or str(tmp_path) in line]
+    assert not ours, output
+
+
+def test_verify_catches_mistakes(tmp_path: Path) -> None:
+    """The check above would see a broken unit: a missing executable fails verify."""
+    (tmp_path / SERVICE.name).write_text(
+        SERVICE.read_text().replace("/opt/pushsvc/venv/bin/pushsvc", "/nonexistent/pushsvc")
+    )
+    shutil.copy(TARGET, tmp_path / TARGET.name)
+    proc = subprocess.run(
+        [systemd_analyze(), "verify", "--man=false", str(tmp_path / "pushsvc@1.service")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert proc.returncode != 0
+    assert "/nonexistent/pushsvc" in proc.stdout + proc.stderr
+
+
+def exposure(unit: Path) -> float:
+    proc = subprocess.run(
+        [systemd_analyze(), "security", "--offline=true", "--no-pager", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=unit.parent,
+    )
+    match = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", proc.stdout)
+    assert match, proc.stdout + proc.stderr
+    return float(match.group(1))
+
+
+def test_security_exposure(tmp_path: Path) -> None:
+    level = exposure(SERVICE)
+    assert level <= MAX_EXPOSURE, f"exposure {level} > {MAX_EXPOSURE}"
+    # The parser is not fooled: the same unit without its sandbox rates far worse.
+    bare = "\n".join(
+        line
+        for line in SERVICE.read_text().splitlines()
+        if line.startswith(("[", "Description", "Type", "ExecStart", "User"))
+    )
+    (tmp_path / "bare@.service").write_text(bare + "\n")
+    assert exposure(tmp_path / "bare@.service") > 5.0
+
+
+def test_unit_settings() -> None:
+    unit = parse_unit(SERVICE)
+    svc = unit["Service"]
+
+    def one(key: str) -> str:
+        assert key in svc, f"{key}= missing"
+        return svc[key][-1]
+
+    assert one("Type") == "notify"
+    assert one("NotifyAccess") == "main"
+    assert one("Restart") == "on-failure"
+    assert one("KillSignal") == "SIGTERM"
+    assert one("User") == "pushsvc"
+    assert one("StateDirectory") == "pushsvc/%i"
+    assert int(one("LimitNOFILE")) >= 65536
+    assert svc["EnvironmentFile"] == ["/etc/pushsvc/pushsvc.env", "/etc/pushsvc/%i.env"]
+    assert 1 <= seconds(one("WatchdogSec")) <= 120
+    for key in (
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "PrivateDevices=yes",
+        "NoNewPrivileges=yes",
+        "CapabilityBoundingSet=",
+        "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
+        "SystemCallFilter=@system-service",
+        "MemoryDenyWriteExecute=yes",
+    ):
+        name, _, value = key.partition("=")
+        assert value in svc.get(name, []), f"{key} missing"
+    # systemd must not SIGKILL a node that is still draining.
+    stop = seconds(one("TimeoutStopSec"))
+    assert stop > Settings().drain_timeout + 5
+    drain = read_env_file(ENV_DIR / "pushsvc.env.example").get("PUSHSVC_DRAIN_TIMEOUT")
+    if drain is not None:
+        assert stop > float(drain) + 5
+    assert unit["Install"]["WantedBy"] == ["pushsvc.target"]
+    assert "pushsvc.target" in unit["Unit"]["PartOf"]
+    assert parse_unit(TARGET)["Install"]["WantedBy"] == ["multi-user.target"]
+
+
+def test_env_examples_are_valid_settings() -> None:
+    common = read_env_file(ENV_DIR / "pushsvc.env.example")
+    instance = read_env_file(ENV_DIR / "1.env.example")
+    for key in ("PUSHSVC_GRPC_ADDR", "PUSHSVC_ADMIN_ADDR", "PUSHSVC_NODE_ID"):
+        assert key in instance, key
+    settings = load_settings(environ={**common, **instance})
+    assert not settings.embedded  # the example is a fleet member
+    assert settings.cluster_key and settings.api_keys
+    assert settings.log_format == "json"
+
+
+# -- sd_notify ------------------------------------------------------------------------
+
+
+class NotifySocket:
+    """The receiving end of $NOTIFY_SOCKET, as systemd holds it."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        if path is None:
+            name = f"pushsvc-test-{uuid.uuid4().hex}"
+            self.sock.bind("\0" + name)
+            self.address = "@" + name
+        else:
+            self.sock.bind(str(path))
+            self.address = str(path)
+        self.received: list[tuple[float, dict[str, str]]] = []
+
+    def recv(self, timeout: float) -> dict[str, str]:
+        self.sock.settimeout(timeout)
+        data = self.sock.recv(65536)
+        fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+        self.received.append((time.monotonic(), fields))
+        return fields
+
+    def wait_for(self, key: str, value: str | None = None, timeout: float = 20.0) -> dict[str, str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {key}={value or '*'} within {timeout}s: {self.received}")
+            fields = self.recv(remaining)
+            if key in fields and (value is None or value in fields[key]):
+                return fields
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def notify_socket() -> Iterator[NotifySocket]:
+    sock = NotifySocket()
+    yield sock
+    sock.close()
+
+
+def test_notifier_without_socket() -> None:
+    n = Notifier({})
+    assert not n.enabled
+    assert not n.ready("x") and not n.watchdog() and not n.stopping()
+    assert watchdog_interval({"WATCHDOG_USEC": "3000000"}) == 1.5
+    assert watchdog_interval({"WATCHDOG_USEC": "3000000", "WATCHDOG_PID": "1"}) is None
+    assert watchdog_interval({"WATCHDOG_USEC": "x"}) is None
+
+
+def test_notifier_path_socket(tmp_path: Path) -> None:
+    receiver = NotifySocket(tmp_path / "notify")
+    try:
+        n = Notifier({"NOTIFY_SOCKET": receiver.address})
+        assert n.ready("up\nand running")
+        assert receiver.recv(5) == {"READY": "1", "STATUS": "up and running"}
+        n.close()
+    finally:
+        receiver.close()
+
+
+def test_node_notifies_systemd(tmp_path: Path, notify_socket: NotifySocket) -> None:
+    watchdog_usec = 200_000  # WATCHDOG=1 expected every 0.1 s
+    node = NodeProcess(
+        tmp_path / "node",
+        {"PUSHSVC_HEARTBEAT_INTERVAL": "0.2", "PUSHSVC_LOG_LEVEL": "info"},
+    )
+    node.env.update(NOTIFY_SOCKET=notify_socket.address, WATCHDOG_USEC=str(watchdog_usec))
+    spawn(node)
+    try:
+        ready = notify_socket.wait_for("READY", "1", timeout=20)
+        assert "0 connections" in ready["STATUS"], ready
+        ready_at = notify_socket.received[-1][0]
+        # READY=1 means the WebSocket listener takes connections: connect right away.
+        with RawWS.connect(
+            "127.0.0.1", node.ws_port, f"/ws?token={token('alice')}", timeout=5
+        ) as ws:
+            welcome = ws.recv_json()
+            assert welcome["type"] == "welcome" and welcome["node"] == node.node_id
+            # STATUS= follows the heartbeat with the connection count.
+            status = notify_socket.wait_for("STATUS", "1 connections", timeout=10)
+            assert "ready" in status["STATUS"], status
+            # WATCHDOG=1 at WATCHDOG_USEC/2: count them over a stretch of time.
+            start = time.monotonic()
+            while time.monotonic() - start < 1.0:
+                notify_socket.recv(2)
+            beats = [
+                t for t, f in notify_socket.received if f.get("WATCHDOG") == "1" and t >= start
+            ]
+            assert len(beats) >= 6, beats  # 10 expected in 1 s
+            gaps = [b - a for a, b in itertools.pairwise(beats)]
+            mean = sum(gaps) / len(gaps)
+            assert 0.06 <= mean <= 0.15, gaps
+            assert max(gaps) < watchdog_usec / 1e6, gaps  # systemd's limit never reached
+            assert any(t <= ready_at for t, f in notify_socket.received if "WATCHDOG" in f)
+            # SIGTERM: STOPPING=1, the client is told 1012, the process exits 0.
+            assert node.proc is not None
+            node.proc.send_signal(signal.SIGTERM)
+            stopping = notify_socket.wait_for("STOPPING", "1", timeout=5)
+            assert "draining" in stopping["STATUS"]
+            close = ws.recv_close(timeout=5)
+            assert close is not None and close.close_code == 1012
+        assert node.stop(timeout=15) == 0
+        stopped = notify_socket.wait_for("STATUS", "stopped", timeout=5)
+        assert "1 connections handed over" in stopped["STATUS"]
+    finally:
+        if node.proc is not None and node.proc.poll() is None:
+            node.kill()
+
+
+def test_ready_waits_for_registration(tmp_path: Path, notify_socket: NotifySocket) -> None:
+    """With the store unreachable at start, the node listens but says READY=1 only
+    once it has registered, and the registration is complete (its gRPC address)."""
+    from tests.ferretdb import FerretDB
+
+    db = FerretDB()
+    node = NodeProcess(
+        tmp_path / "node",
+        {
+            "PUSHSVC_MONGO_URI": db.uri,
+            "PUSHSVC_MONGO_DB": f"notify_{uuid.uuid4().hex[:8]}",
+            "PUSHSVC_CLUSTER_KEY": "k",
+            "PUSHSVC_HEARTBEAT_INTERVAL": "0.2",
+            "PUSHSVC_LOG_LEVEL": "info",
+        },
+    )
+    node.env.update(NOTIFY_SOCKET=notify_socket.address)
+    try:
+        spawn(node)
+        status = notify_socket.wait_for("STATUS", "starting", timeout=20)
+        assert "READY" not in status
+        assert not any("READY" in f for _, f in notify_socket.received)
+        db.start()
+        notify_socket.wait_for("READY", "1", timeout=20)
+        with node.stub() as stub:
+            nodes = stub.ListNodes(push_pb2.ListNodesRequest(), metadata=auth(), timeout=10)
+        assert [n.grpc_addr for n in nodes.nodes] == [node.grpc_addr]
+        assert node.stop(timeout=15) == 0
+    finally:
+        if node.proc is not None and node.proc.poll() is None:
+            node.kill()
+        db.cleanup()
+
+
+# -- MemoryDenyWriteExecute -----------------------------------------------------------
+
+PR_SET_MDWE = 65
+PR_MDWE_REFUSE_EXEC_GAIN = 1
+
+
+def _deny_write_execute() -> None:
+    """Run in the child before exec: the kernel's MDWE, inherited across execve."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_MDWE)")
+
+
+def _mdwe_supported() -> bool:
+    probe = subprocess.run(
+        [sys.executable, "-c", "pass"], preexec_fn=_deny_write_execute, capture_output=True
+    )
+    return probe.returncode == 0
+
+
+def test_runs_without_writable_executable_memory(tmp_path: Path) -> None:
+    """gevent, grpc and the rest need no W+X memory: a whole session works with the
+    kernel refusing it (prctl PR_SET_MDWE, Linux >= 6.3; systemd's seccomp version
+    of MemoryDenyWriteExecute= refuses the same mmap/mprotect calls)."""
+    try:
+        supported = _mdwe_supported()
+    except OSError:
+        supported = False
+    if not supported:
+        pytest.skip("this kernel has no PR_SET_MDWE")
+    # The control: under MDWE, a W+X mapping is refused.
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import mmap; mmap.mmap(-1, 4096, prot=mmap.PROT_READ|mmap.PROT_WRITE|mmap.PROT_EXEC)",
+        ],
+        preexec_fn=_deny_write_execute,
+        capture_output=True,
+        text=True,
+    )
+    assert probe.returncode != 0 and "PermissionError" in probe.stderr, probe.stderr
+
+    node = NodeProcess(tmp_path / "node", {"PUSHSVC_LOG_LEVEL": "info"})
+    proc = spawn(node, preexec_fn=_deny_write_execute)
+    try:
+        node.wait_ready(20)
+        with RawWS.connect("127.0.0.1", node.ws_port, f"/ws?token={token('bob')}") as ws:
+            assert ws.recv_json()["type"] == "welcome"
+            with node.stub() as stub:
+                resp = stub.Push(
+                    push_pb2.PushRequest(user_ids=["bob"], payload=b'{"under":"mdwe"}'),
+                    metadata=auth(),
+                    timeout=10,
+                )
+            msg = ws.recv_json()
+            assert msg["type"] == "message" and msg["seq"] == resp.seqs[0]
+            assert json.dumps(msg["data"]) == '{"under": "mdwe"}'
+        assert node.stop(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            node.kill()
+    assert "Traceback" not in node.log(), node.log()
