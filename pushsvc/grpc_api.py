@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hmac
 import logging
+import secrets
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from typing import Any, TypeVar
@@ -64,14 +65,23 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _domain_errors(method: F) -> F:
-    """Turn domain errors into status codes with their human message."""
+    """Turn domain errors into status codes with their human message; anything
+    unexpected becomes INTERNAL with a request id the log line also carries."""
 
     @functools.wraps(method)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
             return method(self, request, context)
         except PushError as exc:
-            context.abort(status_of(exc), str(exc))
+            code = status_of(exc)
+            log.info("rpc refused", extra={"rpc": method.__name__, "code": code.name})
+            context.abort(code, str(exc))
+        except Exception:
+            request_id = secrets.token_hex(6)
+            log.exception("rpc failed", extra={"rpc": method.__name__, "request": request_id})
+            context.abort(
+                grpc.StatusCode.INTERNAL, f"internal error (request id {request_id} in the log)"
+            )
 
     return wrapper  # type: ignore[return-value]
 
@@ -126,6 +136,15 @@ class PushServicer(push_pb2_grpc.PushServiceServicer):
             except PushError as exc:
                 yield push_pb2.PushResponse(
                     error=push_pb2.Error(code=status_of(exc).value[0], message=str(exc))
+                )
+            except Exception:
+                request_id = secrets.token_hex(6)
+                log.exception("rpc failed", extra={"rpc": "PushStream", "request": request_id})
+                yield push_pb2.PushResponse(
+                    error=push_pb2.Error(
+                        code=grpc.StatusCode.INTERNAL.value[0],
+                        message=f"internal error (request id {request_id} in the log)",
+                    )
                 )
 
     @_domain_errors

@@ -57,18 +57,11 @@ class Receipts:
 
     def flush(self) -> None:
         """Write what is pending; on a store failure keep it for the next round."""
-        if self._acks:
-            acks, self._acks = self._acks, {}
-            try:
-                for user_id, seq in acks.items():
-                    self._store.ack(user_id, seq)
-            except StoreUnavailable as exc:
-                self._metrics.store_errors.inc()
-                log.warning("acks not stored yet: %s", exc)
-                for user_id, seq in acks.items():
-                    self.ack(user_id, seq)
-        if self._delivered:
-            delivered, self._delivered = self._delivered, {}
+        # Both taken at once, receipts written first: a message is never
+        # reported acked but not delivered.
+        delivered, self._delivered = self._delivered, {}
+        acks, self._acks = self._acks, {}
+        if delivered:
             try:
                 self._store.mark_delivered(list(delivered))
             except StoreUnavailable as exc:
@@ -78,6 +71,18 @@ class Receipts:
                 if len(delivered) > MAX_PENDING:
                     delivered = dict(list(delivered.items())[-MAX_PENDING:])
                 self._delivered = delivered
+                for user_id, seq in acks.items():
+                    self.ack(user_id, seq)
+                return
+        if acks:
+            try:
+                for user_id, seq in acks.items():
+                    self._store.ack(user_id, seq)
+            except StoreUnavailable as exc:
+                self._metrics.store_errors.inc()
+                log.warning("acks not stored yet: %s", exc)
+                for user_id, seq in acks.items():
+                    self.ack(user_id, seq)
 
     def stop(self) -> None:
         self._stopping = True

@@ -1,0 +1,135 @@
+"""The Java client (clients/java) against a real node.
+
+``deploy/dev/install-java.sh`` prefetches every Maven artifact (quick when done
+already); then Maven runs offline (``-o``): the JUnit 5 tests of ``PushClient``
+(each rpc, deliveries checked on real WebSocket connections, typed errors), and
+the README's example, run as written.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.nodeproc import API_KEY, JWT_SECRET, NodeProcess
+from tests.wsclient import open_ws
+
+ROOT = Path(__file__).resolve().parent.parent
+JAVA_DIR = ROOT / "clients" / "java"
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def _run(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 600) -> str:
+    """Run ``cmd`` in clients/java; fail with its output unless it exits 0."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSVC_")}
+    proc = subprocess.run(
+        cmd,
+        cwd=JAVA_DIR,
+        env={**base, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+    )
+    if proc.returncode != 0:
+        dumps = "".join(
+            f"\n--- {dump.name}:\n{dump.read_text(errors='replace')[-20000:]}"
+            for dump in sorted((JAVA_DIR / "target" / "surefire-reports").glob("*.dump*"))
+        )
+        pytest.fail(f"{' '.join(cmd)} exited with {proc.returncode}:\n{proc.stdout}{dumps}")
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def java_ready() -> Iterator[None]:
+    for tool in ("java", "mvn"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} not found: the Java client needs a JDK 17 and Maven 3.8+")
+    # Two test runs in the same checkout would build in the same target/: take turns.
+    digest = hashlib.sha256(str(JAVA_DIR).encode()).hexdigest()[:12]
+    lock_path = Path(tempfile.gettempdir()) / f"pushsvc-java-client-{digest}.lock"
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            _run(["bash", str(ROOT / "deploy" / "dev" / "install-java.sh")], timeout=900)
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def test_java_client_against_live_node(java_ready: None, node: NodeProcess) -> None:
+    reports = JAVA_DIR / "target" / "surefire-reports"
+    shutil.rmtree(reports, ignore_errors=True)
+    out = _run(
+        ["mvn", "-q", "-B", "-o", "test"],
+        env={
+            "PUSHSVC_TEST_GRPC_ADDR": node.grpc_addr,
+            "PUSHSVC_TEST_WS_URL": node.ws_url,
+            "PUSHSVC_TEST_API_KEY": API_KEY,
+            "PUSHSVC_TEST_JWT_SECRET": JWT_SECRET,
+        },
+    )
+    counts = dict.fromkeys(("tests", "failures", "errors", "skipped"), 0)
+    for report in reports.glob("TEST-*.xml"):
+        suite = ET.parse(report).getroot()
+        for key in counts:
+            counts[key] += int(suite.get(key, "0"))
+    print(out, f"JUnit: {counts}")
+    assert counts["tests"] >= 15 and counts["skipped"] == 0, f"{counts}\n{out}"
+    assert counts["failures"] == counts["errors"] == 0, f"{counts}\n{out}"
+
+
+def test_java_readme_example_runs_as_written(
+    java_ready: None, node: NodeProcess, tmp_path: Path
+) -> None:
+    readme = (JAVA_DIR / "README.md").read_text()
+    match = re.search(r"```java\n(.*?public class Example .*?)```", readme, re.S)
+    assert match, "README.md has no ```java block with class Example"
+    lines = [line for line in match.group(1).splitlines() if line.strip()]
+    assert len(lines) <= 15, f"the example grew to {len(lines)} lines"
+    example = tmp_path / "Example.java"
+    example.write_text(match.group(1))
+
+    _run(["mvn", "-q", "-B", "-o", "compile"])
+    classpath = (JAVA_DIR / "target" / "classpath.txt").read_text().strip()
+    alice = open_ws(node, "alice")
+    try:
+        out = _run(
+            ["java", "-cp", f"target/classes{os.pathsep}{classpath}", str(example)],
+            env={"PUSHSVC_GRPC_ADDR": node.grpc_addr, "PUSHSVC_API_KEY": API_KEY},
+            timeout=120,
+        )
+        found = re.search(r"pushed (\S+) seqs \[1\]", out)
+        assert found, out
+        frame = alice.messages(1, timeout=10)[0]
+        assert frame["id"] == found.group(1)
+        assert frame["data"] == {"hello": "world"}
+    finally:
+        alice.close()
+
+
+def test_java_tests_fail_without_a_node(java_ready: None) -> None:
+    """Without the PUSHSVC_TEST_* variables the JUnit tests fail, saying why."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSVC_")}
+    proc = subprocess.run(
+        ["mvn", "-q", "-B", "-o", "test", "-Dtest=PushClientTest#listNodesShowsTheNode"],
+        cwd=JAVA_DIR,
+        env=base,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode != 0, proc.stdout
+    assert "not set: PUSHSVC_TEST_GRPC_ADDR" in proc.stdout, proc.stdout
