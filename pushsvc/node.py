@@ -15,8 +15,11 @@ from grpc.experimental import gevent as grpc_gevent  # type: ignore[attr-defined
 
 grpc_gevent.init_gevent()
 
+import importlib.util  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
 import sys  # noqa: E402
@@ -216,21 +219,26 @@ class Node:
                 "store": "embedded" if s.embedded else "mongodb",
             },
         )
-        if s.log_format != "text" or not sys.stderr.isatty():
+        if s.log_format != "text" or not (sys.stderr.isatty() or s.demo):
             return  # the banner is for a person at a terminal, not for a log collector
         env = ""
         if self.grpc_port != 50051 or s.grpc_addr.host != "127.0.0.1":
             env = f"PUSHSVC_GRPC_ADDR={s.grpc_addr.host}:{self.grpc_port} "
         if s.embedded and s.data_dir != "./pushsvc-data":
             env += f"PUSHSVC_DATA_DIR={s.data_dir} "
-        print(
-            f"pushsvc node {self.node_id} is up. Try it:\n"
-            f"  TOKEN=$({env}pushsvc token --user alice)\n"
-            f"  connect a WebSocket client to ws://{ws_host}:{self.ws_port}/ws?token=$TOKEN\n"
-            f"  {env}pushsvc push --user alice --data '{{\"hello\": 1}}'",
-            file=sys.stderr,
-            flush=True,
-        )
+        cli = _cli_name()
+        connect = "a WebSocket client to "
+        if importlib.util.find_spec("websockets") is not None:
+            connect = f"{os.path.relpath(sys.executable)} -m websockets "
+        lines = [
+            f"pushsvc node {self.node_id} is up. Try it:",
+            f"  mint a token:  TOKEN=$({env}{cli} token --user alice)",
+            f'  connect:       {connect}"ws://{ws_host}:{self.ws_port}/ws?token=$TOKEN"',
+            f"  push:          {env}{cli} push --user alice --data '{{\"hello\": 1}}'",
+        ]
+        if s.demo:
+            lines.append(f"  or open http://{ws_host}:{self.ws_port}/demo?token=$TOKEN")
+        print("\n".join(lines), file=sys.stderr, flush=True)
 
     # -- housekeeping -----------------------------------------------------------------------
 
@@ -388,6 +396,14 @@ class Node:
         everyone = sessions + late
         gevent.wait([s.closed for s in everyone], timeout=max(0.0, until - time.monotonic()))
         return len(everyone)
+
+
+def _cli_name() -> str:
+    """How the person at this terminal can run the command line again."""
+    argv0 = sys.argv[0]
+    if os.path.basename(argv0) == "pushsvc" and shutil.which("pushsvc") != argv0:
+        return os.path.relpath(argv0) if not argv0.startswith("/") else argv0
+    return "pushsvc"
 
 
 def _listen(addr: Address, name: str, reuse_port: bool = False) -> socket.socket:
