@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from pushsvc.v1 import push_pb2
 from tests.ferretdb import FerretDB, ferretdb  # noqa: F401
@@ -253,3 +254,47 @@ def test_stopped_peer_times_out_without_delaying_others(
     again = open_ws(c, "hank", since=0)
     clients.append(again)
     assert [x["data"]["n"] for x in again.messages(1)] == [1]
+
+
+def test_publish_and_disconnect_reach_every_node(fleet: Fleet, clients: list[Client]) -> None:
+    a, b, c = fleet(3)
+    readers = [open_ws(n, f"reader-{i}", topics=["news.*"]) for i, n in enumerate((a, b, c))]
+    clients += readers
+    for r in readers:
+        r.send({"type": "subscribe", "topic": "news.eu"})
+        assert r.recv()["type"] == "subscribed"
+    wait_for(lambda: len(nodes_seen(a)) == 3, 5, "a sees the fleet")
+    with a.stub() as stub:
+        resp = stub.Publish(
+            push_pb2.PublishRequest(topic="news.eu", payload=b'{"headline":1}'),
+            metadata=auth(),
+            timeout=10,
+        )
+    assert resp.local_subscribers == 1
+    for r in readers:
+        (m,) = r.messages(1)
+        assert m["topic"] == "news.eu" and m["data"] == {"headline": 1}
+        assert m["id"] == resp.message_id
+
+    ivan_b = open_ws(b, "ivan")
+    ivan_c = open_ws(c, "ivan")
+    clients += [ivan_b, ivan_c]
+    with a.stub() as stub:
+        closed = stub.Disconnect(
+            push_pb2.DisconnectRequest(user_id="ivan", reason="account closed"),
+            metadata=auth(),
+            timeout=10,
+        )
+    assert closed.connections_closed == 2
+    for client in (ivan_b, ivan_c):
+        with pytest.raises(ConnectionClosed) as err:
+            while True:
+                client.recv()
+        assert err.value.rcvd is not None
+        assert (err.value.rcvd.code, err.value.rcvd.reason) == (4000, "account closed")
+
+
+def nodes_seen(node: NodeProcess) -> set[str]:
+    with node.stub() as stub:
+        listed = stub.ListNodes(push_pb2.ListNodesRequest(), metadata=auth(), timeout=5)
+    return {n.node_id for n in listed.nodes}
