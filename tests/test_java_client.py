@@ -4,6 +4,11 @@
 already); then Maven runs offline (``-o``): the JUnit 5 tests of ``PushClient``
 (each rpc, deliveries checked on real WebSocket connections, typed errors), and
 the README's example, run as written.
+
+The retry test (``OutageRetryTest``) runs against a real store outage instead:
+a fleet node on a FerretDB of its own, which tests/outage.py stops and starts
+again while the Java test's pushes are retrying. The plain live run leaves it
+out (Surefire ``<excludes>`` in pom.xml; ``-Dtest=`` overrides them).
 """
 
 from __future__ import annotations
@@ -16,27 +21,45 @@ import shutil
 import subprocess
 import tempfile
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.nodeproc import API_KEY, JWT_SECRET, NodeProcess
+from tests.outage import outage_env, outage_node, run_through_outage
 from tests.wsclient import open_ws
 
 ROOT = Path(__file__).resolve().parent.parent
 JAVA_DIR = ROOT / "clients" / "java"
+REPORTS = JAVA_DIR / "target" / "surefire-reports"
+OUTAGE_TEST = "OutageRetryTest"  # needs a store outage: run by the outage test below only
 
 pytestmark = pytest.mark.timeout(900)
 
 
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSVC_")}
+    return {**base, **(extra or {})}
+
+
+def _junit_counts() -> dict[str, dict[str, int]]:
+    """Per test class of the last Surefire run: tests, failures, errors, skipped."""
+    out: dict[str, dict[str, int]] = {}
+    for report in REPORTS.glob("TEST-*.xml"):
+        suite = ET.parse(report).getroot()
+        out[suite.get("name", report.stem)] = {
+            key: int(suite.get(key, "0")) for key in ("tests", "failures", "errors", "skipped")
+        }
+    return out
+
+
 def _run(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 600) -> str:
     """Run ``cmd`` in clients/java; fail with its output unless it exits 0."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSVC_")}
     proc = subprocess.run(
         cmd,
         cwd=JAVA_DIR,
-        env={**base, **(env or {})},
+        env=_env(env),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -45,7 +68,7 @@ def _run(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 600
     if proc.returncode != 0:
         dumps = "".join(
             f"\n--- {dump.name}:\n{dump.read_text(errors='replace')[-20000:]}"
-            for dump in sorted((JAVA_DIR / "target" / "surefire-reports").glob("*.dump*"))
+            for dump in sorted(REPORTS.glob("*.dump*"))
         )
         pytest.fail(f"{' '.join(cmd)} exited with {proc.returncode}:\n{proc.stdout}{dumps}")
     return proc.stdout
@@ -69,8 +92,7 @@ def java_ready() -> Iterator[None]:
 
 
 def test_java_client_against_live_node(java_ready: None, node: NodeProcess) -> None:
-    reports = JAVA_DIR / "target" / "surefire-reports"
-    shutil.rmtree(reports, ignore_errors=True)
+    shutil.rmtree(REPORTS, ignore_errors=True)
     out = _run(
         ["mvn", "-q", "-B", "-o", "test"],
         env={
@@ -80,14 +102,53 @@ def test_java_client_against_live_node(java_ready: None, node: NodeProcess) -> N
             "PUSHSVC_TEST_JWT_SECRET": JWT_SECRET,
         },
     )
-    counts = dict.fromkeys(("tests", "failures", "errors", "skipped"), 0)
-    for report in reports.glob("TEST-*.xml"):
-        suite = ET.parse(report).getroot()
-        for key in counts:
-            counts[key] += int(suite.get(key, "0"))
+    per_class = _junit_counts()
+    counts = {
+        key: sum(c[key] for c in per_class.values())
+        for key in ("tests", "failures", "errors", "skipped")
+    }
     print(out, f"JUnit: {counts}")
-    assert counts["tests"] >= 15 and counts["skipped"] == 0, f"{counts}\n{out}"
+    assert counts["tests"] >= 12 and counts["skipped"] == 0, f"{counts}\n{out}"
     assert counts["failures"] == counts["errors"] == 0, f"{counts}\n{out}"
+    assert not any(OUTAGE_TEST in name for name in per_class), per_class  # run below only
+
+
+def test_java_client_retries_through_a_store_outage(
+    java_ready: None, node_factory: Callable[..., NodeProcess]
+) -> None:
+    shutil.rmtree(REPORTS, ignore_errors=True)
+    with outage_node(node_factory) as (db, node):
+        output = run_through_outage(
+            ["mvn", "-B", "-o", "test", f"-Dtest={OUTAGE_TEST}"],
+            cwd=JAVA_DIR,
+            env=_env(outage_env(node)),
+            db=db,
+            node=node,
+        )
+    per_class = _junit_counts()
+    assert per_class == {
+        f"io.pushsvc.client.{OUTAGE_TEST}": {"tests": 1, "failures": 0, "errors": 0, "skipped": 0}
+    }, f"{per_class}\n{output}"
+
+
+def test_java_outage_test_fails_without_an_outage(java_ready: None, node: NodeProcess) -> None:
+    """Selected without PUSHSVC_TEST_OUTAGE=1, the outage test fails; it does not skip."""
+    shutil.rmtree(REPORTS, ignore_errors=True)
+    proc = subprocess.run(
+        ["mvn", "-q", "-B", "-o", "test", f"-Dtest={OUTAGE_TEST}"],
+        cwd=JAVA_DIR,
+        env=_env({**outage_env(node), "PUSHSVC_TEST_OUTAGE": ""}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode != 0, proc.stdout
+    assert "PUSHSVC_TEST_OUTAGE=1 is not set" in proc.stdout, proc.stdout
+    counts = _junit_counts()
+    assert counts == {
+        f"io.pushsvc.client.{OUTAGE_TEST}": {"tests": 1, "failures": 1, "errors": 0, "skipped": 0}
+    }, f"{counts}\n{proc.stdout}"
 
 
 def test_java_readme_example_runs_as_written(
@@ -121,11 +182,10 @@ def test_java_readme_example_runs_as_written(
 
 def test_java_tests_fail_without_a_node(java_ready: None) -> None:
     """Without the PUSHSVC_TEST_* variables the JUnit tests fail, saying why."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSVC_")}
     proc = subprocess.run(
         ["mvn", "-q", "-B", "-o", "test", "-Dtest=PushClientTest#listNodesShowsTheNode"],
         cwd=JAVA_DIR,
-        env=base,
+        env=_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

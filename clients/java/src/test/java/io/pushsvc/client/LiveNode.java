@@ -84,9 +84,14 @@ final class LiveNode {
 
   /** Connects {@code user} and waits for the welcome frame. */
   Ws connect(String user, String topicsJson) throws Exception {
+    return connect(user, topicsJson, "");
+  }
+
+  /** Connects {@code user} with more query parameters ({@code "&since=0"}), waits for welcome. */
+  Ws connect(String user, String topicsJson, String moreQuery) throws Exception {
     Ws ws = new Ws();
     URI uri = URI.create(wsUrl + "?token="
-        + URLEncoder.encode(token(user, topicsJson), StandardCharsets.UTF_8));
+        + URLEncoder.encode(token(user, topicsJson), StandardCharsets.UTF_8) + moreQuery);
     ws.socket = HttpClient.newHttpClient().newWebSocketBuilder()
         .buildAsync(uri, ws).get(10, TimeUnit.SECONDS);
     ws.await(f -> "welcome".equals(Ws.str(f, "type")));

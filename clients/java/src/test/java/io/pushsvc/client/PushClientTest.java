@@ -6,13 +6,6 @@ import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import com.google.protobuf.ByteString;
-import io.grpc.CallOptions;
-import io.grpc.Channel;
-import io.grpc.ClientCall;
-import io.grpc.ClientInterceptor;
-import io.grpc.ForwardingClientCall;
-import io.grpc.Metadata;
-import io.grpc.MethodDescriptor;
 import io.grpc.Status;
 import io.pushsvc.v1.GetMessageStatusResponse;
 import io.pushsvc.v1.GetPresenceResponse;
@@ -30,7 +23,6 @@ import java.util.Collections;
 import java.util.List;
 import java.util.UUID;
 import java.util.concurrent.TimeUnit;
-import java.util.concurrent.atomic.AtomicInteger;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
@@ -230,33 +222,6 @@ class PushClientTest {
   }
 
   @Test
-  void retriesOnUnavailableReuseTheGeneratedKey() throws Exception {
-    String hana = user();
-    Flaky flaky = new Flaky(2);
-    try (PushClient retrying = node.client().intercept(flaky)
-            .maxRetries(3).backoff(Duration.ofMillis(10), Duration.ofMillis(50)).build();
-        LiveNode.Ws ws = node.connect(hana, null)) {
-      PushResponse resp = retrying.push(List.of(hana), "{\"retried\": true}");
-      assertEquals(3, flaky.keys.size(), flaky.keys.toString());
-      assertTrue(flaky.keys.get(0).startsWith("pushsvc-java-"), flaky.keys.toString());
-      assertEquals(1, flaky.keys.stream().distinct().count(), flaky.keys.toString());
-      assertEquals(resp.getMessageId(), LiveNode.Ws.str(ws.nextMessage(), "id"));
-    }
-  }
-
-  @Test
-  void unavailableAfterTheRetriesIsTyped() {
-    Flaky flaky = new Flaky(Integer.MAX_VALUE);
-    try (PushClient retrying = node.client().intercept(flaky)
-        .maxRetries(2).backoff(Duration.ofMillis(10), Duration.ofMillis(50)).build()) {
-      PushRequest req = request(user(), "{}").toBuilder().setIdempotencyKey("mine").build();
-      UnavailableException e = assertThrows(UnavailableException.class, () -> retrying.push(req));
-      assertEquals(Status.Code.UNAVAILABLE, e.getCode());
-      assertEquals(List.of("mine", "mine", "mine"), flaky.keys);
-    }
-  }
-
-  @Test
   void unreachableNodeIsUnavailable() throws Exception {
     int port;
     try (ServerSocket s = new ServerSocket(0)) {
@@ -278,98 +243,6 @@ class PushClientTest {
     assertThrows(IllegalArgumentException.class, () -> PushClient.builder().maxRetries(-1));
     try (PushClient lazy = PushClient.builder().address("127.0.0.1:1").build()) {
       assertTrue(lazy != null); // building connects nothing yet
-    }
-  }
-
-  @Test
-  void pushStreamIsRetriedOnUnavailable() throws Exception {
-    String ivan = user();
-    Flaky flaky = new Flaky(1);
-    try (PushClient retrying = node.client().intercept(flaky)
-            .maxRetries(2).backoff(Duration.ofMillis(10), Duration.ofMillis(50)).build();
-        LiveNode.Ws ws = node.connect(ivan, null)) {
-      List<PushResponse> responses = retrying.pushStream(
-          List.of(request(ivan, "{\"s\": 1}"), request(ivan, "{\"s\": 2}")));
-      assertEquals(2, flaky.streams.get(), "one failed stream, one good one");
-      assertEquals(2, responses.size());
-      assertEquals(2, flaky.keys.stream().distinct().count(), flaky.keys.toString());
-      for (PushResponse r : responses) {
-        assertFalse(r.hasError(), r.toString());
-        assertEquals(r.getMessageId(), LiveNode.Ws.str(ws.nextMessage(), "id"));
-      }
-    }
-  }
-
-  /**
-   * Fails the first {@code failures} Push / PushStream calls with UNAVAILABLE before they leave
-   * the client, and records the idempotency key of every request sent.
-   */
-  static final class Flaky implements ClientInterceptor {
-    final List<String> keys = Collections.synchronizedList(new ArrayList<>());
-    final AtomicInteger streams = new AtomicInteger();
-    private final AtomicInteger failuresLeft;
-
-    Flaky(int failures) {
-      this.failuresLeft = new AtomicInteger(failures);
-    }
-
-    @Override
-    public <Q, R> ClientCall<Q, R> interceptCall(
-        MethodDescriptor<Q, R> method, CallOptions options, Channel next) {
-      String name = method.getFullMethodName();
-      boolean stream = name.endsWith("/PushStream");
-      if (!stream && !name.endsWith("/Push")) {
-        return next.newCall(method, options);
-      }
-      if (stream) {
-        streams.incrementAndGet();
-      }
-      if (failuresLeft.getAndDecrement() > 0) {
-        return new ClientCall<>() {
-          private Listener<R> listener;
-          private boolean closed;
-
-          @Override
-          public void start(Listener<R> responseListener, Metadata headers) {
-            listener = responseListener;
-          }
-
-          @Override
-          public void request(int numMessages) {
-            if (stream) {
-              fail(); // a stream fails at once: nothing is sent
-            }
-          }
-
-          @Override
-          public void cancel(String message, Throwable cause) {}
-
-          @Override
-          public void halfClose() {
-            fail();
-          }
-
-          @Override
-          public void sendMessage(Q message) {
-            keys.add(((PushRequest) message).getIdempotencyKey());
-          }
-
-          private void fail() {
-            if (!closed) {
-              closed = true;
-              listener.onClose(
-                  Status.UNAVAILABLE.withDescription("injected by the test"), new Metadata());
-            }
-          }
-        };
-      }
-      return new ForwardingClientCall.SimpleForwardingClientCall<>(next.newCall(method, options)) {
-        @Override
-        public void sendMessage(Q message) {
-          keys.add(((PushRequest) message).getIdempotencyKey());
-          super.sendMessage(message);
-        }
-      };
     }
   }
 }
