@@ -12,9 +12,19 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from pushsvc.errors import InvalidArgument
 from pushsvc.messages import Message
 
 IDEMPOTENCY_WINDOW = 24 * 3600.0
+
+
+def check_storable(message: Message, user_ids: Sequence[str]) -> float:
+    """What every store checks before writing; returns the message's expiry."""
+    if message.expires_at is None:
+        raise InvalidArgument("message.expires_at is not set: only messages with a TTL are stored")
+    if not user_ids:
+        raise InvalidArgument("user_ids is empty: name at least one recipient")
+    return float(message.expires_at)
 
 
 @dataclass(frozen=True, slots=True)

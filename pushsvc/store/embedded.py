@@ -34,6 +34,7 @@ from pushsvc.store.base import (
     RecipientStatus,
     Store,
     StoreResult,
+    check_storable,
 )
 
 T = TypeVar("T")
@@ -258,15 +259,9 @@ class EmbeddedStore(Store):
         idempotency_key: str,
         now: float,
     ) -> StoreResult:
-        if message.expires_at is None:
-            raise InvalidArgument(
-                "message.expires_at is not set: only messages with a TTL are stored"
-            )
-        if not user_ids:
-            raise InvalidArgument("user_ids is empty: name at least one recipient")
+        expires_at = check_storable(message, user_ids)
         users = list(user_ids)
         users_json = json.dumps(list(dict.fromkeys(users)))
-        expires_at = float(message.expires_at)
 
         def body(conn: sqlite3.Connection) -> StoreResult:
             def work() -> StoreResult:

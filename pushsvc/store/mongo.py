@@ -68,6 +68,7 @@ from pushsvc.store.base import (
     RecipientStatus,
     Store,
     StoreResult,
+    check_storable,
 )
 
 log = logging.getLogger(__name__)
@@ -262,15 +263,9 @@ class MongoStore(Store):
         idempotency_key: str,
         now: float,
     ) -> StoreResult:
-        if message.expires_at is None:
-            raise InvalidArgument(
-                "message.expires_at is not set: only messages with a TTL are stored"
-            )
-        if not user_ids:
-            raise InvalidArgument("user_ids is empty: name at least one recipient")
+        exp = check_storable(message, user_ids)
         users = list(user_ids)
         distinct = list(dict.fromkeys(users))
-        exp = float(message.expires_at)
 
         if idempotency_key:
             first = self._claim(idempotency_key, message.id, distinct, users, now)
