@@ -44,6 +44,15 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def slab_bytes() -> int:
+    """Kernel slab memory of the whole host (/proc/meminfo Slab): where sockets live."""
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("Slab:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process (all its threads), from /proc/<pid>/stat."""
     with open(f"/proc/{pid}/stat") as fh:

@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -44,12 +45,14 @@ from bench.common import (
     percentile,
     raise_nofile,
     rss_bytes,
+    slab_bytes,
     table,
 )
-from bench.wsload import WsConn, close_all, connect_many
+from bench.wsload import OP_TEXT, WsConn, close_all, connect_many
 from pushsvc.auth import mint_token
 from pushsvc.v1 import push_pb2, push_pb2_grpc
-from tests.nodeproc import API_KEY, JWT_SECRET, NodeProcess, free_port
+from tests.ferretdb import FerretDB
+from tests.nodeproc import API_KEY, CLUSTER_KEY, JWT_SECRET, NodeProcess, free_port
 
 AUTH = (("authorization", f"Bearer {API_KEY}"),)
 PAYLOAD = json.dumps(
@@ -66,6 +69,7 @@ class Round:
     delivered: int = 0
     seconds: float = 0.0  # call → last frame received
     cpu: float = 0.0  # node CPU over the same span
+    cpu_db: float = 0.0  # database server CPU over the same span
     rpc_seconds: float = 0.0  # call → the Push calls (or POST) answered
     latencies: list[float] = field(default_factory=list)
 
@@ -79,8 +83,11 @@ class Result:
     rss_before: int = 0
     rss_after: int = 0
     rss_after_push: int = 0
+    extra: bool = False  # a database server's CPU was measured
+    slab_delta: int = 0  # host kernel slab growth while N connections were opened
     connect_seconds: float = 0.0
     connect_cpu: float = 0.0
+    connect_cpu_db: float = 0.0
     idle_seconds: float = 0.0
     idle_cpu: float = 0.0
     rounds: list[Round] = field(default_factory=list)
@@ -103,6 +110,27 @@ class Result:
             return Round()
         ordered = sorted(self.rounds, key=lambda r: r.seconds)
         return ordered[(len(ordered) - 1) // 2]
+
+
+class AppPinger:
+    """Each connection sends {"type":"ping"} every ``interval`` s, as the browser client does."""
+
+    FRAME = b'{"type":"ping"}'
+
+    def __init__(self, conns: list[WsConn], interval: float) -> None:
+        self.interval = interval
+        self.loop = asyncio.get_running_loop()
+        self.handles = {
+            c.index: self.loop.call_later(random.uniform(0, interval), self._ping, c) for c in conns
+        }
+
+    def _ping(self, conn: WsConn) -> None:
+        conn.send(OP_TEXT, self.FRAME)
+        self.handles[conn.index] = self.loop.call_later(self.interval, self._ping, conn)
+
+    def stop(self) -> None:
+        for handle in self.handles.values():
+            handle.cancel()
 
 
 class Profiler:
@@ -142,6 +170,7 @@ class Target:
 
     name = ""
     pid = 0
+    extra_pid = 0  # a database server whose CPU is counted too (FerretDB)
     ws_port = 0
     log_path: Path | None = None
 
@@ -163,15 +192,27 @@ class Target:
 class PushsvcTarget(Target):
     name = "pushsvc (embedded store)"
 
-    def __init__(self, workdir: Path, run_id: str, log_level: str) -> None:
-        self.node = NodeProcess(
-            workdir / "node",
-            {"PUSHSVC_LOG_LEVEL": log_level, "PUSHSVC_NODE_ID": f"bench-{run_id}"},
-        )
+    def __init__(self, workdir: Path, run_id: str, log_level: str, mongo: bool = False) -> None:
+        env = {"PUSHSVC_LOG_LEVEL": log_level, "PUSHSVC_NODE_ID": f"bench-{run_id}"}
+        self.db: FerretDB | None = None
+        if mongo:
+            self.name = "pushsvc (MongoDB wire: FerretDB)"
+            self.db = FerretDB()
+            env.update(
+                PUSHSVC_MONGO_URI=self.db.uri,
+                PUSHSVC_MONGO_DB=f"bench_{run_id}",
+                PUSHSVC_CLUSTER_KEY=CLUSTER_KEY,
+            )
+        self.node = NodeProcess(workdir / "node", env)
         self.run_id = run_id
+        self.batch = BATCH
         self.channel: grpc.aio.Channel | None = None
 
     def start(self) -> None:
+        if self.db is not None:
+            self.db.start()
+            assert self.db.proc is not None
+            self.extra_pid = self.db.proc.pid
         self.node.start()
         assert self.node.proc is not None
         self.pid = self.node.proc.pid
@@ -201,11 +242,11 @@ class PushsvcTarget(Target):
         stub = self._stub()
         calls = [
             stub.Push(
-                push_pb2.PushRequest(user_ids=users[i : i + BATCH], payload=PAYLOAD),
+                push_pb2.PushRequest(user_ids=users[i : i + self.batch], payload=PAYLOAD),
                 metadata=AUTH,
                 timeout=60,
             )
-            for i in range(0, len(users), BATCH)
+            for i in range(0, len(users), self.batch)
         ]
         await asyncio.gather(*calls)
 
@@ -215,6 +256,8 @@ class PushsvcTarget(Target):
                 self.node.stop(timeout=30)
             except subprocess.TimeoutExpired:
                 self.node.kill()
+        if self.db is not None:
+            self.db.cleanup()
 
 
 class PeerTarget(Target):
@@ -277,6 +320,7 @@ async def measure(target: Target, args: argparse.Namespace) -> Result:
     n = args.connections
     res = Result(target.name, n)
     target.start()
+    res.extra = bool(target.extra_pid)
     try:
         await target.warm_up()
         await asyncio.sleep(args.settle)
@@ -290,7 +334,10 @@ async def measure(target: Target, args: argparse.Namespace) -> Result:
         done: asyncio.Future[float] = loop.create_future()
 
         def on_text(conn: WsConn, payload: bytes, now: float) -> None:
-            # Every text frame after the welcome is the current round's message.
+            # Every text frame after the welcome is the current round's message,
+            # but for the answers to application pings (--app-ping).
+            if payload.startswith(b'{"type":"pong"'):
+                return
             res.frame_bytes = len(payload)
             arrivals.append(now)
             if len(arrivals) >= res.connected and not done.done():
@@ -298,7 +345,10 @@ async def measure(target: Target, args: argparse.Namespace) -> Result:
 
         profile = args.profile if isinstance(target, PushsvcTarget) else None
         prof = Profiler(profile, pid, "connect")
+        slab0 = slab_bytes()
         lg0 = os.times()
+        db_cpu = (lambda: cpu_seconds(target.extra_pid)) if target.extra_pid else (lambda: 0.0)
+        db0 = db_cpu()
         cpu0 = cpu_seconds(pid)
         t0 = time.perf_counter()
         conns, res.errors = await connect_many(
@@ -312,6 +362,7 @@ async def measure(target: Target, args: argparse.Namespace) -> Result:
         )
         res.connect_seconds = time.perf_counter() - t0
         res.connect_cpu = cpu_seconds(pid) - cpu0
+        res.connect_cpu_db = db_cpu() - db0
         prof.stop()
         res.connected = len(conns)
         print(
@@ -322,11 +373,15 @@ async def measure(target: Target, args: argparse.Namespace) -> Result:
         try:
             await asyncio.sleep(args.settle)
             res.rss_after = rss_bytes(pid)
+            res.slab_delta = slab_bytes() - slab0
+            pinger = AppPinger(conns, args.app_ping) if args.app_ping else None
             cpu_i = cpu_seconds(pid)
             t_i = time.perf_counter()
             await asyncio.sleep(args.idle)
             res.idle_cpu = cpu_seconds(pid) - cpu_i
             res.idle_seconds = time.perf_counter() - t_i
+            if pinger is not None:
+                pinger.stop()
 
             connected_users = [users[c.index] for c in conns]
             prof = Profiler(profile, pid, "fanout")
@@ -335,8 +390,12 @@ async def measure(target: Target, args: argparse.Namespace) -> Result:
                 done = loop.create_future()
                 rnd = Round()
                 cpu_d = cpu_seconds(pid)
+                db_d = db_cpu()
                 t_d = time.perf_counter()
-                await target.fan_out(connected_users)
+                try:
+                    await target.fan_out(connected_users)
+                except grpc.aio.AioRpcError as exc:
+                    res.notes.append(f"a Push failed: {exc.code().name}: {exc.details()}"[:300])
                 rnd.rpc_seconds = time.perf_counter() - t_d
                 try:
                     rnd.seconds = await asyncio.wait_for(done, args.deliver_timeout) - t_d
@@ -344,6 +403,7 @@ async def measure(target: Target, args: argparse.Namespace) -> Result:
                     rnd.seconds = time.perf_counter() - t_d
                     res.notes.append(f"delivery timed out after {args.deliver_timeout}s")
                 rnd.cpu = cpu_seconds(pid) - cpu_d
+                rnd.cpu_db = db_cpu() - db_d
                 rnd.delivered = len(arrivals)
                 rnd.latencies = [t - t_d for t in arrivals]
                 res.rounds.append(rnd)
@@ -379,13 +439,22 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
         row("RSS before (MiB)", lambda r: r.rss_before / 2**20),
         row("RSS with N connections (MiB)", lambda r: r.rss_after / 2**20),
         row("RSS per connection (KiB)", lambda r: r.bytes_per_conn / 1024),
+        row(
+            "host kernel slab per socket (KiB; 2N sockets, both ends here)",
+            lambda r: r.slab_delta / (2 * r.connected) / 1024 if r.connected else float("nan"),
+        ),
         row("connect rate (connects/s)", lambda r: r.connect_rate),
         row(
             "node CPU per connect (ms)",
             lambda r: r.connect_cpu / r.connected * ms if r.connected else float("nan"),
         ),
         row(
-            f"node CPU idle with N conns (% of a core, {args.idle:.0f} s)",
+            "database CPU per connect (ms)",
+            lambda r: r.connect_cpu_db / r.connected * ms if r.extra else "n/a",
+        ),
+        row(
+            f"node CPU idle with N conns (% of a core, {args.idle:.0f} s"
+            + (f", app ping every {args.app_ping:g} s)" if args.app_ping else ")"),
             lambda r: r.idle_cpu / r.idle_seconds * 100 if r.idle_seconds else float("nan"),
         ),
         row("fan-out: frame size (bytes)", lambda r: r.frame_bytes),
@@ -411,6 +480,10 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
             lambda r: percentile(r.median_round.latencies, 99) * ms,
         ),
         row("fan-out, median round: node CPU (s)", lambda r: r.median_round.cpu),
+        row(
+            "fan-out, median round: database CPU (s)",
+            lambda r: r.median_round.cpu_db if r.extra else "n/a",
+        ),
         row(
             "fan-out: node CPU per frame, all rounds (µs)",
             lambda r: (
@@ -442,7 +515,9 @@ async def amain(args: argparse.Namespace) -> list[Result]:
     try:
         if "pushsvc" in args.targets:
             print(f"pushsvc: {args.connections} connections", flush=True)
-            results.append(await measure(PushsvcTarget(workdir, run_id, args.log_level), args))
+            target = PushsvcTarget(workdir, run_id, args.log_level, args.mongo)
+            target.batch = args.batch
+            results.append(await measure(target, args))
         if "peer" in args.targets:
             print(f"peer: {args.connections} connections", flush=True)
             results.append(await measure(PeerTarget(workdir), args))
@@ -457,6 +532,13 @@ async def amain(args: argparse.Namespace) -> list[Result]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, default=5000)
+    parser.add_argument(
+        "--app-ping",
+        type=float,
+        default=0.0,
+        help='during the idle window, each client sends {"type":"ping"} every N s (browser client)',
+    )
+    parser.add_argument("--batch", type=int, default=BATCH, help="user_ids per Push call")
     parser.add_argument("--rounds", type=int, default=3, help="fan-outs, one message each")
     parser.add_argument("--concurrency", type=int, default=200, help="handshakes in flight")
     parser.add_argument(
@@ -470,6 +552,9 @@ def main() -> int:
     parser.add_argument("--deliver-timeout", type=float, default=60.0)
     parser.add_argument("--log-level", default="info", help="the node's PUSHSVC_LOG_LEVEL")
     parser.add_argument("--targets", default="pushsvc,peer", help="pushsvc,peer")
+    parser.add_argument(
+        "--mongo", action="store_true", help="run the pushsvc node on FerretDB (fleet mode)"
+    )
     parser.add_argument("--record", action="store_true", help="append to bench/RESULTS.md")
     parser.add_argument(
         "--profile", help="py-spy the pushsvc node: PREFIX-connect.txt, PREFIX-fanout.txt"
@@ -486,11 +571,16 @@ def main() -> int:
     if args.record:
         append_results(
             f"Connections per node: {args.connections:,} WebSocket connections",
-            "One node, embedded store, log level "
-            f"{args.log_level}; load generator in one asyncio process (raw RFC 6455 "
+            "One node, "
+            + (
+                "MongoDB wire store (FerretDB 1.24 on SQLite, same machine)"
+                if args.mongo
+                else "embedded store"
+            )
+            + f", log level {args.log_level}; load generator in one asyncio process (raw RFC 6455 "
             f"client, {args.concurrency} handshakes in flight); both on the same 2 cores. "
             f"Fan-out ({args.rounds} rounds): one message to every user (pushsvc: "
-            "concurrent Push calls of 1,000 user_ids; peer: one POST /fanout), "
+            f"concurrent Push calls of {args.batch:,} user_ids; peer: one POST /fanout), "
             "timed from the call to the last frame received.\n\n" + text,
         )
     return 0

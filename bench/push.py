@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,7 @@ from bench.wsload import WsConn, close_all, connect_many
 from pushsvc.auth import mint_token
 from pushsvc.v1 import push_pb2, push_pb2_grpc
 from tests.ferretdb import FerretDB
-from tests.nodeproc import API_KEY, CLUSTER_KEY, JWT_SECRET, NodeProcess
+from tests.nodeproc import API_KEY, CLUSTER_KEY, JWT_SECRET, NodeProcess, free_port
 
 AUTH = (("authorization", f"Bearer {API_KEY}"),)
 MS = 1000.0
@@ -63,7 +64,36 @@ class Outcome:
     in_stream: list[float] = field(default_factory=list)
     arrivals: list[float] = field(default_factory=list)  # seconds after the first request
     cpu: dict[str, float] = field(default_factory=dict)  # process → CPU s during (b)
+    db_lat: dict[str, int] = field(default_factory=dict)  # DB commands during (a)
+    db_tp: dict[str, int] = field(default_factory=dict)  # DB commands during (b)
     notes: list[str] = field(default_factory=list)
+
+
+class MeteredFerretDB(FerretDB):
+    """FerretDB with its debug listener on, to count the commands it serves."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.debug_port = free_port()
+
+    def command(self) -> list[str]:
+        return [
+            f"--debug-addr=127.0.0.1:{self.debug_port}" if a.startswith("--debug-addr") else a
+            for a in super().command()
+        ]
+
+    def requests(self) -> dict[str, int]:
+        """ferretdb_client_requests_total by command."""
+        url = f"http://127.0.0.1:{self.debug_port}/debug/metrics"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            text = resp.read().decode()
+        out: dict[str, int] = {}
+        for line in text.splitlines():
+            if line.startswith("ferretdb_client_requests_total{"):
+                labels, _, value = line.rpartition(" ")
+                command = labels.split('command="', 1)[1].split('"', 1)[0]
+                out[command] = out.get(command, 0) + int(float(value))
+        return out
 
 
 class Setup:
@@ -75,6 +105,9 @@ class Setup:
     pids: dict[str, int]
 
     def start(self) -> None: ...
+
+    def db_requests(self) -> dict[str, int]:
+        return {}
 
     def stop(self) -> None: ...
 
@@ -113,7 +146,7 @@ class Mongo(Setup):
     name = "MongoDB wire (FerretDB), 2 nodes, A→B"
 
     def __init__(self, workdir: Path, log_level: str, run_id: str) -> None:
-        self.db = FerretDB()
+        self.db = MeteredFerretDB()
         env = {
             "PUSHSVC_MONGO_URI": self.db.uri,
             "PUSHSVC_MONGO_DB": f"bench_{run_id}",
@@ -142,6 +175,9 @@ class Mongo(Setup):
 
     def logs(self) -> list[Path]:
         return [self.a.log_path, self.b.log_path]
+
+    def db_requests(self) -> dict[str, int]:
+        return self.db.requests()
 
 
 class Receiver:
@@ -188,6 +224,25 @@ async def wait_routed(
     raise TimeoutError("users not visible as online from the ingress node")
 
 
+async def settle(setup: Setup, limit: float = 30.0) -> None:
+    """Let the connections' catch-up reads finish before a phase starts.
+
+    Without MongoDB: a fixed second. With it: until FerretDB has served no
+    command but the nodes' heartbeats for a second (bounded by ``limit``).
+    """
+    if not setup.db_requests():
+        await asyncio.sleep(1.0)
+        return
+    deadline = time.monotonic() + limit
+    last = setup.db_requests()
+    while time.monotonic() < deadline:
+        await asyncio.sleep(1.0)  # polling a condition with a deadline
+        now = setup.db_requests()
+        if now.get("find", 0) == last.get("find", 0):
+            return
+        last = now
+
+
 async def connect_users(node: NodeProcess, users: list[str], recv: Receiver) -> list[WsConn]:
     tokens: list[str | None] = [mint_token(JWT_SECRET, u, ttl=3600) for u in users]
     conns, errors = await connect_many(
@@ -210,7 +265,9 @@ async def latency(
     conns = await connect_users(setup.users_node, [user], recv)
     try:
         await wait_routed(stub, [user], 20)
+        await settle(setup)
         deadline = time.monotonic() + args.phase_deadline
+        db0: dict[str, int] = {}
         t_start = time.perf_counter()
         for i in range(args.warmup + args.pushes):
             if time.monotonic() > deadline:
@@ -225,6 +282,8 @@ async def latency(
             )
             t1 = time.perf_counter()
             t2 = await asyncio.wait_for(fut, 30)
+            if i == args.warmup - 1:
+                db0 = setup.db_requests()
             if i == args.warmup:
                 t_start = t0
             if i >= args.warmup:
@@ -232,6 +291,7 @@ async def latency(
                 out.e2e.append(t2 - t0)
         out.lat_seconds = time.perf_counter() - t_start
         out.lat_count = len(out.e2e)
+        out.db_lat = _delta(db0, setup.db_requests())
         out.order_errors += recv.order_errors
     finally:
         await close_all(conns)
@@ -250,6 +310,7 @@ async def throughput(
     loop = asyncio.get_running_loop()
     try:
         await wait_routed(stub, users, 20)
+        await settle(setup)
         m = args.messages
         recv.expect = m
         recv.all_in = loop.create_future()
@@ -270,6 +331,7 @@ async def throughput(
                 if resp.HasField("error"):
                     out.stream_errors += 1
 
+        db0 = setup.db_requests()
         cpu0 = {k: cpu_seconds(pid) for k, pid in setup.pids.items()}
         t0 = time.perf_counter()
         try:
@@ -287,12 +349,29 @@ async def throughput(
             out.notes.append(f"only {recv.count} of {m} frames arrived before the deadline")
         out.frames_seconds = t_last - t0
         out.cpu = {k: cpu_seconds(pid) - cpu0[k] for k, pid in setup.pids.items()}
+        out.db_tp = _delta(db0, setup.db_requests())
         out.frames = recv.count
         out.order_errors += recv.order_errors
         out.in_stream = [recv.arrival[i] - sent_at[i] for i in recv.arrival if i in sent_at]
         out.arrivals = sorted(t - t0 for t in recv.arrival.values())
     finally:
         await close_all(conns)
+
+
+def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    skip = {"ismaster", "isMaster", "hello", "ping", "endSessions", "buildInfo"}
+    return {
+        k: after[k] - before.get(k, 0)
+        for k in sorted(after)
+        if k not in skip and after[k] - before.get(k, 0)
+    }
+
+
+def per_op(ops: dict[str, int], n: int) -> str:
+    """DB commands per message, as 'insert 2, find 2.1, …'."""
+    if not ops or not n:
+        return "n/a"
+    return ", ".join(f"{k} {v / n:.2g}" for k, v in ops.items())
 
 
 async def run_setup(setup: Setup, args: argparse.Namespace) -> Outcome:
@@ -355,6 +434,7 @@ def report(outs: list[Outcome], args: argparse.Namespace) -> str:
             "(a) sequential pushes/s",
             lambda o: o.lat_count / o.lat_seconds if o.lat_seconds else float("nan"),
         ),
+        row("(a) DB commands per push (FerretDB count)", lambda o: per_op(o.db_lat, o.lat_count)),
         row("(b) messages / streams", lambda o: f"{o.messages:,} / {o.streams}"),
         row("(b) responses (errors)", lambda o: f"{o.responses:,} ({o.stream_errors})"),
         row("(b) frames received", lambda o: o.frames),
@@ -382,6 +462,7 @@ def report(outs: list[Outcome], args: argparse.Namespace) -> str:
         ),
         row("(b) CPU per message: users' node B (ms)", lambda o: per_msg(o, "node B")),
         row("(b) CPU per message: FerretDB (ms)", lambda o: per_msg(o, "FerretDB")),
+        row("(b) DB commands per message (FerretDB count)", lambda o: per_op(o.db_tp, o.frames)),
     ]
     text = table(["measure", *(o.name for o in outs)], rows)
     notes = [f"- {o.name}: {n}" for o in outs for n in o.notes]
@@ -419,7 +500,7 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=10_000, help="(b) messages")
     parser.add_argument("--users", type=int, default=100, help="(b) connected users")
     parser.add_argument("--streams", type=int, default=1, help="(b) concurrent PushStreams")
-    parser.add_argument("--phase-deadline", type=float, default=55.0, help="seconds per phase")
+    parser.add_argument("--phase-deadline", type=float, default=45.0, help="seconds per phase")
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--record", action="store_true", help="append to bench/RESULTS.md")
     args = parser.parse_args()

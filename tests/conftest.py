@@ -10,6 +10,7 @@ import pytest
 
 from pushsvc.v1 import push_pb2_grpc
 from tests.nodeproc import NodeProcess
+from tests.wsclient import Client
 
 
 @pytest.fixture
@@ -40,3 +41,12 @@ def stub(node: NodeProcess) -> Iterator[push_pb2_grpc.PushServiceStub]:
     channel = grpc.insecure_channel(node.grpc_addr)
     yield push_pb2_grpc.PushServiceStub(channel)
     channel.close()
+
+
+@pytest.fixture
+def clients() -> Iterator[list[Client]]:
+    """WebSocket clients a test opens (``clients.append(open_ws(...))``); closed at the end."""
+    opened: list[Client] = []
+    yield opened
+    for c in opened:
+        c.close()

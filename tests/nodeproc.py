@@ -31,6 +31,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def closed_port() -> int:
+    """A loopback port nobody listens on (bound for a moment, then released)."""
+    return free_port()
+
+
 class PortTaken(RuntimeError):
     """The node could not bind a port another process took meanwhile."""
 

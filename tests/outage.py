@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tests.ferretdb import FerretDB
+from tests.langtest import live_env
 from tests.nodeproc import API_KEY, CLUSTER_KEY, JWT_SECRET, NodeProcess
 
 OUTAGE_MARK = "PUSHSVC_OUTAGE_SEEN"
@@ -48,7 +49,10 @@ def metric(node: NodeProcess, name: str) -> float:
 def outage_node(
     node_factory: Callable[..., NodeProcess],
 ) -> Iterator[tuple[FerretDB, NodeProcess]]:
-    """A fleet node on a FerretDB of its own, which ``run_through_outage`` stops and starts."""
+    """A fleet node on a FerretDB of its own, which ``run_through_outage`` stops and starts.
+
+    A test may stop and start it itself (``db.stop()``, ``db.start()``).
+    """
     db = FerretDB()
     try:
         db.start()
@@ -68,13 +72,7 @@ def outage_node(
 
 def outage_env(node: NodeProcess) -> dict[str, str]:
     """What a client suite's outage test reads: the node, its secrets, the outage flag."""
-    return {
-        "PUSHSVC_TEST_GRPC_ADDR": node.grpc_addr,
-        "PUSHSVC_TEST_WS_URL": node.ws_url,
-        "PUSHSVC_TEST_API_KEY": API_KEY,
-        "PUSHSVC_TEST_JWT_SECRET": JWT_SECRET,
-        "PUSHSVC_TEST_OUTAGE": "1",
-    }
+    return {**live_env(node), "PUSHSVC_TEST_OUTAGE": "1"}
 
 
 class _Output:

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
-from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
-from websockets.exceptions import ConnectionClosed
 
 from pushsvc.v1 import push_pb2
 from tests.nodeproc import NodeProcess, auth
-from tests.wsclient import Client, open_ws
+from tests.waiting import wait_for
+from tests.wsclient import open_ws
 
 AUTH = auth()
 
@@ -25,17 +23,6 @@ FAMILIES = (
     "pushsvc_forward_total",
     "pushsvc_store_errors_total",
 )
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def metrics(node: NodeProcess) -> dict[str, float]:
@@ -115,15 +102,6 @@ def test_metrics_move(node: NodeProcess) -> None:
     assert metrics(node)["pushsvc_store_errors_total"] == 0
 
 
-def wait_closed(client: Client, timeout: float = 10.0) -> ConnectionClosed:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            client.recv(timeout=max(0.01, deadline - time.monotonic()))
-        except ConnectionClosed as exc:
-            return exc
-
-
 def test_sigterm_drains_with_1012_and_exits_0(node: NodeProcess) -> None:
     with open_ws(node, "drained") as client, open_ws(node, "drained2") as other:
         started = time.monotonic()
@@ -132,6 +110,6 @@ def test_sigterm_drains_with_1012_and_exits_0(node: NodeProcess) -> None:
         assert code == 0, node.log()
         assert elapsed < 25, elapsed
         for c in (client, other):
-            closed = wait_closed(c)
-            assert closed.rcvd is not None, "no close frame from the server"
-            assert closed.rcvd.code == 1012, closed.rcvd
+            close_code, reason = c.close_code()
+            assert close_code is not None, "no close frame from the server"
+            assert close_code == 1012, (close_code, reason)

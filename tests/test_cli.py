@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -18,19 +17,19 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import jwt
 import pytest
-from websockets.exceptions import ConnectionClosed
 
 from pushsvc.client import PushClient, UnavailableError
 from pushsvc.v1 import push_pb2
 from tests.ferretdb import FerretDB
-from tests.nodeproc import API_KEY, CLUSTER_KEY, JWT_SECRET, NodeProcess
+from tests.nodeproc import API_KEY, JWT_SECRET, NodeProcess, closed_port
+from tests.outage import metric, outage_node
+from tests.waiting import wait_for
 from tests.wsclient import Client, open_ws
 
-T = TypeVar("T")
 SECRET = "test-secret-0123456789-0123456789-abcdef"
 
 
@@ -61,13 +60,6 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], code: int) -> 
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     return lines[0]
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 # -- configuration errors of `serve` --------------------------------------------------
@@ -354,61 +346,6 @@ def cli_ok(*args: str, **kwargs: Any) -> str:
     return proc.stdout
 
 
-def wait_for(
-    fetch: Callable[[], T], good: Callable[[T], bool], what: str, timeout: float = 10.0
-) -> T:
-    """Poll ``fetch()`` until ``good`` holds of its value (a deadline, never a bare sleep)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fetch()
-        if good(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s (last: {value!r})")
-        time.sleep(0.05)
-
-
-def barrier(client: Client) -> list[dict[str, Any]]:
-    """Frames queued before a pong: the server writes a connection's frames in order."""
-    client.send({"type": "ping"})
-    before: list[dict[str, Any]] = []
-    while True:
-        frame = client.recv()
-        if frame["type"] == "pong":
-            return before
-        before.append(frame)
-
-
-def close_of(client: Client, timeout: float = 10.0) -> tuple[int | None, str]:
-    """Read until the server closes the connection: (close code, reason)."""
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"connection still open after {timeout}s")
-            client.conn.recv(timeout=remaining)
-    except ConnectionClosed as exc:
-        return (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd else (None, "")
-
-
-def metric(node: NodeProcess, name: str) -> float:
-    status, body = node.admin_get("/metrics")
-    assert status == 200, body
-    for line in body.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"no metric {name} in /metrics")
-
-
-@pytest.fixture
-def clients() -> Iterator[list[Client]]:
-    opened: list[Client] = []
-    yield opened
-    for c in opened:
-        c.close()
-
-
 def test_push_human_output_and_delivery(
     node: NodeProcess, clients: list[Client], tmp_path: Path
 ) -> None:
@@ -443,8 +380,8 @@ def test_push_human_output_and_delivery(
     )
     (msg,) = bob.messages(1)
     assert (msg["id"], msg["seq"], msg["data"]) == (first[1], 2, "once")
-    assert barrier(bob) == []  # the duplicate delivered nothing
-    assert barrier(alice) == []
+    assert bob.barrier() == []  # the duplicate delivered nothing
+    assert alice.barrier() == []
 
 
 def test_push_json_output_with_api_key_flag(
@@ -511,7 +448,7 @@ def test_publish_reaches_subscribers(
     )
     resp = json.loads(out)
     assert resp["message_id"] and resp["local_subscribers"] == 0
-    assert barrier(sub) == []
+    assert sub.barrier() == []
 
 
 def test_presence_nodes_and_disconnect(
@@ -536,9 +473,8 @@ def test_presence_nodes_and_disconnect(
         rf"ws 127\.0\.0\.1:{node.ws_port}, 3 connections, up \d+s\n"
     )
     wait_for(
-        lambda: cli_ok("nodes", env=env, cwd=tmp_path),
-        lambda out: line.fullmatch(out) is not None,
-        "nodes shows the node with its 3 connections",
+        lambda: line.fullmatch(cli_ok("nodes", env=env, cwd=tmp_path)),
+        what="nodes shows the node with its 3 connections",
     )
     (listed,) = json.loads(cli_ok("nodes", "--json", env=env, cwd=tmp_path))["nodes"]
     assert listed["node_id"] == node.node_id
@@ -546,13 +482,12 @@ def test_presence_nodes_and_disconnect(
 
     out = cli_ok("disconnect", "alice", "--reason", "banned", env=env, cwd=tmp_path)
     assert out == "disconnected alice: 2 connections closed\n"
-    assert close_of(a1) == (4000, "banned")
-    assert close_of(a2) == (4000, "banned")
-    assert barrier(carol) == []  # other users keep their connection
+    assert a1.close_code() == (4000, "banned")
+    assert a2.close_code() == (4000, "banned")
+    assert carol.barrier() == []  # other users keep their connection
     wait_for(
-        lambda: cli_ok("presence", "alice", env=env, cwd=tmp_path),
-        lambda out: out == "alice: offline\n",
-        "alice offline after the disconnect",
+        lambda: cli_ok("presence", "alice", env=env, cwd=tmp_path) == "alice: offline\n",
+        what="alice offline after the disconnect",
     )
     out = cli_ok("disconnect", "nobody", env=env, cwd=tmp_path)
     assert out == "disconnected nobody: 0 connections closed\n"
@@ -584,9 +519,11 @@ def test_status_shows_delivered_and_acked(
     ]
     # receipts and acks reach the store in batches: poll the command until it agrees
     wait_for(
-        lambda: cli_ok("status", message_id, env=env, cwd=tmp_path),
-        lambda out: out.endswith("\n") and sorted(out.splitlines()) == expected,
-        "status shows delivered and acked",
+        lambda: (
+            (out := cli_ok("status", message_id, env=env, cwd=tmp_path)).endswith("\n")
+            and sorted(out.splitlines()) == expected
+        ),
+        what="status shows delivered and acked",
     )
     resp = json.loads(cli_ok("status", message_id, "--json", env=env, cwd=tmp_path))
     assert sorted(resp["recipients"], key=lambda r: r["user_id"]) == [
@@ -650,20 +587,8 @@ def mongo_node(
     node_factory: Callable[..., NodeProcess],
 ) -> Iterator[tuple[FerretDB, NodeProcess]]:
     """A fleet node on a FerretDB of its own, which the test may stop and start."""
-    db = FerretDB()
-    try:
-        db.start()
-        node = node_factory(
-            env={
-                "PUSHSVC_MONGO_URI": db.uri,
-                "PUSHSVC_MONGO_DB": f"cli_{uuid.uuid4().hex[:10]}",
-                "PUSHSVC_CLUSTER_KEY": CLUSTER_KEY,
-                "PUSHSVC_JWT_SECRET": JWT_SECRET,
-            }
-        )
+    with outage_node(node_factory) as (db, node):
         yield db, node
-    finally:
-        db.cleanup()
 
 
 def test_retry_on_unavailable_reuses_idempotency_key(
@@ -688,10 +613,9 @@ def test_retry_on_unavailable_reuses_idempotency_key(
     pusher = threading.Thread(target=push_with_retries, daemon=True)
     pusher.start()
     wait_for(
-        lambda: metric(node, "pushsvc_store_errors_total"),
-        lambda errors: errors > 0,
-        "the node reports a store error",
+        lambda: metric(node, "pushsvc_store_errors_total") > 0,
         timeout=30,
+        what="the node reports a store error",
     )
     assert pusher.is_alive(), result  # still retrying
 
@@ -713,7 +637,7 @@ def test_retry_on_unavailable_reuses_idempotency_key(
     clients.append(replay)
     (msg,) = replay.messages(1)
     assert (msg["id"], msg["seq"], msg["data"]) == (first.message_id, 1, {"n": 1})
-    assert barrier(replay) == []
+    assert replay.barrier() == []
 
 
 def test_store_outage_is_unavailable_not_unreachable(

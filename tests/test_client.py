@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import base64
-import socket
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
 
 import grpc
 import pytest
-from websockets.exceptions import ConnectionClosed
 
 from pushsvc.client import (
     InvalidArgumentError,
@@ -23,67 +20,15 @@ from pushsvc.client import (
     encode_payload,
 )
 from pushsvc.v1 import push_pb2
-from tests.nodeproc import API_KEY, NodeProcess
+from tests.nodeproc import API_KEY, NodeProcess, closed_port
+from tests.waiting import wait_for
 from tests.wsclient import Client, open_ws
-
-T = TypeVar("T")
 
 
 @pytest.fixture
 def client(node: NodeProcess) -> Iterator[PushClient]:
     with PushClient(node.grpc_addr, API_KEY) as push:
         yield push
-
-
-@pytest.fixture
-def clients() -> Iterator[list[Client]]:
-    opened: list[Client] = []
-    yield opened
-    for c in opened:
-        c.close()
-
-
-def wait_for(
-    fetch: Callable[[], T], good: Callable[[T], bool], what: str, timeout: float = 10.0
-) -> T:
-    """Poll ``fetch()`` until ``good`` holds of its value (a deadline, never a bare sleep)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fetch()
-        if good(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s (last: {value!r})")
-        time.sleep(0.05)
-
-
-def barrier(ws: Client) -> list[dict[str, Any]]:
-    """Frames queued before a pong: the server writes a connection's frames in order."""
-    ws.send({"type": "ping"})
-    before: list[dict[str, Any]] = []
-    while True:
-        frame = ws.recv()
-        if frame["type"] == "pong":
-            return before
-        before.append(frame)
-
-
-def close_of(ws: Client, timeout: float = 10.0) -> tuple[int | None, str]:
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"connection still open after {timeout}s")
-            ws.conn.recv(timeout=remaining)
-    except ConnectionClosed as exc:
-        return (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd else (None, "")
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- every method -------------------------------------------------------------------------
@@ -117,7 +62,7 @@ def test_push_payload_kinds(node: NodeProcess, client: PushClient, clients: list
     assert got[4]["data"] == [1, 2] and "seq" not in got[4]
     (for_bob,) = bob.messages(1)
     assert (for_bob["id"], for_bob["seq"]) == (as_dict.message_id, 1)
-    assert barrier(alice) == [] and barrier(bob) == []
+    assert alice.barrier() == [] and bob.barrier() == []
 
 
 def test_push_idempotency_key(node: NodeProcess, client: PushClient, clients: list[Client]) -> None:
@@ -135,7 +80,7 @@ def test_push_idempotency_key(node: NodeProcess, client: PushClient, clients: li
         third.message_id,
         fourth.message_id,
     ]
-    assert barrier(ws) == []
+    assert ws.barrier() == []
 
 
 def test_push_stream(node: NodeProcess, client: PushClient, clients: list[Client]) -> None:
@@ -162,7 +107,7 @@ def test_push_stream(node: NodeProcess, client: PushClient, clients: list[Client
     got = ws.messages(3)
     assert [m["id"] for m in got] == [ok.message_id, pair.message_id, online.message_id]
     assert [m.get("seq") for m in got] == [1, 2, None]
-    assert barrier(ws) == []
+    assert ws.barrier() == []
 
 
 def test_build_push_request() -> None:
@@ -202,7 +147,7 @@ def test_publish(node: NodeProcess, client: PushClient, clients: list[Client]) -
             {"headline": "x"},
         )
     assert client.publish("news.us", b"raw", content_type="text/plain").local_subscribers == 0
-    assert all(barrier(ws) == [] for ws in subs)
+    assert all(ws.barrier() == [] for ws in subs)
 
 
 def test_presence_and_disconnect(
@@ -218,14 +163,10 @@ def test_presence_and_disconnect(
     assert client.presence("zed").presence[0].connections == 1
 
     assert client.disconnect("alice", reason="bye").connections_closed == 2
-    assert close_of(a1) == (4000, "bye")
-    assert close_of(a2) == (4000, "bye")
-    assert barrier(other) == []
-    wait_for(
-        lambda: client.presence("alice").presence[0].online,
-        lambda online: not online,
-        "alice offline",
-    )
+    assert a1.close_code() == (4000, "bye")
+    assert a2.close_code() == (4000, "bye")
+    assert other.barrier() == []
+    wait_for(lambda: not client.presence("alice").presence[0].online, what="alice offline")
     assert client.disconnect("alice").connections_closed == 0
 
 
@@ -240,9 +181,9 @@ def test_message_status(node: NodeProcess, client: PushClient, clients: list[Cli
 
     assert states()["frank"] == (1, False, False)
     (msg,) = ws.messages(1)
-    wait_for(states, lambda s: s["erin"] == (1, True, False), "erin delivered")
+    wait_for(lambda: states()["erin"] == (1, True, False), what="erin delivered")
     ws.send({"type": "ack", "seq": msg["seq"]})
-    final = wait_for(states, lambda s: s["erin"] == (1, True, True), "erin acked")
+    final = wait_for(lambda: (s := states())["erin"] == (1, True, True) and s, what="erin acked")
     assert final == {"erin": (1, True, True), "frank": (1, False, False)}
 
 
@@ -275,7 +216,7 @@ def test_invalid_argument(node: NodeProcess, client: PushClient, clients: list[C
     # the refused push stored nothing
     ws = open_ws(node, "u", since=0)
     clients.append(ws)
-    assert ws.welcome["seq"] == 0 and barrier(ws) == []
+    assert ws.welcome["seq"] == 0 and ws.barrier() == []
 
 
 def test_unauthenticated(node: NodeProcess) -> None:

@@ -18,20 +18,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pushsvc.v1 import push_pb2, push_pb2_grpc
 from tests.nodeproc import NodeProcess, auth
-from tests.wsclient import Client, open_ws, token
+from tests.waiting import wait_for
+from tests.wsclient import open_ws, token
 
 AUTH = auth()
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def push(stub: push_pb2_grpc.PushServiceStub, users: list[str], data: Any, **fields: Any) -> Any:
@@ -54,17 +44,6 @@ def push_many(stub: push_pb2_grpc.PushServiceStub, user: str, first: int, count:
     return out
 
 
-def until_pong(client: Client) -> list[dict[str, Any]]:
-    """Send a ping; return every frame received before the pong."""
-    client.send({"type": "ping"})
-    before: list[dict[str, Any]] = []
-    while True:
-        frame = client.recv()
-        if frame["type"] == "pong":
-            return before
-        before.append(frame)
-
-
 def seqs(frames: list[dict[str, Any]]) -> list[int]:
     return [int(f["seq"]) for f in frames]
 
@@ -84,7 +63,7 @@ def test_durable_before_ok_survives_sigkill(node: NodeProcess) -> None:
         assert seqs(got) == [1, 2, 3, 4, 5]
         assert [m["id"] for m in got] == ids
         assert [m["data"] for m in got] == [{"n": n} for n in range(5)]
-        assert until_pong(client) == []
+        assert client.barrier() == []
 
 
 # -- replay ------------------------------------------------------------------------------------
@@ -97,9 +76,9 @@ def test_replay_since(node: NodeProcess, stub: push_pb2_grpc.PushServiceStub) ->
         got = client.messages(3)
         assert seqs(got) == [3, 4, 5]
         assert [m["data"]["i"] for m in got] == [3, 4, 5]
-        assert until_pong(client) == []
+        assert client.barrier() == []
     with open_ws(node, "since", since=5) as client:
-        assert until_pong(client) == []
+        assert client.barrier() == []
         push_many(stub, "since", 6, 1)
         assert seqs(client.messages(1)) == [6]
 
@@ -124,7 +103,7 @@ def test_replay_without_since_sends_unacked(
         got = client.messages(2)
         assert seqs(got) == [4, 5]
         assert [m["id"] for m in got] == [r.message_id for r in out[3:]]
-        assert until_pong(client) == []
+        assert client.barrier() == []
     with open_ws(node, "acker", since=0) as client:  # since wins over the ack
         assert seqs(client.messages(5)) == [1, 2, 3, 4, 5]
 
@@ -138,7 +117,7 @@ def test_max_replay_keeps_newest(node_factory: Callable[..., NodeProcess]) -> No
             got = client.messages(3)
             assert seqs(got) == [8, 9, 10]
             assert [m["data"]["i"] for m in got] == [8, 9, 10]
-            assert until_pong(client) == []
+            assert client.barrier() == []
 
 
 # -- push during replay --------------------------------------------------------------------------
@@ -182,7 +161,7 @@ def test_push_during_replay_no_gap_no_duplicate(
         assert seqs(got) == list(range(1, 501))
         assert [m["data"]["i"] for m in got] == list(range(1, 501))
         assert [m["id"] for m in got[300:]] == [r.message_id for r in live]
-        assert until_pong(client) == []  # and nothing after: no duplicate
+        assert client.barrier() == []  # and nothing after: no duplicate
 
 
 # -- fan-out to several connections; online-only ------------------------------------------------
@@ -219,7 +198,7 @@ def test_two_connections_and_online_only(
         got = later.messages(4)
         assert seqs(got) == [1, 2, 3, 4]
         assert online.message_id not in {m["id"] for m in got}
-        assert until_pong(later) == []
+        assert later.barrier() == []
 
 
 def test_online_only_to_offline_user_is_dropped(
@@ -229,7 +208,7 @@ def test_online_only_to_offline_user_is_dropped(
     assert list(online.seqs) == []
     with open_ws(node, "away", since=0) as client:
         assert client.welcome["seq"] == 0
-        assert until_pong(client) == []
+        assert client.barrier() == []
 
 
 # -- slow consumer --------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -21,6 +21,7 @@ from websockets.exceptions import ConnectionClosed
 from pushsvc.v1 import push_pb2
 from tests.ferretdb import FerretDB, ferretdb  # noqa: F401
 from tests.nodeproc import CLUSTER_KEY, NodeProcess, auth
+from tests.waiting import wait_for
 from tests.wsclient import Client, open_ws
 
 HEARTBEAT = 0.5
@@ -70,35 +71,6 @@ def presence(node: NodeProcess, user: str) -> push_pb2.UserPresence:
         return result
 
 
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll a condition until it holds; returns the seconds it took."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if check():
-            return time.monotonic() - start
-        time.sleep(0.05)
-    raise AssertionError(f"{what}: not within {timeout}s")
-
-
-def barrier(client: Client) -> list[dict[str, Any]]:
-    """Frames queued before a pong: the server writes a connection's frames in order."""
-    client.send({"type": "ping"})
-    before: list[dict[str, Any]] = []
-    while True:
-        frame = client.recv()
-        if frame["type"] == "pong":
-            return before
-        before.append(frame)
-
-
-@pytest.fixture
-def clients() -> Iterator[list[Client]]:
-    opened: list[Client] = []
-    yield opened
-    for c in opened:
-        c.close()
-
-
 def test_push_reaches_users_on_other_nodes_once(fleet: Fleet, clients: list[Client]) -> None:
     a, b, c = fleet(3)
     carol = open_ws(c, "carol")
@@ -118,7 +90,7 @@ def test_push_reaches_users_on_other_nodes_once(fleet: Fleet, clients: list[Clie
         assert [m["data"]["n"] for m in got] == [1, 2]
         assert [m["id"] for m in got] == [first.message_id, second.message_id]
         assert [m["seq"] for m in got] == [1, 2]
-        assert barrier(client) == []  # nothing delivered twice
+        assert client.barrier() == []  # nothing delivered twice
 
     with a.stub() as stub:
         listed = stub.ListNodes(push_pb2.ListNodesRequest(), metadata=auth(), timeout=5)
@@ -139,7 +111,9 @@ def test_crashed_node_users_go_offline_and_lose_nothing(
         last_seen[u] = m["seq"]
 
     c.kill()
-    took = wait_for(lambda: not presence(a, "u1").online, 15, "crashed node's users offline")
+    started = time.monotonic()
+    wait_for(lambda: not presence(a, "u1").online, 15, "crashed node's users offline")
+    took = time.monotonic() - started
     assert took < 15
     assert not presence(b, "u2").online
 
@@ -152,7 +126,7 @@ def test_crashed_node_users_go_offline_and_lose_nothing(
         got = client.messages(5)
         assert [m["data"]["n"] for m in got] == [2, 3, 4, 5, 6]
         assert [m["seq"] for m in got] == list(range(last_seen[u] + 1, last_seen[u] + 6))
-        assert barrier(client) == []
+        assert client.barrier() == []
 
 
 def test_ingress_killed_right_after_ok_message_still_delivered(
@@ -204,7 +178,7 @@ def test_database_outage_refuses_stored_pushes_and_recovers(
         replay = open_ws(a, "frank", since=0)
         clients.append(replay)
         assert [x["data"]["n"] for x in replay.messages(2)] == ["before", "after"]
-        assert barrier(replay) == []
+        assert replay.barrier() == []
     finally:
         db.cleanup()
 

@@ -14,14 +14,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.nodeproc import API_KEY, JWT_SECRET, NodeProcess
+from tests.langtest import live_env, run, run_ok, suite_env
+from tests.nodeproc import API_KEY, NodeProcess
 from tests.outage import outage_env, outage_node, run_through_outage
 from tests.wsclient import open_ws
 
@@ -34,28 +34,17 @@ OUTAGE_TESTS = "^TestOutage"  # need a store outage: run by the outage test belo
 pytestmark = pytest.mark.timeout(900)
 
 
-def _go_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSVC_")}
-    env["PATH"] = os.pathsep.join([str(TOOLS_BIN), env.get("PATH", "")])
-    env["PUSHSVC_PYTHON"] = sys.executable  # grpc_tools.protoc for go generate
-    env.update(extra or {})
-    return env
-
-
-def _run(cmd: list[str], env: dict[str, str], timeout: float = 600, cwd: Path = GO_DIR) -> str:
-    proc = subprocess.run(
-        cmd,
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=timeout,
+def _go_env() -> dict[str, str]:
+    return suite_env(
+        {
+            "PATH": os.pathsep.join([str(TOOLS_BIN), os.environ.get("PATH", "")]),
+            "PUSHSVC_PYTHON": sys.executable,  # grpc_tools.protoc for go generate
+        }
     )
-    output = proc.stdout
-    print(f"$ {' '.join(cmd)}\n{output}")
-    assert proc.returncode == 0, f"`{' '.join(cmd)}` exited {proc.returncode}:\n{output}"
-    return output
+
+
+def _run(cmd: list[str], env: dict[str, str], cwd: Path = GO_DIR) -> str:
+    return run_ok(cmd, cwd=cwd, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -72,13 +61,7 @@ def go_env() -> dict[str, str]:
 
 
 def test_go_tests_pass_against_a_live_node(node: NodeProcess, go_env: dict[str, str]) -> None:
-    env = {
-        **go_env,
-        "PUSHSVC_TEST_GRPC_ADDR": node.grpc_addr,
-        "PUSHSVC_TEST_WS_URL": node.ws_url,
-        "PUSHSVC_TEST_API_KEY": API_KEY,
-        "PUSHSVC_TEST_JWT_SECRET": JWT_SECRET,
-    }
+    env = {**go_env, **live_env(node)}
     output = _run(["go", "test", "-count=1", "-v", "-skip", OUTAGE_TESTS, "./..."], env)
     assert "--- PASS: TestLivePushArrivesOnWebSocket" in output
     assert "--- PASS: TestUnreachableNodeIsRetriedWithBackoffThenUnavailable" in output
@@ -104,28 +87,18 @@ def test_go_client_retries_through_a_store_outage(
 def test_go_outage_test_fails_without_an_outage(node: NodeProcess, go_env: dict[str, str]) -> None:
     """Selected without PUSHSVC_TEST_OUTAGE=1, the outage test fails; it does not skip."""
     env = {**outage_env(node), "PUSHSVC_TEST_OUTAGE": ""}
-    proc = subprocess.run(
-        ["go", "test", "-count=1", "-run", OUTAGE_TESTS, "."],
-        cwd=GO_DIR,
-        env={**go_env, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=600,
+    proc = run(
+        ["go", "test", "-count=1", "-run", OUTAGE_TESTS, "."], cwd=GO_DIR, env={**go_env, **env}
     )
     assert proc.returncode != 0, proc.stdout
     assert "PUSHSVC_TEST_OUTAGE=1 is not set" in proc.stdout, proc.stdout
 
 
 def test_go_tests_fail_without_a_node(go_env: dict[str, str]) -> None:
-    proc = subprocess.run(
+    proc = run(
         ["go", "test", "-count=1", "-run", "TestLivePush$|TestLivePushArrivesOnWebSocket", "."],
         cwd=GO_DIR,
         env=go_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=600,
     )
     assert proc.returncode != 0, proc.stdout
     assert "PUSHSVC_TEST_GRPC_ADDR" in proc.stdout, proc.stdout
@@ -137,15 +110,7 @@ def test_go_example_command(node: NodeProcess, go_env: dict[str, str]) -> None:
     assert "pushed " in output and "to gopher (seqs [1])" in output
     assert f"node {node.node_id} " in output
 
-    bad = subprocess.run(
-        ["go", "run", "./cmd/pushsvc-example", "-api-key", "wrong"],
-        cwd=GO_DIR,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=600,
-    )
+    bad = run(["go", "run", "./cmd/pushsvc-example", "-api-key", "wrong"], cwd=GO_DIR, env=env)
     assert bad.returncode == 1, bad.stdout
     assert "Unauthenticated" in bad.stdout and "hint:" in bad.stdout, bad.stdout
 

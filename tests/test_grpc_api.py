@@ -13,25 +13,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
-from websockets.exceptions import ConnectionClosed
 
 from pushsvc.v1 import push_pb2, push_pb2_grpc
 from tests.nodeproc import NodeProcess, auth
-from tests.wsclient import Client, open_ws
+from tests.waiting import wait_for
+from tests.wsclient import open_ws
 
 AUTH = auth()
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``cond`` until it returns something truthy, or fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def push(
@@ -52,38 +40,17 @@ def rpc_error(call: Callable[[], Any]) -> grpc.RpcError:
     return info.value
 
 
-def until_pong(client: Client) -> list[dict[str, Any]]:
-    """Send a ping; return every frame received before the pong."""
-    client.send({"type": "ping"})
-    before: list[dict[str, Any]] = []
-    while True:
-        frame = client.recv()
-        if frame["type"] == "pong":
-            return before
-        before.append(frame)
-
-
 def assert_nothing_stored(
     node: NodeProcess, stub: push_pb2_grpc.PushServiceStub, user: str
 ) -> None:
     """The user's inbox is empty and its counter untouched: the next push gets seq 1."""
     with open_ws(node, user, since=0) as client:
         assert client.welcome["seq"] == 0, client.welcome
-        assert until_pong(client) == []
+        assert client.barrier() == []
         resp = push(stub, [user], {"after": True})
         assert list(resp.seqs) == [1]
         (msg,) = client.messages(1)
         assert (msg["seq"], msg["id"], msg["data"]) == (1, resp.message_id, {"after": True})
-
-
-def wait_closed(client: Client, timeout: float = 10.0) -> ConnectionClosed:
-    """Read until the server closes the connection; return the close exception."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            client.recv(timeout=max(0.01, deadline - time.monotonic()))
-        except ConnectionClosed as exc:
-            return exc
 
 
 # -- authentication, health, reflection ---------------------------------------------------
@@ -348,9 +315,9 @@ def test_presence_and_disconnect(node: NodeProcess, stub: push_pb2_grpc.PushServ
         )
         assert resp.connections_closed == 2
         for c in (c1, c2):
-            closed = wait_closed(c)
-            assert closed.rcvd is not None
-            assert (closed.rcvd.code, closed.rcvd.reason) == (4000, "account closed")
+            code, reason = c.close_code()
+            assert code is not None
+            assert (code, reason) == (4000, "account closed")
     wait_for(lambda: presence("kicked") == [("kicked", False, 0, [])], what="kicked offline")
     again = stub.Disconnect(push_pb2.DisconnectRequest(user_id="kicked"), metadata=AUTH)
     assert again.connections_closed == 0
@@ -404,4 +371,4 @@ def test_rate_limit(node_factory: Callable[..., NodeProcess]) -> None:
         assert client.welcome["seq"] == len(ok)
         got = client.messages(len(ok))
         assert [m["id"] for m in got] == [r.message_id for r in ok]
-        assert until_pong(client) == []
+        assert client.barrier() == []

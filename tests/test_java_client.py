@@ -18,7 +18,6 @@ import hashlib
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
@@ -26,7 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.nodeproc import API_KEY, JWT_SECRET, NodeProcess
+from tests.langtest import live_env, run, run_ok, suite_env
+from tests.nodeproc import API_KEY, NodeProcess
 from tests.outage import outage_env, outage_node, run_through_outage
 from tests.wsclient import open_ws
 
@@ -36,11 +36,6 @@ REPORTS = JAVA_DIR / "target" / "surefire-reports"
 OUTAGE_TEST = "OutageRetryTest"  # needs a store outage: run by the outage test below only
 
 pytestmark = pytest.mark.timeout(900)
-
-
-def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSVC_")}
-    return {**base, **(extra or {})}
 
 
 def _junit_counts() -> dict[str, dict[str, int]]:
@@ -54,24 +49,17 @@ def _junit_counts() -> dict[str, dict[str, int]]:
     return out
 
 
+def _dumps() -> str:
+    """Surefire's dump files (a crashed forked JVM), for a failure message."""
+    return "".join(
+        f"\n--- {dump.name}:\n{dump.read_text(errors='replace')[-20000:]}"
+        for dump in sorted(REPORTS.glob("*.dump*"))
+    )
+
+
 def _run(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 600) -> str:
     """Run ``cmd`` in clients/java; fail with its output unless it exits 0."""
-    proc = subprocess.run(
-        cmd,
-        cwd=JAVA_DIR,
-        env=_env(env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=timeout,
-    )
-    if proc.returncode != 0:
-        dumps = "".join(
-            f"\n--- {dump.name}:\n{dump.read_text(errors='replace')[-20000:]}"
-            for dump in sorted(REPORTS.glob("*.dump*"))
-        )
-        pytest.fail(f"{' '.join(cmd)} exited with {proc.returncode}:\n{proc.stdout}{dumps}")
-    return proc.stdout
+    return run_ok(cmd, cwd=JAVA_DIR, env=suite_env(env), timeout=timeout, detail=_dumps)
 
 
 @pytest.fixture(scope="module")
@@ -93,15 +81,7 @@ def java_ready() -> Iterator[None]:
 
 def test_java_client_against_live_node(java_ready: None, node: NodeProcess) -> None:
     shutil.rmtree(REPORTS, ignore_errors=True)
-    out = _run(
-        ["mvn", "-q", "-B", "-o", "test"],
-        env={
-            "PUSHSVC_TEST_GRPC_ADDR": node.grpc_addr,
-            "PUSHSVC_TEST_WS_URL": node.ws_url,
-            "PUSHSVC_TEST_API_KEY": API_KEY,
-            "PUSHSVC_TEST_JWT_SECRET": JWT_SECRET,
-        },
-    )
+    out = _run(["mvn", "-q", "-B", "-o", "test"], env=live_env(node))
     per_class = _junit_counts()
     counts = {
         key: sum(c[key] for c in per_class.values())
@@ -121,7 +101,7 @@ def test_java_client_retries_through_a_store_outage(
         output = run_through_outage(
             ["mvn", "-B", "-o", "test", f"-Dtest={OUTAGE_TEST}"],
             cwd=JAVA_DIR,
-            env=_env(outage_env(node)),
+            env=suite_env(outage_env(node)),
             db=db,
             node=node,
         )
@@ -134,14 +114,10 @@ def test_java_client_retries_through_a_store_outage(
 def test_java_outage_test_fails_without_an_outage(java_ready: None, node: NodeProcess) -> None:
     """Selected without PUSHSVC_TEST_OUTAGE=1, the outage test fails; it does not skip."""
     shutil.rmtree(REPORTS, ignore_errors=True)
-    proc = subprocess.run(
+    proc = run(
         ["mvn", "-q", "-B", "-o", "test", f"-Dtest={OUTAGE_TEST}"],
         cwd=JAVA_DIR,
-        env=_env({**outage_env(node), "PUSHSVC_TEST_OUTAGE": ""}),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=600,
+        env=suite_env({**outage_env(node), "PUSHSVC_TEST_OUTAGE": ""}),
     )
     assert proc.returncode != 0, proc.stdout
     assert "PUSHSVC_TEST_OUTAGE=1 is not set" in proc.stdout, proc.stdout
@@ -182,14 +158,10 @@ def test_java_readme_example_runs_as_written(
 
 def test_java_tests_fail_without_a_node(java_ready: None) -> None:
     """Without the PUSHSVC_TEST_* variables the JUnit tests fail, saying why."""
-    proc = subprocess.run(
+    proc = run(
         ["mvn", "-q", "-B", "-o", "test", "-Dtest=PushClientTest#listNodesShowsTheNode"],
         cwd=JAVA_DIR,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=600,
+        env=suite_env(),
     )
     assert proc.returncode != 0, proc.stdout
     assert "not set: PUSHSVC_TEST_GRPC_ADDR" in proc.stdout, proc.stdout

@@ -8,7 +8,6 @@ does not include that file.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -16,17 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.nodeproc import API_KEY, JWT_SECRET, NodeProcess
+from tests.langtest import live_env, run, suite_env
+from tests.nodeproc import NodeProcess
 from tests.outage import outage_env, outage_node, run_through_outage
 
 NODE_CLIENT = Path(__file__).resolve().parent.parent / "clients" / "node"
 OUTAGE_TEST = "test/outage/outage.test.js"
-
-
-def _node_env(extra: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSVC_")}
-    env.update(extra)
-    return env
 
 
 def _tool(name: str) -> str:
@@ -44,24 +38,9 @@ def _summary(stdout: str) -> list[str]:
 
 def test_node_client_suite(node: NodeProcess) -> None:
     npm = _tool("npm")
-    env = _node_env(
-        {
-            "PUSHSVC_TEST_GRPC_ADDR": node.grpc_addr,
-            "PUSHSVC_TEST_WS_URL": node.ws_url,
-            "PUSHSVC_TEST_API_KEY": API_KEY,
-            "PUSHSVC_TEST_JWT_SECRET": JWT_SECRET,
-        }
-    )
+    env = suite_env(live_env(node))
     try:
-        proc = subprocess.run(
-            [npm, "test"],
-            cwd=NODE_CLIENT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        proc = run([npm, "test"], cwd=NODE_CLIENT, env=env, timeout=300, merge_stderr=False)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"npm test did not finish in 300 s:\n{exc.stdout!r}\n{exc.stderr!r}")
     if proc.returncode != 0:
@@ -84,7 +63,7 @@ def test_node_client_retries_through_a_store_outage(
         output = run_through_outage(
             [node_bin, "--test", OUTAGE_TEST],
             cwd=NODE_CLIENT,
-            env=_node_env(outage_env(node)),
+            env=suite_env(outage_env(node)),
             db=db,
             node=node,
         )
@@ -94,14 +73,12 @@ def test_node_client_retries_through_a_store_outage(
 
 def test_node_outage_test_fails_without_an_outage(node: NodeProcess) -> None:
     """Run without PUSHSVC_TEST_OUTAGE=1, the outage test fails; it does not skip."""
-    proc = subprocess.run(
+    proc = run(
         [_tool("node"), "--test", OUTAGE_TEST],
         cwd=NODE_CLIENT,
-        env=_node_env({**outage_env(node), "PUSHSVC_TEST_OUTAGE": ""}),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
+        env=suite_env({**outage_env(node), "PUSHSVC_TEST_OUTAGE": ""}),
         timeout=120,
+        merge_stderr=False,
     )
     assert proc.returncode != 0, proc.stdout
     assert "PUSHSVC_TEST_OUTAGE=1 is not set" in proc.stdout + proc.stderr, proc.stdout

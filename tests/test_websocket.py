@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 import jwt
 import pytest
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from pushsvc.auth import mint_token
@@ -103,40 +103,12 @@ def publish(stub: push_pb2_grpc.PushServiceStub, topic: str, data: Any) -> push_
     return response
 
 
-def ping_pong(client: Client, timeout: float = 5.0) -> list[dict[str, Any]]:
-    """Send an application ping; return every frame that arrived before the pong."""
-    client.send({"type": "ping"})
-    before: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout
-    while True:
-        frame = client.recv(max(0.01, deadline - time.monotonic()))
-        if frame["type"] == "pong":
-            return before
-        before.append(frame)
-
-
 def expect_error(client: Client, code: str) -> dict[str, Any]:
     frame = client.recv()
     assert frame["type"] == "error", frame
     assert frame["code"] == code, frame
     assert isinstance(frame["message"], str) and frame["message"], frame
     return frame
-
-
-def closed_with(client: Client, timeout: float = 5.0) -> tuple[int | None, str, list[Any]]:
-    """Read until the connection closes: (close code, reason, frames seen before)."""
-    seen: list[Any] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"connection still open after {timeout}s; saw {seen}")
-            seen.append(json.loads(client.conn.recv(timeout=remaining)))
-    except ConnectionClosed as exc:
-        if exc.rcvd is None:
-            return None, "", seen
-        return exc.rcvd.code, exc.rcvd.reason, seen
 
 
 def raw_open(node: NodeProcess, user: str, **kw: Any) -> tuple[RawWS, dict[str, Any]]:
@@ -157,7 +129,7 @@ def assert_node_healthy(node: NodeProcess, stub: push_pb2_grpc.PushServiceStub) 
         push(stub, user, {"still": "alive"})
         [msg] = client.messages(1)
         assert msg["data"] == {"still": "alive"}
-        assert ping_pong(client) == []
+        assert client.barrier() == []
 
 
 # -- the handshake: 401 before the upgrade --------------------------------------------------
@@ -334,7 +306,7 @@ def test_bad_frames_get_errors_and_the_connection_stays_up(shared: NodeProcess) 
     with open_ws(shared, new_user(), proxy=None) as client:
         client.send("this is not json")
         expect_error(client, "bad_request")
-        assert ping_pong(client) == []
+        assert client.barrier() == []
         client.send("[1, 2, 3]")
         expect_error(client, "bad_request")
         client.send('"a string"')
@@ -345,7 +317,7 @@ def test_bad_frames_get_errors_and_the_connection_stays_up(shared: NodeProcess) 
         expect_error(client, "bad_request")
         client.send(b'{"type":"ping"}')  # binary
         expect_error(client, "bad_request")
-        assert ping_pong(client) == []
+        assert client.barrier() == []
 
 
 def test_ack_of_a_sent_seq_is_accepted(
@@ -357,7 +329,7 @@ def test_ack_of_a_sent_seq_is_accepted(
         [msg] = client.messages(1)
         assert msg["seq"] == seq
         client.send({"type": "ack", "seq": seq})
-        assert ping_pong(client) == []  # no error frame before the pong
+        assert client.barrier() == []  # no error frame before the pong
         client.send({"type": "ack", "seq": seq + 1})
         expect_error(client, "bad_request")
 
@@ -380,7 +352,7 @@ def test_subscribe_and_publish(
         assert "seq" not in msg
         # a topic not subscribed to is not delivered
         assert publish(shared_stub, "news.us", {"x": 1}).local_subscribers == 0
-        assert ping_pong(client) == []
+        assert client.barrier() == []
 
 
 def test_subscribe_without_topics_claim_is_forbidden(shared: NodeProcess) -> None:
@@ -409,7 +381,7 @@ def test_unsubscribe_stops_delivery(
         assert publish(shared_stub, topic, {"n": 2}).local_subscribers == 1
         assert stayer.messages(1)[0]["data"] == {"n": 2}
         # frames go out in order: nothing before the pong means nothing was queued
-        assert ping_pong(leaver) == []
+        assert leaver.barrier() == []
 
 
 # -- inbound size limit ------------------------------------------------------------------------
@@ -426,7 +398,8 @@ def test_frame_over_the_limit_closes_1009(small_frames: NodeProcess) -> None:
         client.send('{"type":"ping"}' + " " * (1000 - 15))
         assert client.recv() == {"type": "pong"}
         client.send('{"type":"ping"}' + " " * 5000)
-        code, _, seen = closed_with(client)
+        seen: list[Any] = []
+        code, _ = client.close_code(5.0, seen)
         assert code == 1009, (code, seen)
         assert seen == []
 
@@ -489,7 +462,7 @@ def test_flood_is_rate_limited_then_closed_4008(
             assert 5 <= len(seen) - 1 <= 10, seen
 
         # the other user does not notice
-        assert ping_pong(bystander) == []
+        assert bystander.barrier() == []
         push(stub, bystander_user, {"ok": True})
         assert bystander.messages(1)[0]["data"] == {"ok": True}
         status, body = node.admin_get("/readyz")
@@ -536,7 +509,7 @@ def test_client_answering_pings_stays_connected(fast_heartbeat: NodeProcess) -> 
     with open_ws(fast_heartbeat, new_user(), ping_interval=None, proxy=None) as client:
         with pytest.raises(TimeoutError):
             client.conn.recv(timeout=2.5)  # no frame and no close for 2.5 s
-        assert ping_pong(client) == []
+        assert client.barrier() == []
 
 
 def test_raw_client_answering_pings_stays_connected(fast_heartbeat: NodeProcess) -> None:
@@ -684,20 +657,21 @@ def test_disconnect_closes_every_connection_of_the_user(node: NodeProcess, stub:
         )
         assert response.connections_closed == 2
         for conn in (a1, a2):
-            code, reason, seen = closed_with(conn)
+            seen: list[Any] = []
+            code, reason = conn.close_code(5.0, seen)
             assert (code, reason) == (4000, "bye"), seen
-        assert ping_pong(b) == []
+        assert b.barrier() == []
         push(stub, bob, {"for": "bob"})
         assert b.messages(1)[0]["data"] == {"for": "bob"}
         # the user may connect again
         with open_ws(node, alice, proxy=None) as again:
-            assert ping_pong(again) == []
+            assert again.barrier() == []
 
 
 def test_disconnect_without_reason_uses_the_default(node: NodeProcess, stub: Any) -> None:
     user = new_user()
     with open_ws(node, user, proxy=None) as client:
         stub.Disconnect(push_pb2.DisconnectRequest(user_id=user), metadata=auth(), timeout=10)
-        code, reason, _ = closed_with(client)
+        code, reason = client.close_code(5.0)
         assert code == 4000
         assert reason == "disconnected"

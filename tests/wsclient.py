@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from pushsvc.auth import mint_token
@@ -35,6 +37,39 @@ class Client:
             if frame["type"] == "message":
                 out.append(frame)
         return out
+
+    def barrier(self, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """Send a ping; return every frame received before the pong.
+
+        The server writes a connection's frames in order, so the pong comes after
+        everything queued before it.
+        """
+        self.send({"type": "ping"})
+        before: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            frame = self.recv(max(0.01, deadline - time.monotonic()))
+            if frame["type"] == "pong":
+                return before
+            before.append(frame)
+
+    def close_code(
+        self, timeout: float = 10.0, seen: list[Any] | None = None
+    ) -> tuple[int | None, str]:
+        """Read until the server closes the connection: (close code, reason).
+
+        The frames read meanwhile are appended to ``seen`` when it is given.
+        """
+        frames = seen if seen is not None else []
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"connection still open after {timeout}s; saw {frames}")
+                frames.append(json.loads(self.conn.recv(timeout=remaining)))
+        except ConnectionClosed as exc:
+            return (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd else (None, "")
 
     def close(self) -> None:
         self.conn.close()

@@ -405,17 +405,24 @@ class MongoStore(Store):
         raise StoreUnavailable("could not allocate a free seq; the counters are contended")
 
     def _allocate(self, users: list[str], seqs: dict[str, int]) -> None:
-        def one(user_id: str) -> None:
-            seqs[user_id] = self._next_seq(user_id)
-
         if len(users) > 1 and _gevent_patched():
             # Round trips overlap; pymongo is cooperative once gevent has patched.
-            pool = Pool(min(_ALLOC_CONCURRENCY, len(users)))
-            for _ in pool.imap_unordered(one, users):
-                pass
+            # Every allocation finishes (or fails) before this returns, so none
+            # is left running after the caller rolls a failed push back.
+            errors: list[Exception] = []
+
+            def one(user_id: str) -> None:
+                try:
+                    seqs[user_id] = self._next_seq(user_id)
+                except Exception as exc:
+                    errors.append(exc)
+
+            Pool(min(_ALLOC_CONCURRENCY, len(users))).map(one, users)
+            if errors:
+                raise errors[0]
         else:
             for u in users:
-                one(u)
+                seqs[u] = self._next_seq(u)
 
     def _next_seq(self, user_id: str) -> int:
         for attempt in range(3):
@@ -690,8 +697,9 @@ class MongoStore(Store):
             ops.append(DeleteMany({"node_id": node_id, "user_id": {"$in": gone}}))
         ops.extend(
             UpdateOne(
-                {"_id": self._presence_id(u, node_id)},
-                {"$set": {"user_id": u, "node_id": node_id, "connections": int(c)}},
+                # user_id in the filter too: presence can be sharded on it.
+                {"_id": self._presence_id(u, node_id), "user_id": u},
+                {"$set": {"node_id": node_id, "connections": int(c)}},
                 upsert=True,
             )
             for u, c in counts.items()

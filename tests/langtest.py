@@ -1,0 +1,70 @@
+"""Running a client's own test suite (Go, Java, Node) from pytest.
+
+``suite_env`` is the environment the suite's tools run in (none of this
+process's PUSHSVC_* settings leak into it), ``live_env`` tells the suite where
+the node under test is, and ``run``/``run_ok`` run one tool with its output
+captured.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.nodeproc import API_KEY, JWT_SECRET, NodeProcess
+
+
+def suite_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without its PUSHSVC_* variables, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSVC_")}
+    env.update(extra or {})
+    return env
+
+
+def live_env(node: NodeProcess) -> dict[str, str]:
+    """What a client suite's live tests read: the node's addresses and secrets."""
+    return {
+        "PUSHSVC_TEST_GRPC_ADDR": node.grpc_addr,
+        "PUSHSVC_TEST_WS_URL": node.ws_url,
+        "PUSHSVC_TEST_API_KEY": API_KEY,
+        "PUSHSVC_TEST_JWT_SECRET": JWT_SECRET,
+    }
+
+
+def run(
+    cmd: list[str],
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    timeout: float = 600,
+    merge_stderr: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` to its end; its stderr goes to its stdout unless ``merge_stderr`` is off."""
+    return subprocess.run(
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def run_ok(
+    cmd: list[str],
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    timeout: float = 600,
+    detail: Callable[[], str] = str,
+) -> str:
+    """Run ``cmd``; return its output, or fail with it (and ``detail()``) unless it exits 0."""
+    proc = run(cmd, cwd=cwd, env=env, timeout=timeout)
+    output = proc.stdout
+    print(f"$ {' '.join(cmd)}\n{output}")
+    assert proc.returncode == 0, f"`{' '.join(cmd)}` exited {proc.returncode}:\n{output}{detail()}"
+    return output
