@@ -16,11 +16,11 @@ fi
 PROTOC_GEN_GO_VERSION=v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION=v1.6.2
 
-if ! "$TOOLS/bin/protoc-gen-go" --version 2>/dev/null | grep -q "${PROTOC_GEN_GO_VERSION}$"; then
+if [[ "$("$TOOLS/bin/protoc-gen-go" --version 2>/dev/null || true)" != *"${PROTOC_GEN_GO_VERSION}" ]]; then
   echo "installing protoc-gen-go $PROTOC_GEN_GO_VERSION"
   GOBIN="$TOOLS/bin" go install "google.golang.org/protobuf/cmd/protoc-gen-go@$PROTOC_GEN_GO_VERSION"
 fi
-if ! "$TOOLS/bin/protoc-gen-go-grpc" --version 2>/dev/null | grep -q "${PROTOC_GEN_GO_GRPC_VERSION#v}$"; then
+if [[ "$("$TOOLS/bin/protoc-gen-go-grpc" --version 2>/dev/null || true)" != *"${PROTOC_GEN_GO_GRPC_VERSION#v}" ]]; then
   echo "installing protoc-gen-go-grpc $PROTOC_GEN_GO_GRPC_VERSION"
   GOBIN="$TOOLS/bin" go install "google.golang.org/grpc/cmd/protoc-gen-go-grpc@$PROTOC_GEN_GO_GRPC_VERSION"
 fi

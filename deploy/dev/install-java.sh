@@ -22,7 +22,7 @@ done
 REPO=$(printf '%s\n' ${MAVEN_OPTS:-} | sed -n 's/^-Dmaven.repo.local=//p' | tail -1)
 REPO=${REPO:-$HOME/.m2/repository}
 STAMP=target/.prefetched
-prop() { sed -n "s:.*<$1>\(.*\)</$1>.*:\1:p" pom.xml | head -1; }
+prop() { sed -n "s:.*<$1>\(.*\)</$1>.*:\1:p" pom.xml | sed -n 1p; }
 GRPC=$(prop grpc.version)
 PROTOBUF=$(prop protobuf.version)
 want="$(sha256sum pom.xml | cut -d' ' -f1) $REPO"

@@ -11,7 +11,10 @@ mkdir -p "$TOOLS/bin"
 export PATH="$TOOLS/bin:$PATH"
 
 FERRETDB_VERSION=v1.24.2
-if ! ferretdb --version 2>/dev/null | grep -q "version: $FERRETDB_VERSION"; then
+# (Output captured first: a pipe into grep -q or head would SIGPIPE ferretdb,
+# which pipefail turns into a failure.)
+installed=$(ferretdb --version 2>/dev/null || true)
+if [[ "$installed" != *"version: $FERRETDB_VERSION"* ]]; then
   echo "building FerretDB $FERRETDB_VERSION from the Go module proxy (one-time, a few minutes)"
   # Not `go install ...@$FERRETDB_VERSION`: it also asks the proxy for the
   # module's version list (to check deprecation), which the proxy refuses here,
@@ -36,7 +39,8 @@ replace github.com/FerretDB/FerretDB => ./src
 MOD
   printf '//go:build tools\n\npackage tools\n\nimport _ "github.com/FerretDB/FerretDB/cmd/ferretdb"\n' > "$work/tools.go"
   (cd "$work" && go mod tidy && go build -o "$TOOLS/bin/ferretdb" github.com/FerretDB/FerretDB/cmd/ferretdb)
-  ferretdb --version | head -1
+  installed=$(ferretdb --version)
+  echo "${installed%%$'\n'*}"
 fi
 
 # Debian packages: nginx (the edge in front of nodes), Chromium (browser tests),
