@@ -98,19 +98,10 @@ def _number(kind: type, lo: float, hi: float) -> Callable[[Any, str], Any]:
     return parse
 
 
-def _choice(*choices: str) -> Callable[[Any, str], str]:
+def _choice(*choices: str, upper: bool = False) -> Callable[[Any, str], str]:
     def parse(value: Any, name: str) -> str:
-        text = _as_str(value, name).strip().lower()
-        if text not in choices:
-            raise ConfigError(f"{name}: {value!r} is not one of {', '.join(choices)}")
-        return text
-
-    return parse
-
-
-def _upper_choice(*choices: str) -> Callable[[Any, str], str]:
-    def parse(value: Any, name: str) -> str:
-        text = _as_str(value, name).strip().upper()
+        text = _as_str(value, name).strip()
+        text = text.upper() if upper else text.lower()
         if text not in choices:
             raise ConfigError(f"{name}: {value!r} is not one of {', '.join(choices)}")
         return text
@@ -153,7 +144,7 @@ class Settings:
     data_dir: str = _setting("./pushsvc-data", _as_str, "embedded store directory")
     jwt_secret: str | None = _setting(None, _opt_str, "HS256 secret for client tokens")
     jwt_algorithm: str = _setting(
-        "HS256", _upper_choice("HS256", "RS256", "ES256"), "token signature algorithm"
+        "HS256", _choice("HS256", "RS256", "ES256", upper=True), "token signature algorithm"
     )
     jwt_public_key_file: str | None = _setting(
         None, _opt_str, "PEM public key for RS256/ES256 tokens"
