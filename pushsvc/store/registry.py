@@ -1,0 +1,63 @@
+"""The fleet's registry: node registrations and presence (DESIGN §3, §5).
+
+Only a fleet has one (``MongoRegistry``); a node on the embedded store is alone
+and answers membership and presence from its own hub (``fleet.LocalFleet``).
+
+Time-to-live: a registration is valid while ``expires_at`` is in the future; a
+presence record counts only while its node's registration does, so a crashed
+node's users are routed nowhere once its registration expires.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """A node's registration; valid while ``expires_at`` is in the future."""
+
+    node_id: str
+    grpc_addr: str
+    ws_addr: str
+    started_at: float
+    expires_at: float
+    connections: int = 0
+
+
+class NodeRegistry(ABC):
+    @abstractmethod
+    def register_node(self, node: NodeInfo) -> None:
+        """Upsert the registration and purge presence left by an earlier run of this id."""
+
+    @abstractmethod
+    def refresh_node(self, node_id: str, expires_at: float, connections: int) -> None:
+        """Extend the registration (re-creates it if it was swept)."""
+
+    @abstractmethod
+    def deregister_node(self, node_id: str) -> None:
+        """Remove the registration and the node's presence records."""
+
+    @abstractmethod
+    def live_nodes(self, now: float) -> list[NodeInfo]:
+        """Registrations that have not expired, sorted by node id."""
+
+    @abstractmethod
+    def set_presence(self, node_id: str, counts: Mapping[str, int]) -> None:
+        """Record how many connections of each user the node holds; 0 removes the
+        (user, node) record. Users not named are left as they are."""
+
+    @abstractmethod
+    def presence(self, user_ids: Sequence[str], now: float) -> dict[str, dict[str, int]]:
+        """For each user with presence on a live (unexpired) node: {node_id: connections}.
+        Users without any are absent from the result."""
+
+    @abstractmethod
+    def sweep(self, now: float) -> int:
+        """Remove expired registrations and the presence of nodes that are gone."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections."""
