@@ -1,11 +1,31 @@
-"""Message stores: the interface and its implementations."""
+"""Stores: the inbox (every node) and the fleet's registry of nodes and presence.
 
-from pushsvc.store.base import (
+Implementations: ``embedded.EmbeddedStore`` (SQLite, one node),
+``mongo.MongoInbox`` and ``mongo_registry.MongoRegistry`` (the fleet, sharing
+one ``mongo_database.MongoDatabase``).
+"""
+
+from pushsvc.store.inbox import (
+    IDEMPOTENCY_WINDOW,
     InboxEntry,
-    NodeInfo,
+    InboxPage,
+    InboxStore,
     RecipientStatus,
-    Store,
+    StoreRequest,
     StoreResult,
+    UserStart,
 )
+from pushsvc.store.registry import NodeInfo, NodeRegistry
 
-__all__ = ["InboxEntry", "NodeInfo", "RecipientStatus", "Store", "StoreResult"]
+__all__ = [
+    "IDEMPOTENCY_WINDOW",
+    "InboxEntry",
+    "InboxPage",
+    "InboxStore",
+    "NodeInfo",
+    "NodeRegistry",
+    "RecipientStatus",
+    "StoreRequest",
+    "StoreResult",
+    "UserStart",
+]

@@ -16,31 +16,35 @@ spinning, against 7 s for per-row statements).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import pathlib
 import sqlite3
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from gevent.monkey import get_original
 from gevent.threadpool import ThreadPool
 
-from pushsvc.errors import ConfigError, InvalidArgument, NotFound, StoreUnavailable
+from pushsvc.errors import ConfigError, InvalidArgument, NotFound, PushError, StoreUnavailable
 from pushsvc.messages import Message
-from pushsvc.store.base import (
+from pushsvc.store.inbox import (
     IDEMPOTENCY_WINDOW,
     InboxEntry,
-    NodeInfo,
+    InboxPage,
+    InboxStore,
     RecipientStatus,
-    Store,
+    StoreRequest,
     StoreResult,
-    check_storable,
+    UserStart,
+    check_request,
 )
 
 T = TypeVar("T")
 
 DB_FILENAME = "pushsvc.db"
-SCHEMA_VERSION = 2  # 2: presence.connections
+SCHEMA_VERSION = 3  # 2: presence.connections; 3: no nodes or presence, a probe table
 MIN_SQLITE = (3, 24, 0)  # upsert; plus the JSON1 functions (built in since 3.38)
 
 _SCHEMA = """
@@ -81,23 +85,10 @@ CREATE TABLE IF NOT EXISTS idempotency (
 );
 CREATE INDEX IF NOT EXISTS idempotency_created_at ON idempotency (created_at);
 
-CREATE TABLE IF NOT EXISTS nodes (
-    node_id     TEXT PRIMARY KEY,
-    grpc_addr   TEXT NOT NULL,
-    ws_addr     TEXT NOT NULL,
-    started_at  REAL NOT NULL,
-    expires_at  REAL NOT NULL,
-    connections INTEGER NOT NULL DEFAULT 0
+CREATE TABLE IF NOT EXISTS probe (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    at REAL NOT NULL
 );
-CREATE INDEX IF NOT EXISTS nodes_expires_at ON nodes (expires_at);
-
-CREATE TABLE IF NOT EXISTS presence (
-    user_id     TEXT NOT NULL,
-    node_id     TEXT NOT NULL,
-    connections INTEGER NOT NULL,
-    PRIMARY KEY (user_id, node_id)
-);
-CREATE INDEX IF NOT EXISTS presence_node ON presence (node_id);
 """
 
 _ENTRY_COLUMNS = "i.user_id, i.seq, m.id, m.payload, m.content_type, m.created_at, m.expires_at"
@@ -120,15 +111,13 @@ def _seqs_of(conn: sqlite3.Connection, message_id: str) -> dict[str, int]:
     return seqs
 
 
-class EmbeddedStore(Store):
+class EmbeddedStore(InboxStore):
     """SQLite store for a single node: ``EmbeddedStore(data_dir)``.
 
     The database is ``<data_dir>/pushsvc.db`` (see :attr:`path`); the
     directory is created if missing. Raises ``ConfigError`` when the
     directory or the database cannot be created or written.
     """
-
-    clustered = False
 
     def __init__(self, data_dir: str | pathlib.Path) -> None:
         self.data_dir = pathlib.Path(data_dir)
@@ -145,9 +134,6 @@ class EmbeddedStore(Store):
         # Serialises callers on other OS threads (which gevent's pool runs
         # inline) with the pool's worker. A real lock, even when patched.
         self._lock = get_original("_thread", "allocate_lock")()
-        # Last registration per node id, so refresh_node can re-create a
-        # registration that was swept while the node was stalled.
-        self._registrations: dict[str, NodeInfo] = {}
         self._pool = ThreadPool(1)
         try:
             self._pool.apply(self._open)
@@ -187,10 +173,11 @@ class EmbeddedStore(Store):
                     f"schema version {version} is newer than this build ({SCHEMA_VERSION})"
                 )
             conn.execute("BEGIN IMMEDIATE")
-            if 0 < version < 2:
-                # Version 1 presence rows had no count. Presence is soft state
-                # (each node purges and rewrites its own on registering): drop it.
+            if 0 < version < 3:
+                # Registrations and presence are the fleet's (MongoRegistry); a
+                # node on this store answers them from its own memory.
                 conn.execute("DROP TABLE IF EXISTS presence")
+                conn.execute("DROP TABLE IF EXISTS nodes")
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     conn.execute(stmt)
@@ -237,356 +224,111 @@ class EmbeddedStore(Store):
                 conn.close()
             self._conn = None
 
-    @staticmethod
-    def _tx(conn: sqlite3.Connection, body: Callable[[], T]) -> T:
-        """Run ``body`` in one write transaction; roll back on any error."""
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = body()
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.rollback()
-            raise
-        return result
+    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` in one write transaction on the store's thread."""
+        return self._call(functools.partial(_in_transaction, fn))
 
     # -- messages and inboxes ---------------------------------------------------
 
-    def store_message(
-        self,
-        message: Message,
-        user_ids: Sequence[str],
-        idempotency_key: str,
-        now: float,
-    ) -> StoreResult:
-        expires_at = check_storable(message, user_ids)
-        users = list(user_ids)
-        users_json = json.dumps(list(dict.fromkeys(users)))
+    def store_messages(
+        self, requests: Sequence[StoreRequest], now: float
+    ) -> list[StoreResult | PushError]:
+        outcomes: list[StoreResult | PushError] = []
+        for request in requests:
+            try:
+                check_request(request)
+                outcomes.append(self._write(functools.partial(_store_one, request, now)))
+            except PushError as exc:
+                outcomes.append(exc)
+        return outcomes
 
-        def body(conn: sqlite3.Connection) -> StoreResult:
-            def work() -> StoreResult:
-                if idempotency_key:
-                    row = conn.execute(
-                        "SELECT message_id FROM idempotency WHERE key = ? AND created_at > ?",
-                        (idempotency_key, now - IDEMPOTENCY_WINDOW),
-                    ).fetchone()
-                    if row is not None:
-                        first_id: str = row[0]
-                        seen = _seqs_of(conn, first_id)
-                        return StoreResult(
-                            first_id, tuple(seen.get(u, 0) for u in users), duplicate=True
-                        )
-                try:
-                    conn.execute(
-                        "INSERT INTO messages (id, payload, content_type, created_at, expires_at)"
-                        " VALUES (?, ?, ?, ?, ?)",
-                        (
-                            message.id,
-                            message.payload,
-                            message.content_type,
-                            message.created_at,
-                            expires_at,
-                        ),
-                    )
-                except sqlite3.IntegrityError:
-                    raise InvalidArgument(f"message id {message.id} is already stored") from None
-                # One statement each for all recipients, whatever their number:
-                # allocate the next seq per user, then append to the inboxes.
-                conn.execute(
-                    "INSERT INTO counters (user_id, seq) SELECT value, 1 FROM json_each(?)"
-                    " WHERE true ON CONFLICT (user_id) DO UPDATE SET seq = seq + 1",
-                    (users_json,),
-                )
-                conn.execute(
-                    "INSERT INTO inbox (user_id, seq, message_id, expires_at, delivered)"
-                    " SELECT c.user_id, c.seq, ?, ?, 0"
-                    " FROM json_each(?) j JOIN counters c ON c.user_id = j.value",
-                    (message.id, expires_at, users_json),
-                )
-                if idempotency_key:
-                    conn.execute(
-                        "INSERT INTO idempotency (key, message_id, created_at) VALUES (?, ?, ?)"
-                        " ON CONFLICT (key) DO UPDATE SET message_id = excluded.message_id,"
-                        " created_at = excluded.created_at",
-                        (idempotency_key, message.id, now),
-                    )
-                seqs = _seqs_of(conn, message.id)
-                return StoreResult(message.id, tuple(seqs[u] for u in users))
-
-            return self._tx(conn, work)
-
-        return self._call(body)
-
-    def inbox_after(self, user_id: str, after_seq: int, limit: int, now: float) -> list[InboxEntry]:
+    def read_inbox(self, user_id: str, after_seq: int, limit: int, now: float) -> InboxPage:
+        # A push allocates its seqs and writes its entries in one transaction:
+        # readers never see a seq in flight, so a page is never blocked.
         if limit <= 0:
-            return []
-
-        def body(conn: sqlite3.Connection) -> list[InboxEntry]:
-            rows = conn.execute(
+            return InboxPage(())
+        rows = self._call(
+            lambda conn: conn.execute(
                 f"SELECT {_ENTRY_COLUMNS} FROM inbox i JOIN messages m ON m.id = i.message_id"
                 " WHERE i.user_id = ? AND i.seq > ? AND i.expires_at > ?"
                 " ORDER BY i.seq LIMIT ?",
-                (user_id, after_seq, now, limit),
+                (user_id, after_seq, now, limit + 1),
             ).fetchall()
-            return [_entry(r) for r in rows]
+        )
+        return InboxPage(tuple(_entry(r) for r in rows[:limit]), None, len(rows) > limit)
 
-        return self._call(body)
-
-    def inbox_unacked(self, user_id: str, limit: int, now: float) -> list[InboxEntry]:
-        if limit <= 0:
-            return []
-
-        def body(conn: sqlite3.Connection) -> list[InboxEntry]:
-            rows = conn.execute(
-                f"SELECT {_ENTRY_COLUMNS} FROM inbox i JOIN messages m ON m.id = i.message_id"
-                " WHERE i.user_id = ?"
-                " AND i.seq > COALESCE((SELECT acked_seq FROM acks WHERE user_id = ?), 0)"
-                " AND i.expires_at > ?"
-                " ORDER BY i.seq DESC LIMIT ?",
-                (user_id, user_id, now, limit),
+    def user_starts(self, user_ids: Sequence[str]) -> dict[str, UserStart]:
+        users = list(dict.fromkeys(user_ids))
+        if not users:
+            return {}
+        rows = self._call(
+            lambda conn: conn.execute(
+                "SELECT j.value, COALESCE(c.seq, 0), COALESCE(a.acked_seq, 0) FROM json_each(?) j"
+                " LEFT JOIN counters c ON c.user_id = j.value"
+                " LEFT JOIN acks a ON a.user_id = j.value",
+                (json.dumps(users),),
             ).fetchall()
-            rows.reverse()
-            return [_entry(r) for r in rows]
+        )
+        return {u: UserStart(int(latest), int(acked)) for u, latest, acked in rows}
 
-        return self._call(body)
-
-    def latest_seq(self, user_id: str) -> int:
-        def body(conn: sqlite3.Connection) -> int:
-            row = conn.execute("SELECT seq FROM counters WHERE user_id = ?", (user_id,)).fetchone()
-            return int(row[0]) if row else 0
-
-        return self._call(body)
-
-    def acked_seq(self, user_id: str) -> int:
-        def body(conn: sqlite3.Connection) -> int:
-            row = conn.execute(
-                "SELECT acked_seq FROM acks WHERE user_id = ?", (user_id,)
-            ).fetchone()
-            return int(row[0]) if row else 0
-
-        return self._call(body)
-
-    def ack(self, user_id: str, seq: int) -> int:
-        def body(conn: sqlite3.Connection) -> int:
-            def work() -> int:
-                conn.execute(
-                    "INSERT INTO acks (user_id, acked_seq) VALUES (?, max(?, 0))"
-                    " ON CONFLICT (user_id) DO UPDATE"
-                    " SET acked_seq = max(acked_seq, excluded.acked_seq)",
-                    (user_id, seq),
-                )
-                row = conn.execute(
-                    "SELECT acked_seq FROM acks WHERE user_id = ?", (user_id,)
-                ).fetchone()
-                return int(row[0])
-
-            return self._tx(conn, work)
-
-        return self._call(body)
+    def ack_many(self, acks: Mapping[str, int]) -> None:
+        if not acks:
+            return
+        seqs = json.dumps({u: max(int(s), 0) for u, s in acks.items()})
+        self._write(
+            lambda conn: conn.execute(
+                "INSERT INTO acks (user_id, acked_seq) SELECT key, value FROM json_each(?)"
+                " WHERE true ON CONFLICT (user_id) DO UPDATE"
+                " SET acked_seq = max(acked_seq, excluded.acked_seq)",
+                (seqs,),
+            )
+        )
 
     def mark_delivered(self, receipts: Sequence[tuple[str, str]]) -> None:
         if not receipts:
             return
         pairs = json.dumps([[mid, uid] for mid, uid in receipts])
-
-        def body(conn: sqlite3.Connection) -> None:
-            def work() -> None:
-                conn.execute(
-                    "UPDATE inbox SET delivered = 1 WHERE (message_id, user_id) IN"
-                    " (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]')"
-                    " FROM json_each(?))",
-                    (pairs,),
-                )
-
-            self._tx(conn, work)
-
-        self._call(body)
+        self._write(
+            lambda conn: conn.execute(
+                "UPDATE inbox SET delivered = 1 WHERE (message_id, user_id) IN"
+                " (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]')"
+                " FROM json_each(?))",
+                (pairs,),
+            )
+        )
 
     def message_status(self, message_id: str, now: float) -> list[RecipientStatus]:
-        def body(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
-            return conn.execute(
+        rows = self._call(
+            lambda conn: conn.execute(
                 "SELECT i.user_id, i.seq, i.delivered, COALESCE(a.acked_seq, 0) >= i.seq"
                 " FROM inbox i LEFT JOIN acks a ON a.user_id = i.user_id"
                 " WHERE i.message_id = ? AND i.expires_at > ? ORDER BY i.user_id",
                 (message_id, now),
             ).fetchall()
-
-        rows = self._call(body)
+        )
         if not rows:
             raise NotFound(f"message {message_id} is unknown or has expired")
         return [RecipientStatus(u, int(s), bool(d), bool(a)) for u, s, d, a in rows]
 
-    # -- cluster: node registrations and presence -------------------------------
-
-    def register_node(self, node: NodeInfo) -> None:
-        def body(conn: sqlite3.Connection) -> None:
-            def work() -> None:
-                conn.execute(
-                    "INSERT INTO nodes"
-                    " (node_id, grpc_addr, ws_addr, started_at, expires_at, connections)"
-                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (node_id) DO UPDATE SET"
-                    " grpc_addr = excluded.grpc_addr, ws_addr = excluded.ws_addr,"
-                    " started_at = excluded.started_at, expires_at = excluded.expires_at,"
-                    " connections = excluded.connections",
-                    (
-                        node.node_id,
-                        node.grpc_addr,
-                        node.ws_addr,
-                        node.started_at,
-                        node.expires_at,
-                        node.connections,
-                    ),
-                )
-                conn.execute("DELETE FROM presence WHERE node_id = ?", (node.node_id,))
-
-            self._tx(conn, work)
-
-        self._call(body)
-        self._registrations[node.node_id] = node
-
-    def refresh_node(self, node_id: str, expires_at: float, connections: int) -> None:
-        known = self._registrations.get(node_id)
-
-        def body(conn: sqlite3.Connection) -> None:
-            def work() -> None:
-                cur = conn.execute(
-                    "UPDATE nodes SET expires_at = ?, connections = ? WHERE node_id = ?",
-                    (expires_at, connections, node_id),
-                )
-                if cur.rowcount == 0:  # swept while we were stalled: re-create it
-                    conn.execute(
-                        "INSERT INTO nodes"
-                        " (node_id, grpc_addr, ws_addr, started_at, expires_at, connections)"
-                        " VALUES (?, ?, ?, ?, ?, ?)",
-                        (
-                            node_id,
-                            known.grpc_addr if known else "",
-                            known.ws_addr if known else "",
-                            known.started_at if known else 0.0,
-                            expires_at,
-                            connections,
-                        ),
-                    )
-
-            self._tx(conn, work)
-
-        self._call(body)
-
-    def deregister_node(self, node_id: str) -> None:
-        def body(conn: sqlite3.Connection) -> None:
-            def work() -> None:
-                conn.execute("DELETE FROM presence WHERE node_id = ?", (node_id,))
-                conn.execute("DELETE FROM nodes WHERE node_id = ?", (node_id,))
-
-            self._tx(conn, work)
-
-        self._call(body)
-        self._registrations.pop(node_id, None)
-
-    def live_nodes(self, now: float) -> list[NodeInfo]:
-        def body(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
-            return conn.execute(
-                "SELECT node_id, grpc_addr, ws_addr, started_at, expires_at, connections"
-                " FROM nodes WHERE expires_at > ? ORDER BY node_id",
-                (now,),
-            ).fetchall()
-
-        return [NodeInfo(*row) for row in self._call(body)]
-
-    def set_presence(self, node_id: str, counts: Mapping[str, int]) -> None:
-        """A count of 0 (or less) removes the user's presence on the node."""
-        if not counts:
-            return
-        gone = json.dumps([u for u, c in counts.items() if c <= 0])
-        held = json.dumps({u: int(c) for u, c in counts.items() if c > 0})
-
-        def body(conn: sqlite3.Connection) -> None:
-            def work() -> None:
-                conn.execute(
-                    "DELETE FROM presence WHERE node_id = ?"
-                    " AND user_id IN (SELECT value FROM json_each(?))",
-                    (node_id, gone),
-                )
-                conn.execute(
-                    "INSERT INTO presence (user_id, node_id, connections)"
-                    " SELECT key, ?, value FROM json_each(?) WHERE true"
-                    " ON CONFLICT (user_id, node_id) DO UPDATE"
-                    " SET connections = excluded.connections",
-                    (node_id, held),
-                )
-
-            self._tx(conn, work)
-
-        self._call(body)
-
-    def presence(self, user_ids: Sequence[str], now: float) -> dict[str, dict[str, int]]:
-        users = list(dict.fromkeys(user_ids))
-        if not users:
-            return {}
-
-        users_json = json.dumps(users)
-
-        def body(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:
-            return conn.execute(
-                "SELECT p.user_id, p.node_id, p.connections FROM presence p"
-                " JOIN nodes n ON n.node_id = p.node_id"
-                " WHERE p.user_id IN (SELECT value FROM json_each(?)) AND n.expires_at > ?"
-                " ORDER BY p.user_id, p.node_id",
-                (users_json, now),
-            ).fetchall()
-
-        result: dict[str, dict[str, int]] = {}
-        for uid, nid, connections in self._call(body):
-            result.setdefault(uid, {})[nid] = int(connections)
-        return result
-
     # -- housekeeping -------------------------------------------------------------
 
+    def probe(self) -> None:
+        self._write(
+            lambda conn: conn.execute(
+                "INSERT INTO probe (id, at) VALUES (1, ?)"
+                " ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                (time.time(),),
+            )
+        )
+
     def sweep(self, now: float) -> int:
-        def body(conn: sqlite3.Connection) -> int:
-            def work() -> int:
-                removed = 0
-                for sql, args in (
-                    # Bodies first, while the expired inbox rows still say which
-                    # messages they referenced: only those are looked at, so the
-                    # sweep costs what expired, not what is stored.
-                    (
-                        "DELETE FROM messages WHERE expires_at <= ?1 OR (id IN"
-                        " (SELECT message_id FROM inbox WHERE expires_at <= ?1)"
-                        " AND NOT EXISTS (SELECT 1 FROM inbox i"
-                        " WHERE i.message_id = messages.id AND i.expires_at > ?1))",
-                        (now,),
-                    ),
-                    ("DELETE FROM inbox WHERE expires_at <= ?", (now,)),
-                    (
-                        "DELETE FROM idempotency WHERE created_at <= ?",
-                        (now - IDEMPOTENCY_WINDOW,),
-                    ),
-                    (
-                        "DELETE FROM presence WHERE node_id IN"
-                        " (SELECT node_id FROM nodes WHERE expires_at <= ?)",
-                        (now,),
-                    ),
-                    ("DELETE FROM nodes WHERE expires_at <= ?", (now,)),
-                ):
-                    removed += conn.execute(sql, args).rowcount
-                return removed
-
-            return self._tx(conn, work)
-
-        return self._call(body)
-
-    def ping(self) -> None:
-        def body(conn: sqlite3.Connection) -> None:
-            conn.execute("SELECT 1 FROM counters LIMIT 1").fetchall()
-
-        self._call(body)
+        return self._write(functools.partial(_sweep, now))
 
     def close(self) -> None:
         if self._closed:
             return
 
-        def body() -> None:
+        def shut() -> None:
             with self._lock:
                 self._closed = True
                 conn, self._conn = self._conn, None
@@ -594,7 +336,95 @@ class EmbeddedStore(Store):
                     conn.close()
 
         try:
-            self._pool.apply(body)
+            self._pool.apply(shut)
         finally:
             self._closed = True
             self._pool.kill()
+
+
+# -- what runs on the store's thread ------------------------------------------------
+
+
+def _in_transaction(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
+    """Run ``fn(conn)`` in one write transaction; roll back on any error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.rollback()
+        raise
+    return result
+
+
+def _store_one(request: StoreRequest, now: float, conn: sqlite3.Connection) -> StoreResult:
+    """Store one request inside the caller's transaction."""
+    message, key = request.message, request.idempotency_key
+    users = request.user_ids
+    if key:
+        row = conn.execute(
+            "SELECT message_id FROM idempotency WHERE key = ? AND created_at > ?",
+            (key, now - IDEMPOTENCY_WINDOW),
+        ).fetchone()
+        if row is not None:
+            first_id: str = row[0]
+            seen = _seqs_of(conn, first_id)
+            return StoreResult(first_id, tuple(seen.get(u, 0) for u in users), duplicate=True)
+    try:
+        conn.execute(
+            "INSERT INTO messages (id, payload, content_type, created_at, expires_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (
+                message.id,
+                message.payload,
+                message.content_type,
+                message.created_at,
+                message.expires_at,
+            ),
+        )
+    except sqlite3.IntegrityError:
+        raise InvalidArgument(f"message id {message.id} is already stored") from None
+    users_json = json.dumps(list(dict.fromkeys(users)))
+    # One statement each for all recipients, whatever their number: allocate
+    # the next seq per user, then append to the inboxes.
+    conn.execute(
+        "INSERT INTO counters (user_id, seq) SELECT value, 1 FROM json_each(?)"
+        " WHERE true ON CONFLICT (user_id) DO UPDATE SET seq = seq + 1",
+        (users_json,),
+    )
+    conn.execute(
+        "INSERT INTO inbox (user_id, seq, message_id, expires_at, delivered)"
+        " SELECT c.user_id, c.seq, ?, ?, 0"
+        " FROM json_each(?) j JOIN counters c ON c.user_id = j.value",
+        (message.id, message.expires_at, users_json),
+    )
+    if key:
+        conn.execute(
+            "INSERT INTO idempotency (key, message_id, created_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET message_id = excluded.message_id,"
+            " created_at = excluded.created_at",
+            (key, message.id, now),
+        )
+    seqs = _seqs_of(conn, message.id)
+    return StoreResult(message.id, tuple(seqs[u] for u in users))
+
+
+def _sweep(now: float, conn: sqlite3.Connection) -> int:
+    removed = 0
+    for sql, args in (
+        # Bodies first, while the expired inbox rows still say which messages
+        # they referenced: only those are looked at, so the sweep costs what
+        # expired, not what is stored.
+        (
+            "DELETE FROM messages WHERE expires_at <= ?1 OR (id IN"
+            " (SELECT message_id FROM inbox WHERE expires_at <= ?1)"
+            " AND NOT EXISTS (SELECT 1 FROM inbox i"
+            " WHERE i.message_id = messages.id AND i.expires_at > ?1))",
+            (now,),
+        ),
+        ("DELETE FROM inbox WHERE expires_at <= ?", (now,)),
+        ("DELETE FROM idempotency WHERE created_at <= ?", (now - IDEMPOTENCY_WINDOW,)),
+    ):
+        removed += conn.execute(sql, args).rowcount
+    return removed

@@ -1,4 +1,4 @@
-"""The fleet's store: MongoDB (>= 5.0), or FerretDB 1.24 for the tests.
+"""The fleet's inbox: MongoDB (>= 5.0), or FerretDB 1.24 for the tests.
 
 Only what both servers support is used: no change streams, no multi-document
 transactions, no aggregation-pipeline updates, no partial indexes.
@@ -14,74 +14,78 @@ Collections (every query has an index):
 - ``counters``: ``{_id: user id, seq}``; ``acks``: ``{_id: user id, acked_seq}``.
 - ``idempotency``: ``{_id: key, message_id, users, seqs, created_at, exp,
   expires_at, claimed}``; ``seqs`` is null while the first push is in flight.
-- ``nodes``: ``{_id: node id, grpc_addr, ws_addr, started_at, exp, expires_at,
-  connections}``; ``presence``: ``{_id: '["user","node"]', user_id, node_id,
-  connections}``.
+- ``probe``: one document, rewritten by ``probe`` (the readiness check).
 
 Expiry: ``exp`` is the exact unix time (a double, what every query compares);
 ``expires_at`` is the same instant as a BSON date rounded up to the
 millisecond, for TTL indexes. FerretDB refuses TTL indexes (code 238): then
 ``ttl_indexes`` is False and the node's sweeper does all the removing. ``sweep``
-is correct either way, and still needed with TTL indexes (orphaned presence).
+is correct either way, and still needed with TTL indexes (dead pushes).
 
 Atomicity: MongoDB applies ``$inc``/``$max`` atomically. FerretDB 1.24 on
 SQLite does not (``findAndModify`` and ``update`` are read-modify-write, so
 concurrent increments can be lost), but its unique indexes are enforced. So the
 unique ``(user_id, seq)`` inbox index is the final arbiter of seq allocation: an
-entry whose seq is taken is re-allocated, and on such servers ``latest_seq`` and
-``ack`` double-check what they read.
+entry whose seq is taken is re-allocated, and on such servers ``user_starts``
+double-checks what it reads.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import json
 import logging
-import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import pymongo
 from gevent import monkey
 from gevent.pool import Pool
-from pymongo import DeleteMany, ReturnDocument, UpdateMany, UpdateOne
+from pymongo import ReturnDocument, UpdateMany, UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import (
     BulkWriteError,
     ConnectionFailure,
     DuplicateKeyError,
-    OperationFailure,
     PyMongoError,
 )
-from pymongo.write_concern import WriteConcern
 
-from pushsvc.errors import InvalidArgument, NotFound, StoreUnavailable
+from pushsvc.errors import InvalidArgument, NotFound, PushError, StoreUnavailable
 from pushsvc.messages import Message
-from pushsvc.store.base import (
+from pushsvc.store.inbox import (
     IDEMPOTENCY_WINDOW,
     InboxEntry,
-    NodeInfo,
+    InboxPage,
+    InboxStore,
     RecipientStatus,
-    Store,
+    StoreRequest,
     StoreResult,
-    check_storable,
+    UserStart,
+    check_request,
+)
+from pushsvc.store.mongo_database import (
+    DUPLICATE_KEY as _DUPLICATE_KEY,
+)
+from pushsvc.store.mongo_database import (
+    Doc,
+    MongoDatabase,
+    guarded,
+    retry_duplicate,
+)
+from pushsvc.store.mongo_database import (
+    bson_date as _date,
+)
+from pushsvc.store.mongo_database import (
+    expired as _expired,
+)
+from pushsvc.store.mongo_database import (
+    short as _short,
 )
 
 log = logging.getLogger(__name__)
 
-P = ParamSpec("P")
-T = TypeVar("T")
-Doc = dict[str, Any]
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MAX_TS = 253_402_300_799.0  # 9999-12-31T23:59:59Z, the last instant a datetime holds
-_NOT_IMPLEMENTED = 238
-_INDEX_CONFLICT_CODES = (85, 86)  # IndexOptionsConflict, IndexKeySpecsConflict
-_DUPLICATE_KEY = 11000
+COLLECTIONS = ("messages", "inbox", "counters", "acks", "idempotency", "probe")
 # A push with the same idempotency key still in flight: wait this long for it.
 _CLAIM_WAIT = 5.0
 # A claim whose push has not finished after this long was abandoned (node died).
@@ -92,99 +96,48 @@ _ALLOC_ATTEMPTS = 50
 _ALLOC_CONCURRENCY = 16
 
 
-def _date(ts: float) -> datetime:
-    """``ts`` as a BSON-storable date, rounded up to the millisecond.
-
-    Monotonic, so ``exp <= now`` implies ``_date(exp) <= _date(now)``: a query
-    on the indexed date finds every document the exact ``exp`` test selects.
-    """
-    ms = math.ceil(min(max(ts, 0.0), _MAX_TS) * 1000)
-    return _EPOCH + timedelta(milliseconds=ms)
-
-
-def _expired(now: float) -> Doc:
-    """Filter for documents whose expiry is at or before ``now``."""
-    return {"expires_at": {"$lte": _date(now)}, "exp": {"$lte": now}}
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
-def _guarded(
-    fn: Callable[Concatenate[MongoStore, P], T],
-) -> Callable[Concatenate[MongoStore, P], T]:
-    """Run a store method, translating driver errors to ``StoreUnavailable``."""
-
-    @functools.wraps(fn)
-    def wrapper(self: MongoStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            self._ensure_ready()
-            return fn(self, *args, **kwargs)
-        except ConnectionFailure as exc:  # incl. AutoReconnect, timeouts
-            raise StoreUnavailable(f"the message store is unreachable: {_short(exc)}") from exc
-        except PyMongoError as exc:
-            raise StoreUnavailable(f"the message store failed: {_short(exc)}") from exc
-
-    return wrapper
-
-
 def _gevent_patched() -> bool:
     return bool(monkey.is_module_patched("socket"))
 
 
-class MongoStore(Store):
-    """Messages, inboxes, registrations and presence in MongoDB."""
+class MongoInbox(InboxStore):
+    """Messages, inboxes, acks and receipts in MongoDB: ``MongoInbox(database)``."""
 
-    clustered = True
-
-    def __init__(
-        self,
-        uri: str,
-        db_name: str = "pushsvc",
-        *,
-        server_selection_timeout: float = 3.0,
-        socket_timeout: float = 10.0,
-    ) -> None:
-        timeout_ms = max(1, int(server_selection_timeout * 1000))
-        self._cleanup_timeout = max(0.2, server_selection_timeout / 2)
-        self._client: pymongo.MongoClient[Doc] = pymongo.MongoClient(
-            uri,
-            serverSelectionTimeoutMS=timeout_ms,
-            connectTimeoutMS=timeout_ms,
-            socketTimeoutMS=max(1, int(socket_timeout * 1000)),
-            appname="pushsvc",
-        )
-        # OK means durable: acknowledged by a majority, in the journal.
-        self._db = self._client.get_database(
-            db_name, write_concern=WriteConcern(w="majority", j=True)
-        )
-        self.db_name = db_name
+    def __init__(self, database: MongoDatabase) -> None:
+        self.database = database
+        self._db = database.db
         self._messages: Collection[Doc] = self._db["messages"]
         self._inbox: Collection[Doc] = self._db["inbox"]
         self._counters: Collection[Doc] = self._db["counters"]
         self._acks: Collection[Doc] = self._db["acks"]
         self._idempotency: Collection[Doc] = self._db["idempotency"]
-        self._nodes: Collection[Doc] = self._db["nodes"]
-        self._presence: Collection[Doc] = self._db["presence"]
+        self._probe: Collection[Doc] = self._db["probe"]
         #: True once expired documents are removed by TTL indexes (MongoDB);
         #: False on FerretDB, where only ``sweep`` removes them.
         self.ttl_indexes = False
-        #: False on servers whose single-document updates are not atomic (FerretDB).
-        self.atomic_updates = True
         self._ready = False
-        self._registrations: dict[str, NodeInfo] = {}
+        self._closed = False
         # (key, message id) of claims this process could not release after a failure.
         self._abandoned: set[tuple[str, str]] = set()
         # Per-user locks, used only where single-document updates are not atomic.
         self._locks: dict[str, tuple[Any, list[int]]] = {}
         self._locks_guard = threading.Lock()
+        database.attach()
         try:
             self._setup()
         except ConnectionFailure as exc:
             # Not fatal: the first call that reaches the server finishes setup.
             log.warning("message store unreachable at start-up: %s", _short(exc))
+
+    @property
+    def atomic_updates(self) -> bool:
+        """False on servers whose single-document updates are not atomic (FerretDB)."""
+        return not self.database.ferretdb
+
+    @property
+    def round_trips(self) -> int:
+        """Commands this inbox has sent to the database."""
+        return self.database.commands_sent(COLLECTIONS)
 
     # -- setup -----------------------------------------------------------------
 
@@ -193,38 +146,15 @@ class MongoStore(Store):
             self._setup()
 
     def _setup(self) -> None:
-        info = self._client.admin.command("buildInfo")
-        self.atomic_updates = "ferretdbVersion" not in info
-        plain: list[tuple[Collection[Doc], list[tuple[str, int]], dict[str, Any]]] = [
-            (self._inbox, [("user_id", 1), ("seq", 1)], {"unique": True}),
-            (self._inbox, [("message_id", 1)], {}),
-            (self._messages, [("pending", 1)], {}),
-            (self._presence, [("user_id", 1)], {}),
-            (self._presence, [("node_id", 1)], {}),
-            (self._nodes, [("exp", 1)], {}),
-        ]
-        for coll, keys, opts in plain:
-            coll.create_index(keys, **opts)
+        self.database.detect()
+        self._inbox.create_index([("user_id", 1), ("seq", 1)], unique=True)
+        self._inbox.create_index([("message_id", 1)])
+        self._messages.create_index([("pending", 1)])
         ttl = True
-        for coll in (self._messages, self._inbox, self._idempotency, self._nodes):
-            ttl = self._expiry_index(coll) and ttl
+        for coll in (self._messages, self._inbox, self._idempotency):
+            ttl = self.database.expiry_index(coll) and ttl
         self.ttl_indexes = ttl
         self._ready = True
-
-    @staticmethod
-    def _expiry_index(coll: Collection[Doc]) -> bool:
-        """Index ``expires_at``, as a TTL index if the server has them."""
-        try:
-            coll.create_index([("expires_at", 1)], expireAfterSeconds=0)
-            return True
-        except OperationFailure as exc:
-            if exc.code == _NOT_IMPLEMENTED:  # FerretDB: no TTL indexes
-                coll.create_index([("expires_at", 1)])
-                return False
-            if exc.code in _INDEX_CONFLICT_CODES:  # a plain index is already there
-                log.warning("%s.expires_at is not a TTL index: %s", coll.name, _short(exc))
-                return False
-            raise
 
     @contextlib.contextmanager
     def _serial(self, user_id: str) -> Iterator[None]:
@@ -255,16 +185,22 @@ class MongoStore(Store):
 
     # -- messages and inboxes -------------------------------------------------
 
-    @_guarded
-    def store_message(
-        self,
-        message: Message,
-        user_ids: Sequence[str],
-        idempotency_key: str,
-        now: float,
-    ) -> StoreResult:
-        exp = check_storable(message, user_ids)
-        users = list(user_ids)
+    def store_messages(
+        self, requests: Sequence[StoreRequest], now: float
+    ) -> list[StoreResult | PushError]:
+        outcomes: list[StoreResult | PushError] = []
+        for request in requests:
+            try:
+                outcomes.append(self._store_one(request, now))
+            except PushError as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    @guarded
+    def _store_one(self, request: StoreRequest, now: float) -> StoreResult:
+        exp = check_request(request)
+        message, idempotency_key = request.message, request.idempotency_key
+        users = list(request.user_ids)
         distinct = list(dict.fromkeys(users))
 
         if idempotency_key:
@@ -472,7 +408,7 @@ class MongoStore(Store):
         """
         try:
             # Bounded, so a push failing in an outage still fails fast.
-            with pymongo.timeout(self._cleanup_timeout):
+            with pymongo.timeout(self.database.cleanup_timeout):
                 self._messages.delete_one({"_id": message_id, "pending": True})
                 if self._messages.find_one({"_id": message_id}, {"_id": 1}) is not None:
                     return False  # the commit went through after all: the message is stored
@@ -513,72 +449,49 @@ class MongoStore(Store):
             if d["message_id"] in bodies
         ]
 
-    @_guarded
-    def inbox_after(self, user_id: str, after_seq: int, limit: int, now: float) -> list[InboxEntry]:
+    @guarded
+    def read_inbox(self, user_id: str, after_seq: int, limit: int, now: float) -> InboxPage:
         if limit <= 0:
-            return []
+            return InboxPage(())
         docs = list(
             self._inbox.find(
                 {"user_id": user_id, "seq": {"$gt": after_seq}, "exp": {"$gt": now}},
                 {"user_id": 1, "seq": 1, "message_id": 1},
                 sort=[("user_id", 1), ("seq", 1)],
-                limit=limit,
+                limit=limit + 1,
             )
         )
-        return self._entries(docs, now)
+        more = len(docs) > limit
+        return InboxPage(tuple(self._entries(docs[:limit], now)), None, more)
 
-    @_guarded
-    def inbox_unacked(self, user_id: str, limit: int, now: float) -> list[InboxEntry]:
-        if limit <= 0:
-            return []
-        acked = self._acked(user_id)
-        docs = list(
-            self._inbox.find(
-                {"user_id": user_id, "seq": {"$gt": acked}, "exp": {"$gt": now}},
-                {"user_id": 1, "seq": 1, "message_id": 1},
-                sort=[("user_id", 1), ("seq", -1)],
-                limit=limit,
-            )
-        )
-        docs.reverse()
-        return self._entries(docs, now)
+    @guarded
+    def user_starts(self, user_ids: Sequence[str]) -> dict[str, UserStart]:
+        users = list(dict.fromkeys(user_ids))
+        if not users:
+            return {}
+        latest = {
+            d["_id"]: int(d["seq"])
+            for d in self._counters.find({"_id": {"$in": users}}, {"seq": 1})
+        }
+        acked = {
+            d["_id"]: int(d["acked_seq"])
+            for d in self._acks.find({"_id": {"$in": users}}, {"acked_seq": 1})
+        }
+        if not self.atomic_updates:  # a lost update may have lowered a counter
+            for u in users:
+                latest[u] = max(latest.get(u, 0), self._top_seq(u))
+        return {u: UserStart(latest.get(u, 0), acked.get(u, 0)) for u in users}
 
-    @_guarded
-    def latest_seq(self, user_id: str) -> int:
-        doc = self._counters.find_one({"_id": user_id}, {"seq": 1})
-        seq = int(doc["seq"]) if doc else 0
-        if not self.atomic_updates:  # a lost update may have lowered the counter
-            seq = max(seq, self._top_seq(user_id))
-        return seq
+    @guarded
+    def ack_many(self, acks: Mapping[str, int]) -> None:
+        ops = [
+            UpdateOne({"_id": u}, {"$max": {"acked_seq": max(int(s), 0)}}, upsert=True)
+            for u, s in acks.items()
+        ]
+        if ops:
+            retry_duplicate(lambda: self._acks.bulk_write(ops, ordered=False))
 
-    def _acked(self, user_id: str) -> int:
-        doc = self._acks.find_one({"_id": user_id})
-        return int(doc["acked_seq"]) if doc else 0
-
-    @_guarded
-    def acked_seq(self, user_id: str) -> int:
-        return self._acked(user_id)
-
-    @_guarded
-    def ack(self, user_id: str, seq: int) -> int:
-        seq = max(int(seq), 0)
-        with self._serial(user_id):
-            for attempt in range(3):
-                try:
-                    doc = self._acks.find_one_and_update(
-                        {"_id": user_id},
-                        {"$max": {"acked_seq": seq}},
-                        upsert=True,
-                        return_document=ReturnDocument.AFTER,
-                    )
-                    assert doc is not None  # upserted
-                    return int(doc["acked_seq"])
-                except DuplicateKeyError:  # two first-ever upserts raced
-                    if attempt == 2:
-                        raise
-        raise AssertionError("unreachable")
-
-    @_guarded
+    @guarded
     def mark_delivered(self, receipts: Sequence[tuple[str, str]]) -> None:
         by_message: dict[str, list[str]] = {}
         for message_id, user_id in receipts:
@@ -593,7 +506,7 @@ class MongoStore(Store):
             ordered=False,
         )
 
-    @_guarded
+    @guarded
     def message_status(self, message_id: str, now: float) -> list[RecipientStatus]:
         body = self._messages.find_one({"_id": message_id}, {"pending": 1, "exp": 1})
         if body is None or body.get("pending") or body["exp"] <= now:
@@ -620,137 +533,9 @@ class MongoStore(Store):
             for e in entries
         ]
 
-    # -- cluster: node registrations and presence ---------------------------
-
-    @staticmethod
-    def _node_doc(node: NodeInfo) -> Doc:
-        return {
-            "grpc_addr": node.grpc_addr,
-            "ws_addr": node.ws_addr,
-            "started_at": node.started_at,
-            "exp": node.expires_at,
-            "expires_at": _date(node.expires_at),
-            "connections": node.connections,
-        }
-
-    @staticmethod
-    def _node_info(d: Doc) -> NodeInfo:
-        return NodeInfo(
-            node_id=d["_id"],
-            grpc_addr=d["grpc_addr"],
-            ws_addr=d["ws_addr"],
-            started_at=d["started_at"],
-            expires_at=d["exp"],
-            connections=int(d.get("connections", 0)),
-        )
-
-    @_guarded
-    def register_node(self, node: NodeInfo) -> None:
-        self._upsert(
-            lambda: self._nodes.replace_one(
-                {"_id": node.node_id}, self._node_doc(node), upsert=True
-            )
-        )
-        self._presence.delete_many({"node_id": node.node_id})
-        self._registrations[node.node_id] = node
-
-    @_guarded
-    def refresh_node(self, node_id: str, expires_at: float, connections: int) -> None:
-        known = self._registrations.get(node_id)
-        update: Doc = {
-            "$set": {
-                "exp": expires_at,
-                "expires_at": _date(expires_at),
-                "connections": connections,
-            },
-            # Swept (or TTL-expired) while we were stalled: re-create it.
-            "$setOnInsert": {
-                "grpc_addr": known.grpc_addr if known else "",
-                "ws_addr": known.ws_addr if known else "",
-                "started_at": known.started_at if known else 0.0,
-            },
-        }
-        self._upsert(lambda: self._nodes.update_one({"_id": node_id}, update, upsert=True))
-
-    @_guarded
-    def deregister_node(self, node_id: str) -> None:
-        self._presence.delete_many({"node_id": node_id})
-        self._nodes.delete_one({"_id": node_id})
-        self._registrations.pop(node_id, None)
-
-    @_guarded
-    def live_nodes(self, now: float) -> list[NodeInfo]:
-        return [
-            self._node_info(d) for d in self._nodes.find({"exp": {"$gt": now}}, sort=[("_id", 1)])
-        ]
-
-    @staticmethod
-    def _presence_id(user_id: str, node_id: str) -> str:
-        return json.dumps([user_id, node_id], ensure_ascii=False)
-
-    @_guarded
-    def set_presence(self, node_id: str, counts: Mapping[str, int]) -> None:
-        """A count of 0 (or less) removes the user's presence on the node."""
-        gone = [u for u, c in counts.items() if c <= 0]
-        ops: list[DeleteMany | UpdateOne] = []
-        if gone:
-            ops.append(DeleteMany({"node_id": node_id, "user_id": {"$in": gone}}))
-        ops.extend(
-            UpdateOne(
-                # user_id in the filter too: presence can be sharded on it.
-                {"_id": self._presence_id(u, node_id), "user_id": u},
-                {"$set": {"node_id": node_id, "connections": int(c)}},
-                upsert=True,
-            )
-            for u, c in counts.items()
-            if c > 0
-        )
-        if ops:
-            self._upsert(lambda: self._presence.bulk_write(ops, ordered=True))
-
-    @_guarded
-    def presence(self, user_ids: Sequence[str], now: float) -> dict[str, dict[str, int]]:
-        if not user_ids:
-            return {}
-        held: dict[str, dict[str, int]] = {}
-        for d in self._presence.find(
-            {"user_id": {"$in": list(dict.fromkeys(user_ids))}},
-            {"user_id": 1, "node_id": 1, "connections": 1},
-        ):
-            held.setdefault(d["user_id"], {})[d["node_id"]] = int(d["connections"])
-        if not held:
-            return {}
-        node_ids = sorted({n for nodes in held.values() for n in nodes})
-        live = {
-            d["_id"]
-            for d in self._nodes.find({"_id": {"$in": node_ids}, "exp": {"$gt": now}}, {"_id": 1})
-        }
-        out: dict[str, dict[str, int]] = {}
-        for u in dict.fromkeys(user_ids):
-            nodes = {n: c for n, c in sorted(held.get(u, {}).items()) if n in live}
-            if nodes:
-                out[u] = nodes
-        return out
-
-    @staticmethod
-    def _upsert(write: Callable[[], T]) -> T:
-        """Run an upserting write, retrying when a concurrent upsert won the insert."""
-        for attempt in range(3):
-            try:
-                return write()
-            except (DuplicateKeyError, BulkWriteError) as exc:
-                if attempt == 2 or (
-                    isinstance(exc, BulkWriteError)
-                    and any(
-                        e.get("code") != _DUPLICATE_KEY for e in exc.details.get("writeErrors", [])
-                    )
-                ):
-                    raise
-        raise AssertionError("unreachable")
-
     # -- housekeeping ------------------------------------------------------------
 
-    @_guarded
+    @guarded
     def sweep(self, now: float) -> int:
         removed = 0
         # Bodies of pushes that died half-way, with whatever entries they wrote.
@@ -768,24 +553,17 @@ class MongoStore(Store):
         removed += self._inbox.delete_many(_expired(now)).deleted_count
         removed += self._messages.delete_many(_expired(now)).deleted_count
         removed += self._idempotency.delete_many(_expired(now)).deleted_count
-        # Presence on nodes that expired, deregistered, or were removed by TTL.
-        with_presence = self._presence.distinct("node_id")
-        if with_presence:
-            live = {
-                d["_id"]
-                for d in self._nodes.find(
-                    {"_id": {"$in": with_presence}, "exp": {"$gt": now}}, {"_id": 1}
-                )
-            }
-            gone = [n for n in with_presence if n not in live]
-            if gone:
-                removed += self._presence.delete_many({"node_id": {"$in": gone}}).deleted_count
-        removed += self._nodes.delete_many({"exp": {"$lte": now}}).deleted_count
         return removed
 
-    @_guarded
-    def ping(self) -> None:
-        self._client.admin.command("ping")
+    @guarded
+    def probe(self) -> None:
+        retry_duplicate(
+            lambda: self._probe.update_one(
+                {"_id": "probe"}, {"$set": {"at": time.time()}}, upsert=True
+            )
+        )
 
     def close(self) -> None:
-        self._client.close()
+        if not self._closed:
+            self._closed = True
+            self.database.detach()

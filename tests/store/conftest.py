@@ -18,25 +18,26 @@ from typing import Any
 import pytest
 from pymongo.errors import AutoReconnect
 
-from pushsvc.store.base import Store
 from pushsvc.store.embedded import EmbeddedStore
-from pushsvc.store.mongo import MongoStore
+from pushsvc.store.inbox import InboxStore
+from pushsvc.store.mongo import MongoInbox
+from pushsvc.store.mongo_database import MongoDatabase
 from tests.ferretdb import ferretdb  # noqa: F401
 
 BACKENDS = ["embedded", "mongo"]
 
 
-def make_store(name: str, tmp_path: pathlib.Path, mongo_uri: str = "") -> Store:
+def make_store(name: str, tmp_path: pathlib.Path, mongo_uri: str = "") -> InboxStore:
     """A fresh, empty store of the named backend, private to one test."""
     if name == "embedded":
         return EmbeddedStore(tmp_path / "data")
     if name == "mongo":
-        return MongoStore(mongo_uri, f"test_{uuid.uuid4().hex}")
+        return MongoInbox(MongoDatabase(mongo_uri, f"test_{uuid.uuid4().hex}"))
     raise ValueError(f"unknown store backend {name!r}")
 
 
 @pytest.fixture(params=BACKENDS)
-def store(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[Store]:
+def store(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[InboxStore]:
     uri = request.getfixturevalue("ferretdb").uri if request.param == "mongo" else ""
     s = make_store(request.param, tmp_path, uri)
     try:
@@ -53,7 +54,7 @@ def _sqlite(store: EmbeddedStore) -> sqlite3.Connection:
 
 
 @pytest.fixture
-def count_bodies(store: Store) -> Callable[[], int | None]:
+def count_bodies(store: InboxStore) -> Callable[[], int | None]:
     """How many message bodies the backend holds (None if it cannot say)."""
 
     def count() -> int | None:
@@ -66,7 +67,7 @@ def count_bodies(store: Store) -> Callable[[], int | None]:
 
 
 @pytest.fixture
-def inject_failure(store: Store) -> Callable[[str], ContextManager[None]]:
+def inject_failure(store: InboxStore) -> Callable[[str], ContextManager[None]]:
     """``with inject_failure(user_id):`` any write of ``user_id``'s inbox fails.
 
     Embedded: a SQLite trigger aborts the insert. MongoDB: the server is real,
@@ -75,7 +76,7 @@ def inject_failure(store: Store) -> Callable[[str], ContextManager[None]]:
 
     @contextlib.contextmanager
     def inject(user_id: str) -> Iterator[None]:
-        if isinstance(store, MongoStore):
+        if isinstance(store, MongoInbox):
             with _mongo_inbox_fails(store, user_id):
                 yield
             return
@@ -96,7 +97,7 @@ def inject_failure(store: Store) -> Callable[[str], ContextManager[None]]:
 
 
 @contextlib.contextmanager
-def _mongo_inbox_fails(store: MongoStore, user_id: str) -> Iterator[None]:
+def _mongo_inbox_fails(store: MongoInbox, user_id: str) -> Iterator[None]:
     inbox = store._inbox
 
     class FailingInbox:

@@ -54,11 +54,11 @@ def test_data_survives_close_and_reopen(tmp_path: pathlib.Path) -> None:
 
     store = EmbeddedStore(tmp_path)
     try:
-        assert [(e.seq, e.message.id) for e in store.inbox_after("alice", 0, 10, T0)] == [
+        assert [(e.seq, e.message.id) for e in store.read_inbox("alice", 0, 10, T0).entries] == [
             (1, "m1"),
             (2, "m2"),
         ]
-        assert store.inbox_after("bob", 0, 10, T0)[0].message == msg("m1", b'{"keep":1}')
+        assert store.read_inbox("bob", 0, 10, T0).entries[0].message == msg("m1", b'{"keep":1}')
         assert store.latest_seq("alice") == 2
         assert store.acked_seq("alice") == 1
         assert {s.user_id: s.delivered for s in store.message_status("m1", T0)} == {
@@ -88,7 +88,7 @@ def test_closed_store_raises_store_unavailable(tmp_path: pathlib.Path) -> None:
     store.close()
     store.close()  # idempotent
     with pytest.raises(StoreUnavailable, match="closed"):
-        store.ping()
+        store.probe()
     with pytest.raises(StoreUnavailable):
         store.store_message(msg("m1"), ["alice"], "", T0)
 
@@ -106,7 +106,7 @@ def test_database_errors_become_store_unavailable_and_the_store_recovers(
             with pytest.raises(StoreUnavailable, match=r"pushsvc\.db.*disk I/O error"):
                 store.store_message(msg("m1"), ["alice"], "", T0)
             db.execute("DROP TRIGGER boom")
-        store.ping()
+        store.probe()
         assert store.store_message(msg("m1"), ["alice"], "", T0).seqs == (1,)
     finally:
         store.close()
@@ -154,7 +154,7 @@ def test_works_under_monkey_patching(tmp_path: pathlib.Path) -> None:
         jobs = [gevent.spawn(push, i) for i in range(20)]
         gevent.joinall(jobs, raise_error=True)
         assert sorted(j.value for j in jobs) == list(range(1, 21)), [j.value for j in jobs]
-        assert [e.seq for e in store.inbox_after("alice", 0, 100, 1.0)] == list(range(1, 21))
+        assert [e.seq for e in store.read_inbox("alice", 0, 100, 1.0).entries] == list(range(1, 21))
         store.close()
         print("ok")
         """
@@ -168,3 +168,28 @@ def test_works_under_monkey_patching(tmp_path: pathlib.Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_version_2_database_is_migrated_and_keeps_its_messages(tmp_path: pathlib.Path) -> None:
+    store = EmbeddedStore(tmp_path)
+    store.store_message(msg("m1"), ["alice"], "", T0)
+    store.close()
+    with contextlib.closing(sqlite3.connect(str(tmp_path / "pushsvc.db"))) as db:
+        # What version 2 had besides: the fleet's tables.
+        db.execute("DROP TABLE probe")
+        db.execute("CREATE TABLE nodes (node_id TEXT PRIMARY KEY, expires_at REAL)")
+        db.execute("CREATE TABLE presence (user_id TEXT, node_id TEXT, connections INTEGER)")
+        db.execute("PRAGMA user_version = 2")
+        db.commit()
+
+    store = EmbeddedStore(tmp_path)
+    try:
+        assert [e.message.id for e in store.read_inbox("alice", 0, 10, T0).entries] == ["m1"]
+        store.probe()
+    finally:
+        store.close()
+    with contextlib.closing(sqlite3.connect(str(tmp_path / "pushsvc.db"))) as db:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert not tables & {"nodes", "presence"}
+    assert {"messages", "inbox", "counters", "acks", "idempotency", "probe"} <= tables

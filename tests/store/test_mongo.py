@@ -1,4 +1,4 @@
-"""MongoStore specifics, against a real FerretDB: TTL fallback, outages, cleanup.
+"""MongoInbox specifics, against a real FerretDB: TTL fallback, outages, cleanup.
 
 The behavioural contract itself is in ``test_store_behaviour.py``. Tests here
 that stop the database use a private FerretDB, not the session one.
@@ -16,8 +16,8 @@ from pymongo.errors import AutoReconnect
 
 from pushsvc.errors import NotFound, StoreUnavailable
 from pushsvc.messages import Message
-from pushsvc.store.base import NodeInfo
-from pushsvc.store.mongo import MongoStore
+from pushsvc.store.mongo import MongoInbox
+from pushsvc.store.mongo_database import MongoDatabase
 from tests.ferretdb import FerretDB
 
 T0 = 1_700_000_000.0
@@ -35,7 +35,7 @@ def msg(expires_at: float = T0 + 3600) -> Message:
     )
 
 
-def count(store: MongoStore, collection: str, query: dict[str, Any] | None = None) -> int:
+def count(store: MongoInbox, collection: str, query: dict[str, Any] | None = None) -> int:
     return store._db[collection].count_documents(query or {})
 
 
@@ -53,8 +53,10 @@ def live(server: FerretDB) -> FerretDB:
 
 
 @pytest.fixture
-def store(live: FerretDB) -> Iterator[MongoStore]:
-    s = MongoStore(live.uri, f"t_{uuid.uuid4().hex}", server_selection_timeout=TIMEOUT)
+def store(live: FerretDB) -> Iterator[MongoInbox]:
+    s = MongoInbox(
+        MongoDatabase(live.uri, f"t_{uuid.uuid4().hex}", server_selection_timeout=TIMEOUT)
+    )
     try:
         yield s
     finally:
@@ -64,10 +66,10 @@ def store(live: FerretDB) -> Iterator[MongoStore]:
 # -- what FerretDB lacks, detected --------------------------------------------------
 
 
-def test_ttl_index_fallback_is_detected_and_sweep_does_the_work(store: MongoStore) -> None:
+def test_ttl_index_fallback_is_detected_and_sweep_does_the_work(store: MongoInbox) -> None:
     assert store.ttl_indexes is False  # FerretDB answers createIndexes+TTL with code 238
     assert store.atomic_updates is False  # ... and its $inc is read-modify-write
-    for name in ("messages", "inbox", "idempotency", "nodes"):
+    for name in ("messages", "inbox", "idempotency"):
         keys = [list(ix["key"]) for ix in store._db[name].index_information().values()]
         assert [("expires_at", 1)] in keys, name
     inbox_keys = {
@@ -80,27 +82,24 @@ def test_ttl_index_fallback_is_detected_and_sweep_does_the_work(store: MongoStor
     short, long_ = msg(T0 + 100), msg(T0 + 200)
     store.store_message(short, ["alice", "bob"], "k-short", T0)
     store.store_message(long_, ["alice"], "", T0)
-    store.register_node(NodeInfo("n1", "a:1", "a:2", T0, T0 + 15))
-    store.set_presence("n1", {"alice": 1})
     assert (count(store, "messages"), count(store, "inbox")) == (2, 3)
 
     # nothing removes expired documents by itself on FerretDB
     removed = store.sweep(T0 + 150)
-    assert removed == 1 + 2 + 1 + 1  # body, two entries, node, presence
+    assert removed == 1 + 2  # body, two entries
     assert count(store, "messages") == 1
     assert [d["message_id"] for d in store._db["inbox"].find()] == [long_.id]
-    assert count(store, "nodes") == count(store, "presence") == 0
     assert count(store, "idempotency") == 1  # the key lives 24 h
     assert store.sweep(T0 + 86_400) == 1 + 1 + 1  # body, entry, key
     assert count(store, "messages") == count(store, "inbox") == count(store, "idempotency") == 0
 
 
-def test_writes_ask_for_majority_journaled_acknowledgement(store: MongoStore) -> None:
+def test_writes_ask_for_majority_journaled_acknowledgement(store: MongoInbox) -> None:
     assert store._db.write_concern.document == {"w": "majority", "j": True}
     store.store_message(msg(), ["alice"], "", T0)  # accepted by the server
 
 
-def test_body_is_stored_once(store: MongoStore) -> None:
+def test_body_is_stored_once(store: MongoInbox) -> None:
     m = msg()
     store.store_message(m, [f"u{i}" for i in range(50)], "", T0)
     assert count(store, "messages") == 1
@@ -111,7 +110,7 @@ def test_body_is_stored_once(store: MongoStore) -> None:
 
 
 def test_failure_after_partial_writes_is_undone(
-    store: MongoStore, monkeypatch: pytest.MonkeyPatch
+    store: MongoInbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store.store_message(msg(), ["alice"], "", T0)
     m = msg()
@@ -126,7 +125,7 @@ def test_failure_after_partial_writes_is_undone(
 
     assert store.latest_seq("alice") == 1
     assert store.latest_seq("bob") == store.latest_seq("zed") == 0
-    assert [e.seq for e in store.inbox_after("alice", 0, 10, T0)] == [1]
+    assert [e.seq for e in store.read_inbox("alice", 0, 10, T0).entries] == [1]
     with pytest.raises(NotFound):
         store.message_status(m.id, T0)
     assert count(store, "messages") == 1
@@ -136,7 +135,7 @@ def test_failure_after_partial_writes_is_undone(
 
 
 def test_push_cut_off_mid_way_stays_invisible_and_is_cleaned_later(
-    store: MongoStore, live: FerretDB, monkeypatch: pytest.MonkeyPatch
+    store: MongoInbox, live: FerretDB, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     m = msg()
     real_insert = store._inbox.insert_many
@@ -154,18 +153,17 @@ def test_push_cut_off_mid_way_stays_invisible_and_is_cleaned_later(
 
     # the cleanup could not run, but the half-written push is invisible
     assert count(store, "inbox", {"message_id": m.id}) == 1
-    assert store.inbox_after("alice", 0, 10, T0) == []
-    assert store.inbox_unacked("alice", 10, T0) == []
+    assert store.read_inbox("alice", 0, 10, T0).entries == ()
     with pytest.raises(NotFound):
         store.message_status(m.id, T0)
     # a retry with the same key is not taken for a duplicate, and replaces it
     retry = store.store_message(m, ["alice", "bob"], "k-cut", T0)
     assert not retry.duplicate
-    assert [e.message.id for e in store.inbox_after("alice", 0, 10, T0)] == [m.id]
+    assert [e.message.id for e in store.read_inbox("alice", 0, 10, T0).entries] == [m.id]
     assert count(store, "inbox", {"message_id": m.id}) == 2
 
 
-def test_sweep_removes_pushes_that_died_half_way(store: MongoStore) -> None:
+def test_sweep_removes_pushes_that_died_half_way(store: MongoInbox) -> None:
     m = msg()
     store._messages.insert_one(
         {
@@ -179,7 +177,7 @@ def test_sweep_removes_pushes_that_died_half_way(store: MongoStore) -> None:
         }
     )
     store._inbox.insert_one({"user_id": "alice", "seq": 1, "message_id": m.id, "exp": T0 + 3600})
-    assert store.inbox_after("alice", 0, 10, T0) == []
+    assert store.read_inbox("alice", 0, 10, T0).entries == ()
     assert store.sweep(T0 + 10) == 0  # it may still be in flight
     assert store.sweep(T0 + 600) == 2
     assert count(store, "messages") == count(store, "inbox") == 0
@@ -189,19 +187,19 @@ def test_sweep_removes_pushes_that_died_half_way(store: MongoStore) -> None:
 
 
 def test_unreachable_store_fails_fast_stores_nothing_and_recovers(
-    store: MongoStore, live: FerretDB
+    store: MongoInbox, live: FerretDB
 ) -> None:
     store.store_message(msg(), ["alice"], "", T0)
-    store.ping()
+    store.probe()
     live.stop()
 
     m = msg()
     for call in (
-        lambda: store.ping(),
+        lambda: store.probe(),
         lambda: store.store_message(m, ["alice", "bob"], "k-down", T0),
-        lambda: store.inbox_after("alice", 0, 10, T0),
+        lambda: store.read_inbox("alice", 0, 10, T0).entries,
         lambda: store.ack("alice", 1),
-        lambda: store.live_nodes(T0),
+        lambda: store.user_starts(["alice"]),
     ):
         started = time.monotonic()
         with pytest.raises(StoreUnavailable, match="the message store is unreachable"):
@@ -212,7 +210,7 @@ def test_unreachable_store_fails_fast_stores_nothing_and_recovers(
     deadline = time.monotonic() + 10
     while True:  # the driver reconnects by itself; no new store object
         try:
-            store.ping()
+            store.probe()
             break
         except StoreUnavailable:
             assert time.monotonic() < deadline, "the store did not recover"
@@ -222,19 +220,21 @@ def test_unreachable_store_fails_fast_stores_nothing_and_recovers(
         store.message_status(m.id, T0)
     result = store.store_message(m, ["alice", "bob"], "k-down", T0)
     assert not result.duplicate and result.seqs == (2, 1)
-    assert [e.seq for e in store.inbox_after("alice", 0, 10, T0)] == [1, 2]
+    assert [e.seq for e in store.read_inbox("alice", 0, 10, T0).entries] == [1, 2]
 
 
 def test_store_created_while_the_database_is_down(live: FerretDB) -> None:
     live.stop()
     started = time.monotonic()
-    store = MongoStore(live.uri, f"t_{uuid.uuid4().hex}", server_selection_timeout=TIMEOUT)
+    store = MongoInbox(
+        MongoDatabase(live.uri, f"t_{uuid.uuid4().hex}", server_selection_timeout=TIMEOUT)
+    )
     try:
         assert time.monotonic() - started < TIMEOUT + MARGIN
         with pytest.raises(StoreUnavailable):
-            store.ping()
+            store.probe()
         live.start()
-        store.ping()  # finishes its setup now
+        store.probe()  # finishes its setup now
         assert store.ttl_indexes is False
         assert store.store_message(msg(), ["alice"], "", T0).seqs == (1,)
     finally:

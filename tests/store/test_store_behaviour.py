@@ -1,4 +1,4 @@
-"""The behavioural contract of ``pushsvc.store.base.Store``, for every backend.
+"""The behavioural contract of ``pushsvc.store.inbox.InboxStore``, for every backend.
 
 Every test passes explicit ``now`` values; nothing sleeps.
 """
@@ -13,7 +13,13 @@ import pytest
 
 from pushsvc.errors import InvalidArgument, NotFound, StoreUnavailable
 from pushsvc.messages import Message
-from pushsvc.store.base import IDEMPOTENCY_WINDOW, NodeInfo, Store, StoreResult
+from pushsvc.store.inbox import (
+    IDEMPOTENCY_WINDOW,
+    InboxEntry,
+    InboxStore,
+    StoreResult,
+    UserStart,
+)
 
 T0 = 1_700_000_000.0
 TTL = 3600.0
@@ -34,7 +40,7 @@ def msg(
 
 
 def push(
-    store: Store,
+    store: InboxStore,
     users: Sequence[str],
     *,
     key: str = "",
@@ -44,25 +50,21 @@ def push(
     return store.store_message(message or msg(created_at=now), users, key, now)
 
 
-def seqs_of(store: Store, user: str, now: float = T0) -> list[int]:
-    return [e.seq for e in store.inbox_after(user, 0, 10_000, now)]
+def seqs_of(store: InboxStore, user: str, now: float = T0) -> list[int]:
+    return [e.seq for e in after(store, user, 0, 10_000, now)]
 
 
-def node(node_id: str, expires_at: float, connections: int = 0) -> NodeInfo:
-    return NodeInfo(
-        node_id=node_id,
-        grpc_addr=f"{node_id}.example:7000",
-        ws_addr=f"{node_id}.example:8000",
-        started_at=T0,
-        expires_at=expires_at,
-        connections=connections,
-    )
+def after(store: InboxStore, user: str, seq: int, limit: int, now: float = T0) -> list[InboxEntry]:
+    """The entries of one page (which must not be blocked)."""
+    page = store.read_inbox(user, seq, limit, now)
+    assert page.blocked_at is None
+    return list(page.entries)
 
 
 # -- seq allocation ---------------------------------------------------------------
 
 
-def test_seq_strictly_increasing_per_user_and_independent(store: Store) -> None:
+def test_seq_strictly_increasing_per_user_and_independent(store: InboxStore) -> None:
     assert store.latest_seq("alice") == 0
     assert push(store, ["alice"]).seqs == (1,)
     assert push(store, ["alice", "bob"]).seqs == (2, 1)
@@ -75,7 +77,7 @@ def test_seq_strictly_increasing_per_user_and_independent(store: Store) -> None:
     assert seqs_of(store, "bob") == [1, 2]
 
 
-def test_concurrent_pushes_from_greenlets_get_distinct_consecutive_seqs(store: Store) -> None:
+def test_concurrent_pushes_from_greenlets_get_distinct_consecutive_seqs(store: InboxStore) -> None:
     jobs = [gevent.spawn(push, store, ["alice"]) for _ in range(20)]
     gevent.joinall(jobs, raise_error=True)
     seqs = sorted(job.value.seqs[0] for job in jobs)
@@ -86,7 +88,7 @@ def test_concurrent_pushes_from_greenlets_get_distinct_consecutive_seqs(store: S
 
 
 def test_body_is_stored_once_for_many_recipients(
-    store: Store, count_bodies: Callable[[], int | None]
+    store: InboxStore, count_bodies: Callable[[], int | None]
 ) -> None:
     users = [f"user-{i:04d}" for i in range(1000)]
     m = msg(b'{"big":true}')
@@ -96,7 +98,7 @@ def test_body_is_stored_once_for_many_recipients(
     status = store.message_status(m.id, T0)
     assert sorted(s.user_id for s in status) == sorted(users)
     for uid in (users[0], users[500], users[-1]):
-        [entry] = store.inbox_after(uid, 0, 10, T0)
+        [entry] = after(store, uid, 0, 10, T0)
         assert entry.message == m
         assert entry.user_id == uid
     bodies = count_bodies()
@@ -107,30 +109,30 @@ def test_body_is_stored_once_for_many_recipients(
 # -- reading inboxes ----------------------------------------------------------------
 
 
-def test_inbox_after_pages_in_seq_order(store: Store) -> None:
+def test_inbox_after_pages_in_seq_order(store: InboxStore) -> None:
     sent = [msg(f'{{"n":{i}}}'.encode()) for i in range(5)]
     for m in sent:
         push(store, ["alice"], message=m)
     push(store, ["bob"])
 
-    page1 = store.inbox_after("alice", 0, 2, T0)
+    page1 = after(store, "alice", 0, 2, T0)
     assert [(e.user_id, e.seq) for e in page1] == [("alice", 1), ("alice", 2)]
     assert [e.message for e in page1] == sent[:2]
-    page2 = store.inbox_after("alice", page1[-1].seq, 2, T0)
+    page2 = after(store, "alice", page1[-1].seq, 2, T0)
     assert [e.seq for e in page2] == [3, 4]
     assert [e.message for e in page2] == sent[2:4]
-    page3 = store.inbox_after("alice", 4, 2, T0)
+    page3 = after(store, "alice", 4, 2, T0)
     assert [e.seq for e in page3] == [5]
-    assert store.inbox_after("alice", 5, 2, T0) == []
-    assert store.inbox_after("alice", 0, 0, T0) == []
-    assert store.inbox_after("nobody", 0, 10, T0) == []
-    assert [e.message.payload for e in store.inbox_after("alice", 0, 100, T0)] == [
+    assert after(store, "alice", 5, 2, T0) == []
+    assert after(store, "alice", 0, 0, T0) == []
+    assert after(store, "nobody", 0, 10, T0) == []
+    assert [e.message.payload for e in after(store, "alice", 0, 100, T0)] == [
         m.payload for m in sent
     ]
 
 
 def test_expired_entries_are_hidden_and_swept_with_their_bodies(
-    store: Store, count_bodies: Callable[[], int | None]
+    store: InboxStore, count_bodies: Callable[[], int | None]
 ) -> None:
     short = msg(b'{"short":1}', expires_at=T0 + 100)
     long_ = msg(b'{"long":1}', expires_at=T0 + 200)
@@ -139,11 +141,10 @@ def test_expired_entries_are_hidden_and_swept_with_their_bodies(
     assert count_bodies() in (None, 2)
 
     later = T0 + 150
-    assert [e.message.id for e in store.inbox_after("alice", 0, 10, later)] == [long_.id]
-    assert [e.message.id for e in store.inbox_unacked("alice", 10, later)] == [long_.id]
-    assert store.inbox_after("bob", 0, 10, later) == []
+    assert [e.message.id for e in after(store, "alice", 0, 10, later)] == [long_.id]
+    assert after(store, "bob", 0, 10, later) == []
     # expiry is exclusive: an entry expiring at exactly `now` is gone
-    assert store.inbox_after("bob", 0, 10, T0 + 100) == []
+    assert after(store, "bob", 0, 10, T0 + 100) == []
     with pytest.raises(NotFound):
         store.message_status(short.id, later)
     assert store.message_status(short.id, T0)  # still there before its expiry
@@ -152,8 +153,8 @@ def test_expired_entries_are_hidden_and_swept_with_their_bodies(
     assert removed >= 3  # two inbox rows and one body
     assert count_bodies() in (None, 1)
     # swept for good: even an earlier clock no longer sees them
-    assert [e.message.id for e in store.inbox_after("alice", 0, 10, T0)] == [long_.id]
-    assert store.inbox_after("bob", 0, 10, T0) == []
+    assert [e.message.id for e in after(store, "alice", 0, 10, T0)] == [long_.id]
+    assert after(store, "bob", 0, 10, T0) == []
     with pytest.raises(NotFound):
         store.message_status(short.id, T0)
     # seqs survive the sweep: allocation continues, never reuses
@@ -162,35 +163,55 @@ def test_expired_entries_are_hidden_and_swept_with_their_bodies(
     assert store.sweep(later) == 0
 
 
-def test_inbox_unacked_respects_acks_and_keeps_the_newest(store: Store) -> None:
-    for _ in range(6):
+def test_read_inbox_says_when_a_page_was_cut_at_the_limit(store: InboxStore) -> None:
+    for _ in range(3):
         push(store, ["alice"])
-    assert [e.seq for e in store.inbox_unacked("alice", 10, T0)] == [1, 2, 3, 4, 5, 6]
-    assert [e.seq for e in store.inbox_unacked("alice", 3, T0)] == [4, 5, 6]
-    store.ack("alice", 2)
-    assert [e.seq for e in store.inbox_unacked("alice", 10, T0)] == [3, 4, 5, 6]
-    assert [e.seq for e in store.inbox_unacked("alice", 2, T0)] == [5, 6]
-    store.ack("alice", 6)
-    assert store.inbox_unacked("alice", 10, T0) == []
-    # acking does not delete: the history is still readable by seq
-    assert seqs_of(store, "alice") == [1, 2, 3, 4, 5, 6]
-    assert store.inbox_unacked("nobody", 10, T0) == []
+    page = store.read_inbox("alice", 0, 2, T0)
+    assert [e.seq for e in page.entries] == [1, 2]
+    assert page.more and page.blocked_at is None
+    page = store.read_inbox("alice", 2, 2, T0)
+    assert [e.seq for e in page.entries] == [3]
+    assert not page.more and page.blocked_at is None
+    page = store.read_inbox("alice", 0, 3, T0)
+    assert [e.seq for e in page.entries] == [1, 2, 3] and not page.more
+    assert store.read_inbox("alice", 0, 0, T0).entries == ()
 
 
-def test_ack_never_lowers(store: Store) -> None:
+def test_user_starts_reads_latest_and_acked_seq_of_many_users(store: InboxStore) -> None:
+    for _ in range(3):
+        push(store, ["alice", "bob"])
+    push(store, ["bob"])
+    store.ack_many({"alice": 2, "carol": 4})
+    starts = store.user_starts(["alice", "bob", "carol", "dave", "alice"])
+    assert set(starts) == {"alice", "bob", "carol", "dave"}
+    assert (starts["alice"].latest_seq, starts["alice"].acked_seq) == (3, 2)
+    assert (starts["bob"].latest_seq, starts["bob"].acked_seq) == (4, 0)
+    assert (starts["carol"].latest_seq, starts["carol"].acked_seq) == (0, 4)
+    assert (starts["dave"].latest_seq, starts["dave"].acked_seq) == (0, 0)
+    assert store.user_starts([]) == {}
+
+
+def test_ack_never_lowers(store: InboxStore) -> None:
     assert store.acked_seq("alice") == 0
-    assert store.ack("alice", 5) == 5
-    assert store.ack("alice", 3) == 5
+    store.ack("alice", 5)
+    store.ack("alice", 3)
     assert store.acked_seq("alice") == 5
-    assert store.ack("alice", 7) == 7
+    store.ack("alice", 7)
     assert store.acked_seq("alice") == 7
     assert store.acked_seq("bob") == 0
+    store.ack_many({"alice": 6, "bob": 2, "carol": -1})
+    store.ack_many({})
+    assert store.user_starts(["alice", "bob", "carol"]) == {
+        "alice": UserStart(0, 7),
+        "bob": UserStart(0, 2),
+        "carol": UserStart(0, 0),
+    }
 
 
 # -- idempotency ------------------------------------------------------------------------
 
 
-def test_idempotency_key_returns_the_first_result_and_stores_nothing(store: Store) -> None:
+def test_idempotency_key_returns_the_first_result_and_stores_nothing(store: InboxStore) -> None:
     first = push(store, ["alice", "bob"], key="k-1")
     assert first.seqs == (1, 1) and not first.duplicate
     push(store, ["bob"])  # bob: seq 2, without a key
@@ -212,7 +233,7 @@ def test_idempotency_key_returns_the_first_result_and_stores_nothing(store: Stor
     assert push(store, ["dave"]).seqs == (2,)
 
 
-def test_idempotency_key_is_forgotten_after_the_window(store: Store) -> None:
+def test_idempotency_key_is_forgotten_after_the_window(store: InboxStore) -> None:
     first = push(store, ["alice"], key="k-2")
     edge = T0 + IDEMPOTENCY_WINDOW - 1
     assert push(store, ["alice"], key="k-2", now=edge).duplicate
@@ -237,7 +258,7 @@ def test_idempotency_key_is_forgotten_after_the_window(store: Store) -> None:
 # -- receipts ---------------------------------------------------------------------
 
 
-def test_mark_delivered_and_message_status(store: Store) -> None:
+def test_mark_delivered_and_message_status(store: InboxStore) -> None:
     m = msg(expires_at=T0 + 100)
     result = push(store, ["alice", "bob", "carol"], message=m)
     other = push(store, ["alice"])
@@ -268,136 +289,23 @@ def test_mark_delivered_and_message_status(store: Store) -> None:
         store.message_status(m.id, T0 + 100)
 
 
-# -- nodes and presence -------------------------------------------------------------
-
-
-def test_node_registration_refresh_and_deregistration(store: Store) -> None:
-    assert store.live_nodes(T0) == []
-    store.register_node(node("n2", T0 + 15, connections=3))
-    store.register_node(node("n1", T0 + 15))
-    assert store.live_nodes(T0) == [node("n1", T0 + 15), node("n2", T0 + 15, connections=3)]
-
-    store.refresh_node("n1", T0 + 30, 7)
-    assert store.live_nodes(T0 + 20) == [node("n1", T0 + 30, connections=7)]
-    assert store.live_nodes(T0 + 30) == []  # expiry is exclusive
-
-    # re-registering replaces the registration
-    moved = NodeInfo("n1", "new:7000", "new:8000", T0 + 5, T0 + 50, 0)
-    store.register_node(moved)
-    assert store.live_nodes(T0 + 40) == [moved]
-
-    store.deregister_node("n1")
-    assert [n.node_id for n in store.live_nodes(T0)] == ["n2"]
-    store.deregister_node("never-registered")
-
-
-def test_refresh_recreates_a_swept_registration(store: Store) -> None:
-    store.register_node(node("n1", T0 + 15))
-    assert store.sweep(T0 + 20) >= 1
-    assert store.live_nodes(T0 + 20) == []
-    store.refresh_node("n1", T0 + 35, 2)
-    assert store.live_nodes(T0 + 20) == [node("n1", T0 + 35, connections=2)]
-
-
-def test_presence_counts_are_stored_per_node_and_only_live_nodes_count(store: Store) -> None:
-    store.register_node(node("n1", T0 + 15))
-    store.register_node(node("n2", T0 + 30))
-    store.set_presence("n1", {"alice": 2, "bob": 1})
-    store.set_presence("n2", {"alice": 1})
-    store.set_presence("ghost", {"alice": 4, "carol": 1})  # node never registered
-
-    users = ["alice", "bob", "carol", "dave"]
-    assert store.presence(users, T0) == {"alice": {"n1": 2, "n2": 1}, "bob": {"n1": 1}}
-    assert store.presence(["bob"], T0) == {"bob": {"n1": 1}}
-    assert store.presence(["dave"], T0) == {}
-    assert store.presence([], T0) == {}
-    store.set_presence("n1", {})  # nothing to do
-
-    # n1 expired: its presence is ignored before any sweep
-    assert store.presence(users, T0 + 20) == {"alice": {"n2": 1}}
-    store.refresh_node("n1", T0 + 60, 3)
-    assert store.presence(users, T0 + 20) == {"alice": {"n1": 2, "n2": 1}, "bob": {"n1": 1}}
-
-    store.deregister_node("n2")
-    assert store.presence(users, T0 + 20) == {"alice": {"n1": 2}, "bob": {"n1": 1}}
-    store.register_node(node("n2", T0 + 60))
-    assert store.presence(users, T0 + 20) == {"alice": {"n1": 2}, "bob": {"n1": 1}}
-
-
-def test_set_presence_overwrites_removes_at_zero_and_leaves_others(store: Store) -> None:
-    store.register_node(node("n1", T0 + 30))
-    store.register_node(node("n2", T0 + 30))
-    store.set_presence("n1", {"alice": 1, "bob": 2, "carol": 1})
-    store.set_presence("n2", {"alice": 5, "bob": 1})
-    users = ["alice", "bob", "carol"]
-
-    # a later call overwrites the count (it does not add to it)
-    store.set_presence("n1", {"alice": 3})
-    assert store.presence(users, T0) == {
-        "alice": {"n1": 3, "n2": 5},
-        "bob": {"n1": 2, "n2": 1},
-        "carol": {"n1": 1},
-    }
-    store.set_presence("n1", {"alice": 1})  # counts go down as well as up
-    assert store.presence(["alice"], T0) == {"alice": {"n1": 1, "n2": 5}}
-
-    # 0 removes the (user, node) record, on that node only; others are untouched
-    store.set_presence("n1", {"bob": 0, "carol": 0, "alice": 4})
-    assert store.presence(users, T0) == {"alice": {"n1": 4, "n2": 5}, "bob": {"n2": 1}}
-    store.set_presence("n2", {"bob": 0})
-    assert store.presence(users, T0) == {"alice": {"n1": 4, "n2": 5}}
-    store.set_presence("n1", {"dave": 0})  # removing what is not there is a no-op
-    assert store.presence([*users, "dave"], T0) == {"alice": {"n1": 4, "n2": 5}}
-
-    # a removed user can come back
-    store.set_presence("n2", {"carol": 2})
-    assert store.presence(["carol"], T0) == {"carol": {"n2": 2}}
-
-
-def test_register_node_purges_presence_of_an_earlier_run(store: Store) -> None:
-    store.register_node(node("n1", T0 + 15))
-    store.register_node(node("n2", T0 + 15))
-    store.set_presence("n1", {"alice": 2, "bob": 1})
-    store.set_presence("n2", {"alice": 1})
-    assert store.presence(["alice", "bob"], T0) == {
-        "alice": {"n1": 2, "n2": 1},
-        "bob": {"n1": 1},
-    }
-    store.register_node(node("n1", T0 + 30))  # the node restarted
-    assert store.presence(["alice", "bob"], T0) == {"alice": {"n2": 1}}
-    store.set_presence("n1", {"bob": 3})
-    assert store.presence(["alice", "bob"], T0) == {"alice": {"n2": 1}, "bob": {"n1": 3}}
-
-
-def test_sweep_removes_expired_registrations_and_their_presence(store: Store) -> None:
-    store.register_node(node("n1", T0 + 15))
-    store.register_node(node("n2", T0 + 60))
-    store.set_presence("n1", {"alice": 2})
-    store.set_presence("n2", {"bob": 1})
-    assert store.sweep(T0 + 20) >= 2  # n1 and alice's presence on it
-    assert [n.node_id for n in store.live_nodes(T0)] == ["n2"]
-    # a re-created n1 does not bring back presence from before the sweep
-    store.refresh_node("n1", T0 + 90, 0)
-    assert store.presence(["alice", "bob"], T0 + 20) == {"bob": {"n2": 1}}
-
-
 # -- failures leave nothing behind ----------------------------------------------------
 
 
-def test_invalid_message_raises_before_anything_is_written(store: Store) -> None:
+def test_invalid_message_raises_before_anything_is_written(store: InboxStore) -> None:
     with pytest.raises(InvalidArgument):
         push(store, ["alice"], key="k-bad", message=msg(expires_at=None))
     with pytest.raises(InvalidArgument):
         push(store, [], key="k-bad")
     assert store.latest_seq("alice") == 0
-    assert store.inbox_after("alice", 0, 10, T0) == []
+    assert after(store, "alice", 0, 10, T0) == []
     # the key was not consumed by the failed call
     ok = push(store, ["alice"], key="k-bad")
     assert not ok.duplicate and ok.seqs == (1,)
 
 
 def test_failed_write_leaves_nothing_stored(
-    store: Store,
+    store: InboxStore,
     inject_failure: Callable[[str], ContextManager[None]],
     count_bodies: Callable[[], int | None],
 ) -> None:
@@ -419,5 +327,6 @@ def test_failed_write_leaves_nothing_stored(
     assert retry.seqs == (2, 1, 1)
 
 
-def test_ping(store: Store) -> None:
-    store.ping()
+def test_probe(store: InboxStore) -> None:
+    store.probe()
+    store.probe()

@@ -1,0 +1,243 @@
+"""One MongoDB (or FerretDB) database shared by the fleet's stores.
+
+``MongoInbox`` and ``MongoRegistry`` take the same ``MongoDatabase``: one
+``MongoClient`` (one connection pool), the durability write concern, the
+detection of what the server lacks, the mapping of driver errors to
+``StoreUnavailable`` and a count of the commands sent.
+
+What FerretDB 1.24 (SQLite backend) lacks, detected once by ``buildInfo``:
+
+- TTL indexes: ``createIndexes`` with ``expireAfterSeconds`` answers code 238;
+  the index is created plain and the node's sweeper removes expired documents.
+- Atomic single-document updates: ``$inc``, ``$max`` and ``findAndModify`` are
+  read-modify-write, so concurrent updates of one document can be lost. Unique
+  indexes are enforced, so the stores arbitrate races by inserting under a
+  unique key, never by an update's result (``ferretdb`` says which server it is).
+
+Expiry: ``exp`` is the exact unix time (a double, what every query compares);
+``expires_at`` is the same instant as a BSON date rounded up to the
+millisecond, for TTL indexes.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
+
+import pymongo
+from pymongo import monitoring
+from pymongo.collection import Collection
+from pymongo.database import Database
+from pymongo.errors import (
+    BulkWriteError,
+    ConnectionFailure,
+    DuplicateKeyError,
+    OperationFailure,
+    PyMongoError,
+)
+from pymongo.write_concern import WriteConcern
+
+from pushsvc.errors import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+Doc = dict[str, Any]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MAX_TS = 253_402_300_799.0  # 9999-12-31T23:59:59Z, the last instant a datetime holds
+NOT_IMPLEMENTED = 238
+DUPLICATE_KEY = 11000
+_INDEX_CONFLICT_CODES = (85, 86)  # IndexOptionsConflict, IndexKeySpecsConflict
+
+
+def bson_date(ts: float) -> datetime:
+    """``ts`` as a BSON-storable date, rounded up to the millisecond.
+
+    Monotonic, so ``exp <= now`` implies ``bson_date(exp) <= bson_date(now)``: a
+    query on the indexed date finds every document the exact ``exp`` test selects.
+    """
+    ms = math.ceil(min(max(ts, 0.0), _MAX_TS) * 1000)
+    return _EPOCH + timedelta(milliseconds=ms)
+
+
+def expired(now: float) -> Doc:
+    """Filter for documents whose expiry is at or before ``now``."""
+    return {"expires_at": {"$lte": bson_date(now)}, "exp": {"$lte": now}}
+
+
+def short(exc: BaseException) -> str:
+    """The first line of an error, bounded: what a log line or an error message shows."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def only_duplicate_keys(exc: BulkWriteError) -> bool:
+    """Whether every error of a bulk write is a duplicate key (and there is one)."""
+    errors = exc.details.get("writeErrors", [])
+    return bool(errors) and all(e.get("code") == DUPLICATE_KEY for e in errors)
+
+
+def retry_duplicate(write: Callable[[], T], attempts: int = 3) -> T:
+    """Run an upserting write again when a concurrent upsert won the insert.
+
+    Two first-ever upserts of one ``_id`` can race: the loser gets a duplicate
+    key error, and its retry finds the document and updates it.
+    """
+    for attempt in range(attempts):
+        try:
+            return write()
+        except DuplicateKeyError:
+            if attempt == attempts - 1:
+                raise
+        except BulkWriteError as exc:
+            if attempt == attempts - 1 or not only_duplicate_keys(exc):
+                raise
+    raise AssertionError("unreachable")
+
+
+class _CommandCounter(monitoring.CommandListener):
+    """Counts the commands the client sends, by the collection they name."""
+
+    def __init__(self) -> None:
+        self.by_collection: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        target = event.command.get(event.command_name)
+        if event.command_name == "getMore":
+            target = event.command.get("collection")
+        name = target if isinstance(target, str) else ""
+        with self._lock:
+            self.by_collection[name] += 1
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+    def count(self, collections: Iterable[str] | None = None) -> int:
+        with self._lock:
+            if collections is None:
+                return sum(self.by_collection.values())
+            return sum(self.by_collection[c] for c in collections)
+
+
+class MongoDatabase:
+    """A connection to one database, shared by the stores that use it.
+
+    Cheap to create: nothing is sent until a store uses it. Each store calls
+    ``attach`` when it is created and ``detach`` when it is closed; the client
+    is closed when the last one detaches (or by ``close``).
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        name: str = "pushsvc",
+        *,
+        server_selection_timeout: float = 3.0,
+        socket_timeout: float = 10.0,
+    ) -> None:
+        timeout_ms = max(1, int(server_selection_timeout * 1000))
+        #: How long a failed push may spend removing what it wrote.
+        self.cleanup_timeout = max(0.2, server_selection_timeout / 2)
+        self._counter = _CommandCounter()
+        self.client: pymongo.MongoClient[Doc] = pymongo.MongoClient(
+            uri,
+            serverSelectionTimeoutMS=timeout_ms,
+            connectTimeoutMS=timeout_ms,
+            socketTimeoutMS=max(1, int(socket_timeout * 1000)),
+            appname="pushsvc",
+            event_listeners=[self._counter],
+        )
+        self.name = name
+        # OK means durable: acknowledged by a majority, in the journal.
+        self.db: Database[Doc] = self.client.get_database(
+            name, write_concern=WriteConcern(w="majority", j=True)
+        )
+        #: True on FerretDB: no TTL indexes, no atomic single-document updates.
+        self.ferretdb = False
+        self._detected = False
+        self._holders = 0
+        self._closed = False
+
+    def collection(self, name: str) -> Collection[Doc]:
+        return self.db[name]
+
+    def commands_sent(self, collections: Iterable[str] | None = None) -> int:
+        """Commands sent so far (to the named collections, or in all)."""
+        return self._counter.count(collections)
+
+    @property
+    def round_trips(self) -> int:
+        """Every command sent on this connection, whichever store sent it."""
+        return self._counter.count()
+
+    def detect(self) -> None:
+        """Ask the server what it is (once it answers)."""
+        if self._detected:
+            return
+        info = self.client.admin.command("buildInfo")
+        self.ferretdb = "ferretdbVersion" in info
+        self._detected = True
+
+    def expiry_index(self, coll: Collection[Doc]) -> bool:
+        """Index ``expires_at``, as a TTL index if the server has them."""
+        try:
+            coll.create_index([("expires_at", 1)], expireAfterSeconds=0)
+            return True
+        except OperationFailure as exc:
+            if exc.code == NOT_IMPLEMENTED:  # FerretDB: no TTL indexes
+                coll.create_index([("expires_at", 1)])
+                return False
+            if exc.code in _INDEX_CONFLICT_CODES:  # a plain index is already there
+                log.warning("%s.expires_at is not a TTL index: %s", coll.name, short(exc))
+                return False
+            raise
+
+    def attach(self) -> None:
+        self._holders += 1
+
+    def detach(self) -> None:
+        self._holders -= 1
+        if self._holders <= 0:
+            self.close()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.client.close()
+
+
+class _UsesDatabase(Protocol):
+    def _ensure_ready(self) -> None: ...
+
+
+S = TypeVar("S", bound=_UsesDatabase)
+
+
+def guarded(fn: Callable[Concatenate[S, P], T]) -> Callable[Concatenate[S, P], T]:
+    """Run a store method once the store is set up, mapping driver errors to
+    ``StoreUnavailable`` (what every store method raises when the server cannot
+    be reached or fails)."""
+
+    @functools.wraps(fn)
+    def wrapper(self: S, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            self._ensure_ready()
+            return fn(self, *args, **kwargs)
+        except ConnectionFailure as exc:  # incl. AutoReconnect, timeouts
+            raise StoreUnavailable(f"the message store is unreachable: {short(exc)}") from exc
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"the message store failed: {short(exc)}") from exc
+
+    return wrapper

@@ -1,0 +1,203 @@
+"""The fleet's registry in MongoDB: node registrations and presence.
+
+Collections (every query has an index):
+
+- ``nodes``: ``{_id: node id, grpc_addr, ws_addr, started_at, exp, expires_at,
+  connections}``; TTL-indexed on ``expires_at`` where the server has TTL indexes.
+- ``presence``: ``{_id: '["user","node"]', user_id, node_id, connections}``,
+  one document per (user, node) while the node holds a connection of the user.
+  Valid only while its node's registration is; ``sweep`` removes the presence
+  of nodes that are gone (a TTL index cannot, as presence has no expiry).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+
+from pymongo import DeleteMany, UpdateOne
+from pymongo.collection import Collection
+from pymongo.errors import ConnectionFailure
+
+from pushsvc.store.mongo_database import (
+    Doc,
+    MongoDatabase,
+    bson_date,
+    guarded,
+    retry_duplicate,
+    short,
+)
+from pushsvc.store.registry import NodeInfo, NodeRegistry
+
+log = logging.getLogger(__name__)
+
+COLLECTIONS = ("nodes", "presence")
+
+
+def _node_doc(node: NodeInfo) -> Doc:
+    return {
+        "grpc_addr": node.grpc_addr,
+        "ws_addr": node.ws_addr,
+        "started_at": node.started_at,
+        "exp": node.expires_at,
+        "expires_at": bson_date(node.expires_at),
+        "connections": node.connections,
+    }
+
+
+def _node_info(d: Doc) -> NodeInfo:
+    return NodeInfo(
+        node_id=d["_id"],
+        grpc_addr=d["grpc_addr"],
+        ws_addr=d["ws_addr"],
+        started_at=d["started_at"],
+        expires_at=d["exp"],
+        connections=int(d.get("connections", 0)),
+    )
+
+
+def _presence_id(user_id: str, node_id: str) -> str:
+    return json.dumps([user_id, node_id], ensure_ascii=False)
+
+
+class MongoRegistry(NodeRegistry):
+    """Registrations and presence of the fleet's nodes: ``MongoRegistry(database)``."""
+
+    def __init__(self, database: MongoDatabase) -> None:
+        self.database = database
+        self._nodes: Collection[Doc] = database.collection("nodes")
+        self._presence: Collection[Doc] = database.collection("presence")
+        #: True once expired registrations are removed by a TTL index (MongoDB).
+        self.ttl_indexes = False
+        self._ready = False
+        # Last registration per node id, so refresh_node can re-create a
+        # registration that was swept while the node was stalled.
+        self._registrations: dict[str, NodeInfo] = {}
+        self._closed = False
+        database.attach()
+        try:
+            self._setup()
+        except ConnectionFailure as exc:
+            # Not fatal: the first call that reaches the server finishes setup.
+            log.warning("node registry unreachable at start-up: %s", short(exc))
+
+    @property
+    def round_trips(self) -> int:
+        """Commands this registry has sent to the database."""
+        return self.database.commands_sent(COLLECTIONS)
+
+    def _ensure_ready(self) -> None:
+        if not self._ready:
+            self._setup()
+
+    def _setup(self) -> None:
+        self.database.detect()
+        self._presence.create_index([("user_id", 1)])
+        self._presence.create_index([("node_id", 1)])
+        self._nodes.create_index([("exp", 1)])
+        self.ttl_indexes = self.database.expiry_index(self._nodes)
+        self._ready = True
+
+    @guarded
+    def register_node(self, node: NodeInfo) -> None:
+        retry_duplicate(
+            lambda: self._nodes.replace_one({"_id": node.node_id}, _node_doc(node), upsert=True)
+        )
+        self._presence.delete_many({"node_id": node.node_id})
+        self._registrations[node.node_id] = node
+
+    @guarded
+    def refresh_node(self, node_id: str, expires_at: float, connections: int) -> None:
+        known = self._registrations.get(node_id)
+        update: Doc = {
+            "$set": {
+                "exp": expires_at,
+                "expires_at": bson_date(expires_at),
+                "connections": connections,
+            },
+            # Swept (or TTL-expired) while we were stalled: re-create it.
+            "$setOnInsert": {
+                "grpc_addr": known.grpc_addr if known else "",
+                "ws_addr": known.ws_addr if known else "",
+                "started_at": known.started_at if known else 0.0,
+            },
+        }
+        retry_duplicate(lambda: self._nodes.update_one({"_id": node_id}, update, upsert=True))
+
+    @guarded
+    def deregister_node(self, node_id: str) -> None:
+        self._presence.delete_many({"node_id": node_id})
+        self._nodes.delete_one({"_id": node_id})
+        self._registrations.pop(node_id, None)
+
+    @guarded
+    def live_nodes(self, now: float) -> list[NodeInfo]:
+        return [_node_info(d) for d in self._nodes.find({"exp": {"$gt": now}}, sort=[("_id", 1)])]
+
+    @guarded
+    def set_presence(self, node_id: str, counts: Mapping[str, int]) -> None:
+        """A count of 0 (or less) removes the user's presence on the node."""
+        gone = [u for u, c in counts.items() if c <= 0]
+        ops: list[DeleteMany | UpdateOne] = []
+        if gone:
+            ops.append(DeleteMany({"node_id": node_id, "user_id": {"$in": gone}}))
+        ops.extend(
+            UpdateOne(
+                # user_id in the filter too: presence can be sharded on it.
+                {"_id": _presence_id(u, node_id), "user_id": u},
+                {"$set": {"node_id": node_id, "connections": int(c)}},
+                upsert=True,
+            )
+            for u, c in counts.items()
+            if c > 0
+        )
+        if ops:
+            retry_duplicate(lambda: self._presence.bulk_write(ops, ordered=True))
+
+    @guarded
+    def presence(self, user_ids: Sequence[str], now: float) -> dict[str, dict[str, int]]:
+        if not user_ids:
+            return {}
+        held: dict[str, dict[str, int]] = {}
+        for d in self._presence.find(
+            {"user_id": {"$in": list(dict.fromkeys(user_ids))}},
+            {"user_id": 1, "node_id": 1, "connections": 1},
+        ):
+            held.setdefault(d["user_id"], {})[d["node_id"]] = int(d["connections"])
+        if not held:
+            return {}
+        node_ids = sorted({n for nodes in held.values() for n in nodes})
+        live = {
+            d["_id"]
+            for d in self._nodes.find({"_id": {"$in": node_ids}, "exp": {"$gt": now}}, {"_id": 1})
+        }
+        out: dict[str, dict[str, int]] = {}
+        for u in dict.fromkeys(user_ids):
+            nodes = {n: c for n, c in sorted(held.get(u, {}).items()) if n in live}
+            if nodes:
+                out[u] = nodes
+        return out
+
+    @guarded
+    def sweep(self, now: float) -> int:
+        removed = 0
+        # Presence on nodes that expired, deregistered, or were removed by TTL.
+        with_presence = self._presence.distinct("node_id")
+        if with_presence:
+            live = {
+                d["_id"]
+                for d in self._nodes.find(
+                    {"_id": {"$in": with_presence}, "exp": {"$gt": now}}, {"_id": 1}
+                )
+            }
+            gone = [n for n in with_presence if n not in live]
+            if gone:
+                removed += self._presence.delete_many({"node_id": {"$in": gone}}).deleted_count
+        removed += self._nodes.delete_many({"exp": {"$lte": now}}).deleted_count
+        return removed
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.database.detach()
