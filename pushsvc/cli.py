@@ -168,10 +168,49 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return 0
     overrides = {"demo": True} if args.dev else None
     settings = load_settings(args.config, overrides=overrides)
-    # Imported only now: the node monkey-patches the standard library with gevent.
-    from pushsvc.node import run_node
+    # The node's process is cooperative: gevent patches the standard library and
+    # gRPC switches to its gevent mode before anything of the node is imported.
+    from gevent import monkey
 
-    return run_node(settings)
+    monkey.patch_all()
+    from grpc.experimental import gevent as grpc_gevent  # type: ignore[attr-defined]
+
+    grpc_gevent.init_gevent()
+    from pushsvc.server import run_server
+
+    return run_server(settings, announce=_banner)
+
+
+def _banner(server: Any) -> None:
+    """For a person at a terminal (or ``make run``): how to try the node."""
+    import importlib.util
+    import shutil
+
+    s = server.settings
+    if s.log_format != "text" or not (sys.stderr.isatty() or s.demo):
+        return  # the banner is for a person at a terminal, not for a log collector
+    ws_host = "127.0.0.1" if s.ws_addr.host in ("0.0.0.0", "::") else s.ws_addr.host
+    env = ""
+    if server.grpc_port != 50051 or s.grpc_addr.host != "127.0.0.1":
+        env = f"PUSHSVC_GRPC_ADDR={s.grpc_addr.host}:{server.grpc_port} "
+    if s.embedded and s.data_dir != DEFAULT_DATA_DIR:
+        env += f"PUSHSVC_DATA_DIR={s.data_dir} "
+    argv0 = sys.argv[0]
+    cli = PROG
+    if os.path.basename(argv0) == PROG and shutil.which(PROG) != argv0:
+        cli = os.path.relpath(argv0) if not argv0.startswith("/") else argv0
+    connect = "a WebSocket client to "
+    if importlib.util.find_spec("websockets") is not None:
+        connect = f"{os.path.relpath(sys.executable)} -m websockets "
+    lines = [
+        f"pushsvc node {server.node_id} is up. Try it:",
+        f"  mint a token:  TOKEN=$({env}{cli} token --user alice)",
+        f'  connect:       {connect}"ws://{ws_host}:{server.ws_port}/ws?token=$TOKEN"',
+        f"  push:          {env}{cli} push --user alice --data '{{\"hello\": 1}}'",
+    ]
+    if s.demo:
+        lines.append(f"  or open http://{ws_host}:{server.ws_port}/demo?token=$TOKEN")
+    print("\n".join(lines), file=sys.stderr, flush=True)
 
 
 def _cmd_token(args: argparse.Namespace) -> int:

@@ -1,17 +1,28 @@
-"""The fleet: presence in the shared store, and forwarding to the nodes that hold users.
+"""The fleet over MongoDB: membership, presence, and forwarding between nodes.
 
-Forwarding is batched per destination node: each peer has an outbox drained by
-its own greenlet into ``NodeService.Deliver`` calls with a deadline, over one
-channel kept per peer. A slow or stopped peer delays only its own outbox; a
-failed forward leaves the message in the inbox (it is already stored) and is
-counted in ``pushsvc_forward_total{result}``.
+- Membership: the node registers with a time-to-live and refreshes it every
+  ``heartbeat_interval``; a store that is down at start-up delays the
+  registration, not the listeners.
+- Presence: ``PresenceWriter`` records how many connections of each user this
+  node holds. A user's first arrival is written before the connection is
+  replayed (``arrived``), so a push stored after it is routed here; other
+  changes are batched. Every write records the hub's *current* counts, so a
+  late write never undoes a newer change. ``PresenceCache`` keeps what was last
+  read, bounded, so online-only pushes keep being routed while the store is
+  down (its age is a metric).
+- Forwarding is batched per destination node: each peer has an outbox drained
+  by its own greenlet into ``NodeService.Deliver`` calls with a deadline, over
+  one channel kept per peer. A slow or stopped peer delays only its own outbox;
+  a failed forward leaves the message in the inbox (it is already stored) and
+  is counted in ``pushsvc_forward_total{result}``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
 
 import gevent
 import grpc
@@ -20,10 +31,12 @@ from gevent.lock import Semaphore
 from gevent.pool import Pool
 
 from pushsvc.errors import StoreUnavailable
+from pushsvc.fleet import Recipients
+from pushsvc.health import StoreHealth, within
 from pushsvc.hub import Hub
 from pushsvc.messages import Message
 from pushsvc.metrics import Metrics
-from pushsvc.store import NodeInfo, Store
+from pushsvc.store.registry import NodeInfo, NodeRegistry
 from pushsvc.v1 import node_pb2, node_pb2_grpc
 
 log = logging.getLogger("pushsvc.cluster")
@@ -31,89 +44,118 @@ log = logging.getLogger("pushsvc.cluster")
 BATCH = 500  # deliveries per Deliver call
 OUTBOX_LIMIT = 100_000  # deliveries queued per peer before the oldest are dropped
 NODES_CACHE = 1.0  # seconds a list of live nodes is reused
+PRESENCE_BATCH_WINDOW = 0.2  # seconds presence changes are gathered before a write
+PRESENCE_CACHE_SIZE = 100_000  # users whose last-read presence is kept for outages
+ROUTING_TIMEOUT = 1.0  # seconds a presence or node lookup may take before the cache answers
 
 
-class Presence:
-    """Writes how many connections of each user this node holds.
+class PresenceWriter:
+    """This node's presence records, kept equal to the hub's counts."""
 
-    A user's first arrival is written at once, before the connection is
-    replayed, so a push stored after it is routed here. Other changes are
-    batched; a batch writes the current counts, so it never undoes a newer change.
-    """
-
-    def __init__(self, store: Store, hub: Hub, node_id: str, metrics: Metrics) -> None:
-        self._store = store
+    def __init__(self, registry: NodeRegistry, hub: Hub, node_id: str, health: StoreHealth) -> None:
+        self._registry = registry
         self._hub = hub
         self._node_id = node_id
-        self._metrics = metrics
+        self._health = health
         self._lock = Semaphore()
         self._dirty: set[str] = set()
         self._resync = False
         self._wakeup = Event()
-        hub.presence_hooks.append(self._changed)
+        self._greenlet: gevent.Greenlet | None = None
 
-    def _changed(self, user_id: str, connections: int) -> None:
-        if connections != 1 or self._hub.connections_of(user_id):
-            self._dirty.add(user_id)
-            self._wakeup.set()
-            return
-        with self._lock:  # first arrival of the user on this node
-            self._dirty.discard(user_id)
+    def arrived(self, user_ids: Sequence[str]) -> None:
+        """Write now (raises StoreUnavailable): these users' replays wait for it."""
+        with self._lock:
+            users = set(user_ids)
+            self._dirty -= users
             try:
-                self._store.set_presence(self._node_id, {user_id: 1})
-            except StoreUnavailable as exc:
-                self._metrics.store_errors.inc()
-                self._resync = True
-                log.warning("presence not written for a connection: %s", exc)
+                self._write(users)
+            except StoreUnavailable:
+                self._dirty |= users
+                raise
+
+    def changed(self, user_id: str) -> None:
+        self._dirty.add(user_id)
+        self._wakeup.set()
+
+    def resync(self) -> None:
+        """After an outage or a re-registration: rewrite every user held here."""
+        self._resync = True
+        self._wakeup.set()
 
     def flush(self) -> None:
-        """Write pending changes (everything after an outage). Raises StoreUnavailable."""
         with self._lock:
             if self._resync:
-                users = set(self._hub.users()) | self._dirty
-                self._dirty.clear()
-                self._write(users)
                 self._resync = False
+                users = set(self._hub.users()) | self._dirty
+            else:
+                users = self._dirty
+            self._dirty = set()
+            if not users:
                 return
-            if self._dirty:
-                users, self._dirty = self._dirty, set()
+            try:
                 self._write(users)
+            except StoreUnavailable:
+                self._dirty |= users
+                raise
 
     def _write(self, users: set[str]) -> None:
-        counts = {u: self._hub.connections_of(u) for u in users}
-        try:
-            self._store.set_presence(self._node_id, counts)
-        except StoreUnavailable:
-            self._dirty |= users
-            raise
+        self._registry.set_presence(self._node_id, {u: self._hub.connections_of(u) for u in users})
 
-    def run(self, interval: float) -> None:
-        """Flush changes as they come, at most every ``interval`` seconds."""
+    def start(self) -> None:
+        self._greenlet = gevent.spawn(self._run)
+
+    def stop(self) -> None:
+        if self._greenlet is not None:
+            self._greenlet.kill(block=False)
+
+    def _run(self) -> None:
         while True:
             self._wakeup.wait()
             self._wakeup.clear()
             try:
                 self.flush()
             except StoreUnavailable as exc:
-                self._metrics.store_errors.inc()
-                log.warning("presence not written: %s", exc)
-            gevent.sleep(interval)  # batching window, not synchronisation
+                self._health.failed(exc)
+                self._wakeup.set()  # try again after the window
+            gevent.sleep(PRESENCE_BATCH_WINDOW)  # batching window, not synchronisation
 
-    def mark_resync(self) -> None:
-        self._resync = True
-        self._wakeup.set()
+
+class PresenceCache:
+    """What presence said, per user, when it was last read (bounded, LRU)."""
+
+    def __init__(self, metrics: Metrics, size: int = PRESENCE_CACHE_SIZE) -> None:
+        self._entries: OrderedDict[str, tuple[float, dict[str, int]]] = OrderedDict()
+        self._size = size
+        self._metrics = metrics
+
+    def put(self, user_ids: Sequence[str], found: dict[str, dict[str, int]], now: float) -> None:
+        entries = self._entries
+        for u in user_ids:
+            entries[u] = (now, found.get(u, {}))
+            entries.move_to_end(u)
+        while len(entries) > self._size:
+            entries.popitem(last=False)
+
+    def get(self, user_ids: Sequence[str], now: float) -> dict[str, dict[str, int]]:
+        """Served during an outage: the metric says how old the oldest answer is."""
+        out: dict[str, dict[str, int]] = {}
+        oldest = now
+        for u in user_ids:
+            hit = self._entries.get(u)
+            if hit is not None:
+                oldest = min(oldest, hit[0])
+                if hit[1]:
+                    out[u] = hit[1]
+        self._metrics.presence_cache_age.set(now - oldest)
+        self._metrics.presence_cache_served.inc(len(user_ids))
+        return out
 
 
 class Peer:
     """One destination node: a channel and an outbox drained by one greenlet."""
 
-    def __init__(
-        self,
-        info: NodeInfo,
-        cluster_key: str,
-        timeout: float,
-        metrics: Metrics,
-    ) -> None:
+    def __init__(self, info: NodeInfo, cluster_key: str, timeout: float, metrics: Metrics) -> None:
         self.info = info
         self._metadata = (("authorization", f"Bearer {cluster_key}"),)
         self._timeout = timeout
@@ -124,7 +166,6 @@ class Peer:
         self._outbox: deque[tuple[node_pb2.Delivery, Event | None]] = deque()
         self._wakeup = Event()
         self._greenlet = gevent.spawn(self._run)
-        self.last_used = time.monotonic()
 
     def send(self, delivery: node_pb2.Delivery, done: Event | None = None) -> None:
         if len(self._outbox) >= OUTBOX_LIMIT:
@@ -134,7 +175,6 @@ class Peer:
             self._metrics.forwards.labels("dropped").inc()
         self._outbox.append((delivery, done))
         self._wakeup.set()
-        self.last_used = time.monotonic()
 
     def call(self, deliveries: list[node_pb2.Delivery]) -> node_pb2.DeliverResponse | None:
         """One Deliver call with the deadline; None when it failed."""
@@ -171,36 +211,143 @@ class Peer:
         self._channel.close()
 
 
-class Fleet:
-    """Routing across nodes, for the dispatcher (implements ``dispatcher.Fleet``)."""
+class ClusterFleet:
+    """A node of a fleet (implements ``fleet.Fleet``)."""
 
     def __init__(
         self,
-        store: Store,
+        registry: NodeRegistry,
         hub: Hub,
-        node_id: str,
+        info: Callable[[], NodeInfo],
+        *,
         cluster_key: str,
         forward_timeout: float,
+        heartbeat_interval: float,
         metrics: Metrics,
+        health: StoreHealth,
+        on_registered: Callable[[], None],
     ) -> None:
-        self._store = store
+        self._registry = registry
         self._hub = hub
-        self._node_id = node_id
+        self._info = info
+        self._node_id = info().node_id
         self._key = cluster_key
         self._timeout = forward_timeout
+        self._interval = heartbeat_interval
         self._metrics = metrics
+        self._health = health
+        self._on_registered = on_registered
         self._peers: dict[str, Peer] = {}
         self._nodes: list[NodeInfo] = []
-        self._nodes_at = 0.0
-        self.presence_writer = Presence(store, hub, node_id, metrics)
+        self._nodes_at = -NODES_CACHE
+        self._presence = PresenceWriter(registry, hub, self._node_id, health)
+        self._cache = PresenceCache(metrics)
         self._pool = Pool(64)
+        self._heartbeat: gevent.Greenlet | None = None
+        self._store_ok = True
+        self.registered = False
 
-    # -- peers ---------------------------------------------------------------------------
+    # -- membership -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._register()
+        self._presence.start()
+        self._heartbeat = gevent.spawn(self._heartbeat_loop)
+
+    def _register(self) -> None:
+        try:
+            self._registry.register_node(self._info())
+        except StoreUnavailable as exc:
+            self._health.failed(exc)
+            log.error("node registration failed: %s", exc)
+            return
+        first = not self.registered
+        self.registered = True
+        self._presence.resync()  # registering purged this id's old presence
+        if first:
+            self._on_registered()
+
+    def _heartbeat_loop(self) -> None:
+        while True:
+            gevent.sleep(self._interval)  # the heartbeat's period, not synchronisation
+            if not self.registered:
+                self._register()  # the store was down at start: register in full now
+                continue
+            info = self._info()
+            try:
+                self._registry.refresh_node(info.node_id, info.expires_at, info.connections)
+            except StoreUnavailable as exc:
+                self._store_ok = False
+                self._health.failed(exc)
+                continue
+            if not self._store_ok:
+                self._store_ok = True
+                self._presence.resync()  # writes may have been lost in the outage
+
+    def stop(self) -> None:
+        """Stop heartbeats, presence writes and peer channels, then deregister
+        (the caller bounds how long it waits for that)."""
+        if self._heartbeat is not None:
+            self._heartbeat.kill(block=True, timeout=1.0)
+        self._presence.stop()
+        for peer in self._peers.values():
+            peer.close()
+        self._peers.clear()
+        self._registry.deregister_node(self._node_id)
+
+    def close(self) -> None:
+        self._registry.close()
+
+    def sweep(self, now: float) -> int:
+        return self._registry.sweep(now)
+
+    # -- presence ---------------------------------------------------------------------------
+
+    def arrived(self, user_ids: Sequence[str]) -> None:
+        self._presence.arrived(user_ids)
+
+    def changed(self, user_id: str) -> None:
+        self._presence.changed(user_id)
+
+    def _where(self, user_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+        """Presence from the registry, or from the cache while the store is down."""
+        now = time.time()
+        try:
+            found = within(
+                ROUTING_TIMEOUT, "the presence lookup", self._registry.presence, user_ids, now
+            )
+        except StoreUnavailable as exc:
+            self._health.failed(exc)
+            return self._cache.get(user_ids, now)
+        self._cache.put(user_ids, found, now)
+        return found
+
+    def presence(self, user_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+        where = self._where(user_ids)
+        out: dict[str, dict[str, int]] = {}
+        for user_id in user_ids:
+            per_node = dict(where.get(user_id, {}))
+            local = self._hub.connections_of(user_id)  # fresher than the store
+            if local:
+                per_node[self._node_id] = local
+            else:
+                per_node.pop(self._node_id, None)
+            if per_node:
+                out[user_id] = per_node
+        return out
+
+    # -- peers ------------------------------------------------------------------------------
 
     def nodes(self) -> list[NodeInfo]:
         now = time.monotonic()
         if now - self._nodes_at > NODES_CACHE:
-            self._nodes = self._store.live_nodes(time.time())
+            try:
+                self._nodes = within(
+                    ROUTING_TIMEOUT, "the node lookup", self._registry.live_nodes, time.time()
+                )
+            except StoreUnavailable as exc:
+                self._health.failed(exc)
+                return self._nodes  # the last list read: still the best guess
             self._nodes_at = now
             self._retire_peers()
         return self._nodes
@@ -218,12 +365,12 @@ class Fleet:
             peer = self._peers[info.node_id] = Peer(info, self._key, self._timeout, self._metrics)
         return peer
 
-    def _remote_nodes(self) -> list[NodeInfo]:
-        return [n for n in self.nodes() if n.node_id != self._node_id]
+    def _remote_nodes(self) -> dict[str, NodeInfo]:
+        return {n.node_id: n for n in self.nodes() if n.node_id != self._node_id}
 
-    # -- forwarding --------------------------------------------------------------------------
+    # -- forwarding -------------------------------------------------------------------------
 
-    def forward_users(self, message: Message, recipients: list[tuple[str, int]]) -> None:
+    def forward_users(self, message: Message, recipients: Recipients) -> None:
         """Hand the message to every other node holding a recipient; wait (bounded).
 
         Waiting means a push that answered OK has already reached the nodes of
@@ -236,18 +383,13 @@ class Fleet:
             for done in waits:
                 done.wait(max(0.0, deadline - time.monotonic()))
 
-    def _route_users(self, message: Message, recipients: list[tuple[str, int]]) -> list[Event]:
-        try:
-            where = self._store.presence([u for u, _ in recipients], time.time())
-            nodes = {n.node_id: n for n in self._remote_nodes()}
-            named = {node_id for per_node in where.values() for node_id in per_node}
-            if not named <= nodes.keys() | {self._node_id}:
-                self._nodes_at = 0.0  # a node newer than the cached list holds a recipient
-                nodes = {n.node_id: n for n in self._remote_nodes()}
-        except StoreUnavailable as exc:
-            self._metrics.forwards.labels("error").inc()
-            log.warning("no routing (store unreachable): %s", exc)
-            return []
+    def _route_users(self, message: Message, recipients: Recipients) -> list[Event]:
+        where = self._where([u for u, _ in recipients])
+        nodes = self._remote_nodes()
+        named = {node_id for per_node in where.values() for node_id in per_node}
+        if not named <= nodes.keys() | {self._node_id}:
+            self._nodes_at = -NODES_CACHE  # a node newer than the cached list holds a recipient
+            nodes = self._remote_nodes()
         per_node: dict[str, list[node_pb2.Recipient]] = {}
         for user_id, seq in recipients:
             for node_id in where.get(user_id, {}):
@@ -273,15 +415,6 @@ class Fleet:
         return waits
 
     def forward_topic(self, message: Message, topic: str) -> None:
-        gevent.spawn(self._route_topic, message, topic)
-
-    def _route_topic(self, message: Message, topic: str) -> None:
-        try:
-            nodes = self._remote_nodes()
-        except StoreUnavailable as exc:
-            self._metrics.forwards.labels("error").inc()
-            log.warning("publish not forwarded (store unreachable): %s", exc)
-            return
         delivery = node_pb2.Delivery(
             topic=node_pb2.TopicDelivery(
                 message_id=message.id,
@@ -290,42 +423,18 @@ class Fleet:
                 content_type=message.content_type,
             )
         )
-        for info in nodes:
+        for info in self._remote_nodes().values():
             self._peer(info).send(delivery)
 
     def forward_disconnect(self, user_id: str, reason: str) -> int:
         """Ask every other live node to close the user's connections; wait (bounded)."""
-        try:
-            nodes = self._remote_nodes()
-        except StoreUnavailable:
-            return 0
         delivery = node_pb2.Delivery(
             disconnect=node_pb2.UserDisconnect(user_id=user_id, reason=reason)
         )
-        peers = [self._peer(n) for n in nodes]
+        peers = [self._peer(n) for n in self._remote_nodes().values()]
 
         def call(peer: Peer) -> int:
             response = peer.call([delivery])
             return response.connections[0] if response is not None and response.connections else 0
 
         return sum(self._pool.map(call, peers))
-
-    # -- queries ---------------------------------------------------------------------------------
-
-    def presence(self, user_ids: tuple[str, ...]) -> dict[str, tuple[int, tuple[str, ...]]]:
-        where = self._store.presence(list(user_ids), time.time())
-        out: dict[str, tuple[int, tuple[str, ...]]] = {}
-        for user_id in user_ids:
-            per_node = dict(where.get(user_id, {}))
-            local = self._hub.connections_of(user_id)  # fresher than the store
-            if local:
-                per_node[self._node_id] = local
-            else:
-                per_node.pop(self._node_id, None)
-            out[user_id] = (sum(per_node.values()), tuple(sorted(per_node)))
-        return out
-
-    def close(self) -> None:
-        for peer in self._peers.values():
-            peer.close()
-        self._peers.clear()

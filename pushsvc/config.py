@@ -172,6 +172,15 @@ class Settings:
     api_burst: int = _setting(1000, _int(1, 1_000_000_000), "burst of gRPC calls per key")
     forward_timeout: float = _setting(2.0, _float(0.01, 60), "node-to-node deadline")
     drain_timeout: float = _setting(20.0, _float(0.1, 600), "bound on graceful shutdown")
+    connect_rate: float = _setting(
+        5000.0, _float(1, 1e6), "connections welcomed per second; beyond, they queue"
+    )
+    connect_queue: int = _setting(
+        20000, _int(1, 10_000_000), "connections waiting for their welcome; beyond, 1013"
+    )
+    welcome_timeout: float = _setting(
+        10.0, _float(0.1, 600), "seconds a connection waits for the store before 1013"
+    )
     sweep_interval: float = _setting(60.0, _float(0.1, 86400), "expired-data sweeper period")
     demo: bool = _setting(False, _as_bool, "serve the demo page at /demo")
 

@@ -27,12 +27,10 @@ from geventwebsocket.websocket import Header, Stream, WebSocket
 from pushsvc.auth import Identity, TokenVerifier
 from pushsvc.config import Address
 from pushsvc.errors import Unauthenticated
-from pushsvc.hub import Hub
 from pushsvc.metrics import Metrics
-from pushsvc.protocol import OP_PONG, Close, wire_frame
-from pushsvc.receipts import Receipts
-from pushsvc.session import CLOSE_GRACE, Session, SessionLimits
-from pushsvc.store import Store
+from pushsvc.node import Node
+from pushsvc.protocol import Close
+from pushsvc.session import Session, SessionLimits
 
 log = logging.getLogger("pushsvc.edge")
 
@@ -63,9 +61,9 @@ def _unmask(payload: bytes, mask: bytes) -> bytes:
 
 class PushWebSocket(WebSocket):
     """gevent-websocket's WebSocket with an inbound size limit, fast unmasking,
-    and control frames routed through the session's writer (one writer per socket)."""
+    and control frames handed to the session (its writer answers pings)."""
 
-    __slots__ = ("max_size", "session")
+    __slots__ = ("max_size",)
 
     def __del__(self) -> None:  # the base class would write a close frame from the GC
         pass
@@ -87,7 +85,7 @@ class PushWebSocket(WebSocket):
             payload = _unmask(payload, header.mask)
         return header, payload
 
-    def next_message(self) -> str | bytes:
+    def next_message(self, session: Session) -> str | bytes:
         """The next text or binary message; control frames are handled on the way."""
         opcode = 0
         parts: list[bytes] = []
@@ -103,10 +101,10 @@ class PushWebSocket(WebSocket):
                 if not opcode:
                     raise ProtocolError("continuation frame without a message")
             elif op == self.OPCODE_PING:
-                self.session.queue_control(wire_frame(OP_PONG, payload))
+                session.on_ping(payload)
                 continue
             elif op == self.OPCODE_PONG:
-                self.session.touch()
+                session.touch()
                 continue
             elif op == self.OPCODE_CLOSE:
                 code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1000
@@ -125,28 +123,6 @@ class PushWebSocket(WebSocket):
         return data
 
 
-class SocketTransport:
-    """The session's view of the socket."""
-
-    __slots__ = ("_sock",)
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-
-    def write(self, data: bytes) -> None:
-        # One send() covers the usual batch; gevent's sendall() would first ask
-        # the kernel for SO_SNDBUF on every call (15% of a fan-out's CPU).
-        sent = self._sock.send(data)
-        if sent < len(data):
-            self._sock.sendall(memoryview(data)[sent:])
-
-    def shutdown(self) -> None:
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-
 @dataclass
 class EdgeConfig:
     node_id: str
@@ -162,18 +138,14 @@ class EdgeApp:
         self,
         config: EdgeConfig,
         verifier: TokenVerifier,
-        hub: Hub,
-        store: Store,
-        receipts: Receipts,
+        node: Node,
         metrics: Metrics,
         extra_routes: dict[str, Callable[[WSGIEnviron, StartResponse], Iterable[bytes]]]
         | None = None,
     ) -> None:
         self.config = config
         self.verifier = verifier
-        self.hub = hub
-        self.store = store
-        self.receipts = receipts
+        self.node = node
         self.metrics = metrics
         self.routes = dict(extra_routes or {})
         self.accepting = True
@@ -237,30 +209,21 @@ class EdgeApp:
     # -- after the upgrade ---------------------------------------------------------------
 
     def run_session(self, handler: EdgeHandler, identity: Identity, since: int | None) -> None:
+        """The connection's read loop, from its first moment: the welcome and the
+        replay follow when the node's admission has heard from the store."""
         ws: PushWebSocket = handler.websocket
         ws.max_size = self.config.max_frame_bytes
         conn_id = secrets.token_hex(6)
-        session = Session(
-            conn_id,
-            identity,
-            SocketTransport(handler.socket),
-            node_id=self.config.node_id,
-            store=self.store,
-            hub=self.hub,
-            receipts=self.receipts,
-            metrics=self.metrics,
-            limits=self.config.limits,
-        )
-        ws.session = session
+        session = Session(conn_id, identity, handler.socket, self.node, self.config.limits, since)
         log.info(
             "connection opened",
             extra={"conn": conn_id, "user": identity.user_id, "peer": handler.client_address[0]},
         )
         reason = "client went away"
         try:
-            session.start(since)
+            self.node.connect(session)
             while True:
-                session.on_frame(ws.next_message())
+                session.on_frame(ws.next_message(session))
         except ClientClosed as exc:
             reason = f"client closed {exc.code}"
             session.close(Close.NORMAL)
@@ -276,8 +239,6 @@ class EdgeApp:
         except OSError:
             pass  # WebSocketError is an OSError too: EOF or reset
         finally:
-            if session.closing:
-                session.join_writer(CLOSE_GRACE)  # let the close frame go out
             session.finish()
             log.info("connection closed", extra={"conn": conn_id, "reason": reason})
 

@@ -1,4 +1,4 @@
-"""The gRPC servicers: thin translations between protobuf and the dispatcher.
+"""The gRPC servicers: thin translations between protobuf and the node.
 
 Authentication is an interceptor: PushService calls need an API key,
 NodeService calls the cluster key; health and reflection are open so load
@@ -20,7 +20,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from pushsvc.auth import ApiKeys
-from pushsvc.dispatcher import Dispatcher
 from pushsvc.errors import (
     InvalidArgument,
     NotFound,
@@ -32,11 +31,15 @@ from pushsvc.errors import (
 from pushsvc.messages import (
     Message,
     build_push,
+    unfold_seqs,
+    validate_message_id,
     validate_payload,
+    validate_reason,
     validate_topic,
     validate_user_id,
     validate_user_ids,
 )
+from pushsvc.node import Node
 from pushsvc.ratelimit import TokenBucket
 from pushsvc.v1 import node_pb2, node_pb2_grpc, push_pb2, push_pb2_grpc
 
@@ -74,7 +77,8 @@ def _domain_errors(method: F) -> F:
             return method(self, request, context)
         except PushError as exc:
             code = status_of(exc)
-            log.info("rpc refused", extra={"rpc": method.__name__, "code": code.name})
+            if not isinstance(exc, StoreUnavailable):  # the store's health logs outages once
+                log.info("rpc refused", extra={"rpc": method.__name__, "code": code.name})
             context.abort(code, str(exc))
         except Exception:
             request_id = secrets.token_hex(6)
@@ -94,8 +98,8 @@ class Limits:
 
 
 class PushServicer(push_pb2_grpc.PushServiceServicer):
-    def __init__(self, dispatcher: Dispatcher, limits: Limits, callers: CallerLimits) -> None:
-        self._d = dispatcher
+    def __init__(self, node: Node, limits: Limits, callers: CallerLimits) -> None:
+        self._node = node
         self._limits = limits
         self._callers = callers
 
@@ -111,11 +115,8 @@ class PushServicer(push_pb2_grpc.PushServiceServicer):
             default_ttl=lim.default_ttl,
             max_ttl=lim.max_ttl,
         )
-        out = self._d.push(cmd)
-        seqs = out.seqs
-        if len(seqs) == len(cmd.user_ids) and len(cmd.user_ids) != len(request.user_ids):
-            by_user = dict(zip(cmd.user_ids, seqs, strict=True))  # duplicates were folded
-            seqs = tuple(by_user[u] for u in request.user_ids)
+        out = self._node.push(cmd)
+        seqs = unfold_seqs(list(request.user_ids), cmd.user_ids, out.seqs)
         return push_pb2.PushResponse(message_id=out.message_id, seqs=seqs, duplicate=out.duplicate)
 
     @_domain_errors
@@ -153,15 +154,17 @@ class PushServicer(push_pb2_grpc.PushServiceServicer):
     ) -> push_pb2.PublishResponse:
         topic = validate_topic(request.topic)
         ctype = validate_payload(request.payload, request.content_type, self._limits.max_payload)
-        message_id, local = self._d.publish(topic, request.payload, ctype)
-        return push_pb2.PublishResponse(message_id=message_id, local_subscribers=local)
+        out = self._node.publish(topic, request.payload, ctype)
+        return push_pb2.PublishResponse(
+            message_id=out.message_id, local_subscribers=out.local_subscribers
+        )
 
     @_domain_errors
     def GetPresence(
         self, request: push_pb2.GetPresenceRequest, context: grpc.ServicerContext
     ) -> push_pb2.GetPresenceResponse:
         users = validate_user_ids(list(request.user_ids))
-        found = {p.user_id: p for p in self._d.presence(users)}
+        found = {p.user_id: p for p in self._node.presence(users)}
         return push_pb2.GetPresenceResponse(
             presence=[
                 push_pb2.UserPresence(
@@ -179,18 +182,15 @@ class PushServicer(push_pb2_grpc.PushServiceServicer):
         self, request: push_pb2.DisconnectRequest, context: grpc.ServicerContext
     ) -> push_pb2.DisconnectResponse:
         validate_user_id(request.user_id)
-        if len(request.reason.encode()) > 120:
-            raise InvalidArgument("reason is over 120 bytes (it travels in a close frame)")
-        closed = self._d.disconnect(request.user_id, request.reason)
+        validate_reason(request.reason)
+        closed = self._node.disconnect(request.user_id, request.reason)
         return push_pb2.DisconnectResponse(connections_closed=closed)
 
     @_domain_errors
     def GetMessageStatus(
         self, request: push_pb2.GetMessageStatusRequest, context: grpc.ServicerContext
     ) -> push_pb2.GetMessageStatusResponse:
-        if not request.message_id or len(request.message_id) > 64:
-            raise InvalidArgument("message_id is empty or too long")
-        statuses = self._d.message_status(request.message_id)
+        statuses = self._node.message_status(validate_message_id(request.message_id))
         return push_pb2.GetMessageStatusResponse(
             recipients=[
                 push_pb2.RecipientStatus(
@@ -213,22 +213,22 @@ class PushServicer(push_pb2_grpc.PushServiceServicer):
                     connections=n.connections,
                     started_at=n.started_at,
                 )
-                for n in self._d.nodes()
+                for n in self._node.nodes()
             ]
         )
 
 
 class NodeServicer(node_pb2_grpc.NodeServiceServicer):
-    def __init__(self, dispatcher: Dispatcher) -> None:
-        self._d = dispatcher
+    def __init__(self, node: Node) -> None:
+        self._node = node
 
     def Deliver(
         self, request: node_pb2.DeliverRequest, context: grpc.ServicerContext
     ) -> node_pb2.DeliverResponse:
-        if request.node_id and request.node_id != self._d.node_id:
+        if request.node_id and request.node_id != self._node.node_id:
             context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"this is node {self._d.node_id}, not {request.node_id}",
+                f"this is node {self._node.node_id}, not {request.node_id}",
             )
         counts = []
         for d in request.deliveries:
@@ -237,15 +237,15 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                 u = d.user
                 msg = Message(u.message_id, u.payload, u.content_type, 0.0)
                 counts.append(
-                    self._d.deliver_users(msg, [(r.user_id, r.seq) for r in u.recipients])
+                    self._node.deliver_users(msg, [(r.user_id, r.seq) for r in u.recipients])
                 )
             elif kind == "topic":
                 t = d.topic
                 msg = Message(t.message_id, t.payload, t.content_type, 0.0)
-                counts.append(self._d.deliver_topic(msg, t.topic))
+                counts.append(self._node.deliver_topic(msg, t.topic))
             elif kind == "disconnect":
                 counts.append(
-                    self._d.hub.disconnect_user(d.disconnect.user_id, d.disconnect.reason)
+                    self._node.disconnect_local(d.disconnect.user_id, d.disconnect.reason)
                 )
             else:
                 counts.append(0)
@@ -335,7 +335,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
 
 
 def make_server(
-    dispatcher: Dispatcher,
+    node: Node,
     limits: Limits,
     api_keys: ApiKeys,
     cluster_key: str | None,
@@ -350,10 +350,8 @@ def make_server(
             ("grpc.so_reuseport", 0),
         ],
     )
-    push_pb2_grpc.add_PushServiceServicer_to_server(
-        PushServicer(dispatcher, limits, callers), server
-    )
-    node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(dispatcher), server)
+    push_pb2_grpc.add_PushServiceServicer_to_server(PushServicer(node, limits, callers), server)
+    node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(node), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (

@@ -1,110 +1,114 @@
 """The local hub: this node's connections by user and subscribers by topic.
 
-Fan-out happens here: a frame is encoded to wire bytes once and the same bytes
-are queued on every recipient connection. Hub operations never block, so a
-push reaches every local connection of a user in one step of the event loop.
+Fan-out happens here: a frame is encoded to wire bytes once (WebSocket header
+included) and the same bytes are handed to every recipient connection. The hub
+knows connections only through the small ``Connection`` protocol below and
+calls nothing else: no store, no fleet, no hooks. Its operations never block,
+so a push reaches every local connection of a user in one step of the event
+loop.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import Protocol
 
-from pushsvc.protocol import Close, UserFrame, wire_text
+from pushsvc.protocol import UserFrame, wire_text
 
-if TYPE_CHECKING:
-    from pushsvc.session import Session
 
-PresenceHook = Callable[[str, int], None]  # (user_id, connections now held here)
+class Connection(Protocol):
+    """What the hub needs of a connection (``session.Session`` is one)."""
+
+    @property
+    def conn_id(self) -> str: ...
+
+    @property
+    def user_id(self) -> str: ...
+
+    def deliver_user(self, seq: int, wire: bytes, message_id: str) -> None:
+        """A stored message with the user's ``seq``; the connection keeps the order."""
+
+    def deliver_online(self, wire: bytes) -> bool:
+        """An online-only or topic frame; False if it was not queued (closed, overflow)."""
 
 
 class Hub:
+    __slots__ = ("_conns", "_topics", "_users")
+
     def __init__(self) -> None:
-        self._users: dict[str, set[Session]] = {}
-        self._topics: dict[str, set[Session]] = {}
-        self._sessions: dict[str, Session] = {}
-        self.presence_hooks: list[PresenceHook] = []
+        self._users: dict[str, dict[Connection, None]] = {}
+        self._topics: dict[str, dict[Connection, None]] = {}
+        self._conns: dict[str, Connection] = {}
 
     # -- membership ---------------------------------------------------------------
 
-    def add(self, session: Session) -> None:
-        self._sessions[session.conn_id] = session
-        conns = self._users.get(session.user_id)
-        if conns is None:
-            # Hooks run before the session is visible here, so the user's first
-            # arrival is recorded before the connection is replayed.
-            for hook in self.presence_hooks:
-                hook(session.user_id, 1)
-            conns = self._users.setdefault(session.user_id, set())
-            conns.add(session)
-        else:
-            conns.add(session)
-            for hook in self.presence_hooks:
-                hook(session.user_id, len(conns))
+    def add(self, conn: Connection) -> int:
+        """Register a connection; returns how many connections its user has here now."""
+        self._conns[conn.conn_id] = conn
+        held = self._users.setdefault(conn.user_id, {})
+        held[conn] = None
+        return len(held)
 
-    def remove(self, session: Session) -> None:
-        if self._sessions.pop(session.conn_id, None) is None:
-            return
-        for topic in list(session.topics):
-            self.unsubscribe(session, topic)
-        conns = self._users.get(session.user_id)
-        if conns is not None:
-            conns.discard(session)
-            if not conns:
-                del self._users[session.user_id]
-            for hook in self.presence_hooks:
-                hook(session.user_id, len(conns))
+    def remove(self, conn: Connection, topics: Iterator[str] | tuple[str, ...] = ()) -> int:
+        """Unregister a connection (and its topics); returns its user's connections left."""
+        if self._conns.pop(conn.conn_id, None) is None:
+            return self.connections_of(conn.user_id)
+        for topic in topics:
+            self.unsubscribe(conn, topic)
+        held = self._users.get(conn.user_id)
+        if held is None:
+            return 0
+        held.pop(conn, None)
+        if not held:
+            del self._users[conn.user_id]
+            return 0
+        return len(held)
 
-    def subscribe(self, session: Session, topic: str) -> None:
-        self._topics.setdefault(topic, set()).add(session)
-        session.topics.add(topic)
+    def subscribe(self, conn: Connection, topic: str) -> None:
+        self._topics.setdefault(topic, {})[conn] = None
 
-    def unsubscribe(self, session: Session, topic: str) -> None:
+    def unsubscribe(self, conn: Connection, topic: str) -> None:
         subs = self._topics.get(topic)
         if subs is not None:
-            subs.discard(session)
+            subs.pop(conn, None)
             if not subs:
                 del self._topics[topic]
-        session.topics.discard(topic)
 
     # -- delivery -----------------------------------------------------------------
 
     def deliver_user(self, user_id: str, seq: int, frame: UserFrame, message_id: str) -> int:
-        """A stored message for one user: one encode, queued on each of the user's connections."""
-        conns = self._users.get(user_id)
-        if not conns:
+        """A stored message for one user: one encode, handed to each of the user's connections."""
+        held = self._users.get(user_id)
+        if not held:
             return 0
         wire = wire_text(frame.with_seq(seq))
-        for session in tuple(conns):
-            session.deliver_user(seq, wire, message_id)
-        return len(conns)
+        for conn in tuple(held):
+            conn.deliver_user(seq, wire, message_id)
+        return len(held)
 
     def deliver_online(self, user_id: str, wire: bytes) -> int:
         """An online-only message (no seq): best effort to the live connections."""
-        conns = self._users.get(user_id)
-        if not conns:
+        held = self._users.get(user_id)
+        if not held:
             return 0
-        for session in tuple(conns):
-            session.deliver_online(wire)
-        return len(conns)
+        return sum(conn.deliver_online(wire) for conn in tuple(held))
 
-    def publish(self, topic: str, wire: bytes) -> int:
+    def publish(self, topic: str, wire: bytes) -> tuple[int, int]:
+        """A topic frame to every subscriber: (written or queued, refused)."""
         subs = self._topics.get(topic)
         if not subs:
-            return 0
-        for session in tuple(subs):
-            session.deliver_online(wire)
-        return len(subs)
-
-    def disconnect_user(self, user_id: str, reason: str) -> int:
-        conns = self._users.get(user_id)
-        if not conns:
-            return 0
-        for session in tuple(conns):
-            session.close(Close.DISCONNECTED, reason or Close.DISCONNECTED.reason)
-        return len(conns)
+            return 0, 0
+        ok = 0
+        targets = tuple(subs)
+        for conn in targets:
+            if conn.deliver_online(wire):
+                ok += 1
+        return ok, len(targets) - ok
 
     # -- queries --------------------------------------------------------------------
+
+    def connections_of_user(self, user_id: str) -> tuple[Connection, ...]:
+        return tuple(self._users.get(user_id, ()))
 
     def connections_of(self, user_id: str) -> int:
         return len(self._users.get(user_id, ()))
@@ -112,12 +116,12 @@ class Hub:
     def users(self) -> list[str]:
         return list(self._users)
 
-    def sessions(self) -> list[Session]:
-        return list(self._sessions.values())
+    def connections(self) -> list[Connection]:
+        return list(self._conns.values())
 
     @property
     def connection_count(self) -> int:
-        return len(self._sessions)
+        return len(self._conns)
 
     @property
     def user_count(self) -> int:

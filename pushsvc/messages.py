@@ -18,6 +18,8 @@ MAX_RECIPIENTS = 1000
 MAX_USER_ID_LEN = 256
 MAX_IDEMPOTENCY_KEY_LEN = 256
 MAX_TOPIC_LEN = 200
+MAX_REASON_BYTES = 120  # a disconnect reason travels in a close frame (at most 123 bytes)
+MAX_MESSAGE_ID_LEN = 64
 DEFAULT_CONTENT_TYPE = "application/json"
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._:/-]{1,200}$")
 _CONTENT_TYPE_RE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(\s*;.*)?$")
@@ -142,3 +144,27 @@ def build_push(
     if len(idempotency_key) > MAX_IDEMPOTENCY_KEY_LEN:
         raise InvalidArgument(f"idempotency_key is over {MAX_IDEMPOTENCY_KEY_LEN} characters")
     return PushCommand(users, payload, ctype, ttl, idempotency_key)
+
+
+def unfold_seqs(
+    requested: list[str] | tuple[str, ...], distinct: tuple[str, ...], seqs: tuple[int, ...]
+) -> tuple[int, ...]:
+    """Seqs of a push in the order of the user ids as requested (duplicates included)."""
+    if len(seqs) != len(distinct) or len(distinct) == len(requested):
+        return seqs
+    by_user = dict(zip(distinct, seqs, strict=True))
+    return tuple(by_user[u] for u in requested)
+
+
+def validate_reason(reason: str) -> str:
+    if len(reason.encode()) > MAX_REASON_BYTES:
+        raise InvalidArgument(
+            f"reason is over {MAX_REASON_BYTES} bytes (it travels in a close frame)"
+        )
+    return reason
+
+
+def validate_message_id(message_id: str) -> str:
+    if not message_id or len(message_id) > MAX_MESSAGE_ID_LEN:
+        raise InvalidArgument("message_id is empty or too long")
+    return message_id

@@ -1,32 +1,76 @@
-"""Prometheus metrics of one node (DESIGN §6): the numbers an autoscaler scales on."""
+"""Prometheus metrics of one node (DESIGN §6): the numbers an autoscaler scales on.
+
+Counters on the hot path (a frame written, an ack) are plain integers in
+``Counters`` -- a Prometheus ``Counter.inc()`` takes a lock, which a fan-out of
+100,000 frames a second would pay per frame -- and are read at scrape time.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+
+class Counters:
+    """Hot-path counts, exported by ``Metrics`` when scraped."""
+
+    __slots__ = ("acks", "closed", "frames_sent", "other_frames_sent")
+
+    def __init__(self) -> None:
+        self.frames_sent = 0  # message frames (user and topic messages)
+        self.other_frames_sent = 0  # welcome, pong, subscribed, error frames
+        self.acks = 0
+        self.closed: dict[int, int] = {}  # close code -> connections closed by the server
+
+
+class _HotCollector(Collector):
+    def __init__(self, counters: Counters, gauges: dict[str, tuple[str, Callable[[], float]]]):
+        self._c = counters
+        self._gauges = gauges
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        c = self._c
+        yield CounterMetricFamily(
+            "pushsvc_frames_sent",
+            "Message frames (user and topic messages) written to WebSocket connections",
+            value=c.frames_sent,
+        )
+        yield CounterMetricFamily(
+            "pushsvc_other_frames_sent",
+            "Other frames written to WebSocket connections (welcome, pong, subscribed, error)",
+            value=c.other_frames_sent,
+        )
+        yield CounterMetricFamily("pushsvc_acks", "Ack frames accepted from clients", value=c.acks)
+        closed = CounterMetricFamily(
+            "pushsvc_connections_closed",
+            "Connections closed by the server, by close code",
+            labels=["code"],
+        )
+        for code, n in sorted(c.closed.items()):
+            closed.add_metric([str(code)], n)
+        yield closed
+        for name, (doc, read) in self._gauges.items():
+            yield GaugeMetricFamily(name, doc, value=read())
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self.counters = Counters()
+        self._gauges: dict[str, tuple[str, Callable[[], float]]] = {}
         r = self.registry
-        self.connections = Gauge(
-            "pushsvc_connections", "Open WebSocket connections on this node", registry=r
-        )
-        self.users = Gauge("pushsvc_users", "Distinct users connected to this node", registry=r)
+        r.register(_HotCollector(self.counters, self._gauges))
         self.messages_pushed = Counter(
             "pushsvc_messages_pushed_total",
-            "Messages accepted by Push/PushStream (one per request, not per recipient)",
+            "Messages accepted by Push/PushStream/PushBatch (one per message, not per recipient)",
             registry=r,
         )
         self.messages_published = Counter(
             "pushsvc_messages_published_total", "Topic messages accepted by Publish", registry=r
         )
-        self.frames_sent = Counter(
-            "pushsvc_frames_sent_total",
-            "Message frames written to WebSocket connections",
-            registry=r,
-        )
-        self.acks = Counter("pushsvc_acks_total", "Ack frames accepted from clients", registry=r)
         self.push_duration = Histogram(
             "pushsvc_push_duration_seconds",
             "Time to validate, store and dispatch one push",
@@ -42,15 +86,34 @@ class Metrics:
         self.store_errors = Counter(
             "pushsvc_store_errors_total", "Store operations that failed", registry=r
         )
-        self.closed = Counter(
-            "pushsvc_connections_closed_total",
-            "Connections closed by the server, by close code",
-            ["code"],
-            registry=r,
-        )
         self.rejected = Counter(
             "pushsvc_handshakes_rejected_total",
             "WebSocket handshakes refused before the upgrade, by HTTP status",
             ["status"],
             registry=r,
         )
+        self.connects_shed = Counter(
+            "pushsvc_connects_shed_total",
+            "Connections closed with 1013 before their welcome, by why",
+            ["why"],
+            registry=r,
+        )
+        self.fanout_incomplete = Counter(
+            "pushsvc_fanout_incomplete_total",
+            "Frames of a fan-out not written: the connection was closing or overflowed",
+            registry=r,
+        )
+        self.presence_cache_served = Counter(
+            "pushsvc_presence_cache_served_total",
+            "Presence lookups answered from the cache because the store was unavailable",
+            registry=r,
+        )
+        self.presence_cache_age = Gauge(
+            "pushsvc_presence_cache_age_seconds",
+            "Age of the oldest presence answer last served from the cache during an outage",
+            registry=r,
+        )
+
+    def gauge(self, name: str, doc: str, read: Callable[[], float]) -> None:
+        """A gauge read at scrape time (connections, users, queue lengths...)."""
+        self._gauges[name] = (doc, read)

@@ -19,19 +19,24 @@ _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 class Close(Enum):
-    """Every reason the server closes a connection: code, reason, may reconnect."""
+    """Every reason the server closes a connection: code, reason, may reconnect.
+
+    ``docs/protocol.md`` lists them; clients reconnect (with backoff) unless the
+    third member is False.
+    """
 
     NORMAL = (1000, "normal closure", True)
     GOING_AWAY = (1001, "going away", True)
-    POLICY = (1008, "policy violation", False)
-    TOO_BIG = (1009, "frame too big", True)
-    RESTART = (1012, "node draining: reconnect to another node", True)
-    DISCONNECTED = (4000, "disconnected", False)
-    RATE_LIMITED = (4008, "rate limit exceeded", True)
-    SLOW_CONSUMER = (4008, "slow consumer: send queue overflow", True)
     PING_TIMEOUT = (1001, "ping timeout", True)
     PROTOCOL_ERROR = (1002, "protocol error", True)
     BAD_DATA = (1007, "invalid UTF-8 in a text frame", True)
+    TOO_BIG = (1009, "frame too big", True)
+    RESTART = (1012, "node draining: reconnect to another node", True)
+    TRY_AGAIN = (1013, "try again later: reconnect after a random pause of 1 to 5 s", True)
+    DISCONNECTED = (4000, "disconnected", False)
+    RATE_LIMITED = (4008, "rate limit exceeded", True)
+    ABUSE = (4008, "too many bad frames", True)
+    SLOW_CONSUMER = (4008, "slow consumer: send queue overflow", True)
 
     @property
     def code(self) -> int:
@@ -40,6 +45,10 @@ class Close(Enum):
     @property
     def reason(self) -> str:
         return self.value[1]
+
+    @property
+    def reconnect(self) -> bool:
+        return self.value[2]
 
 
 def encode_data(payload: bytes, content_type: str) -> str:

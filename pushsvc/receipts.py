@@ -2,31 +2,29 @@
 
 Writing a receipt per frame would put a store write on the hot path of every
 delivery; instead they are coalesced (acks keep only the highest seq per user)
-and flushed by one greenlet every ``interval`` seconds or when a batch fills.
+and flushed by one greenlet every ``interval`` seconds or when a batch fills:
+one ``mark_delivered`` and one ``ack_many`` per flush, whatever the number of
+users.
 """
 
 from __future__ import annotations
-
-import logging
 
 import gevent
 from gevent.event import Event
 
 from pushsvc.errors import StoreUnavailable
-from pushsvc.metrics import Metrics
-from pushsvc.store import Store
-
-log = logging.getLogger("pushsvc.receipts")
+from pushsvc.health import StoreHealth
+from pushsvc.store.inbox import InboxStore
 
 MAX_PENDING = 100_000  # receipts kept while the store is down; beyond, the oldest go
 
 
 class Receipts:
     def __init__(
-        self, store: Store, metrics: Metrics, interval: float = 0.05, batch: int = 2000
+        self, inbox: InboxStore, health: StoreHealth, interval: float = 0.05, batch: int = 2000
     ) -> None:
-        self._store = store
-        self._metrics = metrics
+        self._inbox = inbox
+        self._health = health
         self._interval = interval
         self._batch = batch
         self._delivered: dict[tuple[str, str], None] = {}
@@ -51,7 +49,7 @@ class Receipts:
 
     def _run(self) -> None:
         while not self._stopping:
-            self._wakeup.wait(self._interval)
+            self._wakeup.wait(self._interval)  # the flush period, or a full batch
             self._wakeup.clear()
             self.flush()
 
@@ -61,28 +59,20 @@ class Receipts:
         # reported acked but not delivered.
         delivered, self._delivered = self._delivered, {}
         acks, self._acks = self._acks, {}
-        if delivered:
-            try:
-                self._store.mark_delivered(list(delivered))
-            except StoreUnavailable as exc:
-                self._metrics.store_errors.inc()
-                log.warning("delivery receipts not stored yet: %s", exc)
-                delivered.update(self._delivered)
-                if len(delivered) > MAX_PENDING:
-                    delivered = dict(list(delivered.items())[-MAX_PENDING:])
-                self._delivered = delivered
-                for user_id, seq in acks.items():
-                    self.ack(user_id, seq)
-                return
-        if acks:
-            try:
-                for user_id, seq in acks.items():
-                    self._store.ack(user_id, seq)
-            except StoreUnavailable as exc:
-                self._metrics.store_errors.inc()
-                log.warning("acks not stored yet: %s", exc)
-                for user_id, seq in acks.items():
-                    self.ack(user_id, seq)
+        try:
+            if delivered:
+                self._inbox.mark_delivered(list(delivered))
+                delivered = {}
+            if acks:
+                self._inbox.ack_many(acks)
+        except StoreUnavailable as exc:
+            self._health.failed(exc)
+            delivered.update(self._delivered)
+            if len(delivered) > MAX_PENDING:
+                delivered = dict(list(delivered.items())[-MAX_PENDING:])
+            self._delivered = delivered
+            for user_id, seq in acks.items():
+                self.ack(user_id, seq)
 
     def stop(self) -> None:
         self._stopping = True

@@ -156,6 +156,16 @@ class FerretDB:
             self.proc.wait()
         self.proc = None
 
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its sockets open and answers nothing (a slow
+        or hung database, not a refused connection)."""
+        assert self.proc is not None and self.proc.poll() is None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
     def restart(self) -> FerretDB:
         self.stop()
         return self.start()

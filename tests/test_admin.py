@@ -79,7 +79,9 @@ def test_metrics_move(node: NodeProcess) -> None:
             after_push = wait_for(
                 lambda: (
                     (m := metrics(node))["pushsvc_frames_sent_total"]
-                    >= before["pushsvc_frames_sent_total"] + 2  # welcome + message
+                    == before["pushsvc_frames_sent_total"] + 1  # the message frame
+                    and m["pushsvc_other_frames_sent_total"]
+                    >= before["pushsvc_other_frames_sent_total"] + 1  # the welcome
                     and m
                 ),
                 what="frames_sent to move",

@@ -8,7 +8,6 @@ once the clients reconnect to B with ``since``, and A exits 0 within drain_timeo
 
 from __future__ import annotations
 
-import ast
 import json
 import queue
 import signal
@@ -17,30 +16,17 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pushsvc.server import DRAIN_BATCH, DRAIN_PAUSE
 from pushsvc.v1 import push_pb2
 from tests.ferretdb import FerretDB, ferretdb  # noqa: F401
 from tests.nodeproc import CLUSTER_KEY, NodeProcess, auth
 from tests.rawws import OP_CLOSE, OP_TEXT, Closed, HandshakeRefused, RawWS
 from tests.wsclient import token
 
-
-def node_constant(name: str) -> float:
-    """A constant of pushsvc/node.py, read without importing it (the import would
-    monkey-patch this test process with gevent)."""
-    tree = ast.parse((Path(__file__).parent.parent / "pushsvc" / "node.py").read_text())
-    for stmt in tree.body:
-        if isinstance(stmt, ast.Assign) and getattr(stmt.targets[0], "id", None) == name:
-            return float(ast.literal_eval(stmt.value))
-    raise AssertionError(f"{name} not in pushsvc/node.py")
-
-
-DRAIN_BATCH = node_constant("DRAIN_BATCH")
-DRAIN_PAUSE = node_constant("DRAIN_PAUSE")
 CLIENTS = 200
 USERS = 40  # five connections per user, like a user with several devices
 DRAIN_TIMEOUT = 10.0

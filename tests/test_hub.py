@@ -16,8 +16,9 @@ class Recorder:
         self.wires: list[bytes] = []
         self.seqs: list[int] = []
 
-    def deliver_online(self, wire: bytes) -> None:
+    def deliver_online(self, wire: bytes) -> bool:
         self.wires.append(wire)
+        return True
 
     def deliver_user(self, seq: int, wire: bytes, message_id: str) -> None:
         self.seqs.append(seq)
@@ -28,10 +29,10 @@ def test_topic_frame_is_encoded_once_for_all_subscribers() -> None:
     hub = Hub()
     subs = [Recorder(f"c{i}", f"u{i}") for i in range(50)]
     for s in subs:
-        hub.add(s)  # type: ignore[arg-type]
-        hub.subscribe(s, "news")  # type: ignore[arg-type]
+        hub.add(s)
+        hub.subscribe(s, "news")
     wire = wire_text('{"type":"message","topic":"news"}')
-    assert hub.publish("news", wire) == 50
+    assert hub.publish("news", wire) == (50, 0)
     assert all(s.wires[0] is wire for s in subs)  # the very same bytes object
 
 
@@ -39,7 +40,7 @@ def test_user_frame_is_encoded_once_per_user_for_all_connections() -> None:
     hub = Hub()
     conns = [Recorder(f"c{i}", "alice") for i in range(5)]
     for c in conns:
-        hub.add(c)  # type: ignore[arg-type]
+        hub.add(c)
     frame = UserFrame.build("m1", b'{"a":1}', "application/json")
     assert hub.deliver_user("alice", 7, frame, "m1") == 5
     first = conns[0].wires[0]
@@ -48,14 +49,28 @@ def test_user_frame_is_encoded_once_per_user_for_all_connections() -> None:
     assert first.endswith(b'"seq":7,"content_type":"application/json","data":{"a":1}}')
 
 
-def test_presence_hooks_see_first_arrival_before_the_connection_is_visible() -> None:
+def test_membership_counts_connections_per_user() -> None:
     hub = Hub()
-    seen: list[tuple[str, int, int]] = []
-    hub.presence_hooks.append(lambda u, n: seen.append((u, n, hub.connections_of(u))))
     a, b = Recorder("a", "bob"), Recorder("b", "bob")
-    hub.add(a)  # type: ignore[arg-type]
-    hub.add(b)  # type: ignore[arg-type]
-    hub.remove(a)  # type: ignore[arg-type]
-    hub.remove(b)  # type: ignore[arg-type]
-    # (user, count now, count visible in the hub when the hook ran)
-    assert seen == [("bob", 1, 0), ("bob", 2, 2), ("bob", 1, 1), ("bob", 0, 0)]
+    assert hub.add(a) == 1
+    assert hub.add(b) == 2
+    hub.subscribe(a, "news")
+    assert hub.remove(a, ("news",)) == 1
+    assert hub.publish("news", b"x") == (0, 0)  # a's subscription went with it
+    assert hub.remove(a) == 1  # removing twice changes nothing
+    assert hub.remove(b) == 0
+    assert hub.user_count == 0 and hub.connection_count == 0
+
+
+class Refusing(Recorder):
+    def deliver_online(self, wire: bytes) -> bool:
+        return False
+
+
+def test_publish_counts_connections_that_refused_the_frame() -> None:
+    hub = Hub()
+    ok, full = Recorder("a", "u1"), Refusing("b", "u2")
+    for c in (ok, full):
+        hub.add(c)
+        hub.subscribe(c, "t")
+    assert hub.publish("t", b"x") == (1, 1)

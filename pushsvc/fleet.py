@@ -1,0 +1,106 @@
+"""The fleet as the node sees it: membership, presence and forwarding.
+
+``Fleet`` is the protocol; ``LocalFleet`` is the null object of a node alone on
+the embedded store (no peers: membership is itself, presence is its own hub,
+forwarding goes nowhere). ``cluster.ClusterFleet`` is the real thing over the
+MongoDB registry and ``NodeService.Deliver``. The node never asks which one it
+has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from pushsvc.hub import Hub
+from pushsvc.messages import Message
+from pushsvc.store.registry import NodeInfo
+
+#: (user, seq) pairs; seq 0 for an online-only message.
+Recipients = list[tuple[str, int]]
+
+
+class Fleet(Protocol):
+    @property
+    def registered(self) -> bool:
+        """The node is known to its peers (always, alone)."""
+
+    def start(self) -> None:
+        """Register and keep the registration alive; write presence as it changes."""
+
+    def stop(self) -> None:
+        """Deregister (so peers stop routing here) and close peer channels."""
+
+    def arrived(self, user_ids: Sequence[str]) -> None:
+        """Write presence of users who just connected here, before their replay:
+        a push stored after this returns is routed here. Raises StoreUnavailable."""
+
+    def changed(self, user_id: str) -> None:
+        """A user's connection count here changed (written in batches)."""
+
+    def forward_users(self, message: Message, recipients: Recipients) -> None:
+        """Hand the message to the other nodes holding recipients; returns once they
+        answered or the forward deadline passed."""
+
+    def forward_topic(self, message: Message, topic: str) -> None:
+        """Hand a topic message to every other node (does not wait)."""
+
+    def forward_disconnect(self, user_id: str, reason: str) -> int:
+        """Close the user's connections on other nodes; how many were closed."""
+
+    def presence(self, user_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+        """{user: {node: connections}} for users with connections somewhere."""
+
+    def nodes(self) -> list[NodeInfo]:
+        """The live nodes, sorted by id."""
+
+    def sweep(self, now: float) -> int:
+        """Remove expired registrations and orphaned presence."""
+
+    def close(self) -> None:
+        """Release the registry's connections (after ``stop``)."""
+
+
+class LocalFleet:
+    """A node alone: the fleet of one."""
+
+    registered = True
+
+    def __init__(self, hub: Hub, info: Callable[[], NodeInfo]) -> None:
+        self._hub = hub
+        self._info = info
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def arrived(self, user_ids: Sequence[str]) -> None:
+        pass
+
+    def changed(self, user_id: str) -> None:
+        pass
+
+    def forward_users(self, message: Message, recipients: Recipients) -> None:
+        pass
+
+    def forward_topic(self, message: Message, topic: str) -> None:
+        pass
+
+    def forward_disconnect(self, user_id: str, reason: str) -> int:
+        return 0
+
+    def presence(self, user_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+        node_id = self._info().node_id
+        held = {u: self._hub.connections_of(u) for u in user_ids}
+        return {u: {node_id: n} for u, n in held.items() if n}
+
+    def nodes(self) -> list[NodeInfo]:
+        return [self._info()]
+
+    def sweep(self, now: float) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,118 @@
+"""Whether stored writes work right now: what ``/readyz`` and the logs say.
+
+Every store failure anywhere in the node is reported here: readiness turns
+false at once, the failure is counted, and it is logged once as what it is (one
+line when the store goes away, one when it is back), not as a traceback per
+call. A probe (a small durable write) runs every ``PROBE_INTERVAL`` seconds, so
+a store that fails while no traffic flows is noticed within that time, and a
+store that came back is noticed the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+import gevent
+
+from pushsvc.errors import StoreUnavailable
+from pushsvc.metrics import Metrics
+
+log = logging.getLogger("pushsvc.store")
+
+PROBE_INTERVAL = 0.5
+PROBE_TIMEOUT = 1.0
+LOG_QUIET = 30.0  # seconds: a store that keeps failing and recovering is logged once per this
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def within(timeout: float, what: str, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """``fn(*args)`` with a deadline on waiting for it, never on the call itself.
+
+    The call runs in a greenlet of its own and is left to finish when the time
+    is up (StoreUnavailable is raised here). Interrupting a database driver in
+    the middle of a call (``gevent.Timeout``) would break its locks and pools;
+    this only stops waiting.
+    """
+    outcome: list[T | BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(fn(*args, **kwargs))
+        except Exception as exc:  # handed to the waiting caller below
+            outcome.append(exc)
+
+    worker = gevent.spawn(run)
+    worker.join(timeout)
+    if not outcome:
+        raise StoreUnavailable(f"{what} did not answer within {timeout:g} s")
+    result = outcome[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+class StoreHealth:
+    __slots__ = ("_greenlet", "_logged_at", "_metrics", "_probe", "_quiet", "_why", "ok")
+
+    def __init__(self, probe: Callable[[], None], metrics: Metrics) -> None:
+        self._probe = probe
+        self._metrics = metrics
+        self._greenlet: gevent.Greenlet | None = None
+        self._why = ""
+        self._logged_at = -LOG_QUIET
+        self._quiet = 0  # failures since the last line logged
+        self.ok = True
+
+    def failed(self, exc: BaseException) -> None:
+        """A store call failed (StoreUnavailable, or a timeout waiting for it)."""
+        self._metrics.store_errors.inc()
+        why = str(exc) or type(exc).__name__
+        if self.ok:
+            now = time.monotonic()
+            if now - self._logged_at >= LOG_QUIET:
+                again = (
+                    f" ({self._quiet} more outages since the last report)" if self._quiet else ""
+                )
+                log.warning("store unavailable: %s%s", why, again)
+                self._logged_at = now
+                self._quiet = 0
+            else:
+                self._quiet += 1
+        self.ok = False
+        self._why = why
+
+    def succeeded(self) -> None:
+        if not self.ok and not self._quiet:
+            log.info("store available again")
+        self.ok = True
+        self._why = ""
+
+    @property
+    def reason(self) -> str:
+        return "ok" if self.ok else f"store unavailable: {self._why}"
+
+    def start(self) -> None:
+        self._greenlet = gevent.spawn(self._run)
+
+    def stop(self) -> None:
+        if self._greenlet is not None:
+            self._greenlet.kill(block=False)
+
+    def check(self) -> None:
+        """Probe once, with a deadline."""
+        try:
+            within(PROBE_TIMEOUT, "the store", self._probe)
+        except StoreUnavailable as exc:
+            self.failed(exc)
+        else:
+            self.succeeded()
+
+    def _run(self) -> None:
+        while True:
+            self.check()
+            gevent.sleep(PROBE_INTERVAL)  # the probe's period, not synchronisation

@@ -1,0 +1,106 @@
+"""Reading inbox pages for connections: a bounded pool of workers.
+
+A connection never reads the store itself (it has no greenlet of its own, and
+a thousand connections replaying at once must not open a thousand store
+calls): it asks for the page after a seq, now or a little later, and the page
+comes back as an event. "Later" is how a connection waits for a seq still
+being written, or for a failing store: it polls with a growing pause, and only
+ever moves on when the store shows the seq committed or gone.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+import gevent
+from gevent.queue import Queue
+
+from pushsvc.errors import StoreUnavailable
+from pushsvc.health import StoreHealth
+from pushsvc.store.inbox import InboxPage, InboxStore
+
+WORKERS = 32
+LATER_MIN = 0.25  # seconds before re-reading a blocked or failed page, doubling...
+LATER_MAX = 5.0  # ...up to this
+
+
+class Reader(Protocol):
+    """A connection as the replay workers see it (``session.Session``)."""
+
+    @property
+    def user_id(self) -> str: ...
+
+    @property
+    def closing(self) -> bool: ...
+
+    @property
+    def read_page_size(self) -> int: ...
+
+    def on_page(self, page: InboxPage) -> None: ...
+
+    def on_read_failed(self) -> None: ...
+
+
+class Replay:
+    def __init__(self, inbox: InboxStore, health: StoreHealth, workers: int = WORKERS) -> None:
+        self._inbox = inbox
+        self._health = health
+        self._queue: Queue[tuple[Reader, int]] = Queue()
+        self._later: dict[Reader, tuple[Any, float]] = {}  # reader -> (timer, its pause)
+        self._workers = [gevent.spawn(self._work) for _ in range(workers)]
+
+    def read(self, reader: Reader, after: int, later: bool = False) -> None:
+        pending = self._later.get(reader)
+        if not later:
+            if pending is not None:
+                pending[0].stop()
+                del self._later[reader]
+            self._enqueue(reader, after)
+            return
+        pause = LATER_MIN if pending is None else min(LATER_MAX, pending[1] * 2)
+        if pending is not None:
+            pending[0].stop()
+        timer = gevent.get_hub().loop.timer(pause)
+        self._later[reader] = (timer, pause)
+        timer.start(self._due, reader, after)
+
+    def forget(self, reader: Reader) -> None:
+        """The connection is gone: drop its pending timer."""
+        pending = self._later.pop(reader, None)
+        if pending is not None:
+            pending[0].stop()
+
+    def stop(self) -> None:
+        for timer, _ in self._later.values():
+            timer.stop()
+        self._later.clear()
+        gevent.killall(self._workers, block=False)
+
+    def _due(self, reader: Reader, after: int) -> None:
+        # Runs in the event loop, not a greenlet: only hand it to a worker. The
+        # pause is remembered, so the next "later" of this reader waits longer.
+        self._enqueue(reader, after)
+
+    def _enqueue(self, reader: Reader, after: int) -> None:
+        if not reader.closing:
+            self._queue.put_nowait((reader, after))
+
+    def _work(self) -> None:
+        while True:
+            reader, after = self._queue.get()
+            if reader.closing:
+                continue
+            try:
+                page = self._inbox.read_inbox(
+                    reader.user_id, after, reader.read_page_size, time.time()
+                )
+            except StoreUnavailable as exc:
+                self._health.failed(exc)
+                reader.on_read_failed()
+                continue
+            if page.blocked_at is None:
+                timer = self._later.pop(reader, None)  # progress: the next wait starts short
+                if timer is not None:
+                    timer[0].stop()
+            reader.on_page(page)

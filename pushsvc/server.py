@@ -1,0 +1,389 @@
+"""A running node process: settings → the node and its listeners, then the lifecycle.
+
+``build`` wires the parts from ``Settings`` (the store, the fleet, the node,
+the WebSocket edge, the gRPC server, the admin listener); ``Server`` binds the
+listeners, starts the housekeeping (store probe, sweeper, systemd watchdog),
+and drains on ``SIGTERM``. The process must be cooperative before anything here
+runs: ``cli.serve`` monkey-patches the standard library with gevent and switches
+gRPC to its gevent mode first.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import gevent
+from gevent.event import Event
+from gevent.pywsgi import WSGIServer
+from grpc_health.v1 import health_pb2
+
+from pushsvc import demo, edge, grpc_api
+from pushsvc.admin import AdminApp
+from pushsvc.auth import ApiKeys, TokenVerifier, load_or_create_secret
+from pushsvc.config import Address, Settings, check_secure
+from pushsvc.errors import ConfigError, StoreUnavailable
+from pushsvc.fleet import Fleet, LocalFleet
+from pushsvc.health import StoreHealth, within
+from pushsvc.hub import Hub
+from pushsvc.logsetup import configure_logging, route_gevent_errors
+from pushsvc.metrics import Metrics
+from pushsvc.node import AdmissionLimits, Node
+from pushsvc.protocol import Close
+from pushsvc.session import SessionLimits
+from pushsvc.store.inbox import InboxStore
+from pushsvc.systemd import Notifier
+
+log = logging.getLogger("pushsvc.server")
+
+DRAIN_BATCH = 100  # connections closed per step while draining
+DRAIN_PAUSE = 0.05  # seconds between two batches, at most (spreads the reconnects)
+DRAIN_BATCH_WAIT = 1.0  # seconds a batch's close handshakes may hold up the next batch
+GRPC_GRACE = 5.0  # seconds in-flight gRPC calls get to finish
+STORE_STEP = 2.0  # seconds a store call may take while draining
+
+
+def _open_inbox(s: Settings) -> InboxStore:
+    if s.embedded:
+        from pushsvc.store.embedded import EmbeddedStore
+
+        return EmbeddedStore(s.data_dir)
+    from pushsvc.store.mongo import MongoDatabase, MongoInbox
+
+    assert s.mongo_uri is not None
+    return MongoInbox(MongoDatabase(s.mongo_uri, s.mongo_db))
+
+
+def _fleet_factory(
+    s: Settings,
+    inbox: InboxStore,
+    hub: Hub,
+    metrics: Metrics,
+    health: StoreHealth,
+    ready: Callable[[], None],
+) -> Callable[[Node], Fleet]:
+    def make(node: Node) -> Fleet:
+        if s.embedded:
+            return LocalFleet(hub, node.info)
+        from pushsvc.cluster import ClusterFleet
+        from pushsvc.store.mongo import MongoInbox
+        from pushsvc.store.mongo_registry import MongoRegistry
+
+        assert isinstance(inbox, MongoInbox) and s.cluster_key is not None
+        return ClusterFleet(
+            MongoRegistry(inbox.database),
+            hub,
+            node.info,
+            cluster_key=s.cluster_key,
+            forward_timeout=s.forward_timeout,
+            heartbeat_interval=s.heartbeat_interval,
+            metrics=metrics,
+            health=health,
+            on_registered=ready,
+        )
+
+    return make
+
+
+class Server:
+    """One node process: its listeners, its node, its lifecycle."""
+
+    def __init__(self, settings: Settings) -> None:
+        check_secure(settings)
+        self.settings = s = settings
+        self.node_id = s.resolved_node_id()
+        self.metrics = Metrics()
+        self.notifier = Notifier()
+        self.hub = Hub()
+        inbox = self.inbox = _open_inbox(s)
+        self.health = StoreHealth(inbox.probe, self.metrics)
+        jwt_secret, api_keys = self._secrets()
+        self.verifier = TokenVerifier.from_settings(
+            s.jwt_algorithm, jwt_secret, s.jwt_public_key_file
+        )
+        self._ready_sent = False
+        self.node = Node(
+            self.node_id,
+            inbox,
+            self.hub,
+            _fleet_factory(s, inbox, self.hub, self.metrics, self.health, self._on_registered),
+            self.metrics,
+            self.health,
+            AdmissionLimits(s.connect_rate, s.connect_queue, s.welcome_timeout),
+            ping_interval=s.ping_interval,
+            heartbeat_interval=s.heartbeat_interval,
+        )
+        self.edge_app = edge.EdgeApp(
+            edge.EdgeConfig(
+                node_id=self.node_id,
+                allowed_origins=s.allowed_origins,
+                max_frame_bytes=s.max_frame_bytes,
+                limits=SessionLimits(
+                    send_queue_size=s.send_queue_size,
+                    max_replay=s.max_replay,
+                    ping_interval=s.ping_interval,
+                    ping_timeout=s.ping_timeout,
+                    client_rate=s.client_rate,
+                    client_burst=s.client_burst,
+                    abuse_limit=s.abuse_limit,
+                ),
+            ),
+            self.verifier,
+            self.node,
+            self.metrics,
+            extra_routes=demo.routes() if s.demo else None,
+        )
+        self.grpc_server, self.grpc_health = grpc_api.make_server(
+            self.node,
+            grpc_api.Limits(s.max_payload_bytes, s.default_ttl_seconds, s.max_ttl_seconds),
+            ApiKeys(api_keys),
+            s.cluster_key,
+            grpc_api.CallerLimits(s.api_rate, s.api_burst),
+        )
+        self._stop = Event()
+        self._draining = False
+        self._greenlets: list[gevent.Greenlet] = []
+        self._watchdog: gevent.Greenlet | None = None
+        self.ws_server: WSGIServer | None = None
+        self.admin_server: WSGIServer | None = None
+        self.ws_port = self.grpc_port = self.admin_port = 0
+
+    def _secrets(self) -> tuple[str | None, tuple[str, ...]]:
+        """The JWT secret and API keys; generated into the data directory when unset
+        (the embedded store only: check_secure refuses a fleet without them)."""
+        s = self.settings
+        jwt_secret, api_keys = s.jwt_secret, s.api_keys
+        data_dir = Path(s.data_dir)
+        if s.jwt_algorithm == "HS256" and not jwt_secret:
+            jwt_secret, created = load_or_create_secret(data_dir / "jwt-secret")
+            if created:
+                log.warning("generated a JWT secret in %s", data_dir / "jwt-secret")
+        if not api_keys:
+            key, created = load_or_create_secret(data_dir / "api-key")
+            api_keys = (key,)
+            if created:
+                log.warning("generated an API key in %s", data_dir / "api-key")
+        return jwt_secret, api_keys
+
+    # -- start ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        s = self.settings
+        if self.notifier.watchdog_interval is not None:
+            self._watchdog = gevent.spawn(self._watchdog_loop, self.notifier.watchdog_interval)
+        ws_sock = _listen(s.ws_addr, "PUSHSVC_WS_ADDR", reuse_port=True)
+        admin_sock = _listen(s.admin_addr, "PUSHSVC_ADMIN_ADDR")
+        grpc_port = self.grpc_server.add_insecure_port(str(s.grpc_addr))
+        if grpc_port == 0:
+            raise ConfigError(
+                f"cannot listen on PUSHSVC_GRPC_ADDR {s.grpc_addr}: address in use or not local"
+            )
+        self.ws_port = ws_sock.getsockname()[1]
+        self.grpc_port = grpc_port
+        self.admin_port = admin_sock.getsockname()[1]
+        self.node.ws_addr = f"{s.ws_addr.host}:{self.ws_port}"
+        self.node.grpc_addr = self._advertise()
+        self.ws_server = edge.make_server(ws_sock, self.edge_app)
+        self.admin_server = WSGIServer(admin_sock, AdminApp(self.metrics, self.readiness), log=None)
+        self.health.check()  # readiness reflects the store from the first answer
+        self.health.start()
+        self.ws_server.start()
+        self.admin_server.start()
+        self.grpc_server.start()
+        self.node.start()  # registers in a fleet (or, with the store down, keeps trying)
+        self._greenlets = [gevent.spawn(self._sweep_loop), gevent.spawn(self._status_loop)]
+        self.grpc_health.set("", health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "node listening"
+            if self.node.fleet.registered
+            else "node listening, not registered yet",
+            extra={
+                "node": self.node_id,
+                "ws": f"{s.ws_addr.host}:{self.ws_port}",
+                "grpc": f"{s.grpc_addr.host}:{self.grpc_port}",
+                "admin": f"{s.admin_addr.host}:{self.admin_port}",
+                "store": "embedded" if s.embedded else "mongodb",
+            },
+        )
+        if self.node.fleet.registered:
+            self._on_registered()
+
+    def _on_registered(self) -> None:
+        """READY=1 once the listeners are bound and the node is registered."""
+        if not self._ready_sent and self.ws_server is not None:
+            self._ready_sent = True
+            log.info("node ready", extra={"node": self.node_id})
+            self.notifier.ready(self._status())
+
+    def _advertise(self) -> str:
+        s = self.settings
+        if s.advertise_addr:
+            return s.advertise_addr
+        host = s.grpc_addr.host
+        if host in ("0.0.0.0", "::", ""):
+            host = socket.gethostname()
+        return f"{host}:{self.grpc_port}"
+
+    # -- housekeeping -----------------------------------------------------------------------
+
+    def _status(self) -> str:
+        state = "draining" if self._draining else "ready" if self._ready_sent else "starting"
+        return (
+            f"{state}: {self.node.connection_count} connections, "
+            f"{self.node.user_count} users (node {self.node_id})"
+        )
+
+    def _status_loop(self) -> None:
+        while not self._stop.wait(self.settings.heartbeat_interval):
+            self.notifier.status(self._status())
+
+    def _watchdog_loop(self, interval: float) -> None:
+        """WATCHDOG=1 from the event loop: a blocked loop stops it and systemd restarts us."""
+        self.notifier.watchdog()
+        while True:
+            gevent.sleep(interval)  # the watchdog's period, not synchronisation
+            self.notifier.watchdog()
+
+    def _sweep_loop(self) -> None:
+        while not self._stop.wait(self.settings.sweep_interval):
+            try:
+                removed = self.node.sweep(time.time())
+                if removed:
+                    log.debug("swept %d expired records", removed)
+            except StoreUnavailable as exc:
+                self.health.failed(exc)
+
+    def readiness(self) -> tuple[bool, str]:
+        if self._draining:
+            return False, "draining"
+        if not self.health.ok:
+            return False, self.health.reason
+        return True, "ok"
+
+    # -- stop ----------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """SIGTERM/SIGINT: not ready from this instant; ``wait()`` returns and drains."""
+        if self._stop.is_set():
+            log.info("already draining")
+            return
+        self._begin_drain()
+        self._stop.set()
+
+    def _begin_drain(self) -> None:
+        if self._draining:
+            return
+        self._draining = True  # /readyz answers 503 from now on
+        self.edge_app.accepting = False  # handshakes in progress get 503
+        self.grpc_health.enter_graceful_shutdown()  # gRPC health NOT_SERVING
+        self.notifier.stopping(self._status())
+
+    def wait(self) -> None:
+        self._stop.wait()
+
+    def drain(self) -> None:
+        """Refuse new work, hand connections to other nodes in batches, finish in-flight
+        RPCs, flush acks; everything within ``drain_timeout``."""
+        budget = self.settings.drain_timeout
+        deadline = time.monotonic() + budget
+
+        def left(reserve: float = 0.0) -> float:
+            return max(0.0, deadline - reserve - time.monotonic())
+
+        self._begin_drain()
+        self._stop.set()
+        log.info("draining", extra={"connections": self.node.connection_count})
+        if self.ws_server is not None:
+            self.ws_server.close()  # stop accepting; existing connections go on
+        for g in self._greenlets:
+            g.kill(block=True, timeout=min(1.0, left()))
+        # Leave the fleet first: peers stop routing here before the connections go.
+        try:
+            within(min(STORE_STEP, left()), "leaving the fleet", self.node.stop_fleet)
+        except StoreUnavailable as exc:
+            log.warning("leaving the fleet: %s (the registration expires by itself)", exc)
+        # Keep time for the in-flight RPCs and the last flush after the connections.
+        tail = min(GRPC_GRACE + 1.0, 0.3 * budget)
+        closed = self._close_connections(deadline - tail)
+        log.info("connections closed", extra={"closed": closed, "open": self.node.connection_count})
+        grace = min(GRPC_GRACE, left(0.1 * budget))
+        stopped = self.grpc_server.stop(grace=grace)
+        done = stopped.wait(left(0.05 * budget))
+        log.info("grpc stopped", extra={"grace": round(grace, 3), "in_time": bool(done)})
+        try:
+            within(max(0.01, left(0.02 * budget)), "the last flush", self.node.stop)
+        except StoreUnavailable as exc:
+            log.warning("acks and receipts not flushed: %s", exc)
+        self.health.stop()
+        if self.admin_server is not None:
+            self.admin_server.stop(timeout=min(1.0, left()))
+        self.node.fleet.close()
+        self.inbox.close()
+        self.notifier.status(f"stopped: {closed} connections handed over (node {self.node_id})")
+        if self._watchdog is not None:
+            self._watchdog.kill(block=False)
+        self.notifier.close()
+        log.info("stopped", extra={"closed": closed, "seconds": round(budget - left(), 3)})
+
+    def _close_connections(self, until: float) -> int:
+        """Close every connection with 1012, DRAIN_BATCH at a time: a batch's close
+        handshakes finish (or DRAIN_BATCH_WAIT passes) and a short pause follows before
+        the next batch, so clients reconnect elsewhere spread out, not all at once."""
+        total = self.node.connection_count
+        batches = max(1, math.ceil(total / DRAIN_BATCH))
+        window = max(0.0, until - time.monotonic())
+        pause = min(DRAIN_PAUSE, 0.25 * window / batches) if batches > 1 else 0.0
+        closed = 0
+        while True:
+            out_of_time = time.monotonic() >= until
+            batch = self.node.close_connections(Close.RESTART, None if out_of_time else DRAIN_BATCH)
+            closed += len(batch)
+            if not batch:
+                break
+            remaining = until - time.monotonic()
+            self.node.wait_closed(batch, max(0.0, min(DRAIN_BATCH_WAIT, remaining)))
+            if out_of_time:
+                break
+            self.notifier.status(self._status())
+            gevent.sleep(pause)  # pacing the reconnects, not synchronisation
+        late = self.node.close_connections(Close.RESTART)  # handshakes already past
+        self.node.wait_closed(late, max(0.0, until - time.monotonic()))
+        return closed + len(late)
+
+
+def _listen(addr: Address, name: str, reuse_port: bool = False) -> socket.socket:
+    try:
+        return edge.listen_socket(addr, reuse_port=reuse_port)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {name} {addr}: {exc.strerror}") from None
+
+
+def run_server(settings: Settings, announce: Callable[[Server], None] | None = None) -> int:
+    """Run a node until SIGTERM/SIGINT, then drain. Returns the exit code."""
+    configure_logging(settings.log_level, settings.log_format)
+    route_gevent_errors(gevent.get_hub())
+    # The embedded store runs SQLite on its own OS thread; a short switch interval
+    # hands the GIL back to it quickly while the event loop is busy.
+    sys.setswitchinterval(0.0005)
+    try:
+        server = Server(settings)
+        server.start()
+    except ConfigError as exc:
+        print(f"pushsvc: error: {exc}", file=sys.stderr)
+        return 2
+    except StoreUnavailable as exc:
+        print(f"pushsvc: error: {exc}", file=sys.stderr)
+        return 1
+    if announce is not None:
+        announce(server)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(sig, server.request_stop)
+    server.wait()
+    server.drain()
+    return 0

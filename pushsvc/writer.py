@@ -1,0 +1,242 @@
+"""One connection's outbound bytes.
+
+Frames go straight to the socket with a non-blocking ``send()`` while the
+connection keeps up: fan-out writes from its own loop, with no greenlet switch,
+event or timer per frame. Only a connection whose socket would block gets a
+queue (bounded, in frames) and a flusher greenlet, which drains it as the
+socket becomes writable and exits when it is empty.
+
+Before the welcome frame, message frames are held back (``hold``), so the
+welcome is always the first data frame; control frames (pong, ping, close) go
+out at once, which is what lets a connection answer pings from its first
+moment.
+
+A close is written after the frame in progress (a frame cut in the middle
+would corrupt the stream), ahead of everything still queued when the queue is
+dropped (a slow consumer sees its 4008 at once); if the close cannot be written
+within a grace period, the socket is shut down so the peer sees the end anyway.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import deque
+from typing import Protocol
+
+import gevent
+from gevent.socket import wait_write
+
+CLOSE_GRACE = 2.0  # seconds a close frame may take before the socket is cut
+FLUSH_CHUNK = 256 * 1024  # bytes handed to one send() while draining a queue
+
+
+class Owner(Protocol):
+    """Who hears about the writer's progress (the session)."""
+
+    def frame_written(self, message_id: str) -> None:
+        """A stored message's frame reached the socket: a delivery receipt."""
+
+    def on_drained(self) -> None:
+        """The queue that built up while the socket would block is empty again."""
+
+
+class Writer:
+    __slots__ = (
+        "_closing",
+        "_flusher",
+        "_head_sent",
+        "_held",
+        "_limit",
+        "_owner",
+        "_queue",
+        "_raw",
+        "_sock",
+        "dead",
+    )
+
+    def __init__(self, sock: socket.socket, limit: int, owner: Owner) -> None:
+        self._sock = sock
+        # The real socket under gevent's wrapper: its send() never waits.
+        self._raw = getattr(sock, "_sock", sock)
+        self._limit = limit
+        self._owner = owner
+        # Queued while the socket would block: (bytes, message ids of its frames).
+        self._queue: deque[tuple[bytes, tuple[str, ...]]] = deque()
+        self._head_sent = 0  # bytes of the queue's first element already written
+        self._held: list[tuple[bytes, str]] | None = []  # None once released
+        self._flusher: gevent.Greenlet | None = None
+        self._closing = False
+        #: The socket failed or was shut down: nothing more is written.
+        self.dead = False
+
+    # -- writing ---------------------------------------------------------------------
+
+    @property
+    def backlog(self) -> int:
+        """Frames waiting for the socket (held ones included)."""
+        return len(self._queue) + (len(self._held) if self._held else 0)
+
+    def write(self, wire: bytes, message_id: str = "") -> bool:
+        """Send or queue one data frame. False when the connection is closing or
+        the queue is full (the caller decides what an overflow means)."""
+        if self._closing or self.dead:
+            return False
+        if self._held is not None:
+            if len(self._held) >= self._limit:
+                return False
+            self._held.append((wire, message_id))
+            return True
+        if self._queue:
+            if len(self._queue) >= self._limit:
+                return False
+            self._queue.append((wire, (message_id,) if message_id else ()))
+            return True
+        self._send_now(wire, (message_id,) if message_id else ())
+        return True
+
+    def write_many(self, frames: list[tuple[bytes, str]]) -> bool:
+        """Several data frames at once (a replay page): one send() when it fits."""
+        if self._closing or self.dead:
+            return False
+        if self._held is not None or self._queue:
+            return all(self.write(wire, mid) for wire, mid in frames)
+        if len(frames) > self._limit:
+            return False
+        self._send_now(b"".join(w for w, _ in frames), tuple(m for _, m in frames if m))
+        return True
+
+    def control(self, wire: bytes) -> None:
+        """A control frame (ping, pong): never held, never refused for a full queue."""
+        if self._closing or self.dead:
+            return
+        if self._queue:
+            self._queue.append((wire, ()))
+        else:
+            self._send_now(wire, ())
+
+    def release(self, first: bytes) -> None:
+        """The welcome (``first``) goes out, then whatever was held back for it."""
+        held, self._held = self._held or [], None
+        if self._closing or self.dead:
+            return
+        self.write_many([(first, ""), *held])
+
+    def close(self, wire_close: bytes, drop_queued: bool) -> None:
+        """Write the close frame after the frame in progress; with ``drop_queued``,
+        ahead of the rest of the queue. The socket is cut after ``CLOSE_GRACE``."""
+        if self._closing or self.dead:
+            return
+        self._closing = True
+        self._held = None
+        if drop_queued and self._queue:
+            head = self._queue[0] if self._head_sent else None
+            self._queue.clear()
+            if head is not None:
+                self._queue.append(head)
+        if self._queue:
+            self._queue.append((wire_close, ()))
+        else:
+            self._send_now(wire_close, ())
+        gevent.get_hub().loop.timer(CLOSE_GRACE).start(self._cut)
+
+    def _cut(self) -> None:
+        """The close handshake did not finish in time: end the connection anyway."""
+        if not self.dead:
+            self.shutdown()
+
+    def linger(self, timeout: float) -> None:
+        """Give what is still queued (a close frame) up to ``timeout`` to go out."""
+        flusher = self._flusher
+        if flusher is not None and not self.dead:
+            flusher.join(timeout)
+
+    def shutdown(self) -> None:
+        """Cut the connection: the reader sees the end and finishes the session."""
+        self.dead = True
+        self._queue.clear()
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def stop(self) -> None:
+        """The session is over: no more writes, no flusher left running."""
+        self.dead = True
+        self._queue.clear()
+        flusher, self._flusher = self._flusher, None
+        if flusher is not None and not flusher.dead and flusher is not gevent.getcurrent():
+            flusher.kill(block=False)
+
+    # -- the socket --------------------------------------------------------------------
+
+    def _send_now(self, data: bytes, message_ids: tuple[str, ...]) -> bool:
+        """Write with one non-blocking send(); queue what the socket did not take.
+        True when everything was written."""
+        try:
+            sent = self._raw.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._fail()
+            return False
+        if sent == len(data):
+            for message_id in message_ids:
+                self._owner.frame_written(message_id)
+            return True
+        self._queue.append((data, message_ids))
+        self._head_sent = sent
+        if self._flusher is None:
+            self._flusher = gevent.spawn(self._flush)
+        return False
+
+    def _flush(self) -> None:
+        """Drain the queue as the socket takes it; exit when it is empty."""
+        queue = self._queue
+        try:
+            while queue and not self.dead:
+                wait_write(self._raw.fileno())
+                if self.dead:
+                    return
+                data = self._pending_chunk()
+                try:
+                    sent = self._raw.send(data)
+                except BlockingIOError:
+                    continue
+                self._consume(sent)
+        except OSError:
+            self._fail()
+        finally:
+            if self._flusher is gevent.getcurrent():
+                self._flusher = None
+        if not self._queue and not self.dead and not self._closing:
+            self._owner.on_drained()
+
+    def _pending_chunk(self) -> bytes:
+        """The unsent bytes at the head of the queue, several frames joined."""
+        first, _ = self._queue[0]
+        parts = [memoryview(first)[self._head_sent :]]
+        size = len(parts[0])
+        for data, _ in list(self._queue)[1:]:
+            if size >= FLUSH_CHUNK:
+                break
+            parts.append(memoryview(data))
+            size += len(data)
+        return b"".join(parts)
+
+    def _consume(self, sent: int) -> None:
+        """Drop what ``sent`` bytes covered from the head of the queue."""
+        queue = self._queue
+        left = self._head_sent + sent
+        while queue:
+            data, message_ids = queue[0]
+            if left < len(data):
+                break
+            left -= len(data)
+            queue.popleft()
+            for message_id in message_ids:
+                self._owner.frame_written(message_id)
+        self._head_sent = left if queue else 0
+
+    def _fail(self) -> None:
+        self.dead = True
+        self._queue.clear()
