@@ -100,6 +100,7 @@ class Report:
     close_codes: dict[int, int] = field(default_factory=dict)
     events: list[tuple[float, str]] = field(default_factory=list)
     stuck: str = ""  # stacks of a node that did not exit after SIGTERM
+    metrics: dict[int, dict[str, float]] = field(default_factory=dict)  # live nodes, at the end
 
     @property
     def lost(self) -> int:
@@ -264,6 +265,20 @@ async def pusher(
             await c.close(None)
 
 
+def _metrics(node: NodeProcess) -> dict[str, float]:
+    """The node's /metrics samples (labelled ones as name{labels})."""
+    try:
+        status, text = node.admin_get("/metrics")
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for line in text.splitlines() if status == 200 else ():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
 def _stacks(pid: int) -> str:
     """Where a process is stuck (py-spy, when installed)."""
     try:
@@ -360,6 +375,7 @@ async def run(plan: Plan, workdir: Path) -> Report:
                 break
             await asyncio.sleep(0.2)  # polling a condition with a deadline
         report.events.append((round(time.monotonic() - started, 1), "checked"))
+        report.metrics = {i: _metrics(n) for i, n in enumerate(fleet.nodes) if i not in fleet.down}
         stop_subs.set()
         await asyncio.wait(sub_tasks, timeout=30)
         for task in sub_tasks:

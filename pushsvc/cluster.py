@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 import gevent
 import grpc
 from gevent.event import Event
-from gevent.lock import Semaphore
+from gevent.lock import BoundedSemaphore, Semaphore
 from gevent.pool import Pool
 
 from pushsvc.errors import StoreUnavailable
@@ -47,6 +47,7 @@ NODES_CACHE = 1.0  # seconds a list of live nodes is reused
 PRESENCE_BATCH_WINDOW = 0.2  # seconds presence changes are gathered before a write
 PRESENCE_CACHE_SIZE = 100_000  # users whose last-read presence is kept for outages
 ROUTING_TIMEOUT = 1.0  # seconds a presence or node lookup may take before the cache answers
+ROUTING_LOOKUPS = 16  # presence lookups in flight at once; beyond, the cache answers
 
 
 class PresenceWriter:
@@ -243,6 +244,9 @@ class ClusterFleet:
         self._presence = PresenceWriter(registry, hub, self._node_id, health)
         self._cache = PresenceCache(metrics)
         self._pool = Pool(64)
+        # A store that hangs must not collect a lookup per push: beyond this many
+        # in flight (each may outlive its caller's wait), the cache answers.
+        self._lookups = BoundedSemaphore(ROUTING_LOOKUPS)
         self._heartbeat: gevent.Greenlet | None = None
         self._store_ok = True
         self.registered = False
@@ -312,15 +316,21 @@ class ClusterFleet:
     def _where(self, user_ids: Sequence[str]) -> dict[str, dict[str, int]]:
         """Presence from the registry, or from the cache while the store is down."""
         now = time.time()
+        if not self._lookups.acquire(blocking=False):
+            return self._cache.get(user_ids, now)
         try:
-            found = within(
-                ROUTING_TIMEOUT, "the presence lookup", self._registry.presence, user_ids, now
-            )
+            found = within(ROUTING_TIMEOUT, "the presence lookup", self._lookup, user_ids, now)
         except StoreUnavailable as exc:
             self._health.failed(exc)
             return self._cache.get(user_ids, now)
         self._cache.put(user_ids, found, now)
         return found
+
+    def _lookup(self, user_ids: Sequence[str], now: float) -> dict[str, dict[str, int]]:
+        try:
+            return self._registry.presence(user_ids, now)
+        finally:
+            self._lookups.release()
 
     def presence(self, user_ids: Sequence[str]) -> dict[str, dict[str, int]]:
         where = self._where(user_ids)

@@ -24,6 +24,7 @@ log = logging.getLogger("pushsvc.store")
 
 PROBE_INTERVAL = 0.5
 PROBE_TIMEOUT = 1.0
+_NO_ANSWER = f"the store did not answer within {PROBE_TIMEOUT:g} s"
 LOG_QUIET = 30.0  # seconds: a store that keeps failing and recovering is logged once per this
 
 P = ParamSpec("P")
@@ -57,12 +58,22 @@ def within(timeout: float, what: str, fn: Callable[P, T], *args: P.args, **kwarg
 
 
 class StoreHealth:
-    __slots__ = ("_greenlet", "_logged_at", "_metrics", "_probe", "_quiet", "_why", "ok")
+    __slots__ = (
+        "_greenlet",
+        "_logged_at",
+        "_metrics",
+        "_probe",
+        "_probing",
+        "_quiet",
+        "_why",
+        "ok",
+    )
 
     def __init__(self, probe: Callable[[], None], metrics: Metrics) -> None:
         self._probe = probe
         self._metrics = metrics
         self._greenlet: gevent.Greenlet | None = None
+        self._probing: gevent.Greenlet | None = None
         self._why = ""
         self._logged_at = -LOG_QUIET
         self._quiet = 0  # failures since the last line logged
@@ -104,11 +115,30 @@ class StoreHealth:
             self._greenlet.kill(block=False)
 
     def check(self) -> None:
-        """Probe once, with a deadline."""
-        try:
-            within(PROBE_TIMEOUT, "the store", self._probe)
-        except StoreUnavailable as exc:
-            self.failed(exc)
+        """Probe once, with a deadline. A probe still running from last time is
+        not joined by another: a hung store is not handed a pile of probes."""
+        if self._probing is not None and not self._probing.dead:
+            self._probing.join(PROBE_TIMEOUT)
+            if not self._probing.dead:
+                self.failed(
+                    StoreUnavailable(f"the store did not answer within {PROBE_TIMEOUT:g} s")
+                )
+                return
+        outcome: list[BaseException | None] = []
+
+        def probe() -> None:
+            try:
+                self._probe()
+                outcome.append(None)
+            except StoreUnavailable as exc:
+                outcome.append(exc)
+
+        self._probing = gevent.spawn(probe)
+        self._probing.join(PROBE_TIMEOUT)
+        if not outcome:
+            self.failed(StoreUnavailable(_NO_ANSWER))
+        elif outcome[0] is not None:
+            self.failed(outcome[0])
         else:
             self.succeeded()
 

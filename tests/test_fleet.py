@@ -25,6 +25,7 @@ from tests.waiting import wait_for
 from tests.wsclient import Client, open_ws
 
 HEARTBEAT = 0.5
+FORWARD_TIMEOUT = 8.0  # long against any pause of a busy machine
 Fleet = Callable[..., list[NodeProcess]]
 
 
@@ -135,7 +136,7 @@ def test_ingress_killed_right_after_ok_message_still_delivered(
     a, b = fleet(2)
     erin = open_ws(b, "erin")
     clients.append(erin)
-    wait_for(lambda: presence(a, "erin").online, 5, "erin visible from a")
+    wait_for(lambda: presence(a, "erin").online, 30, "erin visible from a")
     for n in range(5):
         resp = push(a, ["erin"], {"n": n})
         assert resp.seqs == [n + 1]
@@ -186,11 +187,11 @@ def test_database_outage_refuses_stored_pushes_and_recovers(
 def test_stopped_peer_times_out_without_delaying_others(
     fleet: Fleet, clients: list[Client]
 ) -> None:
-    a, b, c = fleet(3, PUSHSVC_FORWARD_TIMEOUT="1")
+    a, b, c = fleet(3, PUSHSVC_FORWARD_TIMEOUT=str(FORWARD_TIMEOUT))
     gina = open_ws(b, "gina")
     hank = open_ws(c, "hank")
     clients += [gina, hank]
-    wait_for(lambda: presence(a, "hank").online, 5, "hank visible from a")
+    wait_for(lambda: presence(a, "hank").online, 30, "hank visible from a")
     assert c.proc is not None
     c.proc.send_signal(signal.SIGSTOP)
     try:
@@ -203,12 +204,14 @@ def test_stopped_peer_times_out_without_delaying_others(
 
         pusher = threading.Thread(target=do_push)
         pusher.start()
-        (m,) = gina.messages(1, timeout=5)
+        (m,) = gina.messages(1, timeout=FORWARD_TIMEOUT)
         gina_latency = time.monotonic() - started
-        pusher.join(10)
+        pusher.join(FORWARD_TIMEOUT + 30)
         assert m["data"] == {"n": 1}
-        assert gina_latency < 0.9, gina_latency  # not held up by the stopped peer (1 s deadline)
-        assert 0.9 < result["took"] < 5, result  # the forward to c gave up at its deadline
+        # Not held up by the stopped peer, whose forward waits for its whole deadline...
+        assert gina_latency < FORWARD_TIMEOUT, gina_latency
+        # ...and the push answered once that deadline passed, not before.
+        assert result["took"] >= FORWARD_TIMEOUT, result
         resp = result["resp"]
         with a.stub() as stub:
             status = stub.GetMessageStatus(
@@ -222,7 +225,7 @@ def test_stopped_peer_times_out_without_delaying_others(
             _, text = a.admin_get("/metrics")
             return 'pushsvc_forward_total{result="timeout"}' in text
 
-        wait_for(timed_out, 5, "a forward counted as timed out")
+        wait_for(timed_out, 30, "a forward counted as timed out")
     finally:
         c.proc.send_signal(signal.SIGCONT)
     again = open_ws(c, "hank", since=0)
@@ -237,7 +240,7 @@ def test_publish_and_disconnect_reach_every_node(fleet: Fleet, clients: list[Cli
     for r in readers:
         r.send({"type": "subscribe", "topic": "news.eu"})
         assert r.recv()["type"] == "subscribed"
-    wait_for(lambda: len(nodes_seen(a)) == 3, 5, "a sees the fleet")
+    wait_for(lambda: len(nodes_seen(a)) == 3, 30, "a sees the fleet")
     with a.stub() as stub:
         resp = stub.Publish(
             push_pb2.PublishRequest(topic="news.eu", payload=b'{"headline":1}'),

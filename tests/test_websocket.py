@@ -8,7 +8,6 @@ Disconnect API close with the documented codes.
 from __future__ import annotations
 
 import base64
-import itertools
 import json
 import os
 import secrets
@@ -472,59 +471,62 @@ def test_flood_is_rate_limited_then_closed_4008(
 # -- heartbeat --------------------------------------------------------------------------------
 
 
+# Heartbeat timing is asserted only in the direction scheduling cannot break: a
+# ping or a close never comes *before* its time. Upper bounds are generous
+# deadlines, and "stays connected" is observed over several ping timeouts with
+# a timeout far longer than any pause of a busy machine.
+PING_INTERVAL = 1.0
+PING_TIMEOUT = 5.0
+
+
 @pytest.fixture
-def fast_heartbeat(node_factory: Callable[..., NodeProcess]) -> NodeProcess:
-    return node_factory(env={"PUSHSVC_PING_INTERVAL": "0.2", "PUSHSVC_PING_TIMEOUT": "1.0"})
+def heartbeat_node(node_factory: Callable[..., NodeProcess]) -> NodeProcess:
+    return node_factory(
+        env={"PUSHSVC_PING_INTERVAL": str(PING_INTERVAL), "PUSHSVC_PING_TIMEOUT": str(PING_TIMEOUT)}
+    )
 
 
-def test_silent_client_gets_pings_then_is_closed(fast_heartbeat: NodeProcess) -> None:
-    started = time.monotonic()
-    ws, welcome = raw_open(fast_heartbeat, new_user())
-    assert welcome["ping_interval"] == 0.2
-    pings: list[float] = []
+def test_silent_client_gets_pings_then_is_closed(heartbeat_node: NodeProcess) -> None:
+    ws, welcome = raw_open(heartbeat_node, new_user())
+    opened = time.monotonic()
+    assert welcome["ping_interval"] == PING_INTERVAL
+    pings = 0
     close: rawws.Frame | None = None
     with ws:
         while True:  # never answers, never sends
-            remaining = started + 1.0 + 1.0 - time.monotonic()
-            assert remaining > 0, f"still open after ping_timeout + 1 s; pings at {pings}"
             try:
-                frame = ws.recv_frame(remaining)
+                frame = ws.recv_frame(timeout=60)
             except rawws.Closed:
                 break
             if frame.opcode == rawws.OP_PING:
-                pings.append(time.monotonic() - started)
+                pings += 1
             elif frame.opcode == rawws.OP_CLOSE:
                 close = frame
                 break
-        closed_at = time.monotonic() - started
-    assert len([t for t in pings if t <= 1.2]) >= 3, pings
-    assert all(b - a > 0.1 for a, b in itertools.pairwise(pings)), pings
-    assert closed_at >= 0.9, (closed_at, pings)  # not before ping_timeout
-    if close is not None:
-        assert close.close_code == 1001, close
+        closed_after = time.monotonic() - opened
+    assert pings >= 2, pings  # pinged while the timeout ran
+    assert closed_after >= PING_TIMEOUT, closed_after  # never before ping_timeout
+    assert close is not None and close.close_code == 1001, close
+    assert close.close_reason == "ping timeout", close
 
 
-def test_client_answering_pings_stays_connected(fast_heartbeat: NodeProcess) -> None:
-    # ping_interval=None: the client sends nothing of its own; only its automatic pongs
-    with open_ws(fast_heartbeat, new_user(), ping_interval=None, proxy=None) as client:
-        with pytest.raises(TimeoutError):
-            client.conn.recv(timeout=2.5)  # no frame and no close for 2.5 s
-        assert client.barrier() == []
-
-
-def test_raw_client_answering_pings_stays_connected(fast_heartbeat: NodeProcess) -> None:
-    ws, _ = raw_open(fast_heartbeat, new_user())
-    with ws:
-        started = time.monotonic()
+def test_clients_answering_pings_stay_connected(heartbeat_node: NodeProcess) -> None:
+    """A library client (automatic pongs) and a raw one (explicit pongs) stay open
+    over three ping timeouts, which a silent client does not survive."""
+    ws, _ = raw_open(heartbeat_node, new_user())
+    with ws, open_ws(heartbeat_node, new_user(), ping_interval=None, proxy=None) as client:
+        until = time.monotonic() + 3 * PING_TIMEOUT
         answered = 0
-        while time.monotonic() - started < 2.2:
-            frame = ws.recv_frame(1.0)
+        while time.monotonic() < until:
+            frame = ws.recv_frame(timeout=60)
             assert frame.opcode == rawws.OP_PING, frame
             ws.send_pong(frame.payload)
             answered += 1
-        assert answered >= 5
+        assert answered >= 2
         ws.send_json({"type": "ping"})
-        assert ws.recv_json() == {"type": "pong"}
+        assert ws.recv_json(timeout=30) == {"type": "pong"}
+        # The library client answered every ping by itself and is still welcome.
+        assert client.barrier(timeout=30) == []
 
 
 # -- nothing a client sends crashes the node -----------------------------------------------------
