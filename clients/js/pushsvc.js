@@ -26,6 +26,7 @@ export const DEFAULTS = Object.freeze({
 const OPEN = 1;
 const CLOSE_DISCONNECTED = 4000; // the Disconnect API: do not come back
 const CLOSE_RESTART = 1012; // node draining: come back at once (to another node)
+const CLOSE_TRY_AGAIN = 1013; // the node is busy (store slow, reconnect storm): 1 to 5 s later
 const CLOSE_ABNORMAL = 1006;
 
 /** Keeps the last processed seq in memory (lost on page reload). */
@@ -375,6 +376,12 @@ export class PushClient {
     const wasOpen = conn.welcomed;
     this._emit("close", { code, reason, wasOpen });
     if (!this._running) return;
+    if (code === CLOSE_TRY_AGAIN) {
+      // Not a refusal: the node took the connection but could not welcome it yet.
+      this._setState(this._state === "connecting" ? "connecting" : "reconnecting", { code, reason });
+      this._scheduleReconnect(1000 + Math.random() * 4000);
+      return;
+    }
     if (!wasOpen) {
       this._handshakeFailed(conn.gen, code, reason, this._opts.probe);
       return;
@@ -442,11 +449,11 @@ export class PushClient {
     }
   }
 
-  _scheduleReconnect() {
+  _scheduleReconnect(pauseMs = null) {
     const { reconnectBaseMs, reconnectMaxMs } = this._opts;
     const cap = Math.min(reconnectMaxMs, reconnectBaseMs * 2 ** Math.min(this._attempt, 30));
     this._attempt++;
-    const delay = Math.random() * cap; // full jitter
+    const delay = pauseMs ?? Math.random() * cap; // full jitter, unless the server asked
     clearTimeout(this._timer);
     this._timer = setTimeout(() => {
       this._timer = null;
