@@ -1,7 +1,8 @@
 """The local hub: this node's connections by user and subscribers by topic.
 
-Fan-out happens here: a frame is encoded to wire bytes once (WebSocket header
-included) and the same bytes are handed to every recipient connection. The hub
+User fan-out happens here: a frame is encoded to wire bytes once (WebSocket
+header included) and the same bytes are handed to every connection of the user
+(topic fan-out, which may be long, is ``fanout.py``'s, over ``subscribers``). The hub
 knows connections only through the small ``Connection`` protocol below and
 calls nothing else: no store, no fleet, no hooks. Its operations never block,
 so a push reaches every local connection of a user in one step of the event
@@ -93,19 +94,11 @@ class Hub:
             return 0
         return sum(conn.deliver_online(wire) for conn in tuple(held))
 
-    def publish(self, topic: str, wire: bytes) -> tuple[int, int]:
-        """A topic frame to every subscriber: (written or queued, refused)."""
-        subs = self._topics.get(topic)
-        if not subs:
-            return 0, 0
-        ok = 0
-        targets = tuple(subs)
-        for conn in targets:
-            if conn.deliver_online(wire):
-                ok += 1
-        return ok, len(targets) - ok
-
     # -- queries --------------------------------------------------------------------
+
+    def subscribers(self, topic: str) -> tuple[Connection, ...]:
+        """The topic's subscribers now (a snapshot: fan-out may yield while it writes)."""
+        return tuple(self._topics.get(topic, ()))
 
     def connections_of_user(self, user_id: str) -> tuple[Connection, ...]:
         return tuple(self._users.get(user_id, ()))

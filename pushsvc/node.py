@@ -25,6 +25,7 @@ from gevent.event import Event
 
 from pushsvc.admission import Admission
 from pushsvc.errors import PushError, StoreUnavailable
+from pushsvc.fanout import TopicFanout
 from pushsvc.fleet import Fleet
 from pushsvc.health import StoreHealth
 from pushsvc.hub import Hub
@@ -99,6 +100,7 @@ class Node:
         self.counters = metrics.counters
         self._health = health
         self.receipts = Receipts(inbox, health)
+        self._fanout = TopicFanout(hub, metrics)
         self._replay = Replay(inbox, health)
         self._admission = Admission(
             self._start_batch,
@@ -292,10 +294,10 @@ class Node:
         return total
 
     def deliver_topic(self, message: Message, topic: str) -> int:
+        """Fan a topic message out to this node's subscribers (in order per topic;
+        finished even if the caller stops waiting); how many took it."""
         wire = wire_text(topic_frame(message.id, topic, message.payload, message.content_type))
-        written, refused = self._hub.publish(topic, wire)
-        if refused:
-            self._metrics.fanout_incomplete.inc(refused)
+        written: int = self._fanout.publish(topic, wire).get()
         return written
 
     def disconnect_local(self, user_id: str, reason: str) -> int:

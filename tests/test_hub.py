@@ -1,8 +1,12 @@
-"""Fan-out in the hub: one encode per message, the same bytes to every connection."""
+"""Fan-out: one encode per message, the same bytes to every connection (hub, topic fan-out)."""
 
 from __future__ import annotations
 
+import gevent
+
+from pushsvc.fanout import SLICE, TopicFanout
 from pushsvc.hub import Hub
+from pushsvc.metrics import Metrics
 from pushsvc.protocol import UserFrame, wire_text
 
 
@@ -32,7 +36,7 @@ def test_topic_frame_is_encoded_once_for_all_subscribers() -> None:
         hub.add(s)
         hub.subscribe(s, "news")
     wire = wire_text('{"type":"message","topic":"news"}')
-    assert hub.publish("news", wire) == (50, 0)
+    assert TopicFanout(hub, Metrics()).publish("news", wire).get(timeout=10) == 50
     assert all(s.wires[0] is wire for s in subs)  # the very same bytes object
 
 
@@ -56,7 +60,7 @@ def test_membership_counts_connections_per_user() -> None:
     assert hub.add(b) == 2
     hub.subscribe(a, "news")
     assert hub.remove(a, ("news",)) == 1
-    assert hub.publish("news", b"x") == (0, 0)  # a's subscription went with it
+    assert hub.subscribers("news") == ()  # a's subscription went with it
     assert hub.remove(a) == 1  # removing twice changes nothing
     assert hub.remove(b) == 0
     assert hub.user_count == 0 and hub.connection_count == 0
@@ -73,4 +77,29 @@ def test_publish_counts_connections_that_refused_the_frame() -> None:
     for c in (ok, full):
         hub.add(c)
         hub.subscribe(c, "t")
-    assert hub.publish("t", b"x") == (1, 1)
+    metrics = Metrics()
+    assert TopicFanout(hub, metrics).publish("t", b"x").get(timeout=10) == 1
+    assert metrics.fanout_incomplete._value.get() == 1
+
+
+def test_topic_fan_out_keeps_order_per_topic_and_lets_other_topics_run() -> None:
+    hub = Hub()
+    big = [Recorder(f"b{i}", f"u{i}") for i in range(3 * SLICE)]
+    small = Recorder("s", "s")
+    for c in big:
+        hub.add(c)
+        hub.subscribe(c, "big")
+    hub.add(small)
+    hub.subscribe(small, "small")
+    fanout = TopicFanout(hub, Metrics())
+    first = fanout.publish("big", b"1")
+    second = fanout.publish("big", b"2")
+    other = fanout.publish("small", b"s")
+    # The small topic is served while the big one is still being written...
+    assert other.get(timeout=10) == 1
+    assert not second.ready()
+    # ...and on the big topic every subscriber gets 1 before 2.
+    assert (first.get(timeout=10), second.get(timeout=10)) == (3 * SLICE, 3 * SLICE)
+    assert all(c.wires == [b"1", b"2"] for c in big)
+    gevent.sleep(0)
+    assert fanout.pending == 0
