@@ -15,6 +15,14 @@ from pathlib import Path
 
 from tests.nodeproc import API_KEY, JWT_SECRET, NodeProcess
 
+ROOT = Path(__file__).resolve().parent.parent
+
+# What every client says, in every language, when the environment holds no API key.
+NO_API_KEY = (
+    "pushsvc: no API key: set PUSHSVC_API_KEY, or PUSHSVC_API_KEYS as on the node "
+    "(its first key is used)"
+)
+
 
 def suite_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """This process's environment without its PUSHSVC_* variables, plus ``extra``."""
@@ -68,3 +76,13 @@ def run_ok(
     print(f"$ {' '.join(cmd)}\n{output}")
     assert proc.returncode == 0, f"`{' '.join(cmd)}` exited {proc.returncode}:\n{output}{detail()}"
     return output
+
+
+def tracked_files(subdir: str) -> list[Path]:
+    """The files git tracks under ``subdir`` (relative to the repository): a clean clone's."""
+    out = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-files", "-z", "--", subdir],
+        check=True,
+        stdout=subprocess.PIPE,
+    ).stdout
+    return [ROOT / name for name in out.decode().split("\0") if name]
