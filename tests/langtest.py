@@ -9,7 +9,9 @@ captured.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -86,3 +88,37 @@ def tracked_files(subdir: str) -> list[Path]:
         stdout=subprocess.PIPE,
     ).stdout
     return [ROOT / name for name in out.decode().split("\0") if name]
+
+
+def npm_pack(package: Path, dest: Path) -> Path:
+    """``npm pack`` ``package`` into ``dest``, as a publisher would; the tarball's path."""
+    npm = shutil.which("npm")
+    assert npm is not None, "npm is not installed: run make tools"
+    dest.mkdir(parents=True, exist_ok=True)
+    run_ok(
+        [npm, "pack", "--pack-destination", str(dest), "--loglevel=error"],
+        cwd=package,
+        env=suite_env(),
+    )
+    (tarball,) = dest.glob("*.tgz")
+    return tarball
+
+
+def tarball_files(tarball: Path) -> set[str]:
+    """The paths inside an npm tarball, without the leading ``package/``."""
+    with tarfile.open(tarball) as tar:
+        return {name.removeprefix("package/") for name in tar.getnames()}
+
+
+def npm_project(where: Path, *tarballs: Path) -> Path:
+    """An empty npm project at ``where`` with ``tarballs`` installed, as a user would."""
+    npm = shutil.which("npm")
+    assert npm is not None, "npm is not installed: run make tools"
+    where.mkdir(parents=True)
+    (where / "package.json").write_text('{"name": "scratch", "private": true, "type": "module"}\n')
+    run_ok(
+        [npm, "install", "--no-audit", "--no-fund", "--loglevel=error", *map(str, tarballs)],
+        cwd=where,
+        env=suite_env(),
+    )
+    return where
