@@ -362,7 +362,7 @@ def _run_client(command: Callable[[argparse.Namespace, Any], int]) -> Callable[.
     """Wrap a client command: resolve the node and key, call, report errors in one line."""
 
     def run(args: argparse.Namespace) -> int:
-        from pushsvc.client import PushClient, PushClientError, UnavailableError
+        from pushsvc_client import PushClient, PushClientError, UnavailableError
 
         target = _client_target(args)
         try:

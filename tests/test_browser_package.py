@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from pushsvc.auth import mint_token
-from pushsvc.client import PushClient
+from pushsvc_client import PushClient
 from tests.langtest import npm_pack, npm_project, suite_env, tarball_files
 from tests.nodeproc import API_KEY, JWT_SECRET, NodeProcess
 from tests.waiting import wait_for

@@ -22,8 +22,8 @@ from typing import Any
 import jwt
 import pytest
 
-from pushsvc.client import PushClient, UnavailableError
-from pushsvc.v1 import push_pb2
+from pushsvc_client import PushClient, UnavailableError
+from pushsvc_client.v1 import push_pb2
 from tests.ferretdb import FerretDB
 from tests.nodeproc import API_KEY, JWT_SECRET, NodeProcess, closed_port
 from tests.outage import metric, outage_node
