@@ -69,6 +69,10 @@ def backend() -> Iterator[str]:
     server.server_close()
 
 
+def _acked(push: PushClient, message_id: str) -> bool:
+    return all(r.acked for r in push.message_status(message_id).recipients)
+
+
 def test_tarball_holds_the_module_and_its_types(browser_tarball: Path) -> None:
     manifest = json.loads((JS_DIR / "package.json").read_text())
     assert browser_tarball.name == f"pushsvc-browser-{manifest['version']}.tgz"
@@ -115,7 +119,12 @@ def test_readme_example_from_the_installed_tarball(
             text=True,
         )
         lines: queue.Queue[str] = queue.Queue()
-        reader = threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout or ()])
+
+        def read() -> None:
+            for line in proc.stdout or ():
+                lines.put(line)
+
+        reader = threading.Thread(target=read)
         reader.start()
         try:
             assert lines.get(timeout=30) == 'message 1 {"n":1}\n'
@@ -123,12 +132,8 @@ def test_readme_example_from_the_installed_tarball(
             live = push.push("alice", {"n": 2})
             assert lines.get(timeout=30) == 'message 2 {"n":2}\n'
             # Acked after onMessage returned: both, cumulatively.
-            for message_id in (stored.message_id, live.message_id):
-                wait_for(
-                    lambda m=message_id: push.message_status(m).recipients[0].acked,
-                    30,
-                    f"the ack of {message_id}",
-                )
+            ids = (stored.message_id, live.message_id)
+            wait_for(lambda: all(_acked(push, m) for m in ids), 30, "the acks of both")
         finally:
             proc.terminate()
             proc.wait(timeout=30)

@@ -1,4 +1,4 @@
-"""``pushsvc.client.PushClient`` against a real node: every method and the typed errors."""
+"""``pushsvc_client.PushClient`` against a real node: every method and the typed errors."""
 
 from __future__ import annotations
 
