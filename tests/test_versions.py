@@ -32,6 +32,11 @@ def _declared() -> dict[str, str]:
         if pyproject.is_file():
             project = tomllib.loads(pyproject.read_text())["project"]
             out[str(pyproject.relative_to(ROOT))] = project["version"]
+    server = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = [d for d in server["dependencies"] if d.startswith("pushsvc-client")]
+    out["pyproject.toml (the server's pushsvc-client)"] = (
+        pins[0].removeprefix("pushsvc-client==") if len(pins) == 1 else f"{pins}"
+    )
     for pkg in ("node", "js"):
         manifest = CLIENTS / pkg / "package.json"
         out[str(manifest.relative_to(ROOT))] = json.loads(manifest.read_text())["version"]
