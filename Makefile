@@ -6,6 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTOS := $(wildcard protos/pushsvc/v1/*.proto)
+CLIENT_PY := clients/python
 export PATH := $(CURDIR)/.tools/bin:$(HOME)/go/bin:$(PATH)
 
 .PHONY: run test proto lint unit deps tools clean
@@ -18,18 +19,21 @@ test: $(STAMP) tools lint
 	$(BIN)/pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check pushsvc tests bench setup.py
-	$(BIN)/ruff format --check pushsvc tests bench setup.py
-	$(BIN)/mypy pushsvc tests
+	$(BIN)/ruff check pushsvc tests bench setup.py $(CLIENT_PY)/setup.py $(CLIENT_PY)/pushsvc_client
+	$(BIN)/ruff format --check pushsvc tests bench setup.py $(CLIENT_PY)/setup.py $(CLIENT_PY)/pushsvc_client
+	$(BIN)/mypy pushsvc tests $(CLIENT_PY)/pushsvc_client
 
+# Regenerate pushsvc_client.v1 (clients/python) after a change to protos/.
 proto: $(STAMP)
-	$(BIN)/python setup.py protos
+	$(BIN)/pip install -q --no-deps -e $(CLIENT_PY)
 
 deps: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py $(PROTOS)
+# pushsvc-client first: the server depends on it, and it is not on an index.
+$(STAMP): pyproject.toml setup.py $(PROTOS) $(CLIENT_PY)/pyproject.toml $(CLIENT_PY)/setup.py
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '$(CLIENT_PY)[health]'
 	$(BIN)/pip install -q -e '.[test]'
 	@touch $@
 
@@ -38,4 +42,5 @@ tools:
 	@bash deploy/dev/install-tools.sh
 
 clean:
-	rm -rf $(VENV) build *.egg-info pushsvc/v1 .tools
+	rm -rf $(VENV) build *.egg-info pushsvc/v1 .tools \
+	  $(CLIENT_PY)/build $(CLIENT_PY)/*.egg-info $(CLIENT_PY)/pushsvc_client/v1

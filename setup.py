@@ -1,40 +1,19 @@
-"""Build hook: generate the protobuf/gRPC modules from protos/ into the package.
+"""Build hook: ship the browser client with the node, for the /demo page.
 
-Generated code is never committed; every build (``pip install .``, editable
-installs, ``make proto``) produces it from the .proto contract.
+The generated protobuf/gRPC modules are not built here: they live in the
+pushsvc-client distribution (clients/python, package ``pushsvc_client.v1``),
+which this package depends on and imports them from. One copy per process is
+all protobuf's descriptor pool allows.
 """
 
 from __future__ import annotations
 
 import pathlib
 import shutil
-import sys
 
 from setuptools import setup
 
 ROOT = pathlib.Path(__file__).resolve().parent
-
-
-def generate_protos(out_dir: pathlib.Path) -> None:
-    import grpc_tools
-    from grpc_tools import protoc
-
-    protos = sorted((ROOT / "protos").rglob("*.proto"))
-    include = pathlib.Path(grpc_tools.__file__).parent / "_proto"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    args = [
-        "grpc_tools.protoc",
-        f"-I{ROOT / 'protos'}",
-        f"-I{include}",
-        f"--python_out={out_dir}",
-        f"--pyi_out={out_dir}",
-        f"--grpc_python_out={out_dir}",
-        *[str(p) for p in protos],
-    ]
-    if protoc.main(args) != 0:
-        raise SystemExit("protoc failed: see the messages above")
-    pkg = out_dir / "pushsvc" / "v1"
-    (pkg / "__init__.py").write_text('"""Generated from protos/pushsvc/v1 by the build."""\n')
 
 
 def copy_js_client() -> None:
@@ -44,10 +23,11 @@ def copy_js_client() -> None:
         shutil.copyfile(client_js, ROOT / "pushsvc" / "static" / "pushsvc.js")
 
 
-# Generate before setup() so that package discovery sees pushsvc.v1, on a
-# clean checkout as on a rebuild.
-generate_protos(ROOT)
-copy_js_client()
+def remove_stale_protos() -> None:
+    """pushsvc/v1, generated here by builds before pushsvc-client, must not be packaged."""
+    shutil.rmtree(ROOT / "pushsvc" / "v1", ignore_errors=True)
 
-if sys.argv[1:] != ["protos"]:  # `python setup.py protos`: generate only
-    setup()
+
+remove_stale_protos()
+copy_js_client()
+setup()

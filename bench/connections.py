@@ -50,7 +50,7 @@ from bench.common import (
 )
 from bench.wsload import OP_TEXT, WsConn, close_all, connect_many
 from pushsvc.auth import mint_token
-from pushsvc.v1 import push_pb2, push_pb2_grpc
+from pushsvc_client.v1 import push_pb2, push_pb2_grpc
 from tests.ferretdb import FerretDB
 from tests.nodeproc import API_KEY, CLUSTER_KEY, JWT_SECRET, NodeProcess, free_port
 

@@ -10,8 +10,9 @@
     pushsvc disconnect alice [--reason R]
 
 Client commands reach ``--addr`` or ``PUSHSVC_GRPC_ADDR`` (default 127.0.0.1:50051)
-with ``--api-key``, else the first of ``PUSHSVC_API_KEYS``, else the key a node
-generated into ``<PUSHSVC_DATA_DIR>/api-key``. They read only those variables, so an
+with ``--api-key``, else ``PUSHSVC_API_KEY``, else the first of ``PUSHSVC_API_KEYS``
+(as every pushsvc client does), else the key a node generated into
+``<PUSHSVC_DATA_DIR>/api-key``. They read only those variables, so an
 environment file meant for the node does not trip them up.
 
 Exit status: 0 success, 1 the call failed, 2 bad arguments or configuration,
@@ -109,9 +110,12 @@ def _client_target(args: argparse.Namespace) -> _Target:
             addr = _dial_target(env_addr, "PUSHSVC_GRPC_ADDR") if env_addr else DEFAULT_GRPC_ADDR
         if args.api_key:
             return _Target(addr, args.api_key, "--api-key")
-        keys = [k.strip() for k in (_env("PUSHSVC_API_KEYS") or "").split(",") if k.strip()]
-        if keys:
-            return _Target(addr, keys[0], "PUSHSVC_API_KEYS")
+        from pushsvc_client import api_key_from_env
+
+        key = api_key_from_env()
+        if key is not None:
+            source = "PUSHSVC_API_KEY" if _env("PUSHSVC_API_KEY") else "PUSHSVC_API_KEYS"
+            return _Target(addr, key, source)
         data_dir = _env("PUSHSVC_DATA_DIR") or DEFAULT_DATA_DIR
     key = _read_generated(data_dir, API_KEY_FILE)
     source = str(Path(data_dir) / API_KEY_FILE)
@@ -362,7 +366,7 @@ def _run_client(command: Callable[[argparse.Namespace, Any], int]) -> Callable[.
     """Wrap a client command: resolve the node and key, call, report errors in one line."""
 
     def run(args: argparse.Namespace) -> int:
-        from pushsvc.client import PushClient, PushClientError, UnavailableError
+        from pushsvc_client import PushClient, PushClientError, UnavailableError
 
         target = _client_target(args)
         try:
@@ -383,7 +387,7 @@ def _run_client(command: Callable[[argparse.Namespace, Any], int]) -> Callable[.
                 message += (
                     f" (key from {target.key_source})"
                     if target.api_key
-                    else " (no API key found: set PUSHSVC_API_KEYS or --api-key)"
+                    else " (no API key found: set PUSHSVC_API_KEY, PUSHSVC_API_KEYS or --api-key)"
                 )
             elif exc.code_name == "DEADLINE_EXCEEDED":
                 message += f" (no answer from {target.addr} within {args.timeout:g}s)"
@@ -463,7 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--api-key",
         metavar="KEY",
-        help="API key (default: first of $PUSHSVC_API_KEYS, else the key the node "
+        help="API key (default: $PUSHSVC_API_KEY, else the first of $PUSHSVC_API_KEYS, "
+        "else the key the node "
         f"generated in $PUSHSVC_DATA_DIR/{API_KEY_FILE})",
     )
     common.add_argument(

@@ -37,7 +37,7 @@ from pushsvc.hub import Hub
 from pushsvc.messages import Message
 from pushsvc.metrics import Metrics
 from pushsvc.store.registry import NodeInfo, NodeRegistry
-from pushsvc.v1 import node_pb2, node_pb2_grpc
+from pushsvc_client.v1 import node_pb2, node_pb2_grpc
 
 log = logging.getLogger("pushsvc.cluster")
 

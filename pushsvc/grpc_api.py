@@ -41,7 +41,7 @@ from pushsvc.messages import (
 )
 from pushsvc.node import Node
 from pushsvc.ratelimit import TokenBucket
-from pushsvc.v1 import node_pb2, node_pb2_grpc, push_pb2, push_pb2_grpc
+from pushsvc_client.v1 import node_pb2, node_pb2_grpc, push_pb2, push_pb2_grpc
 
 log = logging.getLogger("pushsvc.grpc")
 

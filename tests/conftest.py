@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from pushsvc.v1 import push_pb2_grpc
+from pushsvc_client.v1 import push_pb2_grpc
 from tests.nodeproc import NodeProcess
 from tests.wsclient import Client
 

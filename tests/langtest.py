@@ -9,11 +9,21 @@ captured.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
 from tests.nodeproc import API_KEY, JWT_SECRET, NodeProcess
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# What every client says, in every language, when the environment holds no API key.
+NO_API_KEY = (
+    "pushsvc: no API key: set PUSHSVC_API_KEY, or PUSHSVC_API_KEYS as on the node "
+    "(its first key is used)"
+)
 
 
 def suite_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -68,3 +78,47 @@ def run_ok(
     print(f"$ {' '.join(cmd)}\n{output}")
     assert proc.returncode == 0, f"`{' '.join(cmd)}` exited {proc.returncode}:\n{output}{detail()}"
     return output
+
+
+def tracked_files(subdir: str) -> list[Path]:
+    """The files git tracks under ``subdir`` (relative to the repository): a clean clone's."""
+    out = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-files", "-z", "--", subdir],
+        check=True,
+        stdout=subprocess.PIPE,
+    ).stdout
+    return [ROOT / name for name in out.decode().split("\0") if name]
+
+
+def npm_pack(package: Path, dest: Path) -> Path:
+    """``npm pack`` ``package`` into ``dest``, as a publisher would; the tarball's path."""
+    npm = shutil.which("npm")
+    assert npm is not None, "npm is not installed: run make tools"
+    dest.mkdir(parents=True, exist_ok=True)
+    run_ok(
+        [npm, "pack", "--pack-destination", str(dest), "--loglevel=error"],
+        cwd=package,
+        env=suite_env(),
+    )
+    (tarball,) = dest.glob("*.tgz")
+    return tarball
+
+
+def tarball_files(tarball: Path) -> set[str]:
+    """The paths inside an npm tarball, without the leading ``package/``."""
+    with tarfile.open(tarball) as tar:
+        return {name.removeprefix("package/") for name in tar.getnames()}
+
+
+def npm_project(where: Path, *tarballs: Path) -> Path:
+    """An empty npm project at ``where`` with ``tarballs`` installed, as a user would."""
+    npm = shutil.which("npm")
+    assert npm is not None, "npm is not installed: run make tools"
+    where.mkdir(parents=True)
+    (where / "package.json").write_text('{"name": "scratch", "private": true, "type": "module"}\n')
+    run_ok(
+        [npm, "install", "--no-audit", "--no-fund", "--loglevel=error", *map(str, tarballs)],
+        cwd=where,
+        env=suite_env(),
+    )
+    return where

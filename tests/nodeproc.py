@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from pushsvc.v1 import push_pb2_grpc
+from pushsvc_client.v1 import push_pb2_grpc
 
 API_KEY = "test-api-key"
 JWT_SECRET = "test-jwt-secret-of-sufficient-length"

@@ -7,7 +7,7 @@ import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from pushsvc.v1 import push_pb2
+from pushsvc_client.v1 import push_pb2
 from tests.nodeproc import NodeProcess, auth
 from tests.waiting import wait_for
 from tests.wsclient import open_ws

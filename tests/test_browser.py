@@ -30,7 +30,7 @@ import grpc
 import pytest
 
 from pushsvc.auth import mint_token
-from pushsvc.v1 import push_pb2, push_pb2_grpc
+from pushsvc_client.v1 import push_pb2, push_pb2_grpc
 from tests.nodeproc import JWT_SECRET, NodeProcess, auth
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -22,8 +22,8 @@ from typing import Any
 import jwt
 import pytest
 
-from pushsvc.client import PushClient, UnavailableError
-from pushsvc.v1 import push_pb2
+from pushsvc_client import PushClient, UnavailableError
+from pushsvc_client.v1 import push_pb2
 from tests.ferretdb import FerretDB
 from tests.nodeproc import API_KEY, JWT_SECRET, NodeProcess, closed_port
 from tests.outage import metric, outage_node
@@ -577,6 +577,11 @@ def test_grpc_errors_are_one_line(node: NodeProcess, tmp_path: Path) -> None:
     line = assert_one_line_error(proc, 1)
     assert line.startswith("pushsvc: UNAUTHENTICATED: ")
     assert "no API key found" in line
+    # PUSHSVC_API_KEY, which every client reads, comes before the node's list
+    own = {"PUSHSVC_GRPC_ADDR": node.grpc_addr, "PUSHSVC_API_KEY": API_KEY}
+    assert cli_ok("presence", "x", env=own, cwd=tmp_path) == "x: offline\n"
+    proc = run_cli("presence", "x", env={**env, "PUSHSVC_API_KEY": "wrong"}, cwd=tmp_path)
+    assert assert_one_line_error(proc, 1).endswith("(key from PUSHSVC_API_KEY)")
     # nothing was stored by the refused push: the next one gets seq 1
     out = cli_ok("push", "--user", "alice", "--data", "{}", env=env, cwd=tmp_path)
     assert re.fullmatch(r"pushed \S+: alice seq 1\n", out), out

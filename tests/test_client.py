@@ -1,4 +1,4 @@
-"""``pushsvc.client.PushClient`` against a real node: every method and the typed errors."""
+"""``pushsvc_client.PushClient`` against a real node: every method and the typed errors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 import grpc
 import pytest
 
-from pushsvc.client import (
+from pushsvc_client import (
     InvalidArgumentError,
     NotFoundError,
     PushClient,
@@ -19,7 +19,7 @@ from pushsvc.client import (
     UnavailableError,
     encode_payload,
 )
-from pushsvc.v1 import push_pb2
+from pushsvc_client.v1 import push_pb2
 from tests.nodeproc import API_KEY, NodeProcess, closed_port
 from tests.waiting import wait_for
 from tests.wsclient import Client, open_ws

@@ -16,7 +16,7 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pushsvc.v1 import push_pb2, push_pb2_grpc
+from pushsvc_client.v1 import push_pb2, push_pb2_grpc
 from tests.nodeproc import NodeProcess, auth
 from tests.waiting import wait_for
 from tests.wsclient import open_ws, token

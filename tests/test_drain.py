@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from pushsvc.server import DRAIN_BATCH, DRAIN_PAUSE
-from pushsvc.v1 import push_pb2
+from pushsvc_client.v1 import push_pb2
 from tests.ferretdb import FerretDB, ferretdb  # noqa: F401
 from tests.nodeproc import CLUSTER_KEY, NodeProcess, auth
 from tests.rawws import OP_CLOSE, OP_TEXT, Closed, HandshakeRefused, RawWS

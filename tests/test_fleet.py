@@ -18,7 +18,7 @@ import grpc
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from pushsvc.v1 import push_pb2
+from pushsvc_client.v1 import push_pb2
 from tests.ferretdb import FerretDB, ferretdb  # noqa: F401
 from tests.nodeproc import CLUSTER_KEY, NodeProcess, auth
 from tests.waiting import wait_for

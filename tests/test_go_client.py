@@ -1,8 +1,13 @@
 """The Go client (clients/go): its own `go test` suite against a live node.
 
 The Go tests read the node's addresses and secrets from PUSHSVC_TEST_* variables;
-this wrapper starts a node, sets them, and runs `go generate`, `go vet` and
-`go test` in clients/go. The example command is run against the node too.
+this wrapper starts a node, sets them, and runs `go vet` and `go test` in
+clients/go. The example command is run against the node too.
+
+The module is also checked the way a user gets it: the committed stubs must be
+what `go generate` makes now; a copy of the committed files alone must vet and
+build; and the README's example is built in a scratch module outside the
+repository, with a `replace` pointing at clients/go.
 
 The retry tests (TestOutage*) run against a real store outage instead: a fleet
 node on a FerretDB of its own, which tests/outage.py stops and starts again
@@ -11,16 +16,16 @@ while the Go test's pushes are retrying. The plain live run skips them.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import shutil
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.langtest import live_env, run, run_ok, suite_env
+from tests.langtest import NO_API_KEY, live_env, run, run_ok, suite_env, tracked_files
 from tests.nodeproc import API_KEY, NodeProcess
 from tests.outage import outage_env, outage_node, run_through_outage
 from tests.wsclient import open_ws
@@ -35,12 +40,7 @@ pytestmark = pytest.mark.timeout(900)
 
 
 def _go_env() -> dict[str, str]:
-    return suite_env(
-        {
-            "PATH": os.pathsep.join([str(TOOLS_BIN), os.environ.get("PATH", "")]),
-            "PUSHSVC_PYTHON": sys.executable,  # grpc_tools.protoc for go generate
-        }
-    )
+    return suite_env({"PATH": os.pathsep.join([str(TOOLS_BIN), os.environ.get("PATH", "")])})
 
 
 def _run(cmd: list[str], env: dict[str, str], cwd: Path = GO_DIR) -> str:
@@ -51,13 +51,57 @@ def _run(cmd: list[str], env: dict[str, str], cwd: Path = GO_DIR) -> str:
 def go_env() -> dict[str, str]:
     if shutil.which("go") is None:
         pytest.fail("go is not installed: install Go, then run make tools")
-    for plugin in ("protoc-gen-go", "protoc-gen-go-grpc"):
-        if not (TOOLS_BIN / plugin).exists():
-            pytest.fail(f"{TOOLS_BIN / plugin} is missing: run make tools")
     env = _go_env()
-    _run(["go", "generate", "./..."], env)
     _run(["go", "vet", "./..."], env)
     return env
+
+
+def _without_protoc_version(text: str) -> list[str]:
+    """A generated file's lines, less the header line naming the protoc release."""
+    return [
+        line
+        for line in text.splitlines(keepends=True)
+        if not re.match(r"^//\s+(- )?protoc\s+v?\d", line)
+    ]
+
+
+def test_committed_stubs_are_what_go_generate_makes(tmp_path: Path) -> None:
+    """`go generate` (scripts/genproto.sh) into a scratch directory changes nothing."""
+    for tool in ("protoc", "protoc-gen-go", "protoc-gen-go-grpc"):
+        if shutil.which(tool, path=_go_env()["PATH"]) is None:
+            pytest.fail(f"{tool} is missing: run make tools (deploy/dev/install-go.sh)")
+    _run(["bash", "scripts/genproto.sh", str(tmp_path)], _go_env())
+    fresh = {p.name: p.read_text() for p in (tmp_path / "pushsvcv1").glob("*.go")}
+    committed = {p.name: p.read_text() for p in (GO_DIR / "pushsvcv1").glob("*.go")}
+    assert fresh, "genproto.sh generated nothing"
+    hint = "clients/go/pushsvcv1 is stale: run `go generate ./...` in clients/go and commit"
+    assert sorted(committed) == sorted(fresh), (
+        f"{hint}: files {sorted(committed)} != {sorted(fresh)}"
+    )
+    for name, text in fresh.items():
+        diff = "".join(
+            difflib.unified_diff(
+                _without_protoc_version(committed[name]),
+                _without_protoc_version(text),
+                f"committed/{name}",
+                f"generated/{name}",
+            )
+        )
+        assert not diff, f"{hint}:\n{diff[:4000]}"
+
+
+def test_a_clean_clone_vets_and_builds_with_no_other_step(tmp_path: Path) -> None:
+    """Only the committed files of clients/go: `go vet` and `go build` pass as they are."""
+    module = tmp_path / "go"
+    files = tracked_files("clients/go")
+    assert any(p.name == "push.pb.go" for p in files), "the generated stubs are not committed"
+    for path in files:
+        target = module / path.relative_to(GO_DIR)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    env = {**_go_env(), "GOFLAGS": "-mod=readonly"}
+    _run(["go", "vet", "./..."], env, cwd=module)
+    _run(["go", "build", "./..."], env, cwd=module)
 
 
 def test_go_tests_pass_against_a_live_node(node: NodeProcess, go_env: dict[str, str]) -> None:
@@ -118,23 +162,35 @@ def test_go_example_command(node: NodeProcess, go_env: dict[str, str]) -> None:
 def test_readme_example_runs_as_written(
     node: NodeProcess, go_env: dict[str, str], tmp_path: Path
 ) -> None:
+    """The README's program, verbatim, in a scratch module that replaces the module path."""
     readme = (GO_DIR / "README.md").read_text()
     match = re.search(r"^## Ten-line example\n\n```go\n(.*?)^```$", readme, re.S | re.M)
     assert match, "no ```go block under '## Ten-line example' in clients/go/README.md"
-    program = match.group(1)
-    assert '"127.0.0.1:50051"' in program
     hello = tmp_path / "hello"
     hello.mkdir()
-    (hello / "main.go").write_text(program.replace("127.0.0.1:50051", node.grpc_addr))
-    env = {**go_env, "PUSHSVC_API_KEY": API_KEY}
+    (hello / "main.go").write_text(match.group(1))
+    for cmd in (
+        ["go", "mod", "init", "hello"],
+        ["go", "mod", "edit", f"-replace=github.com/pushsvc/pushsvc/clients/go={GO_DIR}"],
+        ["go", "mod", "tidy"],
+        ["go", "build", "-o", "hello", "."],
+    ):
+        _run(cmd, go_env, cwd=hello)
+
+    env = {**go_env, "PUSHSVC_GRPC_ADDR": node.grpc_addr, "PUSHSVC_API_KEY": API_KEY}
     with open_ws(node, "alice") as ws:
-        for cmd in (
-            ["go", "mod", "init", "hello"],
-            ["go", "mod", "edit", f"-replace=github.com/pushsvc/pushsvc/clients/go={GO_DIR}"],
-            ["go", "mod", "tidy"],
-        ):
-            _run(cmd, env, cwd=hello)
-        output = _run(["go", "run", "."], env, cwd=hello)
+        output = _run([str(hello / "hello")], env, cwd=hello)
         (frame,) = ws.messages(1)
     assert output.strip() == f"pushed {frame['id']} seqs [1]"
     assert frame["data"] == {"hello": "world"}
+
+    # The node's own environment file works as it is: the first of PUSHSVC_API_KEYS.
+    keys = {**go_env, "PUSHSVC_GRPC_ADDR": node.grpc_addr, "PUSHSVC_API_KEYS": f" {API_KEY},other"}
+    assert _run([str(hello / "hello")], keys, cwd=hello).startswith("pushed ")
+
+    # No key at all: one clear message, before any call.
+    bare = run(
+        [str(hello / "hello")], cwd=hello, env={**go_env, "PUSHSVC_GRPC_ADDR": node.grpc_addr}
+    )
+    assert bare.returncode == 1, bare.stdout
+    assert bare.stdout.count(NO_API_KEY) == 1 and len(bare.stdout.splitlines()) == 1, bare.stdout

@@ -14,7 +14,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from pushsvc.v1 import push_pb2, push_pb2_grpc
+from pushsvc_client.v1 import push_pb2, push_pb2_grpc
 from tests.nodeproc import NodeProcess, auth
 from tests.waiting import wait_for
 from tests.wsclient import open_ws

@@ -3,7 +3,10 @@
 ``deploy/dev/install-java.sh`` prefetches every Maven artifact (quick when done
 already); then Maven runs offline (``-o``): the JUnit 5 tests of ``PushClient``
 (each rpc, deliveries checked on real WebSocket connections, typed errors), and
-the README's example, run as written.
+the README's example, run as written the way a user runs it: ``mvn install``
+puts the release jar into the local repository, and a fresh Maven project
+outside the repository depends on it by its coordinates (the README's
+``<dependency>`` block, verbatim) and runs the README's ``Example.java``.
 
 The retry test (``OutageRetryTest``) runs against a real store outage instead:
 a fleet node on a FerretDB of its own, which tests/outage.py stops and starts
@@ -25,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.langtest import live_env, run, run_ok, suite_env
+from tests.langtest import NO_API_KEY, live_env, run, run_ok, suite_env
 from tests.nodeproc import API_KEY, NodeProcess
 from tests.outage import outage_env, outage_node, run_through_outage
 from tests.wsclient import open_ws
@@ -34,6 +37,34 @@ ROOT = Path(__file__).resolve().parent.parent
 JAVA_DIR = ROOT / "clients" / "java"
 REPORTS = JAVA_DIR / "target" / "surefire-reports"
 OUTAGE_TEST = "OutageRetryTest"  # needs a store outage: run by the outage test below only
+
+# A fresh project of a user of the client: only the README's <dependency> is added. The
+# plugin versions are the client's own (prefetched by install-java.sh, so Maven can
+# run offline); Maven's defaults would be older ones.
+CONSUMER_POM = """<?xml version="1.0" encoding="UTF-8"?>
+<project xmlns="http://maven.apache.org/POM/4.0.0"
+         xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"
+         xsi:schemaLocation="http://maven.apache.org/POM/4.0.0 https://maven.apache.org/xsd/maven-4.0.0.xsd">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>com.example</groupId>
+  <artifactId>consumer</artifactId>
+  <version>1</version>
+  <properties>
+    <maven.compiler.release>17</maven.compiler.release>
+    <project.build.sourceEncoding>UTF-8</project.build.sourceEncoding>
+  </properties>
+  <dependencies>
+{dependency}
+  </dependencies>
+  <build>
+    <plugins>
+      <plugin><artifactId>maven-resources-plugin</artifactId><version>3.3.1</version></plugin>
+      <plugin><artifactId>maven-compiler-plugin</artifactId><version>3.13.0</version></plugin>
+      <plugin><artifactId>maven-dependency-plugin</artifactId><version>3.6.1</version></plugin>
+    </plugins>
+  </build>
+</project>
+"""
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -127,33 +158,73 @@ def test_java_outage_test_fails_without_an_outage(java_ready: None, node: NodePr
     }, f"{counts}\n{proc.stdout}"
 
 
-def test_java_readme_example_runs_as_written(
-    java_ready: None, node: NodeProcess, tmp_path: Path
+def _pom_version() -> str:
+    ns = {"m": "http://maven.apache.org/POM/4.0.0"}
+    version = ET.parse(JAVA_DIR / "pom.xml").getroot().findtext("m:version", namespaces=ns)
+    assert version, "pom.xml has no <version>"
+    return version
+
+
+def _local_repository() -> Path:
+    """Where `mvn install` puts artifacts: -Dmaven.repo.local in MAVEN_OPTS, else ~/.m2."""
+    for opt in os.environ.get("MAVEN_OPTS", "").split():
+        if opt.startswith("-Dmaven.repo.local="):
+            return Path(opt.split("=", 1)[1])
+    return Path.home() / ".m2" / "repository"
+
+
+@pytest.fixture(scope="module")
+def java_installed(java_ready: None) -> Path:
+    """`mvn install` of the client, as its README says; the installed jar."""
+    version = _pom_version()
+    assert not version.endswith("-SNAPSHOT"), f"pom.xml version {version} is a snapshot"
+    _run(["mvn", "-B", "-o", "-q", "install", "-DskipTests"])
+    jar = _local_repository() / "io/pushsvc/pushsvc-client" / version
+    jar = jar / f"pushsvc-client-{version}.jar"
+    assert jar.is_file(), f"mvn install did not put {jar} in the local repository"
+    return jar
+
+
+def test_java_readme_example_in_a_fresh_project(
+    java_installed: Path, node: NodeProcess, tmp_path: Path
 ) -> None:
     readme = (JAVA_DIR / "README.md").read_text()
-    match = re.search(r"```java\n(.*?public class Example .*?)```", readme, re.S)
-    assert match, "README.md has no ```java block with class Example"
-    lines = [line for line in match.group(1).splitlines() if line.strip()]
+    dependency = re.search(r"```xml\n(<dependency>.*?</dependency>)\n```", readme, re.S)
+    assert dependency, "README.md has no ```xml <dependency> block"
+    coordinates = "".join(dependency.group(1).split())
+    assert f"<version>{_pom_version()}</version>" in coordinates, dependency.group(1)
+    example = re.search(r"```java\n(.*?public class Example .*?)```", readme, re.S)
+    assert example, "README.md has no ```java block with class Example"
+    lines = [line for line in example.group(1).splitlines() if line.strip()]
     assert len(lines) <= 15, f"the example grew to {len(lines)} lines"
-    example = tmp_path / "Example.java"
-    example.write_text(match.group(1))
+    build = re.search(r"```sh\n(mvn [^\n]*build-classpath[^\n]*)\n", readme)
+    assert build, "README.md does not say how to build the example"
 
-    _run(["mvn", "-q", "-B", "-o", "compile"])
-    classpath = (JAVA_DIR / "target" / "classpath.txt").read_text().strip()
-    alice = open_ws(node, "alice")
-    try:
-        out = _run(
-            ["java", "-cp", f"target/classes{os.pathsep}{classpath}", str(example)],
-            env={"PUSHSVC_GRPC_ADDR": node.grpc_addr, "PUSHSVC_API_KEY": API_KEY},
-            timeout=120,
-        )
-        found = re.search(r"pushed (\S+) seqs \[1\]", out)
-        assert found, out
-        frame = alice.messages(1, timeout=10)[0]
-        assert frame["id"] == found.group(1)
-        assert frame["data"] == {"hello": "world"}
-    finally:
-        alice.close()
+    project = tmp_path / "consumer"
+    (project / "src/main/java").mkdir(parents=True)
+    (project / "pom.xml").write_text(CONSUMER_POM.format(dependency=dependency.group(1)))
+    (project / "src/main/java/Example.java").write_text(example.group(1))
+    # The README's command, offline: everything comes from the local repository.
+    cmd = build.group(1).split()
+    run_ok([cmd[0], "-o", *cmd[1:]], cwd=project, env=suite_env(), timeout=600)
+    classpath = (project / "cp.txt").read_text().strip()
+    assert str(java_installed) in classpath.split(os.pathsep), classpath
+    java = ["java", "-cp", f"target/classes{os.pathsep}{classpath}", "Example"]
+
+    env = suite_env({"PUSHSVC_GRPC_ADDR": node.grpc_addr, "PUSHSVC_API_KEY": API_KEY})
+    with open_ws(node, "alice") as alice:
+        out = run_ok(java, cwd=project, env=env, timeout=120)
+        (frame,) = alice.messages(1, timeout=10)
+    assert out.strip() == f"pushed {frame['id']} seqs [1]", out
+    assert frame["data"] == {"hello": "world"}
+
+    # The node's own environment file works as it is: the first of PUSHSVC_API_KEYS.
+    keys = suite_env({"PUSHSVC_GRPC_ADDR": node.grpc_addr, "PUSHSVC_API_KEYS": f"{API_KEY},x"})
+    assert run_ok(java, cwd=project, env=keys, timeout=120).startswith("pushed ")
+
+    bare = run(java, cwd=project, env=suite_env(), timeout=120)
+    assert bare.returncode == 1, bare.stdout
+    assert bare.stdout.count(NO_API_KEY) == 1, bare.stdout
 
 
 def test_java_tests_fail_without_a_node(java_ready: None) -> None:

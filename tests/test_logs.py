@@ -19,7 +19,7 @@ from collections.abc import Callable
 import grpc
 import pytest
 
-from pushsvc.v1 import push_pb2
+from pushsvc_client.v1 import push_pb2
 from tests.ferretdb import FerretDB, ferretdb  # noqa: F401
 from tests.nodeproc import API_KEY, CLUSTER_KEY, JWT_SECRET, NodeProcess, auth
 from tests.rawws import HandshakeRefused, RawWS, http_request

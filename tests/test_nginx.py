@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from pushsvc.config import Settings
-from pushsvc.v1 import push_pb2
+from pushsvc_client.v1 import push_pb2
 from tests.ferretdb import FerretDB, ferretdb  # noqa: F401
 from tests.nodeproc import CLUSTER_KEY, NodeProcess, auth, free_port
 from tests.rawws import Closed, RawWS, http_request

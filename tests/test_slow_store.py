@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from pushsvc.v1 import push_pb2
+from pushsvc_client.v1 import push_pb2
 from tests.ferretdb import FerretDB
 from tests.nodeproc import API_KEY, CLUSTER_KEY, JWT_SECRET, NodeProcess, auth
 from tests.rawws import OP_CLOSE, OP_PONG, RawWS

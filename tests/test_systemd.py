@@ -34,7 +34,7 @@ import pytest
 
 from pushsvc.config import Settings, load_settings
 from pushsvc.systemd import Notifier, watchdog_interval
-from pushsvc.v1 import push_pb2
+from pushsvc_client.v1 import push_pb2
 from tests.nodeproc import NodeProcess, auth
 from tests.rawws import RawWS
 from tests.wsclient import token

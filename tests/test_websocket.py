@@ -24,7 +24,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from pushsvc.auth import mint_token
-from pushsvc.v1 import push_pb2, push_pb2_grpc
+from pushsvc_client.v1 import push_pb2, push_pb2_grpc
 from tests import rawws
 from tests.nodeproc import JWT_SECRET, NodeProcess, auth
 from tests.rawws import RawWS

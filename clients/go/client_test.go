@@ -208,3 +208,31 @@ func TestOptionsAreChecked(t *testing.T) {
 		t.Fatalf("negative TTL: %v", err)
 	}
 }
+
+func TestNewFromEnvReadsTheNodesNames(t *testing.T) {
+	t.Setenv("PUSHSVC_GRPC_ADDR", "")
+	t.Setenv("PUSHSVC_API_KEY", "")
+	t.Setenv("PUSHSVC_API_KEYS", " , ")
+	if _, err := pushsvc.NewFromEnv(); !errors.Is(err, pushsvc.ErrNoAPIKey) {
+		t.Fatalf("no key: %v, want ErrNoAPIKey", err)
+	}
+	if pushsvc.AddrFromEnv() != pushsvc.DefaultAddr {
+		t.Fatalf("default address %q", pushsvc.AddrFromEnv())
+	}
+	// WithAPIKey among the options is enough.
+	c, err := pushsvc.NewFromEnv(pushsvc.WithAPIKey("given"))
+	if err != nil {
+		t.Fatalf("NewFromEnv(WithAPIKey): %v", err)
+	}
+	_ = c.Close()
+
+	t.Setenv("PUSHSVC_API_KEYS", " first , second")
+	if k, err := pushsvc.APIKeyFromEnv(); k != "first" || err != nil {
+		t.Fatalf("first of PUSHSVC_API_KEYS: %q %v", k, err)
+	}
+	t.Setenv("PUSHSVC_API_KEY", "mine")
+	if k, _ := pushsvc.APIKeyFromEnv(); k != "mine" {
+		t.Fatalf("PUSHSVC_API_KEY: %q", k)
+	}
+
+}

@@ -132,8 +132,22 @@ export interface StreamOptions {
   metadata?: Record<string, string>;
 }
 
+/** The address `PushClient.fromEnv` uses when PUSHSVC_GRPC_ADDR is unset: 127.0.0.1:50051. */
+export declare const DEFAULT_ADDRESS: string;
+/** What every pushsvc client says when the environment holds no API key. */
+export declare const NO_API_KEY_MESSAGE: string;
+/** $PUSHSVC_GRPC_ADDR, or DEFAULT_ADDRESS. */
+export declare function addressFromEnv(env?: Record<string, string | undefined>): string;
+/** $PUSHSVC_API_KEY, else the first key of $PUSHSVC_API_KEYS, else undefined. */
+export declare function apiKeyFromEnv(env?: Record<string, string | undefined>): string | undefined;
+
 export declare class PushClient {
   constructor(address: string, options?: PushClientOptions);
+  /**
+   * A client for $PUSHSVC_GRPC_ADDR with $PUSHSVC_API_KEY (else the first of
+   * $PUSHSVC_API_KEYS); throws an Error with NO_API_KEY_MESSAGE when there is no key.
+   */
+  static fromEnv(options?: PushClientOptions, env?: Record<string, string | undefined>): PushClient;
   readonly address: string;
   readonly timeoutMs: number;
   readonly retries: number;

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Go client toolchain. Idempotent: installs protoc-gen-go / protoc-gen-go-grpc
-# into .tools/bin when missing (or at another version), then downloads the Go
-# client's modules. protoc itself is grpc_tools.protoc from the venv.
+# into .tools/bin when missing (or at another version) and protoc from Debian's
+# protobuf-compiler package, then downloads the Go client's modules. They are
+# what `go generate` in clients/go and its staleness check in `make test` run;
+# building the client needs none of them (the stubs are committed).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 TOOLS="$PWD/.tools"
@@ -11,6 +13,14 @@ export PATH="$TOOLS/bin:$PATH"
 if ! command -v go >/dev/null 2>&1; then
   echo "install-go.sh: go is not installed; skipping the Go client" >&2
   exit 0
+fi
+
+if ! command -v protoc >/dev/null 2>&1; then
+  echo "installing Debian packages: protobuf-compiler"
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends protobuf-compiler >/dev/null
 fi
 
 PROTOC_GEN_GO_VERSION=v1.36.12

@@ -41,8 +41,9 @@ fi
 
 echo "install-java.sh: prefetching the Java client's Maven artifacts (one-time, about a minute)"
 mvn -B -q dependency:go-offline
-# Plugins resolved only when they run (protoc executables, compiler, jar...).
-mvn -B -q -DskipTests package
+# Plugins resolved only when they run (protoc executables, compiler, jar, install...);
+# this also puts the client into the local repository, as its README says.
+mvn -B -q -DskipTests install
 # The classpath file the README example runs with.
 mvn -B -q dependency:build-classpath -Dmdep.outputFile=target/classpath.txt
 # Proof that everything is here: compile the tests offline.

@@ -57,7 +57,7 @@ test("without a token the page does not connect, and says what to do", async () 
 
 test("the README example runs as written in the demo page's console", async () => {
   const readme = await readFile(new URL("../../clients/js/README.md", import.meta.url), "utf8");
-  const example = readme.match(/```js\n([\s\S]*?)```/)[1];
+  const example = readme.match(/## Try it\n[\s\S]*?```js\n([\s\S]*?)```/)[1];
   const user = newUser("readme");
   const { token } = await control("/token", { user, topics: ["news*"] });
   const code = example.replace("paste the token here", token);

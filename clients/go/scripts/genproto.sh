@@ -1,31 +1,33 @@
 #!/usr/bin/env bash
-# Generate the Go stubs of protos/pushsvc/v1/push.proto into pushsvcv1/.
-# Run through `go generate ./...` in clients/go. protoc is grpc_tools.protoc
-# from the repository's venv (or $PUSHSVC_PYTHON); the plugins come from
-# .tools/bin (deploy/dev/install-go.sh puts them there).
+# Generate the Go stubs of protos/pushsvc/v1/push.proto into pushsvcv1/ (or into
+# OUT/pushsvcv1/ with `genproto.sh OUT`, which the staleness check uses).
+# Run through `go generate ./...` in clients/go after changing the proto; the
+# output is committed, since `go get` runs no generators.
+#
+# Tools, pinned so that the output is the same on every machine:
+#   protoc              Debian's protobuf-compiler package (apt-get install protobuf-compiler)
+#   protoc-gen-go       v1.36.12  } deploy/dev/install-go.sh puts them into .tools/bin
+#   protoc-gen-go-grpc  v1.6.2    }
 set -euo pipefail
-here=$(cd "$(dirname "$0")/.." && pwd)  # clients/go
-root=$(cd "$here/../.." && pwd)         # the repository
+here=$(cd "$(dirname "$0")/.." && pwd) # clients/go
+root=$(cd "$here/../.." && pwd)        # the repository
+out=${1:-$here}
 export PATH="$root/.tools/bin:$PATH"
 
-py=${PUSHSVC_PYTHON:-$root/.venv/bin/python}
-[ -x "$py" ] || py=$(command -v python3 || true)
-if [ -z "$py" ] || ! "$py" -c 'import grpc_tools.protoc' 2>/dev/null; then
-  echo "genproto: grpc_tools (protoc) not found: run make deps, or set PUSHSVC_PYTHON" >&2
-  exit 1
-fi
-for plugin in protoc-gen-go protoc-gen-go-grpc; do
-  if ! command -v "$plugin" >/dev/null 2>&1; then
-    echo "genproto: $plugin not found: run make tools (deploy/dev/install-go.sh)" >&2
+for tool in protoc protoc-gen-go protoc-gen-go-grpc; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    case $tool in
+      protoc) hint="apt-get install protobuf-compiler" ;;
+      *) hint="bash deploy/dev/install-go.sh (make tools)" ;;
+    esac
+    echo "genproto: $tool not found: $hint" >&2
     exit 1
   fi
 done
 
-include=$("$py" -c 'import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), "_proto"))')
-mkdir -p "$here/pushsvcv1"
-rm -f "$here"/pushsvcv1/*.pb.go
-"$py" -m grpc_tools.protoc \
-  -I "$root/protos" -I "$include" \
-  --go_out="$here" --go_opt=module=github.com/pushsvc/pushsvc/clients/go \
-  --go-grpc_out="$here" --go-grpc_opt=module=github.com/pushsvc/pushsvc/clients/go \
+mkdir -p "$out/pushsvcv1"
+rm -f "$out"/pushsvcv1/*.pb.go
+protoc -I "$root/protos" \
+  --go_out="$out" --go_opt=module=github.com/pushsvc/pushsvc/clients/go \
+  --go-grpc_out="$out" --go-grpc_opt=module=github.com/pushsvc/pushsvc/clients/go \
   pushsvc/v1/push.proto

@@ -16,6 +16,28 @@ export { loadPushService, protoRoot } from "./proto.js";
 
 const MAX_UINT32 = 0xffffffff;
 
+/** The address `PushClient.fromEnv` uses when PUSHSVC_GRPC_ADDR is unset. */
+export const DEFAULT_ADDRESS = "127.0.0.1:50051";
+
+/** What every pushsvc client says when the environment holds no API key. */
+export const NO_API_KEY_MESSAGE =
+  "pushsvc: no API key: set PUSHSVC_API_KEY, or PUSHSVC_API_KEYS as on the node (its first key is used)";
+
+/** $PUSHSVC_GRPC_ADDR, or DEFAULT_ADDRESS when it is unset. */
+export function addressFromEnv(env = process.env) {
+  return env.PUSHSVC_GRPC_ADDR?.trim() || DEFAULT_ADDRESS;
+}
+
+/** $PUSHSVC_API_KEY, else the first key of $PUSHSVC_API_KEYS, else undefined. */
+export function apiKeyFromEnv(env = process.env) {
+  const own = env.PUSHSVC_API_KEY?.trim();
+  if (own) return own;
+  return (env.PUSHSVC_API_KEYS ?? "")
+    .split(",")
+    .map((k) => k.trim())
+    .find((k) => k);
+}
+
 /** bytes as they are, strings as UTF-8, anything else (object, array, number...) as JSON. */
 export function encodePayload(payload) {
   if (Buffer.isBuffer(payload)) return payload;
@@ -146,6 +168,18 @@ export class PushClient {
       "grpc.max_reconnect_backoff_ms": 2000,
       ...channelOptions,
     });
+  }
+
+  /**
+   * A client for $PUSHSVC_GRPC_ADDR (default 127.0.0.1:50051) with $PUSHSVC_API_KEY,
+   * else the first key of $PUSHSVC_API_KEYS: the names the node and the `pushsvc`
+   * command read. `options` as for the constructor; `options.apiKey` wins. Throws
+   * an Error with NO_API_KEY_MESSAGE when there is no key at all.
+   */
+  static fromEnv(options = {}, env = process.env) {
+    const apiKey = options.apiKey || apiKeyFromEnv(env);
+    if (!apiKey) throw new Error(NO_API_KEY_MESSAGE);
+    return new PushClient(addressFromEnv(env), { ...options, apiKey });
   }
 
   /** Closes the channel; calls in flight are cancelled. */

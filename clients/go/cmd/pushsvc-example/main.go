@@ -22,21 +22,11 @@ import (
 	pushsvc "github.com/pushsvc/pushsvc/clients/go"
 )
 
-func defaultAddr() string {
-	if a := os.Getenv("PUSHSVC_GRPC_ADDR"); a != "" {
-		return a
-	}
-	return "127.0.0.1:50051"
-}
-
+// defaultKey is the client's own choice ($PUSHSVC_API_KEY, else the first of
+// $PUSHSVC_API_KEYS), else the key a `make run` node generated.
 func defaultKey() string {
-	if k := os.Getenv("PUSHSVC_API_KEY"); k != "" {
+	if k, err := pushsvc.APIKeyFromEnv(); err == nil {
 		return k
-	}
-	for _, k := range strings.Split(os.Getenv("PUSHSVC_API_KEYS"), ",") {
-		if k = strings.TrimSpace(k); k != "" {
-			return k
-		}
 	}
 	dir := os.Getenv("PUSHSVC_DATA_DIR")
 	if dir == "" {
@@ -50,7 +40,7 @@ func defaultKey() string {
 }
 
 func main() {
-	addr := flag.String("addr", defaultAddr(), "gRPC address of a node")
+	addr := flag.String("addr", pushsvc.AddrFromEnv(), "gRPC address of a node")
 	key := flag.String("api-key", "", "API key (default: $PUSHSVC_API_KEY, $PUSHSVC_API_KEYS, pushsvc-data/api-key)")
 	user := flag.String("user", "alice", "recipient user id")
 	data := flag.String("data", `{"hello":"from go"}`, "JSON payload")
@@ -58,6 +48,10 @@ func main() {
 	flag.Parse()
 	if *key == "" {
 		*key = defaultKey()
+	}
+	if *key == "" {
+		fmt.Fprintln(os.Stderr, "pushsvc-example:", pushsvc.ErrNoAPIKey)
+		os.Exit(1)
 	}
 	if err := run(*addr, *key, *user, *data, *ttl); err != nil {
 		fmt.Fprintln(os.Stderr, "pushsvc-example:", err)

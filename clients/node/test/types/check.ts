@@ -17,6 +17,9 @@ const client = new PushClient("127.0.0.1:50051", {
   onRetry: ({ attempt, delayMs, error }) => console.log(attempt, delayMs, error.codeName),
 });
 
+const fromEnv: PushClient = PushClient.fromEnv({ timeoutMs: 1000 }, { PUSHSVC_API_KEYS: "k" });
+fromEnv.close();
+
 async function main(): Promise<void> {
   const r: PushResult = await client.push({ userIds: ["a"], payload: { x: 1 }, ttlSeconds: 0 });
   const seq: number | undefined = r.seqs[0];

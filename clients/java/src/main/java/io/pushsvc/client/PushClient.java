@@ -28,6 +28,7 @@ import java.time.Duration;
 import java.util.ArrayList;
 import java.util.Collection;
 import java.util.List;
+import java.util.Map;
 import java.util.Objects;
 import java.util.UUID;
 import java.util.concurrent.CompletableFuture;
@@ -88,8 +89,47 @@ public final class PushClient implements AutoCloseable {
     this.maxBackoff = b.maxBackoff;
   }
 
+  /** The address {@link #fromEnv()} uses when PUSHSVC_GRPC_ADDR is unset. */
+  public static final String DEFAULT_ADDRESS = "127.0.0.1:50051";
+
+  /** What every pushsvc client says when the environment holds no API key. */
+  public static final String NO_API_KEY_MESSAGE =
+      "pushsvc: no API key: set PUSHSVC_API_KEY, or PUSHSVC_API_KEYS as on the node"
+          + " (its first key is used)";
+
   public static Builder builder() {
     return new Builder();
+  }
+
+  /**
+   * A client for {@code $PUSHSVC_GRPC_ADDR} (default 127.0.0.1:50051) with {@code
+   * $PUSHSVC_API_KEY}, else the first key of {@code $PUSHSVC_API_KEYS}: the names the node and
+   * the {@code pushsvc} command read. Same as {@code builder().fromEnv().build()}.
+   *
+   * @throws IllegalStateException with {@link #NO_API_KEY_MESSAGE} when no key is set
+   */
+  public static PushClient fromEnv() {
+    return builder().fromEnv().build();
+  }
+
+  /** {@code $PUSHSVC_GRPC_ADDR} in {@code env}, or {@link #DEFAULT_ADDRESS}. */
+  public static String addressFromEnv(Map<String, String> env) {
+    String addr = env.getOrDefault("PUSHSVC_GRPC_ADDR", "").trim();
+    return addr.isEmpty() ? DEFAULT_ADDRESS : addr;
+  }
+
+  /** {@code $PUSHSVC_API_KEY} in {@code env}, else the first of {@code $PUSHSVC_API_KEYS}. */
+  public static java.util.Optional<String> apiKeyFromEnv(Map<String, String> env) {
+    String own = env.getOrDefault("PUSHSVC_API_KEY", "").trim();
+    if (!own.isEmpty()) {
+      return java.util.Optional.of(own);
+    }
+    for (String key : env.getOrDefault("PUSHSVC_API_KEYS", "").split(",")) {
+      if (!key.trim().isEmpty()) {
+        return java.util.Optional.of(key.trim());
+      }
+    }
+    return java.util.Optional.empty();
   }
 
   // -- calls -----------------------------------------------------------------------------------
@@ -375,6 +415,24 @@ public final class PushClient implements AutoCloseable {
     private final List<ClientInterceptor> interceptors = new ArrayList<>();
 
     private Builder() {}
+
+    /** Address and API key from the process environment; see {@link PushClient#fromEnv()}. */
+    public Builder fromEnv() {
+      return fromEnv(System.getenv());
+    }
+
+    /**
+     * Address and API key from {@code env} (PUSHSVC_GRPC_ADDR, PUSHSVC_API_KEY, else the first
+     * of PUSHSVC_API_KEYS).
+     *
+     * @throws IllegalStateException with {@link #NO_API_KEY_MESSAGE} when there is no key
+     */
+    public Builder fromEnv(Map<String, String> env) {
+      this.address = addressFromEnv(env);
+      this.apiKey =
+          apiKeyFromEnv(env).orElseThrow(() -> new IllegalStateException(NO_API_KEY_MESSAGE));
+      return this;
+    }
 
     /** The node (or load balancer) as {@code host:port}, or any gRPC target string. */
     public Builder address(String address) {

@@ -1,8 +1,8 @@
 """Python client of the pushsvc gRPC API, for business services and the command line.
 
-    from pushsvc.client import PushClient
+    from pushsvc_client import PushClient
 
-    with PushClient("127.0.0.1:50051", api_key="...") as push:
+    with PushClient.from_env() as push:  # $PUSHSVC_GRPC_ADDR, $PUSHSVC_API_KEY
         resp = push.push(["alice", "bob"], {"hello": 1})
         print(resp.message_id, list(resp.seqs))
 
@@ -23,15 +23,16 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from pushsvc.v1 import push_pb2, push_pb2_grpc
+from pushsvc_client.env import MissingAPIKeyError, api_key_from_env, grpc_addr_from_env
+from pushsvc_client.v1 import push_pb2, push_pb2_grpc
 
 __all__ = [
     "AlreadyExistsError",
     "DeadlineExceededError",
     "FailedPreconditionError",
     "InvalidArgumentError",
+    "MissingAPIKeyError",
     "NotFoundError",
     "PermissionDeniedError",
     "PushClient",
@@ -207,7 +208,19 @@ class PushClient:
         else:
             self._channel = grpc.secure_channel(addr, credentials, options=options)
         self._stub = push_pb2_grpc.PushServiceStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    @classmethod
+    def from_env(cls, **options: Any) -> PushClient:
+        """A client for ``$PUSHSVC_GRPC_ADDR`` (default 127.0.0.1:50051) with
+        ``$PUSHSVC_API_KEY``, else the first key of ``$PUSHSVC_API_KEYS``: the names the
+        node and the ``pushsvc`` command read. ``options`` as for the constructor.
+
+        Raises ``MissingAPIKeyError`` (``NO_API_KEY_MESSAGE``) when there is no key.
+        """
+        key = api_key_from_env()
+        if key is None:
+            raise MissingAPIKeyError()
+        return cls(grpc_addr_from_env(), key, **options)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -310,9 +323,19 @@ class PushClient:
         return self._call(self._stub.ListNodes, push_pb2.ListNodesRequest())
 
     def health(self, service: str = "") -> str:
-        """grpc.health.v1 status name of ``service`` ("" = the whole server): "SERVING"..."""
+        """grpc.health.v1 status name of ``service`` ("" = the whole server): "SERVING"...
+
+        Needs ``grpcio-health-checking`` (``pip install 'pushsvc-client[health]'``).
+        """
+        try:
+            from grpc_health.v1 import health_pb2, health_pb2_grpc
+        except ImportError:
+            raise ImportError(
+                "PushClient.health() needs grpcio-health-checking: "
+                "pip install 'pushsvc-client[health]'"
+            ) from None
         request = health_pb2.HealthCheckRequest(service=service)
-        response = self._call(self._health.Check, request)
+        response = self._call(health_pb2_grpc.HealthStub(self._channel).Check, request)
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
     # -- machinery ---------------------------------------------------------------

@@ -1,0 +1,65 @@
+package pushsvc
+
+import (
+	"errors"
+	"os"
+	"strings"
+)
+
+// Version is this client's release; the module is tagged clients/go/v<Version>.
+const Version = "0.1.0"
+
+// The environment NewFromEnv reads: the same names as the pushsvc command and
+// the node itself.
+const (
+	// EnvGRPCAddr is the node's gRPC address, host:port.
+	EnvGRPCAddr = "PUSHSVC_GRPC_ADDR"
+	// EnvAPIKey is the API key of this client.
+	EnvAPIKey = "PUSHSVC_API_KEY"
+	// EnvAPIKeys is the node's comma-separated key list; its first key is used
+	// when EnvAPIKey is unset, so a node's environment file works as it is.
+	EnvAPIKeys = "PUSHSVC_API_KEYS"
+	// DefaultAddr is the address used when EnvGRPCAddr is unset.
+	DefaultAddr = "127.0.0.1:50051"
+)
+
+// ErrNoAPIKey is what NewFromEnv returns when neither PUSHSVC_API_KEY nor
+// PUSHSVC_API_KEYS holds a key. Every pushsvc client says the same words.
+var ErrNoAPIKey = errors.New("pushsvc: no API key: set PUSHSVC_API_KEY, or PUSHSVC_API_KEYS as on the node (its first key is used)")
+
+// AddrFromEnv returns $PUSHSVC_GRPC_ADDR, or DefaultAddr when it is unset.
+func AddrFromEnv() string {
+	if a := strings.TrimSpace(os.Getenv(EnvGRPCAddr)); a != "" {
+		return a
+	}
+	return DefaultAddr
+}
+
+// APIKeyFromEnv returns $PUSHSVC_API_KEY, else the first key of
+// $PUSHSVC_API_KEYS, else ErrNoAPIKey.
+func APIKeyFromEnv() (string, error) {
+	if k := strings.TrimSpace(os.Getenv(EnvAPIKey)); k != "" {
+		return k, nil
+	}
+	for _, k := range strings.Split(os.Getenv(EnvAPIKeys), ",") {
+		if k = strings.TrimSpace(k); k != "" {
+			return k, nil
+		}
+	}
+	return "", ErrNoAPIKey
+}
+
+// NewFromEnv creates a client for AddrFromEnv() with APIKeyFromEnv(); opts
+// come after those, so WithAPIKey in opts wins. It fails with ErrNoAPIKey when
+// the environment holds no key and opts give none either.
+func NewFromEnv(opts ...Option) (*Client, error) {
+	key, err := APIKeyFromEnv()
+	probe := config{}
+	for _, opt := range opts {
+		_ = opt(&probe) // only to see whether opts carry a key; New checks them
+	}
+	if err != nil && probe.apiKey == "" {
+		return nil, err
+	}
+	return New(AddrFromEnv(), append([]Option{WithAPIKey(key)}, opts...)...)
+}
