@@ -380,48 +380,50 @@ class ClusterFleet:
 
     # -- forwarding -------------------------------------------------------------------------
 
-    def forward_users(self, message: Message, recipients: Recipients) -> None:
-        """Hand the message to every other node holding a recipient; wait (bounded).
+    def forward_users(self, batch: Sequence[tuple[Message, Recipients]]) -> None:
+        """Hand each message to every other node holding a recipient; wait (bounded).
 
         Waiting means a push that answered OK has already reached the nodes of
         its online recipients, even if this node dies the next moment. A peer
         that does not answer costs at most the forward deadline.
         """
-        waits = self._route_users(message, recipients)
+        waits = self._route_users(batch)
         if waits:
             deadline = time.monotonic() + self._timeout + 0.5
             for done in waits:
                 done.wait(max(0.0, deadline - time.monotonic()))
 
-    def _route_users(self, message: Message, recipients: Recipients) -> list[Event]:
-        where = self._where([u for u, _ in recipients])
+    def _route_users(self, batch: Sequence[tuple[Message, Recipients]]) -> list[Event]:
+        users = list(dict.fromkeys(u for _, recipients in batch for u, _ in recipients))
+        where = self._where(users)
         nodes = self._remote_nodes()
         named = {node_id for per_node in where.values() for node_id in per_node}
         if not named <= nodes.keys() | {self._node_id}:
             self._nodes_at = -NODES_CACHE  # a node newer than the cached list holds a recipient
             nodes = self._remote_nodes()
-        per_node: dict[str, list[node_pb2.Recipient]] = {}
-        for user_id, seq in recipients:
-            for node_id in where.get(user_id, {}):
-                if node_id in nodes:
-                    per_node.setdefault(node_id, []).append(
-                        node_pb2.Recipient(user_id=user_id, seq=seq)
-                    )
         waits = []
-        for node_id, recips in per_node.items():
-            done = Event()
-            self._peer(nodes[node_id]).send(
-                node_pb2.Delivery(
-                    user=node_pb2.UserDelivery(
-                        message_id=message.id,
-                        payload=message.payload,
-                        content_type=message.content_type,
-                        recipients=recips,
-                    )
-                ),
-                done,
-            )
-            waits.append(done)
+        for message, recipients in batch:
+            per_node: dict[str, list[node_pb2.Recipient]] = {}
+            for user_id, seq in recipients:
+                for node_id in where.get(user_id, {}):
+                    if node_id in nodes:
+                        per_node.setdefault(node_id, []).append(
+                            node_pb2.Recipient(user_id=user_id, seq=seq)
+                        )
+            for node_id, recips in per_node.items():
+                done = Event()
+                self._peer(nodes[node_id]).send(
+                    node_pb2.Delivery(
+                        user=node_pb2.UserDelivery(
+                            message_id=message.id,
+                            payload=message.payload,
+                            content_type=message.content_type,
+                            recipients=recips,
+                        )
+                    ),
+                    done,
+                )
+                waits.append(done)
         return waits
 
     def forward_topic(self, message: Message, topic: str) -> None:

@@ -38,9 +38,9 @@ class Fleet(Protocol):
     def changed(self, user_id: str) -> None:
         """A user's connection count here changed (written in batches)."""
 
-    def forward_users(self, message: Message, recipients: Recipients) -> None:
-        """Hand the message to the other nodes holding recipients; returns once they
-        answered or the forward deadline passed."""
+    def forward_users(self, batch: Sequence[tuple[Message, Recipients]]) -> None:
+        """Hand each message to the other nodes holding its recipients (one routing
+        for the batch); returns once they answered or the forward deadline passed."""
 
     def forward_topic(self, message: Message, topic: str) -> None:
         """Hand a topic message to every other node (does not wait)."""
@@ -82,7 +82,7 @@ class LocalFleet:
     def changed(self, user_id: str) -> None:
         pass
 
-    def forward_users(self, message: Message, recipients: Recipients) -> None:
+    def forward_users(self, batch: Sequence[tuple[Message, Recipients]]) -> None:
         pass
 
     def forward_topic(self, message: Message, topic: str) -> None:

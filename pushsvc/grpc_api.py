@@ -30,6 +30,7 @@ from pushsvc.errors import (
 )
 from pushsvc.messages import (
     Message,
+    PushCommand,
     build_push,
     unfold_seqs,
     validate_message_id,
@@ -39,13 +40,16 @@ from pushsvc.messages import (
     validate_user_id,
     validate_user_ids,
 )
-from pushsvc.node import Node
+from pushsvc.node import Node, PushOutcome
 from pushsvc.ratelimit import TokenBucket
 from pushsvc_client.v1 import node_pb2, node_pb2_grpc, push_pb2, push_pb2_grpc
 
 log = logging.getLogger("pushsvc.grpc")
 
 PUSH_SERVICE = "pushsvc.v1.PushService"
+MAX_BATCH = 1000  # pushes in one PushBatch
+# Methods charged per message (by the servicer), not per call (by the interceptor).
+PER_MESSAGE_LIMITED = frozenset({"PushStream", "PushBatch"})
 NODE_SERVICE = "pushsvc.v1.NodeService"
 
 _STATUS: dict[type[PushError], grpc.StatusCode] = {
@@ -63,6 +67,15 @@ def status_of(exc: PushError) -> grpc.StatusCode:
             return code
     return grpc.StatusCode.INTERNAL
 
+
+def _error_response(exc: PushError) -> push_pb2.PushResponse:
+    """A failed push inside a stream or a batch."""
+    return push_pb2.PushResponse(
+        error=push_pb2.Error(code=status_of(exc).value[0], message=str(exc))
+    )
+
+
+_NOT_RUN = PushError("not processed")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -103,9 +116,9 @@ class PushServicer(push_pb2_grpc.PushServiceServicer):
         self._limits = limits
         self._callers = callers
 
-    def _push(self, request: push_pb2.PushRequest) -> push_pb2.PushResponse:
+    def _command(self, request: push_pb2.PushRequest) -> PushCommand:
         lim = self._limits
-        cmd = build_push(
+        return build_push(
             list(request.user_ids),
             request.payload,
             request.content_type,
@@ -115,9 +128,17 @@ class PushServicer(push_pb2_grpc.PushServiceServicer):
             default_ttl=lim.default_ttl,
             max_ttl=lim.max_ttl,
         )
-        out = self._node.push(cmd)
+
+    @staticmethod
+    def _response(
+        request: push_pb2.PushRequest, cmd: PushCommand, out: PushOutcome
+    ) -> push_pb2.PushResponse:
         seqs = unfold_seqs(list(request.user_ids), cmd.user_ids, out.seqs)
         return push_pb2.PushResponse(message_id=out.message_id, seqs=seqs, duplicate=out.duplicate)
+
+    def _push(self, request: push_pb2.PushRequest) -> push_pb2.PushResponse:
+        cmd = self._command(request)
+        return self._response(request, cmd, self._node.push(cmd))
 
     @_domain_errors
     def Push(
@@ -128,16 +149,14 @@ class PushServicer(push_pb2_grpc.PushServiceServicer):
     def PushStream(
         self, request_iterator: Iterator[push_pb2.PushRequest], context: grpc.ServicerContext
     ) -> Iterator[push_pb2.PushResponse]:
-        key = (bearer_of(context.invocation_metadata()) or "").partition(" ")[2].strip()
+        key = caller_key(context.invocation_metadata())
         for request in request_iterator:
             try:
                 if not self._callers.take(key):
                     raise RateLimited("over the API key's rate limit")
                 yield self._push(request)
             except PushError as exc:
-                yield push_pb2.PushResponse(
-                    error=push_pb2.Error(code=status_of(exc).value[0], message=str(exc))
-                )
+                yield _error_response(exc)
             except Exception:
                 request_id = secrets.token_hex(6)
                 log.exception("rpc failed", extra={"rpc": "PushStream", "request": request_id})
@@ -147,6 +166,31 @@ class PushServicer(push_pb2_grpc.PushServiceServicer):
                         message=f"internal error (request id {request_id} in the log)",
                     )
                 )
+
+    @_domain_errors
+    def PushBatch(
+        self, request: push_pb2.PushBatchRequest, context: grpc.ServicerContext
+    ) -> push_pb2.PushBatchResponse:
+        pushes = request.pushes
+        if not 1 <= len(pushes) <= MAX_BATCH:
+            raise InvalidArgument(f"pushes has {len(pushes)} entries: send 1 to {MAX_BATCH}")
+        key = caller_key(context.invocation_metadata())
+        responses: list[push_pb2.PushResponse] = [_error_response(_NOT_RUN)] * len(pushes)
+        accepted: list[tuple[int, PushCommand]] = []
+        for i, push in enumerate(pushes):
+            try:
+                if not self._callers.take(key):
+                    raise RateLimited("over the API key's rate limit")
+                accepted.append((i, self._command(push)))
+            except PushError as exc:
+                responses[i] = _error_response(exc)
+        outcomes = self._node.push_many([cmd for _, cmd in accepted])
+        for (i, cmd), out in zip(accepted, outcomes, strict=True):
+            if isinstance(out, PushError):
+                responses[i] = _error_response(out)
+            else:
+                responses[i] = self._response(pushes[i], cmd, out)
+        return push_pb2.PushBatchResponse(responses=responses)
 
     @_domain_errors
     def Publish(
@@ -272,6 +316,11 @@ class CallerLimits:
         return bucket.take()
 
 
+def caller_key(metadata: Any) -> str:
+    """The API key a call presented (already checked by the interceptor)."""
+    return (bearer_of(metadata) or "").partition(" ")[2].strip()
+
+
 def bearer_of(metadata: Any) -> str | None:
     for key, value in metadata or ():
         if key == "authorization":
@@ -325,7 +374,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
             key = self._api_keys.check(header)
         except Unauthenticated as exc:
             return _abort_handler(continuation(details), grpc.StatusCode.UNAUTHENTICATED, str(exc))
-        if parts[2] != "PushStream" and not self._limits.take(key):
+        if parts[2] not in PER_MESSAGE_LIMITED and not self._limits.take(key):
             return _abort_handler(
                 continuation(details),
                 grpc.StatusCode.RESOURCE_EXHAUSTED,

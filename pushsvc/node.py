@@ -26,7 +26,7 @@ from gevent.event import Event
 from pushsvc.admission import Admission
 from pushsvc.errors import PushError, StoreUnavailable
 from pushsvc.fanout import TopicFanout
-from pushsvc.fleet import Fleet
+from pushsvc.fleet import Fleet, Recipients
 from pushsvc.health import StoreHealth
 from pushsvc.hub import Hub
 from pushsvc.messages import Message, PushCommand, new_message_id
@@ -212,7 +212,10 @@ class Node:
         return outcome
 
     def push_many(self, cmds: Sequence[PushCommand]) -> list[PushOutcome | PushError]:
-        """Store (one group commit for all), then deliver each; one outcome per command."""
+        """Store (one group commit for all), then deliver each; one outcome per command.
+
+        Forwarding to other nodes is one routing for the whole batch, waited for once.
+        """
         started = time.perf_counter()
         now = time.time()
         messages: list[tuple[Message, UserFrame]] = []
@@ -225,50 +228,83 @@ class Node:
                     UserFrame.build(message_id, cmd.payload, cmd.content_type),
                 )
             )
-        stored_at = [i for i, cmd in enumerate(cmds) if cmd.ttl_seconds]
-        stored: dict[int, StoreResult | PushError] = {}
-        if stored_at:
-            requests = [
-                StoreRequest(messages[i][0], cmds[i].user_ids, cmds[i].idempotency_key)
-                for i in stored_at
-            ]
-            try:
-                results = self._inbox.store_messages(requests, now)
-            except StoreUnavailable as exc:
-                self._health.failed(exc)
-                results = [exc] * len(requests)
-            for i, outcome in zip(stored_at, results, strict=True):
-                if isinstance(outcome, StoreUnavailable):
-                    self._health.failed(outcome)
-                stored[i] = outcome
+        stored = self._store(cmds, [m for m, _ in messages], now)
         outcomes: list[PushOutcome | PushError] = []
+        forwards: list[tuple[Message, Recipients]] = []
         for i, cmd in enumerate(cmds):
             message, frame = messages[i]
             result = stored.get(i)
             if isinstance(result, PushError):
                 outcomes.append(result)
                 continue
-            outcomes.append(self._deliver_push(cmd, message, frame, result))
+            outcome, recipients = self._deliver_push(cmd, message, frame, result)
+            outcomes.append(outcome)
+            if recipients:
+                forwards.append((message, recipients))
+        if forwards:
+            self.fleet.forward_users(forwards)
         self._metrics.messages_pushed.inc(sum(isinstance(o, PushOutcome) for o in outcomes))
         self._metrics.push_duration.observe(time.perf_counter() - started)
         return outcomes
 
+    def _store(
+        self, cmds: Sequence[PushCommand], messages: Sequence[Message], now: float
+    ) -> dict[int, StoreResult | PushError]:
+        """Store the commands with a TTL; a key repeated in the batch is stored once,
+        and its repeats answer as duplicates of the first."""
+        first_of: dict[str, int] = {}
+        firsts: list[int] = []
+        repeats: dict[int, int] = {}
+        for i, cmd in enumerate(cmds):
+            if not cmd.ttl_seconds:
+                continue
+            key = cmd.idempotency_key
+            if key and key in first_of:
+                repeats[i] = first_of[key]
+                continue
+            if key:
+                first_of[key] = i
+            firsts.append(i)
+        stored: dict[int, StoreResult | PushError] = {}
+        if not firsts:
+            return stored
+        requests = [
+            StoreRequest(messages[i], cmds[i].user_ids, cmds[i].idempotency_key) for i in firsts
+        ]
+        try:
+            results = self._inbox.store_messages(requests, now)
+        except StoreUnavailable as exc:
+            results = [exc] * len(requests)
+        for i, outcome in zip(firsts, results, strict=True):
+            if isinstance(outcome, StoreUnavailable):
+                self._health.failed(outcome)
+            stored[i] = outcome
+        for i, first in repeats.items():
+            done = stored[first]
+            if isinstance(done, PushError):
+                stored[i] = done
+            else:
+                seen = dict(zip(cmds[first].user_ids, done.seqs, strict=True))
+                seqs = tuple(seen.get(u, 0) for u in cmds[i].user_ids)
+                stored[i] = StoreResult(done.message_id, seqs, duplicate=True)
+        return stored
+
     def _deliver_push(
         self, cmd: PushCommand, message: Message, frame: UserFrame, stored: StoreResult | None
-    ) -> PushOutcome:
+    ) -> tuple[PushOutcome, Recipients]:
+        """Local delivery; returns the outcome and what to forward to other nodes."""
         hub = self._hub
         if stored is None:  # online-only
             wire = wire_text(frame.online_only())
             local = sum(hub.deliver_online(u, wire) for u in cmd.user_ids)
-            self.fleet.forward_users(message, [(u, 0) for u in cmd.user_ids])
-            return PushOutcome(message.id, (), False, local)
+            return PushOutcome(message.id, (), False, local), [(u, 0) for u in cmd.user_ids]
         if stored.duplicate:
-            return PushOutcome(stored.message_id, stored.seqs, True, 0)
+            return PushOutcome(stored.message_id, stored.seqs, True, 0), []
         local = 0
         for uid, seq in zip(cmd.user_ids, stored.seqs, strict=True):
             local += hub.deliver_user(uid, seq, frame, message.id)
-        self.fleet.forward_users(message, list(zip(cmd.user_ids, stored.seqs, strict=True)))
-        return PushOutcome(message.id, stored.seqs, False, local)
+        recipients = list(zip(cmd.user_ids, stored.seqs, strict=True))
+        return PushOutcome(message.id, stored.seqs, False, local), recipients
 
     def publish(self, topic: str, payload: bytes, content_type: str) -> PublishOutcome:
         now = time.time()

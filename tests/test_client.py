@@ -83,6 +83,27 @@ def test_push_idempotency_key(node: NodeProcess, client: PushClient, clients: li
     assert ws.barrier() == []
 
 
+def test_push_batch(node: NodeProcess, client: PushClient, clients: list[Client]) -> None:
+    ws = open_ws(node, "fay")
+    clients.append(ws)
+    build = PushClient.build_push_request
+    responses = client.push_batch(
+        [
+            build("fay", {"i": 0}, idempotency_key="b-0"),
+            build("fay", b"{not json", idempotency_key="b-1"),
+            build("fay", {"i": 2}, idempotency_key="b-2"),
+        ]
+    )
+    ok, bad, second = responses
+    assert list(ok.seqs) == [1] and list(second.seqs) == [2]
+    assert bad.HasField("error") and bad.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert [m["data"]["i"] for m in ws.messages(2)] == [0, 2]
+    # The same keys again (a retry): nothing is delivered twice.
+    again = client.push_batch([build("fay", {"i": 0}, idempotency_key="b-0")])
+    assert again[0].duplicate and again[0].message_id == ok.message_id
+    assert ws.barrier() == []
+
+
 def test_push_stream(node: NodeProcess, client: PushClient, clients: list[Client]) -> None:
     ws = open_ws(node, "dave")
     clients.append(ws)

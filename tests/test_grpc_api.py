@@ -268,6 +268,52 @@ def test_push_stream(node: NodeProcess, stub: push_pb2_grpc.PushServiceStub) -> 
     assert [m["id"] for m in msgs] == [r.message_id for r in good]
 
 
+def test_push_batch_answers_each_push_on_its_own(
+    node: NodeProcess, stub: push_pb2_grpc.PushServiceStub
+) -> None:
+    pushes = [
+        push_pb2.PushRequest(user_ids=["batcher"], payload=b'{"i":0}'),
+        push_pb2.PushRequest(user_ids=["batcher"], payload=b"{broken"),
+        push_pb2.PushRequest(user_ids=["batcher", "other"], payload=b'{"i":2}', ttl_seconds=0),
+        push_pb2.PushRequest(user_ids=["batcher"], payload=b'{"i":3}', idempotency_key="b-3"),
+        push_pb2.PushRequest(user_ids=["batcher"], payload=b'{"i":4}', idempotency_key="b-3"),
+        push_pb2.PushRequest(user_ids=[], payload=b"{}"),
+    ]
+    with open_ws(node, "batcher") as client:
+        out = stub.PushBatch(push_pb2.PushBatchRequest(pushes=pushes), metadata=AUTH, timeout=30)
+        r = list(out.responses)
+        assert len(r) == len(pushes)
+        assert [x.HasField("error") for x in r] == [False, True, False, False, False, True]
+        assert r[1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        assert "JSON" in r[1].error.message
+        assert list(r[0].seqs) == [1] and list(r[2].seqs) == [] and list(r[3].seqs) == [2]
+        # The same idempotency key twice in one batch: stored once.
+        assert r[4].duplicate and r[4].message_id == r[3].message_id
+        msgs = client.messages(3, timeout=30)
+        assert client.barrier() == []
+    assert [m["data"]["i"] for m in msgs] == [0, 2, 3]
+    assert [m.get("seq") for m in msgs] == [1, None, 2]
+
+
+def test_push_batch_size_is_bounded(stub: push_pb2_grpc.PushServiceStub) -> None:
+    for n in (0, 1001):
+        pushes = [push_pb2.PushRequest(user_ids=["u"], payload=b"{}")] * n
+        with pytest.raises(grpc.RpcError) as info:
+            stub.PushBatch(push_pb2.PushBatchRequest(pushes=pushes), metadata=AUTH, timeout=30)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "1 to 1000" in (info.value.details() or "")
+
+
+def test_push_batch_is_charged_per_push(node_factory: Callable[..., NodeProcess]) -> None:
+    node = node_factory(env={"PUSHSVC_API_RATE": "0.001", "PUSHSVC_API_BURST": "3"})
+    pushes = [push_pb2.PushRequest(user_ids=["u"], payload=b"{}", ttl_seconds=0)] * 5
+    with node.stub() as stub:
+        out = stub.PushBatch(push_pb2.PushBatchRequest(pushes=pushes), metadata=AUTH, timeout=30)
+    codes = [x.error.code for x in out.responses]
+    limited = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert codes == [0, 0, 0, limited, limited], codes
+
+
 # -- Publish, presence, disconnect, nodes --------------------------------------------------
 
 

@@ -121,7 +121,7 @@ type PushResponse struct {
 	Seqs []uint64 `protobuf:"varint,2,rep,packed,name=seqs,proto3" json:"seqs,omitempty"`
 	// True when the idempotency key had been seen and nothing was sent again.
 	Duplicate bool `protobuf:"varint,3,opt,name=duplicate,proto3" json:"duplicate,omitempty"`
-	// Only in PushStream: why this request failed.
+	// Only in PushStream and PushBatch: why this request failed.
 	Error         *Error `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -185,7 +185,97 @@ func (x *PushResponse) GetError() *Error {
 	return nil
 }
 
-// A failed request inside a stream.
+type PushBatchRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 1 to 1,000 pushes, each as PushRequest would carry it.
+	Pushes        []*PushRequest `protobuf:"bytes,1,rep,name=pushes,proto3" json:"pushes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PushBatchRequest) Reset() {
+	*x = PushBatchRequest{}
+	mi := &file_pushsvc_v1_push_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PushBatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PushBatchRequest) ProtoMessage() {}
+
+func (x *PushBatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pushsvc_v1_push_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PushBatchRequest.ProtoReflect.Descriptor instead.
+func (*PushBatchRequest) Descriptor() ([]byte, []int) {
+	return file_pushsvc_v1_push_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *PushBatchRequest) GetPushes() []*PushRequest {
+	if x != nil {
+		return x.Pushes
+	}
+	return nil
+}
+
+type PushBatchResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One per push, in the order of `pushes`; `error` is set on those that failed.
+	Responses     []*PushResponse `protobuf:"bytes,1,rep,name=responses,proto3" json:"responses,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PushBatchResponse) Reset() {
+	*x = PushBatchResponse{}
+	mi := &file_pushsvc_v1_push_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PushBatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PushBatchResponse) ProtoMessage() {}
+
+func (x *PushBatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pushsvc_v1_push_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PushBatchResponse.ProtoReflect.Descriptor instead.
+func (*PushBatchResponse) Descriptor() ([]byte, []int) {
+	return file_pushsvc_v1_push_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *PushBatchResponse) GetResponses() []*PushResponse {
+	if x != nil {
+		return x.Responses
+	}
+	return nil
+}
+
+// A failed request inside a stream or a batch.
 type Error struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The gRPC status code number (3 = INVALID_ARGUMENT, 14 = UNAVAILABLE...).
@@ -198,7 +288,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_pushsvc_v1_push_proto_msgTypes[2]
+	mi := &file_pushsvc_v1_push_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -210,7 +300,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_pushsvc_v1_push_proto_msgTypes[2]
+	mi := &file_pushsvc_v1_push_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -223,7 +313,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_pushsvc_v1_push_proto_rawDescGZIP(), []int{2}
+	return file_pushsvc_v1_push_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Error) GetCode() int32 {
@@ -254,7 +344,7 @@ type PublishRequest struct {
 
 func (x *PublishRequest) Reset() {
 	*x = PublishRequest{}
-	mi := &file_pushsvc_v1_push_proto_msgTypes[3]
+	mi := &file_pushsvc_v1_push_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -266,7 +356,7 @@ func (x *PublishRequest) String() string {
 func (*PublishRequest) ProtoMessage() {}
 
 func (x *PublishRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pushsvc_v1_push_proto_msgTypes[3]
+	mi := &file_pushsvc_v1_push_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -279,7 +369,7 @@ func (x *PublishRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublishRequest.ProtoReflect.Descriptor instead.
 func (*PublishRequest) Descriptor() ([]byte, []int) {
-	return file_pushsvc_v1_push_proto_rawDescGZIP(), []int{3}
+	return file_pushsvc_v1_push_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *PublishRequest) GetTopic() string {
@@ -316,7 +406,7 @@ type PublishResponse struct {
 
 func (x *PublishResponse) Reset() {
 	*x = PublishResponse{}
-	mi := &file_pushsvc_v1_push_proto_msgTypes[4]
+	mi := &file_pushsvc_v1_push_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -328,7 +418,7 @@ func (x *PublishResponse) String() string {
 func (*PublishResponse) ProtoMessage() {}
 
 func (x *PublishResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pushsvc_v1_push_proto_msgTypes[4]
+	mi := &file_pushsvc_v1_push_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -341,7 +431,7 @@ func (x *PublishResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublishResponse.ProtoReflect.Descriptor instead.
 func (*PublishResponse) Descriptor() ([]byte, []int) {
-	return file_pushsvc_v1_push_proto_rawDescGZIP(), []int{4}
+	return file_pushsvc_v1_push_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *PublishResponse) GetMessageId() string {
@@ -368,7 +458,7 @@ type GetPresenceRequest struct {
 
 func (x *GetPresenceRequest) Reset() {
 	*x = GetPresenceRequest{}
-	mi := &file_pushsvc_v1_push_proto_msgTypes[5]
+	mi := &file_pushsvc_v1_push_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -380,7 +470,7 @@ func (x *GetPresenceRequest) String() string {
 func (*GetPresenceRequest) ProtoMessage() {}
 
 func (x *GetPresenceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pushsvc_v1_push_proto_msgTypes[5]
+	mi := &file_pushsvc_v1_push_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -393,7 +483,7 @@ func (x *GetPresenceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPresenceRequest.ProtoReflect.Descriptor instead.
 func (*GetPresenceRequest) Descriptor() ([]byte, []int) {
-	return file_pushsvc_v1_push_proto_rawDescGZIP(), []int{5}
+	return file_pushsvc_v1_push_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetPresenceRequest) GetUserIds() []string {
@@ -413,7 +503,7 @@ type GetPresenceResponse struct {
 
 func (x *GetPresenceResponse) Reset() {
 	*x = GetPresenceResponse{}
-	mi := &file_pushsvc_v1_push_proto_msgTypes[6]
+	mi := &file_pushsvc_v1_push_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -425,7 +515,7 @@ func (x *GetPresenceResponse) String() string {
 func (*GetPresenceResponse) ProtoMessage() {}
 
 func (x *GetPresenceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pushsvc_v1_push_proto_msgTypes[6]
+	mi := &file_pushsvc_v1_push_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -438,7 +528,7 @@ func (x *GetPresenceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPresenceResponse.ProtoReflect.Descriptor instead.
 func (*GetPresenceResponse) Descriptor() ([]byte, []int) {
-	return file_pushsvc_v1_push_proto_rawDescGZIP(), []int{6}
+	return file_pushsvc_v1_push_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetPresenceResponse) GetPresence() []*UserPresence {
@@ -463,7 +553,7 @@ type UserPresence struct {
 
 func (x *UserPresence) Reset() {
 	*x = UserPresence{}
-	mi := &file_pushsvc_v1_push_proto_msgTypes[7]
+	mi := &file_pushsvc_v1_push_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -475,7 +565,7 @@ func (x *UserPresence) String() string {
 func (*UserPresence) ProtoMessage() {}
 
 func (x *UserPresence) ProtoReflect() protoreflect.Message {
-	mi := &file_pushsvc_v1_push_proto_msgTypes[7]
+	mi := &file_pushsvc_v1_push_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -488,7 +578,7 @@ func (x *UserPresence) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserPresence.ProtoReflect.Descriptor instead.
 func (*UserPresence) Descriptor() ([]byte, []int) {
-	return file_pushsvc_v1_push_proto_rawDescGZIP(), []int{7}
+	return file_pushsvc_v1_push_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *UserPresence) GetUserId() string {
@@ -531,7 +621,7 @@ type DisconnectRequest struct {
 
 func (x *DisconnectRequest) Reset() {
 	*x = DisconnectRequest{}
-	mi := &file_pushsvc_v1_push_proto_msgTypes[8]
+	mi := &file_pushsvc_v1_push_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -543,7 +633,7 @@ func (x *DisconnectRequest) String() string {
 func (*DisconnectRequest) ProtoMessage() {}
 
 func (x *DisconnectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pushsvc_v1_push_proto_msgTypes[8]
+	mi := &file_pushsvc_v1_push_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -556,7 +646,7 @@ func (x *DisconnectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DisconnectRequest.ProtoReflect.Descriptor instead.
 func (*DisconnectRequest) Descriptor() ([]byte, []int) {
-	return file_pushsvc_v1_push_proto_rawDescGZIP(), []int{8}
+	return file_pushsvc_v1_push_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DisconnectRequest) GetUserId() string {
@@ -584,7 +674,7 @@ type DisconnectResponse struct {
 
 func (x *DisconnectResponse) Reset() {
 	*x = DisconnectResponse{}
-	mi := &file_pushsvc_v1_push_proto_msgTypes[9]
+	mi := &file_pushsvc_v1_push_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -596,7 +686,7 @@ func (x *DisconnectResponse) String() string {
 func (*DisconnectResponse) ProtoMessage() {}
 
 func (x *DisconnectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pushsvc_v1_push_proto_msgTypes[9]
+	mi := &file_pushsvc_v1_push_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -609,7 +699,7 @@ func (x *DisconnectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DisconnectResponse.ProtoReflect.Descriptor instead.
 func (*DisconnectResponse) Descriptor() ([]byte, []int) {
-	return file_pushsvc_v1_push_proto_rawDescGZIP(), []int{9}
+	return file_pushsvc_v1_push_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *DisconnectResponse) GetConnectionsClosed() uint32 {
@@ -629,7 +719,7 @@ type GetMessageStatusRequest struct {
 
 func (x *GetMessageStatusRequest) Reset() {
 	*x = GetMessageStatusRequest{}
-	mi := &file_pushsvc_v1_push_proto_msgTypes[10]
+	mi := &file_pushsvc_v1_push_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -641,7 +731,7 @@ func (x *GetMessageStatusRequest) String() string {
 func (*GetMessageStatusRequest) ProtoMessage() {}
 
 func (x *GetMessageStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pushsvc_v1_push_proto_msgTypes[10]
+	mi := &file_pushsvc_v1_push_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -654,7 +744,7 @@ func (x *GetMessageStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMessageStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetMessageStatusRequest) Descriptor() ([]byte, []int) {
-	return file_pushsvc_v1_push_proto_rawDescGZIP(), []int{10}
+	return file_pushsvc_v1_push_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetMessageStatusRequest) GetMessageId() string {
@@ -675,7 +765,7 @@ type GetMessageStatusResponse struct {
 
 func (x *GetMessageStatusResponse) Reset() {
 	*x = GetMessageStatusResponse{}
-	mi := &file_pushsvc_v1_push_proto_msgTypes[11]
+	mi := &file_pushsvc_v1_push_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -687,7 +777,7 @@ func (x *GetMessageStatusResponse) String() string {
 func (*GetMessageStatusResponse) ProtoMessage() {}
 
 func (x *GetMessageStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pushsvc_v1_push_proto_msgTypes[11]
+	mi := &file_pushsvc_v1_push_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -700,7 +790,7 @@ func (x *GetMessageStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMessageStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetMessageStatusResponse) Descriptor() ([]byte, []int) {
-	return file_pushsvc_v1_push_proto_rawDescGZIP(), []int{11}
+	return file_pushsvc_v1_push_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetMessageStatusResponse) GetRecipients() []*RecipientStatus {
@@ -725,7 +815,7 @@ type RecipientStatus struct {
 
 func (x *RecipientStatus) Reset() {
 	*x = RecipientStatus{}
-	mi := &file_pushsvc_v1_push_proto_msgTypes[12]
+	mi := &file_pushsvc_v1_push_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -737,7 +827,7 @@ func (x *RecipientStatus) String() string {
 func (*RecipientStatus) ProtoMessage() {}
 
 func (x *RecipientStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_pushsvc_v1_push_proto_msgTypes[12]
+	mi := &file_pushsvc_v1_push_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -750,7 +840,7 @@ func (x *RecipientStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecipientStatus.ProtoReflect.Descriptor instead.
 func (*RecipientStatus) Descriptor() ([]byte, []int) {
-	return file_pushsvc_v1_push_proto_rawDescGZIP(), []int{12}
+	return file_pushsvc_v1_push_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RecipientStatus) GetUserId() string {
@@ -789,7 +879,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_pushsvc_v1_push_proto_msgTypes[13]
+	mi := &file_pushsvc_v1_push_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -801,7 +891,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pushsvc_v1_push_proto_msgTypes[13]
+	mi := &file_pushsvc_v1_push_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -814,7 +904,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_pushsvc_v1_push_proto_rawDescGZIP(), []int{13}
+	return file_pushsvc_v1_push_proto_rawDescGZIP(), []int{15}
 }
 
 type ListNodesResponse struct {
@@ -827,7 +917,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_pushsvc_v1_push_proto_msgTypes[14]
+	mi := &file_pushsvc_v1_push_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -839,7 +929,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pushsvc_v1_push_proto_msgTypes[14]
+	mi := &file_pushsvc_v1_push_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -852,7 +942,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_pushsvc_v1_push_proto_rawDescGZIP(), []int{14}
+	return file_pushsvc_v1_push_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListNodesResponse) GetNodes() []*NodeStatus {
@@ -880,7 +970,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_pushsvc_v1_push_proto_msgTypes[15]
+	mi := &file_pushsvc_v1_push_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -892,7 +982,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_pushsvc_v1_push_proto_msgTypes[15]
+	mi := &file_pushsvc_v1_push_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -905,7 +995,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_pushsvc_v1_push_proto_rawDescGZIP(), []int{15}
+	return file_pushsvc_v1_push_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *NodeStatus) GetNodeId() string {
@@ -962,7 +1052,11 @@ const file_pushsvc_v1_push_proto_rawDesc = "" +
 	"message_id\x18\x01 \x01(\tR\tmessageId\x12\x12\n" +
 	"\x04seqs\x18\x02 \x03(\x04R\x04seqs\x12\x1c\n" +
 	"\tduplicate\x18\x03 \x01(\bR\tduplicate\x12'\n" +
-	"\x05error\x18\x04 \x01(\v2\x11.pushsvc.v1.ErrorR\x05error\"5\n" +
+	"\x05error\x18\x04 \x01(\v2\x11.pushsvc.v1.ErrorR\x05error\"C\n" +
+	"\x10PushBatchRequest\x12/\n" +
+	"\x06pushes\x18\x01 \x03(\v2\x17.pushsvc.v1.PushRequestR\x06pushes\"K\n" +
+	"\x11PushBatchResponse\x126\n" +
+	"\tresponses\x18\x01 \x03(\v2\x18.pushsvc.v1.PushResponseR\tresponses\"5\n" +
 	"\x05Error\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\"c\n" +
@@ -1010,11 +1104,12 @@ const file_pushsvc_v1_push_proto_rawDesc = "" +
 	"\aws_addr\x18\x03 \x01(\tR\x06wsAddr\x12 \n" +
 	"\vconnections\x18\x04 \x01(\rR\vconnections\x12\x1d\n" +
 	"\n" +
-	"started_at\x18\x05 \x01(\x01R\tstartedAt2\x97\x04\n" +
+	"started_at\x18\x05 \x01(\x01R\tstartedAt2\xe1\x04\n" +
 	"\vPushService\x129\n" +
 	"\x04Push\x12\x17.pushsvc.v1.PushRequest\x1a\x18.pushsvc.v1.PushResponse\x12C\n" +
 	"\n" +
-	"PushStream\x12\x17.pushsvc.v1.PushRequest\x1a\x18.pushsvc.v1.PushResponse(\x010\x01\x12B\n" +
+	"PushStream\x12\x17.pushsvc.v1.PushRequest\x1a\x18.pushsvc.v1.PushResponse(\x010\x01\x12H\n" +
+	"\tPushBatch\x12\x1c.pushsvc.v1.PushBatchRequest\x1a\x1d.pushsvc.v1.PushBatchResponse\x12B\n" +
 	"\aPublish\x12\x1a.pushsvc.v1.PublishRequest\x1a\x1b.pushsvc.v1.PublishResponse\x12N\n" +
 	"\vGetPresence\x12\x1e.pushsvc.v1.GetPresenceRequest\x1a\x1f.pushsvc.v1.GetPresenceResponse\x12K\n" +
 	"\n" +
@@ -1035,49 +1130,55 @@ func file_pushsvc_v1_push_proto_rawDescGZIP() []byte {
 	return file_pushsvc_v1_push_proto_rawDescData
 }
 
-var file_pushsvc_v1_push_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_pushsvc_v1_push_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_pushsvc_v1_push_proto_goTypes = []any{
 	(*PushRequest)(nil),              // 0: pushsvc.v1.PushRequest
 	(*PushResponse)(nil),             // 1: pushsvc.v1.PushResponse
-	(*Error)(nil),                    // 2: pushsvc.v1.Error
-	(*PublishRequest)(nil),           // 3: pushsvc.v1.PublishRequest
-	(*PublishResponse)(nil),          // 4: pushsvc.v1.PublishResponse
-	(*GetPresenceRequest)(nil),       // 5: pushsvc.v1.GetPresenceRequest
-	(*GetPresenceResponse)(nil),      // 6: pushsvc.v1.GetPresenceResponse
-	(*UserPresence)(nil),             // 7: pushsvc.v1.UserPresence
-	(*DisconnectRequest)(nil),        // 8: pushsvc.v1.DisconnectRequest
-	(*DisconnectResponse)(nil),       // 9: pushsvc.v1.DisconnectResponse
-	(*GetMessageStatusRequest)(nil),  // 10: pushsvc.v1.GetMessageStatusRequest
-	(*GetMessageStatusResponse)(nil), // 11: pushsvc.v1.GetMessageStatusResponse
-	(*RecipientStatus)(nil),          // 12: pushsvc.v1.RecipientStatus
-	(*ListNodesRequest)(nil),         // 13: pushsvc.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),        // 14: pushsvc.v1.ListNodesResponse
-	(*NodeStatus)(nil),               // 15: pushsvc.v1.NodeStatus
+	(*PushBatchRequest)(nil),         // 2: pushsvc.v1.PushBatchRequest
+	(*PushBatchResponse)(nil),        // 3: pushsvc.v1.PushBatchResponse
+	(*Error)(nil),                    // 4: pushsvc.v1.Error
+	(*PublishRequest)(nil),           // 5: pushsvc.v1.PublishRequest
+	(*PublishResponse)(nil),          // 6: pushsvc.v1.PublishResponse
+	(*GetPresenceRequest)(nil),       // 7: pushsvc.v1.GetPresenceRequest
+	(*GetPresenceResponse)(nil),      // 8: pushsvc.v1.GetPresenceResponse
+	(*UserPresence)(nil),             // 9: pushsvc.v1.UserPresence
+	(*DisconnectRequest)(nil),        // 10: pushsvc.v1.DisconnectRequest
+	(*DisconnectResponse)(nil),       // 11: pushsvc.v1.DisconnectResponse
+	(*GetMessageStatusRequest)(nil),  // 12: pushsvc.v1.GetMessageStatusRequest
+	(*GetMessageStatusResponse)(nil), // 13: pushsvc.v1.GetMessageStatusResponse
+	(*RecipientStatus)(nil),          // 14: pushsvc.v1.RecipientStatus
+	(*ListNodesRequest)(nil),         // 15: pushsvc.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),        // 16: pushsvc.v1.ListNodesResponse
+	(*NodeStatus)(nil),               // 17: pushsvc.v1.NodeStatus
 }
 var file_pushsvc_v1_push_proto_depIdxs = []int32{
-	2,  // 0: pushsvc.v1.PushResponse.error:type_name -> pushsvc.v1.Error
-	7,  // 1: pushsvc.v1.GetPresenceResponse.presence:type_name -> pushsvc.v1.UserPresence
-	12, // 2: pushsvc.v1.GetMessageStatusResponse.recipients:type_name -> pushsvc.v1.RecipientStatus
-	15, // 3: pushsvc.v1.ListNodesResponse.nodes:type_name -> pushsvc.v1.NodeStatus
-	0,  // 4: pushsvc.v1.PushService.Push:input_type -> pushsvc.v1.PushRequest
-	0,  // 5: pushsvc.v1.PushService.PushStream:input_type -> pushsvc.v1.PushRequest
-	3,  // 6: pushsvc.v1.PushService.Publish:input_type -> pushsvc.v1.PublishRequest
-	5,  // 7: pushsvc.v1.PushService.GetPresence:input_type -> pushsvc.v1.GetPresenceRequest
-	8,  // 8: pushsvc.v1.PushService.Disconnect:input_type -> pushsvc.v1.DisconnectRequest
-	10, // 9: pushsvc.v1.PushService.GetMessageStatus:input_type -> pushsvc.v1.GetMessageStatusRequest
-	13, // 10: pushsvc.v1.PushService.ListNodes:input_type -> pushsvc.v1.ListNodesRequest
-	1,  // 11: pushsvc.v1.PushService.Push:output_type -> pushsvc.v1.PushResponse
-	1,  // 12: pushsvc.v1.PushService.PushStream:output_type -> pushsvc.v1.PushResponse
-	4,  // 13: pushsvc.v1.PushService.Publish:output_type -> pushsvc.v1.PublishResponse
-	6,  // 14: pushsvc.v1.PushService.GetPresence:output_type -> pushsvc.v1.GetPresenceResponse
-	9,  // 15: pushsvc.v1.PushService.Disconnect:output_type -> pushsvc.v1.DisconnectResponse
-	11, // 16: pushsvc.v1.PushService.GetMessageStatus:output_type -> pushsvc.v1.GetMessageStatusResponse
-	14, // 17: pushsvc.v1.PushService.ListNodes:output_type -> pushsvc.v1.ListNodesResponse
-	11, // [11:18] is the sub-list for method output_type
-	4,  // [4:11] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	4,  // 0: pushsvc.v1.PushResponse.error:type_name -> pushsvc.v1.Error
+	0,  // 1: pushsvc.v1.PushBatchRequest.pushes:type_name -> pushsvc.v1.PushRequest
+	1,  // 2: pushsvc.v1.PushBatchResponse.responses:type_name -> pushsvc.v1.PushResponse
+	9,  // 3: pushsvc.v1.GetPresenceResponse.presence:type_name -> pushsvc.v1.UserPresence
+	14, // 4: pushsvc.v1.GetMessageStatusResponse.recipients:type_name -> pushsvc.v1.RecipientStatus
+	17, // 5: pushsvc.v1.ListNodesResponse.nodes:type_name -> pushsvc.v1.NodeStatus
+	0,  // 6: pushsvc.v1.PushService.Push:input_type -> pushsvc.v1.PushRequest
+	0,  // 7: pushsvc.v1.PushService.PushStream:input_type -> pushsvc.v1.PushRequest
+	2,  // 8: pushsvc.v1.PushService.PushBatch:input_type -> pushsvc.v1.PushBatchRequest
+	5,  // 9: pushsvc.v1.PushService.Publish:input_type -> pushsvc.v1.PublishRequest
+	7,  // 10: pushsvc.v1.PushService.GetPresence:input_type -> pushsvc.v1.GetPresenceRequest
+	10, // 11: pushsvc.v1.PushService.Disconnect:input_type -> pushsvc.v1.DisconnectRequest
+	12, // 12: pushsvc.v1.PushService.GetMessageStatus:input_type -> pushsvc.v1.GetMessageStatusRequest
+	15, // 13: pushsvc.v1.PushService.ListNodes:input_type -> pushsvc.v1.ListNodesRequest
+	1,  // 14: pushsvc.v1.PushService.Push:output_type -> pushsvc.v1.PushResponse
+	1,  // 15: pushsvc.v1.PushService.PushStream:output_type -> pushsvc.v1.PushResponse
+	3,  // 16: pushsvc.v1.PushService.PushBatch:output_type -> pushsvc.v1.PushBatchResponse
+	6,  // 17: pushsvc.v1.PushService.Publish:output_type -> pushsvc.v1.PublishResponse
+	8,  // 18: pushsvc.v1.PushService.GetPresence:output_type -> pushsvc.v1.GetPresenceResponse
+	11, // 19: pushsvc.v1.PushService.Disconnect:output_type -> pushsvc.v1.DisconnectResponse
+	13, // 20: pushsvc.v1.PushService.GetMessageStatus:output_type -> pushsvc.v1.GetMessageStatusResponse
+	16, // 21: pushsvc.v1.PushService.ListNodes:output_type -> pushsvc.v1.ListNodesResponse
+	14, // [14:22] is the sub-list for method output_type
+	6,  // [6:14] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_pushsvc_v1_push_proto_init() }
@@ -1092,7 +1193,7 @@ func file_pushsvc_v1_push_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pushsvc_v1_push_proto_rawDesc), len(file_pushsvc_v1_push_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   16,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -26,6 +26,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	PushService_Push_FullMethodName             = "/pushsvc.v1.PushService/Push"
 	PushService_PushStream_FullMethodName       = "/pushsvc.v1.PushService/PushStream"
+	PushService_PushBatch_FullMethodName        = "/pushsvc.v1.PushService/PushBatch"
 	PushService_Publish_FullMethodName          = "/pushsvc.v1.PushService/Publish"
 	PushService_GetPresence_FullMethodName      = "/pushsvc.v1.PushService/GetPresence"
 	PushService_Disconnect_FullMethodName       = "/pushsvc.v1.PushService/Disconnect"
@@ -48,6 +49,13 @@ type PushServiceClient interface {
 	// in the order of the requests. A request that fails answers with a
 	// response whose `error` is set; the stream stays open.
 	PushStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[PushRequest, PushResponse], error)
+	// PushBatch is many pushes in one request (at most 1,000), each with its own
+	// recipients, TTL and idempotency key: past the cost of a call per push. The
+	// stored ones share one durable write. Each push is answered on its own, in
+	// order: a push that fails answers with a response whose `error` is set, and
+	// does not fail the others. Counts as one call per push against the API
+	// key's rate limit.
+	PushBatch(ctx context.Context, in *PushBatchRequest, opts ...grpc.CallOption) (*PushBatchResponse, error)
 	// Publish sends one message to every connection subscribed to `topic`.
 	// Topic messages are never stored (best effort, like online-only pushes).
 	Publish(ctx context.Context, in *PublishRequest, opts ...grpc.CallOption) (*PublishResponse, error)
@@ -96,6 +104,16 @@ func (c *pushServiceClient) PushStream(ctx context.Context, opts ...grpc.CallOpt
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type PushService_PushStreamClient = grpc.BidiStreamingClient[PushRequest, PushResponse]
+
+func (c *pushServiceClient) PushBatch(ctx context.Context, in *PushBatchRequest, opts ...grpc.CallOption) (*PushBatchResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PushBatchResponse)
+	err := c.cc.Invoke(ctx, PushService_PushBatch_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
 
 func (c *pushServiceClient) Publish(ctx context.Context, in *PublishRequest, opts ...grpc.CallOption) (*PublishResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
@@ -162,6 +180,13 @@ type PushServiceServer interface {
 	// in the order of the requests. A request that fails answers with a
 	// response whose `error` is set; the stream stays open.
 	PushStream(grpc.BidiStreamingServer[PushRequest, PushResponse]) error
+	// PushBatch is many pushes in one request (at most 1,000), each with its own
+	// recipients, TTL and idempotency key: past the cost of a call per push. The
+	// stored ones share one durable write. Each push is answered on its own, in
+	// order: a push that fails answers with a response whose `error` is set, and
+	// does not fail the others. Counts as one call per push against the API
+	// key's rate limit.
+	PushBatch(context.Context, *PushBatchRequest) (*PushBatchResponse, error)
 	// Publish sends one message to every connection subscribed to `topic`.
 	// Topic messages are never stored (best effort, like online-only pushes).
 	Publish(context.Context, *PublishRequest) (*PublishResponse, error)
@@ -193,6 +218,9 @@ func (UnimplementedPushServiceServer) Push(context.Context, *PushRequest) (*Push
 }
 func (UnimplementedPushServiceServer) PushStream(grpc.BidiStreamingServer[PushRequest, PushResponse]) error {
 	return status.Error(codes.Unimplemented, "method PushStream not implemented")
+}
+func (UnimplementedPushServiceServer) PushBatch(context.Context, *PushBatchRequest) (*PushBatchResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PushBatch not implemented")
 }
 func (UnimplementedPushServiceServer) Publish(context.Context, *PublishRequest) (*PublishResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Publish not implemented")
@@ -254,6 +282,24 @@ func _PushService_PushStream_Handler(srv interface{}, stream grpc.ServerStream) 
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type PushService_PushStreamServer = grpc.BidiStreamingServer[PushRequest, PushResponse]
+
+func _PushService_PushBatch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PushBatchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PushServiceServer).PushBatch(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PushService_PushBatch_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PushServiceServer).PushBatch(ctx, req.(*PushBatchRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
 
 func _PushService_Publish_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(PublishRequest)
@@ -355,6 +401,10 @@ var PushService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Push",
 			Handler:    _PushService_Push_Handler,
+		},
+		{
+			MethodName: "PushBatch",
+			Handler:    _PushService_PushBatch_Handler,
 		},
 		{
 			MethodName: "Publish",

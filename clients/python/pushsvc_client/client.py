@@ -294,6 +294,19 @@ class PushClient:
         except grpc.RpcError as exc:
             raise _error(exc) from None
 
+    def push_batch(self, requests: Iterable[push_pb2.PushRequest]) -> list[push_pb2.PushResponse]:
+        """Many pushes in one call (at most 1,000): one response per request, in order;
+        a request that failed has ``error`` set and did not fail the others.
+
+        Retried as a whole on UNAVAILABLE only if every request has an idempotency
+        key (``build_push_request(..., idempotency_key=...)``): a retry then delivers
+        nothing twice. Without keys it is not retried.
+        """
+        batch = push_pb2.PushBatchRequest(pushes=list(requests))
+        keyed = all(r.idempotency_key for r in batch.pushes)
+        call = self._call if keyed else self._call_once
+        return list(call(self._stub.PushBatch, batch).responses)
+
     def publish(
         self, topic: str, payload: bytes | str | Any, content_type: str = "application/json"
     ) -> push_pb2.PublishResponse:
@@ -344,6 +357,12 @@ class PushClient:
         # Exponential backoff with full jitter (attempt 0 = first retry).
         ceiling = min(self._max_backoff, self._backoff * (2**attempt))
         time.sleep(random.uniform(0, ceiling))
+
+    def _call_once(self, method: Callable[..., _T], request: Any) -> _T:
+        try:
+            return method(request, timeout=self.timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise _error(exc) from None
 
     def _call(self, method: Callable[..., _T], request: Any) -> _T:
         attempt = 0
