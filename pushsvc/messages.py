@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import time
 from dataclasses import dataclass
@@ -48,10 +49,14 @@ class PushCommand:
     idempotency_key: str
 
 
+# Ids need uniqueness, not secrecy: a PRNG seeded from the OS, with no system call per id.
+_random = random.Random(os.urandom(16))
+
+
 def new_message_id(now: float | None = None) -> str:
     """A 26-character id, sortable by creation time (ms) then random."""
     ms = int((time.time() if now is None else now) * 1000)
-    return f"{ms:012x}{os.urandom(7).hex()}"
+    return f"{ms:012x}{_random.getrandbits(56):014x}"
 
 
 def is_json_type(content_type: str) -> bool:

@@ -9,21 +9,52 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+PUSH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class Counters:
     """Hot-path counts, exported by ``Metrics`` when scraped."""
 
-    __slots__ = ("acks", "closed", "frames_sent", "other_frames_sent")
+    __slots__ = (
+        "acks",
+        "closed",
+        "frames_sent",
+        "messages_published",
+        "messages_pushed",
+        "other_frames_sent",
+        "push_buckets",
+        "push_count",
+        "push_sum",
+    )
 
     def __init__(self) -> None:
         self.frames_sent = 0  # message frames (user and topic messages)
         self.other_frames_sent = 0  # welcome, pong, subscribed, error frames
         self.acks = 0
+        self.messages_pushed = 0
+        self.messages_published = 0
         self.closed: dict[int, int] = {}  # close code -> connections closed by the server
+        # pushsvc_push_duration_seconds, as a histogram: counts per bucket (not cumulative)
+        self.push_buckets = [0] * (len(PUSH_BUCKETS) + 1)
+        self.push_count = 0
+        self.push_sum = 0.0
+
+    def observe_push(self, seconds: float, n: int = 1) -> None:
+        """One call's time to validate, store and dispatch its ``n`` messages."""
+        self.messages_pushed += n
+        self.push_count += 1
+        self.push_sum += seconds
+        i = 0
+        for bound in PUSH_BUCKETS:
+            if seconds <= bound:
+                break
+            i += 1
+        self.push_buckets[i] += 1
 
 
 class _HotCollector(Collector):
@@ -31,7 +62,9 @@ class _HotCollector(Collector):
         self._c = counters
         self._gauges = gauges
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    def collect(
+        self,
+    ) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         c = self._c
         yield CounterMetricFamily(
             "pushsvc_frames_sent",
@@ -52,6 +85,26 @@ class _HotCollector(Collector):
         for code, n in sorted(c.closed.items()):
             closed.add_metric([str(code)], n)
         yield closed
+        yield CounterMetricFamily(
+            "pushsvc_messages_pushed",
+            "Messages accepted by Push/PushStream/PushBatch (one per message, not per recipient)",
+            value=c.messages_pushed,
+        )
+        yield CounterMetricFamily(
+            "pushsvc_messages_published",
+            "Topic messages accepted by Publish",
+            value=c.messages_published,
+        )
+        cumulative, buckets = 0, []
+        for bound, n in zip((*PUSH_BUCKETS, float("inf")), c.push_buckets, strict=True):
+            cumulative += n
+            buckets.append((floatToGoString(bound), cumulative))
+        yield HistogramMetricFamily(
+            "pushsvc_push_duration_seconds",
+            "Time to validate, store and dispatch one push call",
+            buckets=buckets,
+            sum_value=c.push_sum,
+        )
         for name, (doc, read) in self._gauges.items():
             yield GaugeMetricFamily(name, doc, value=read())
 
@@ -63,20 +116,6 @@ class Metrics:
         self._gauges: dict[str, tuple[str, Callable[[], float]]] = {}
         r = self.registry
         r.register(_HotCollector(self.counters, self._gauges))
-        self.messages_pushed = Counter(
-            "pushsvc_messages_pushed_total",
-            "Messages accepted by Push/PushStream/PushBatch (one per message, not per recipient)",
-            registry=r,
-        )
-        self.messages_published = Counter(
-            "pushsvc_messages_published_total", "Topic messages accepted by Publish", registry=r
-        )
-        self.push_duration = Histogram(
-            "pushsvc_push_duration_seconds",
-            "Time to validate, store and dispatch one push",
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
-            registry=r,
-        )
         self.forwards = Counter(
             "pushsvc_forward_total",
             "Node-to-node Deliver batches by result",

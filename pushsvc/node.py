@@ -243,8 +243,9 @@ class Node:
                 forwards.append((message, recipients))
         if forwards:
             self.fleet.forward_users(forwards)
-        self._metrics.messages_pushed.inc(sum(isinstance(o, PushOutcome) for o in outcomes))
-        self._metrics.push_duration.observe(time.perf_counter() - started)
+        self.counters.observe_push(
+            time.perf_counter() - started, sum(isinstance(o, PushOutcome) for o in outcomes)
+        )
         return outcomes
 
     def _store(
@@ -311,7 +312,7 @@ class Node:
         message = Message(new_message_id(now), payload, content_type, now)
         local = self.deliver_topic(message, topic)
         self.fleet.forward_topic(message, topic)
-        self._metrics.messages_published.inc()
+        self.counters.messages_published += 1
         return PublishOutcome(message.id, local)
 
     # -- what the fleet's peers hand to this node --------------------------------------
