@@ -170,6 +170,12 @@ class InboxStore(ABC):
     def close(self) -> None:
         """Release connections and files."""
 
+    @property
+    def round_trips(self) -> int:
+        """Calls made to the database so far (MongoDB: commands sent; SQLite:
+        hand-offs to the database thread): ``pushsvc_store_round_trips_total``."""
+        return 0
+
     # -- conveniences over the batched reads -----------------------------------
 
     def latest_seq(self, user_id: str) -> int:
