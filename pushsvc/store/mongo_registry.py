@@ -153,7 +153,7 @@ class MongoRegistry(NodeRegistry):
             if c > 0
         )
         if ops:
-            retry_duplicate(lambda: self._presence.bulk_write(ops, ordered=True))
+            retry_duplicate(lambda: self.database.bulk_write(self._presence, ops, ordered=True))
 
     @guarded
     def presence(self, user_ids: Sequence[str], now: float) -> dict[str, dict[str, int]]:
