@@ -88,21 +88,25 @@ This assumes the nodes' clocks agree to within a few minutes
 Bodies keep a TTL date of at least ``t + 2 * PENDING_GRACE``, so a dead
 writer's body is abandoned by a sweep before any TTL index removes it.
 
-FerretDB specifics are behind one flag (``MongoDatabase.ferretdb``): it has
-no TTL indexes, so ``sweep`` removes what expired; and its ``$max`` can lose an
-update, so when ``sweep`` raises counters before removing entries it reads
-them back and raises again until they hold. A counter lowered by a lost update
-between sweeps is still a valid hint (it names an inserted seq); it only
-causes a duplicate key and one more round trip.
+FerretDB's gaps are handled in two places. It has no TTL indexes, so
+``sweep`` removes what expired; before it removes entries it raises the
+counters over them, reads them back and raises again until they hold, since
+FerretDB's ``$max`` can lose an update (a counter lowered that way between
+sweeps is still a valid hint: it names an inserted seq, and only costs a
+duplicate key). And it updates documents one by one and hangs on large update
+commands, so writes go through ``MongoDatabase.batches``, which leaves them
+whole on MongoDB and cuts them into 50-document commands on FerretDB.
 
-Round trips: a batch of pushes costs one each for the idempotency claims (if
-any request has a key), the counters hint, the bodies, the entries, the
-counters raise and the commit -- however many pushes and recipients -- plus
-two per seq collision.
+Round trips: on MongoDB a batch of pushes costs one each for the idempotency
+claims (if any request has a key), the counters hint, the bodies, the entries,
+the counters raise and the commit -- however many pushes and recipients --
+plus two per seq collision. On FerretDB, raising the counters of users that
+have one and the commit take one command per 50 documents.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -555,8 +559,8 @@ class MongoInbox(InboxStore):
         ``counters`` is what was read of them, if anything was: users without
         one get theirs inserted; the others get one ``$max`` statement per
         distinct seq (a fan-out to users new or alike is one or two statements).
-        With ``verify`` on a server whose ``$max`` can lose an update
-        (FerretDB), read the counters back and raise again until they hold.
+        With ``verify``, read the counters back and raise again until they
+        hold: FerretDB's ``$max`` can lose an update to a concurrent one.
         """
         held = dict(counters) if counters is not None else self._read_counters(list(targets))
         for _ in range(_COUNTER_REPAIRS):
@@ -574,17 +578,18 @@ class MongoInbox(InboxStore):
                     if not only_duplicate_keys(exc):
                         raise
                     raise_ += [new[e["index"]] for e in exc.details["writeErrors"]]
-            by_seq: dict[int, list[str]] = {}
-            for u in raise_:
-                by_seq.setdefault(todo[u], []).append(u)
-            self.database.bulk_write(
-                self._counters,
-                [
-                    UpdateMany({"_id": {"$in": us}}, {"$max": {"seq": s}})
-                    for s, us in by_seq.items()
-                ],
-            )
-            if not verify or self.atomic_updates:
+            for part in self.database.batches(raise_):
+                by_seq: dict[int, list[str]] = {}
+                for u in part:
+                    by_seq.setdefault(todo[u], []).append(u)
+                self._counters.bulk_write(
+                    [
+                        UpdateMany({"_id": {"$in": us}}, {"$max": {"seq": s}})
+                        for s, us in by_seq.items()
+                    ],
+                    ordered=False,
+                )
+            if not verify:
                 return
             held = self._read_counters(list(targets))
         raise StoreUnavailable("the seq counters do not hold their updates")
@@ -592,13 +597,15 @@ class MongoInbox(InboxStore):
     # -- step 4: commit ---------------------------------------------------------------
 
     def _commit(self, pushes: list[_Push]) -> None:
-        # One statement: each body by _id, still pending, still this attempt's.
-        result = self._messages.update_many(
-            {"$or": [{"_id": p.message.id, "w": p.w} for p in pushes], "pending": True},
-            {"$set": {"pending": False}},
-        )
+        modified = 0
+        for part in self.database.batches(pushes):
+            # One statement: each body by _id, still pending, still this attempt's.
+            modified += self._messages.update_many(
+                {"$or": [{"_id": p.message.id, "w": p.w} for p in part], "pending": True},
+                {"$set": {"pending": False}},
+            ).modified_count
         lost: set[_Push] = set()
-        if result.modified_count != len(pushes):
+        if modified != len(pushes):
             # Some bodies were abandoned under us: which is the body's word.
             bodies = self._find_bodies([p.message.id for p in pushes], {"pending": 1, "w": 1})
             lost = {p for p in pushes if not _committed(bodies.get(p.message.id), p.w)}
@@ -647,10 +654,11 @@ class MongoInbox(InboxStore):
             for u, s in seqs.items():
                 tops[u] = max(tops.get(u, 0), s)
         self._raise_counters(tops)
-        self.database.bulk_write(
-            self._messages,
-            [DeleteOne({"_id": mid, "w": w, "pending": True}) for mid, w in attempts],
-        )
+        for part in self.database.batches(attempts):
+            self._messages.bulk_write(
+                [DeleteOne({"_id": mid, "w": w, "pending": True}) for mid, w in part],
+                ordered=False,
+            )
         self._unfinished.difference_update(attempts)
         return self._find_bodies(ids, {"pending": 1, "w": 1})
 
@@ -748,27 +756,28 @@ class MongoInbox(InboxStore):
 
     @guarded
     def ack_many(self, acks: Mapping[str, int]) -> None:
-        ops = [
-            UpdateOne({"_id": u}, {"$max": {"acked_seq": max(int(s), 0)}}, upsert=True)
-            for u, s in acks.items()
-        ]
-        if ops:
-            retry_duplicate(lambda: self.database.bulk_write(self._acks, ops))
+        for part in self.database.batches(list(acks.items())):
+            ops = [
+                UpdateOne({"_id": u}, {"$max": {"acked_seq": max(int(s), 0)}}, upsert=True)
+                for u, s in part
+            ]
+            retry_duplicate(functools.partial(self._acks.bulk_write, ops, ordered=False))
 
     @guarded
     def mark_delivered(self, receipts: Sequence[tuple[str, str]]) -> None:
-        by_message: dict[str, list[str]] = {}
-        for message_id, user_id in receipts:
-            by_message.setdefault(message_id, []).append(user_id)
-        if not by_message:
-            return
-        self.database.bulk_write(
-            self._inbox,
-            [
-                UpdateMany({"message_id": m, "user_id": {"$in": us}}, {"$set": {"delivered": True}})
-                for m, us in by_message.items()
-            ],
-        )
+        for part in self.database.batches(list(dict.fromkeys(receipts))):
+            by_message: dict[str, list[str]] = {}
+            for message_id, user_id in part:
+                by_message.setdefault(message_id, []).append(user_id)
+            self._inbox.bulk_write(
+                [
+                    UpdateMany(
+                        {"message_id": m, "user_id": {"$in": us}}, {"$set": {"delivered": True}}
+                    )
+                    for m, us in by_message.items()
+                ],
+                ordered=False,
+            )
 
     @guarded
     def message_status(self, message_id: str, now: float) -> list[RecipientStatus]:

@@ -15,8 +15,11 @@ What FerretDB 1.24 (SQLite backend) lacks, detected once by ``buildInfo``:
   unique key, never by an update's result (``ferretdb`` says which server it is).
 - Large update commands: an ``update`` command of 100 or more statements that
   modify existing documents never answers (measured with 1.24.2; 99 answer in
-  milliseconds). ``bulk_write`` splits bulk writes there; a single statement
-  (``update_many``) of any size is fine.
+  milliseconds), and documents are updated one at a time (5-10 ms each on a
+  busy machine), so one command that updates a thousand documents outlasts
+  the socket timeout. ``batches`` cuts writes into pieces of at most
+  ``FERRETDB_BATCH`` documents there; on MongoDB it leaves them whole, one
+  command each. It is the one place that knows this.
 
 Expiry: ``exp`` is the exact unix time (a double, what every query compares);
 ``expires_at`` is the same instant as a BSON date rounded up to the
@@ -35,7 +38,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import pymongo
-from pymongo import DeleteMany, DeleteOne, InsertOne, ReplaceOne, UpdateMany, UpdateOne, monitoring
+from pymongo import monitoring
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import (
@@ -45,7 +48,6 @@ from pymongo.errors import (
     OperationFailure,
     PyMongoError,
 )
-from pymongo.results import BulkWriteResult
 from pymongo.write_concern import WriteConcern
 
 from pushsvc.errors import StoreUnavailable
@@ -61,10 +63,8 @@ _MAX_TS = 253_402_300_799.0  # 9999-12-31T23:59:59Z, the last instant a datetime
 NOT_IMPLEMENTED = 238
 DUPLICATE_KEY = 11000
 _INDEX_CONFLICT_CODES = (85, 86)  # IndexOptionsConflict, IndexKeySpecsConflict
-# Statements per write command on FerretDB (see the module notes).
-_FERRETDB_STATEMENTS = 50
-
-WriteOp = InsertOne[Any] | UpdateOne | UpdateMany | ReplaceOne[Any] | DeleteOne | DeleteMany
+#: Documents one write command may update on FerretDB (see the module notes).
+FERRETDB_BATCH = 50
 
 
 def bson_date(ts: float) -> datetime:
@@ -199,18 +199,13 @@ class MongoDatabase:
         self.ferretdb = "ferretdbVersion" in info
         self._detected = True
 
-    def bulk_write(
-        self, coll: Collection[Doc], ops: Sequence[WriteOp], *, ordered: bool = False
-    ) -> list[BulkWriteResult]:
-        """``coll.bulk_write(ops)``: one command on MongoDB; on FerretDB, one
-        per ``_FERRETDB_STATEMENTS`` operations (the module notes say why)."""
-        if not ops:
+    def batches(self, items: Sequence[T]) -> list[Sequence[T]]:
+        """``items`` in pieces, each for one write command: whole on MongoDB;
+        on FerretDB, ``FERRETDB_BATCH`` at a time (see the module notes)."""
+        if not items:
             return []
-        size = _FERRETDB_STATEMENTS if self.ferretdb else len(ops)
-        return [
-            coll.bulk_write(list(ops[i : i + size]), ordered=ordered)
-            for i in range(0, len(ops), size)
-        ]
+        size = FERRETDB_BATCH if self.ferretdb else len(items)
+        return [items[i : i + size] for i in range(0, len(items), size)]
 
     def expiry_index(self, coll: Collection[Doc]) -> bool:
         """Index ``expires_at``, as a TTL index if the server has them."""
