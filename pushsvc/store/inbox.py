@@ -78,7 +78,13 @@ class InboxPage:
 
 @dataclass(frozen=True, slots=True)
 class UserStart:
-    """What a new connection needs of its user: the latest seq and the acked seq."""
+    """What a new connection needs of its user: the latest seq and the acked seq.
+
+    ``latest_seq`` is a lower bound of the newest seq allocated to the user (a
+    push in flight on another node may hold a higher one), and it may name a
+    push that has not committed yet, or never will: it says where the inbox
+    has got to, not that every seq up to it can be read.
+    """
 
     latest_seq: int
     acked_seq: int
@@ -169,6 +175,12 @@ class InboxStore(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release connections and files."""
+
+    @property
+    def round_trips(self) -> int:
+        """Calls made to the database so far (MongoDB: commands sent; SQLite:
+        hand-offs to the database thread): ``pushsvc_store_round_trips_total``."""
+        return 0
 
     # -- conveniences over the batched reads -----------------------------------
 

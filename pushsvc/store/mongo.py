@@ -1,58 +1,127 @@
 """The fleet's inbox: MongoDB (>= 5.0), or FerretDB 1.24 for the tests.
 
 Only what both servers support is used: no change streams, no multi-document
-transactions, no aggregation-pipeline updates, no partial indexes.
+transactions, no aggregation-pipeline updates, no partial indexes, and no
+single-document update whose atomicity matters on FerretDB (its ``$inc``,
+``$max`` and ``findAndModify`` read, modify and write back, so concurrent
+updates of one document can be lost; its unique indexes are enforced).
 
-Collections (every query has an index):
-
-- ``messages``: ``{_id: message id, payload, content_type, created_at, exp,
-  expires_at, pending}`` -- the body, once per message. ``pending`` is true
-  until every inbox entry of the message is written; readers ignore pending
-  bodies, so a push that failed half-way (or whose node died) is invisible.
-- ``inbox``: ``{user_id, seq, message_id, i, exp, expires_at, delivered}``,
-  unique on ``(user_id, seq)``; ``i`` is the recipient's position in the push.
-- ``counters``: ``{_id: user id, seq}``; ``acks``: ``{_id: user id, acked_seq}``.
-- ``idempotency``: ``{_id: key, message_id, users, seqs, created_at, exp,
-  expires_at, claimed}``; ``seqs`` is null while the first push is in flight.
+Collections
+-----------
+- ``messages``: ``{_id: message id, w, payload, content_type, created_at, exp,
+  expires_at, t, pending}`` -- the body, once per message. ``w`` names the
+  write attempt; ``t`` is when it was written (the writer's ``now``);
+  ``pending`` is true until the push commits.
+- ``inbox``: ``{user_id, seq, message_id, w, i, exp, expires_at, delivered}``,
+  unique on ``(user_id, seq)``; an entry belongs to the body with the same
+  ``message_id`` *and* ``w``; ``i`` is the recipient's position in the push.
+- ``counters``: ``{_id: user id, seq}``, a lower bound of the user's seqs (below).
+- ``acks``: ``{_id: user id, acked_seq}``.
+- ``idempotency``: ``{_id: key, message_id, w, users, created_at, exp, expires_at}``.
 - ``probe``: one document, rewritten by ``probe`` (the readiness check).
 
-Expiry: ``exp`` is the exact unix time (a double, what every query compares);
-``expires_at`` is the same instant as a BSON date rounded up to the
-millisecond, for TTL indexes. FerretDB refuses TTL indexes (code 238): then
-``ttl_indexes`` is False and the node's sweeper does all the removing. ``sweep``
-is correct either way, and still needed with TTL indexes (dead pushes).
+``exp`` is the exact expiry (what every read compares); ``expires_at`` is the
+date a TTL index (or, on FerretDB, ``sweep``) removes the document at: the
+expiry for idempotency keys; for bodies and entries later (below).
 
-Atomicity: MongoDB applies ``$inc``/``$max`` atomically. FerretDB 1.24 on
-SQLite does not (``findAndModify`` and ``update`` are read-modify-write, so
-concurrent increments can be lost), but its unique indexes are enforced. So the
-unique ``(user_id, seq)`` inbox index is the final arbiter of seq allocation: an
-entry whose seq is taken is re-allocated, and on such servers ``user_starts``
-double-checks what it reads.
+The seq-visibility invariant, and why it holds
+----------------------------------------------
+A push is written in four steps, each one round trip for the whole batch:
+
+1. Bodies are inserted with ``pending: true``.
+2. Each recipient's seq is allocated *by inserting the inbox entry itself*
+   under the unique ``(user_id, seq)`` index, with a guessed seq: one above the
+   highest of the ``counters`` hint (read for the batch's users first) and what
+   this process inserted itself. A duplicate key means the seq is taken: the
+   user's top entry is read and the rest of that user's entries go above it.
+   Entries are inserted ``ordered=True``, each user's in list order, so a
+   user's later push never takes a lower seq than an earlier one.
+3. ``counters`` is raised with ``$max`` to the seqs just inserted.
+4. Bodies are committed: ``pending`` set to false, conditionally on still
+   being pending with this attempt's ``w``.
+
+Readers (``read_inbox``) read entries by ``(user_id, seq)`` ascending, then
+their bodies: a missing, expired or other-attempt body is a deletion (skipped);
+a pending one stops the page (``blocked_at``); a committed one is returned.
+
+*Chain.* Every guess is at most one above a seq that was already inserted (the
+hint only ever names inserted seqs, and so does a top entry), so seq ``s`` is
+inserted only after ``s - 1`` was. A reader that finds ``s`` missing below a
+present entry therefore sees a seq that was inserted and then removed -- unless
+its cursor, which may yield between documents on MongoDB, passed ``s``'s slot
+just before ``s`` was inserted. So a page with a hole is read again, bounded by
+its last entry: that second query starts after the first one saw the higher
+entry, hence after ``s`` was inserted, and sees ``s`` unless it is really gone.
+(FerretDB answers a query from one SQLite snapshot; the second read costs
+nothing there since holes are rare.)
+
+*Removed seqs are never reused.* A hole is final only if ``s`` can never be
+inserted again. Entries are never deleted while they matter: a push that fails
+or is abandoned deletes its *body* (a tombstone: the entry stays and reads as a
+deletion, and keeps its seq taken); entries are removed only by expiry, an hour
+(``ENTRY_RETENTION``) after the later of their expiry and their write. Before
+any entry can be skipped -- its push committed, or its body abandoned -- the
+user's counter is raised to its seq (step 3 runs before step 4; abandoning
+raises first too). So once a reader has moved past a hole below a committed
+entry ``t``, the counter is at least ``t``, and every writer whose hint is read
+later guesses above ``t``. A writer's hint is at most a lease old when it
+inserts (below), far less than the retention, so a stale hint cannot reach a
+seq whose entry has already been removed.
+
+*Nothing moves past a seq in flight.* A pending body blocks readers at its seq
+until it commits or is abandoned. Abandonment is durable: the body is deleted.
+It happens when the push fails (its writer deletes the body, then gives back
+its idempotency key) or, for a writer that died, in ``sweep`` once the body has
+been pending for ``PENDING_GRACE`` (300 s, by the ``t`` the writer recorded).
+Time never makes a reader skip anything else.
+
+*A writer cannot commit what was abandoned.* On MongoDB the commit and the
+sweeper's delete are conditional single-document writes (``pending: true`` and
+``w`` in the filter), so exactly one of them applies, and the writer learns
+from ``modified_count`` which bodies it still owns. On FerretDB those writes
+are read-then-write and could interleave, so time separates them instead: a
+writer gives up (abandons its batch, reports ``StoreUnavailable``) rather than
+send its commit more than ``LEASE`` (60 s, monotonic) after the batch began,
+and the sweeper abandons only bodies written ``PENDING_GRACE`` (300 s) ago.
+This assumes the nodes' clocks agree to within a few minutes
+(``PENDING_GRACE - LEASE`` less the time a command can spend in flight).
+Bodies keep a TTL date of at least ``t + 2 * PENDING_GRACE``, so a dead
+writer's body is abandoned by a sweep before any TTL index removes it.
+
+FerretDB's gaps are handled in two places. It has no TTL indexes, so
+``sweep`` removes what expired; before it removes entries it raises the
+counters over them, reads them back and raises again until they hold, since
+FerretDB's ``$max`` can lose an update (a counter lowered that way between
+sweeps is still a valid hint: it names an inserted seq, and only costs a
+duplicate key). And it updates documents one by one and hangs on large update
+commands, so writes go through ``MongoDatabase.batches``, which leaves them
+whole on MongoDB and cuts them into 50-document commands on FerretDB.
+
+Round trips: on MongoDB a batch of pushes costs one each for the idempotency
+claims (if any request has a key), the counters hint, the bodies, the entries,
+the counters raise and the commit -- however many pushes and recipients --
+plus two per seq collision. On FerretDB, raising the counters of users that
+have one and the commit take one command per 50 documents.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import logging
-import threading
+import os
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
+import gevent
 import pymongo
-from gevent import monkey
-from gevent.pool import Pool
-from pymongo import ReturnDocument, UpdateMany, UpdateOne
+from pymongo import DeleteOne, UpdateMany, UpdateOne
 from pymongo.collection import Collection
-from pymongo.errors import (
-    BulkWriteError,
-    ConnectionFailure,
-    DuplicateKeyError,
-    PyMongoError,
-)
+from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError
 
 from pushsvc.errors import InvalidArgument, NotFound, PushError, StoreUnavailable
 from pushsvc.messages import Message
+from pushsvc.store.batching import Call, GroupCommit
 from pushsvc.store.inbox import (
     IDEMPOTENCY_WINDOW,
     InboxEntry,
@@ -65,69 +134,105 @@ from pushsvc.store.inbox import (
     check_request,
 )
 from pushsvc.store.mongo_database import (
-    DUPLICATE_KEY as _DUPLICATE_KEY,
-)
-from pushsvc.store.mongo_database import (
+    DUPLICATE_KEY,
     Doc,
     MongoDatabase,
+    bson_date,
+    expired,
     guarded,
+    only_duplicate_keys,
     retry_duplicate,
-)
-from pushsvc.store.mongo_database import (
-    bson_date as _date,
-)
-from pushsvc.store.mongo_database import (
-    expired as _expired,
-)
-from pushsvc.store.mongo_database import (
-    short as _short,
+    short,
+    store_error,
 )
 
 log = logging.getLogger(__name__)
 
 COLLECTIONS = ("messages", "inbox", "counters", "acks", "idempotency", "probe")
-# A push with the same idempotency key still in flight: wait this long for it.
-_CLAIM_WAIT = 5.0
-# A claim whose push has not finished after this long was abandoned (node died).
-_CLAIM_STALE = 60.0
-# A body still pending this long after its creation belongs to a push that died.
-_PENDING_GRACE = 300.0
-_ALLOC_ATTEMPTS = 50
-_ALLOC_CONCURRENCY = 16
+#: A writer never sends its commit later than this after its batch began.
+LEASE = 60.0
+#: ``sweep`` abandons a body still pending this long after it was written.
+PENDING_GRACE = 300.0
+#: Entries outlive their expiry (and their write) by this long before removal.
+ENTRY_RETENTION = 3600.0
+#: How long a push waits for another push with the same idempotency key.
+CLAIM_WAIT = 5.0
+_CLAIM_POLL = 0.05
+#: Seq collisions one batch resolves before it gives up.
+_COLLISIONS = 200
+#: Requests per group commit.
+MAX_BATCH = 1000
+#: Counters read back and raised again at most this often (FerretDB).
+_COUNTER_REPAIRS = 5
+
+Outcome = StoreResult | PushError
+Attempt = tuple[str, str | None]  # (message id, w); w is None for bodies of earlier versions
 
 
-def _gevent_patched() -> bool:
-    return bool(monkey.is_module_patched("socket"))
+def _token() -> str:
+    """A write attempt's name: unique enough among concurrent attempts of one id."""
+    return os.urandom(8).hex()
+
+
+@dataclass(eq=False, slots=True)
+class _Push:
+    """One request in a batch, and how far writing it has come."""
+
+    request: StoreRequest
+    now: float
+    w: str = field(default_factory=_token)
+    outcome: Outcome | None = None
+    follows: _Push | None = None  # same idempotency key as an earlier request
+    claimed: bool = False
+    # Its recipients' seqs, once allocated (or, for a duplicate, the first push's).
+    seqs: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def message(self) -> Message:
+        return self.request.message
+
+    @property
+    def writing(self) -> bool:
+        return self.outcome is None and self.follows is None
+
+
+class _LeaseExpired(Exception):
+    """The batch took too long to commit safely (module notes)."""
 
 
 class MongoInbox(InboxStore):
     """Messages, inboxes, acks and receipts in MongoDB: ``MongoInbox(database)``."""
 
-    def __init__(self, database: MongoDatabase) -> None:
+    def __init__(self, database: MongoDatabase, *, lease: float = LEASE) -> None:
         self.database = database
-        self._db = database.db
-        self._messages: Collection[Doc] = self._db["messages"]
-        self._inbox: Collection[Doc] = self._db["inbox"]
-        self._counters: Collection[Doc] = self._db["counters"]
-        self._acks: Collection[Doc] = self._db["acks"]
-        self._idempotency: Collection[Doc] = self._db["idempotency"]
-        self._probe: Collection[Doc] = self._db["probe"]
+        self.lease = lease
+        db = database.db
+        self._messages: Collection[Doc] = db["messages"]
+        self._inbox: Collection[Doc] = db["inbox"]
+        self._counters: Collection[Doc] = db["counters"]
+        self._acks: Collection[Doc] = db["acks"]
+        self._idempotency: Collection[Doc] = db["idempotency"]
+        self._probe: Collection[Doc] = db["probe"]
         #: True once expired documents are removed by TTL indexes (MongoDB);
         #: False on FerretDB, where only ``sweep`` removes them.
         self.ttl_indexes = False
         self._ready = False
         self._closed = False
-        # (key, message id) of claims this process could not release after a failure.
-        self._abandoned: set[tuple[str, str]] = set()
-        # Per-user locks, used only where single-document updates are not atomic.
-        self._locks: dict[str, tuple[Any, list[int]]] = {}
-        self._locks_guard = threading.Lock()
+        # The highest seq this process inserted or saw taken, per user: a
+        # guess's lower bound besides the counters (bounded; a guess only).
+        self._known: dict[str, int] = {}
+        # Write attempts this process failed but could not clean up after (the
+        # database was away): safe to take over at once, with no grace.
+        self._unfinished: set[Attempt] = set()
+        self._batcher = GroupCommit(self._write_batch, MAX_BATCH)
+        #: Seqs found taken by another writer (each costs two round trips).
+        self.collisions = 0
         database.attach()
         try:
             self._setup()
         except ConnectionFailure as exc:
             # Not fatal: the first call that reaches the server finishes setup.
-            log.warning("message store unreachable at start-up: %s", _short(exc))
+            log.warning("message store unreachable at start-up: %s", short(exc))
 
     @property
     def atomic_updates(self) -> bool:
@@ -138,8 +243,6 @@ class MongoInbox(InboxStore):
     def round_trips(self) -> int:
         """Commands this inbox has sent to the database."""
         return self.database.commands_sent(COLLECTIONS)
-
-    # -- setup -----------------------------------------------------------------
 
     def _ensure_ready(self) -> None:
         if not self._ready:
@@ -156,364 +259,539 @@ class MongoInbox(InboxStore):
         self.ttl_indexes = ttl
         self._ready = True
 
-    @contextlib.contextmanager
-    def _serial(self, user_id: str) -> Iterator[None]:
-        """Serialise this process's read-modify-writes of one user's documents.
-
-        Only where the server does not apply ``$inc``/``$max`` atomically
-        (FerretDB): there concurrent updates of one document can be lost.
-        Other processes can still race; the unique inbox index catches that
-        for seqs. ``threading.Lock`` is looked up at call time, so it is
-        gevent's lock once gevent has monkey-patched.
-        """
-        if self.atomic_updates:
-            yield
-            return
-        with self._locks_guard:
-            entry = self._locks.get(user_id)
-            if entry is None:
-                entry = self._locks[user_id] = (threading.Lock(), [0])
-            entry[1][0] += 1
-        try:
-            with entry[0]:
-                yield
-        finally:
-            with self._locks_guard:
-                entry[1][0] -= 1
-                if not entry[1][0]:
-                    del self._locks[user_id]
-
-    # -- messages and inboxes -------------------------------------------------
+    # -- writing: group commit ---------------------------------------------------
 
     def store_messages(
         self, requests: Sequence[StoreRequest], now: float
     ) -> list[StoreResult | PushError]:
-        outcomes: list[StoreResult | PushError] = []
+        outcomes: list[Outcome | None] = []
+        valid: list[StoreRequest] = []
         for request in requests:
             try:
-                outcomes.append(self._store_one(request, now))
+                check_request(request)
+                valid.append(request)
+                outcomes.append(None)
             except PushError as exc:
                 outcomes.append(exc)
-        return outcomes
+        if valid:
+            stored = iter(self._batcher.submit(valid, now))
+            outcomes = [o if o is not None else next(stored) for o in outcomes]
+        return [o for o in outcomes if o is not None]
 
-    @guarded
-    def _store_one(self, request: StoreRequest, now: float) -> StoreResult:
-        exp = check_request(request)
-        message, idempotency_key = request.message, request.idempotency_key
-        users = list(request.user_ids)
-        distinct = list(dict.fromkeys(users))
-
-        if idempotency_key:
-            first = self._claim(idempotency_key, message.id, distinct, users, now)
-            if first is not None:
-                return first
-        seqs: dict[str, int] = {}
+    def _write_batch(self, calls: list[Call]) -> None:
+        pushes = [_Push(r, c.now) for c in calls for r in c.requests]
         try:
-            self._insert_body(message, exp)
-            self._append(message.id, distinct, exp, seqs)
-            # The switch that makes the message visible: one document, atomic.
-            self._messages.update_one({"_id": message.id}, {"$set": {"pending": False}})
-        except InvalidArgument:
-            self._release(idempotency_key, message.id)
-            raise
-        except BaseException:
-            self._discard(message.id, idempotency_key, seqs)
-            raise
-        if idempotency_key:
-            try:
-                self._idempotency.update_one(
-                    {"_id": idempotency_key, "message_id": message.id},
-                    {"$set": {"seqs": [seqs[u] for u in distinct]}},
-                )
-            except PyMongoError as exc:
-                # Stored and visible: a repeat finds the seqs in the inbox instead.
-                log.warning("could not record the seqs of idempotency key: %s", _short(exc))
-        return StoreResult(message.id, tuple(seqs[u] for u in users))
+            self._ensure_ready()
+            self._write(pushes)
+        except PyMongoError as exc:
+            error = store_error(exc)
+            for p in pushes:
+                if p.outcome is None:
+                    p.outcome = error
+        for p in pushes:
+            if p.follows is not None:
+                p.outcome = _follow(p.follows, p.request)
+        start = 0
+        for call in calls:
+            n = len(call.requests)
+            call.outcomes = [p.outcome for p in pushes[start : start + n] if p.outcome is not None]
+            assert len(call.outcomes) == n
+            start += n
 
-    def _insert_body(self, message: Message, exp: float) -> None:
-        doc = {
-            "_id": message.id,
-            "payload": message.payload,
-            "content_type": message.content_type,
-            "created_at": message.created_at,
-            "exp": exp,
-            "expires_at": _date(exp),
-            "pending": True,
+    def _write(self, pushes: list[_Push]) -> None:
+        """The protocol of the module notes, for a batch. Sets every outcome
+        (but those of requests that follow another's key)."""
+        began = time.monotonic()
+        try:
+            self._claim_keys(pushes)
+        except PyMongoError as exc:
+            error = store_error(exc)
+            for p in pushes:
+                p.outcome = p.outcome or error
+                self._release_claim(p)
+            return
+        writing = [p for p in pushes if p.writing]
+        if not writing:
+            return
+        commit_sent = False
+        try:
+            self._insert_bodies(writing)
+            for p in writing:
+                if p.outcome is not None:  # its message id is taken
+                    self._release_claim(p)
+            writing = [p for p in writing if p.writing]
+            if not writing:
+                return
+            counters = self._insert_entries(writing)
+            self._raise_counters(_tops(writing), counters)
+            if time.monotonic() - began > self.lease:
+                raise _LeaseExpired(
+                    f"the message store took over {self.lease:.0f}s to store a batch; retry"
+                )
+            commit_sent = True
+            self._commit(writing)
+        except (PyMongoError, StoreUnavailable, _LeaseExpired) as exc:
+            if isinstance(exc, PyMongoError):
+                error = store_error(exc)
+            elif isinstance(exc, StoreUnavailable):
+                error = exc
+            else:
+                error = StoreUnavailable(str(exc))
+            self._fail(writing, error, commit_sent)
+
+    # -- step 0: idempotency keys -------------------------------------------------
+
+    def _claim_keys(self, pushes: list[_Push]) -> None:
+        """Claim each request's idempotency key, or settle the request as a
+        duplicate of the push that holds it."""
+        first: dict[str, _Push] = {}
+        todo: list[_Push] = []
+        for p in pushes:
+            key = p.request.idempotency_key
+            if not key:
+                continue
+            if key in first:
+                p.follows = first[key]
+            else:
+                first[key] = p
+                todo.append(p)
+        deadline = time.monotonic() + CLAIM_WAIT
+        while todo:
+            taken = self._insert_claims(todo)
+            for p in todo:
+                p.claimed = p not in taken
+            todo = self._settle_claims(taken)
+            if todo and time.monotonic() > deadline:
+                for p in todo:
+                    p.outcome = StoreUnavailable(
+                        f"a push with idempotency key {p.request.idempotency_key!r}"
+                        " is still being stored; retry later"
+                    )
+                return
+            if todo:
+                gevent.sleep(_CLAIM_POLL)
+
+    def _insert_claims(self, pushes: list[_Push]) -> set[_Push]:
+        """Insert claim documents; returns the pushes whose key was taken."""
+        docs = [
+            {
+                "_id": p.request.idempotency_key,
+                "message_id": p.message.id,
+                "w": p.w,
+                "users": list(p.request.user_ids),
+                "created_at": p.now,
+                "exp": p.now + IDEMPOTENCY_WINDOW,
+                "expires_at": bson_date(p.now + IDEMPOTENCY_WINDOW),
+            }
+            for p in pushes
+        ]
+        try:
+            self._idempotency.insert_many(docs, ordered=False)
+            return set()
+        except BulkWriteError as exc:
+            if not only_duplicate_keys(exc):
+                raise
+            return {pushes[e["index"]] for e in exc.details["writeErrors"]}
+
+    def _settle_claims(self, taken: set[_Push]) -> list[_Push]:
+        """Decide the pushes whose key another push holds; returns those to claim
+        again (the holder was outside the window, or abandoned, or in flight)."""
+        if not taken:
+            return []
+        holders = {
+            d["_id"]: d
+            for d in self._idempotency.find(
+                {"_id": {"$in": [p.request.idempotency_key for p in taken]}}
+            )
         }
+        bodies = self._find_bodies(
+            [d["message_id"] for d in holders.values()], {"pending": 1, "w": 1}
+        )
+        seen = self._seqs_of(
+            [
+                (d["message_id"], d.get("w"))
+                for d in holders.values()
+                if _committed(bodies.get(d["message_id"]), d.get("w"))
+            ]
+        )
+        again: list[_Push] = []
+        for p in taken:
+            key = p.request.idempotency_key
+            doc = holders.get(key)
+            if doc is None:  # removed meanwhile
+                again.append(p)
+                continue
+            mid, w = doc["message_id"], doc.get("w")
+            if doc["exp"] <= p.now:  # outside the window: forget it
+                self._idempotency.delete_one({"_id": key, "w": w})
+                again.append(p)
+            elif _committed(bodies.get(mid), w):
+                p.seqs = seen.get(mid, {})  # the first push's, for requests following this one
+                p.outcome = StoreResult(
+                    mid, tuple(p.seqs.get(u, 0) for u in p.request.user_ids), duplicate=True
+                )
+            elif (mid, w) in self._unfinished or p.now - doc.get("created_at", 0) > PENDING_GRACE:
+                # The push holding it failed, or its node died: take over.
+                self._abandon_attempts([(mid, w)])
+                self._idempotency.delete_one({"_id": key, "w": w})
+                again.append(p)
+            else:
+                again.append(p)  # in flight: wait for it
+        return again
+
+    # -- step 1: bodies -------------------------------------------------------------
+
+    def _insert_bodies(self, pushes: list[_Push]) -> None:
+        """Insert the bodies, pending. A message id already stored fails its
+        request; one left pending by an attempt that failed (or died, past the
+        grace) is abandoned; one pending for a push still in flight is refused."""
+        ours = {p.w for p in pushes}
+        todo = pushes
         for attempt in range(2):
             try:
-                self._messages.insert_one(doc)
-                return
-            except DuplicateKeyError:
-                old = self._messages.find_one({"_id": message.id}, {"pending": 1})
-                if old is not None and (not old.get("pending") or attempt):
-                    raise InvalidArgument(f"message id {message.id} is already stored") from None
-                if old is not None:  # left over by an earlier, failed try of this message
-                    self._discard(message.id, "", {})
-        raise InvalidArgument(f"message id {message.id} is already stored")
-
-    def _claim(
-        self, key: str, message_id: str, distinct: list[str], users: list[str], now: float
-    ) -> StoreResult | None:
-        """Take the idempotency key for this push, or return the first push's result."""
-        deadline = time.monotonic() + _CLAIM_WAIT
-        while True:
-            if time.monotonic() > deadline:
-                raise StoreUnavailable(
-                    f"a push with idempotency key {key!r} is still being stored; retry later"
-                )
-            try:
-                self._idempotency.insert_one(
-                    {
-                        "_id": key,
-                        "message_id": message_id,
-                        "users": distinct,
-                        "seqs": None,
-                        "created_at": now,
-                        "exp": now + IDEMPOTENCY_WINDOW,
-                        "expires_at": _date(now + IDEMPOTENCY_WINDOW),
-                        "claimed": time.time(),
-                    }
-                )
-                return None
-            except DuplicateKeyError:
-                pass
-            doc = self._idempotency.find_one({"_id": key})
-            if doc is None:
-                continue  # removed meanwhile: try again
-            if doc["exp"] <= now:  # outside the window: forget it
-                self._idempotency.delete_one({"_id": key, "message_id": doc["message_id"]})
-                continue
-            first_id: str = doc["message_id"]
-            if doc.get("seqs") is not None:
-                seen = dict(zip(doc["users"], doc["seqs"], strict=True))
-                return StoreResult(first_id, tuple(seen.get(u, 0) for u in users), True)
-            body = self._messages.find_one({"_id": first_id}, {"pending": 1})
-            if body is not None and not body.get("pending"):
-                # Committed, but the key was not updated yet (or that write failed).
-                seen = {
-                    e["user_id"]: e["seq"]
-                    for e in self._inbox.find({"message_id": first_id}, {"user_id": 1, "seq": 1})
-                }
-                return StoreResult(first_id, tuple(seen.get(u, 0) for u in users), True)
-            abandoned = (key, first_id) in self._abandoned or (
-                time.time() - float(doc.get("claimed", 0.0)) > _CLAIM_STALE
-            )
-            # The first push never finished (its node died): take the key over.
-            if abandoned and self._discard(first_id, "", {}):
-                self._idempotency.delete_one({"_id": key, "message_id": first_id})
-                self._abandoned.discard((key, first_id))
-                continue
-            time.sleep(0.05)
-
-    def _append(self, message_id: str, users: list[str], exp: float, seqs: dict[str, int]) -> None:
-        """Allocate each user's next seq and insert the inbox entries.
-
-        ``seqs`` is filled in as seqs are allocated, so a failure can undo them.
-        """
-        position = {u: i for i, u in enumerate(users)}
-        todo = users
-        for _ in range(_ALLOC_ATTEMPTS):
-            self._allocate(todo, seqs)
-            docs = [
-                {
-                    "user_id": u,
-                    "seq": seqs[u],
-                    "message_id": message_id,
-                    "i": position[u],
-                    "exp": exp,
-                    "expires_at": _date(exp),
-                    "delivered": False,
-                }
-                for u in todo
-            ]
-            try:
-                self._inbox.insert_many(docs, ordered=False)
+                self._messages.insert_many([_body(p) for p in todo], ordered=False)
                 return
             except BulkWriteError as exc:
-                errors = exc.details.get("writeErrors", [])
-                if not errors or any(e.get("code") != _DUPLICATE_KEY for e in errors):
+                if not only_duplicate_keys(exc):
                     raise
-                # Seqs already taken: only on servers without atomic $inc.
-                todo = [todo[e["index"]] for e in errors]
-                for u in todo:
-                    self._raise_counter(u)
-        raise StoreUnavailable("could not allocate a free seq; the counters are contended")
-
-    def _allocate(self, users: list[str], seqs: dict[str, int]) -> None:
-        if len(users) > 1 and _gevent_patched():
-            # Round trips overlap; pymongo is cooperative once gevent has patched.
-            # Every allocation finishes (or fails) before this returns, so none
-            # is left running after the caller rolls a failed push back.
-            errors: list[Exception] = []
-
-            def one(user_id: str) -> None:
-                try:
-                    seqs[user_id] = self._next_seq(user_id)
-                except Exception as exc:
-                    errors.append(exc)
-
-            Pool(min(_ALLOC_CONCURRENCY, len(users))).map(one, users)
-            if errors:
-                raise errors[0]
-        else:
-            for u in users:
-                seqs[u] = self._next_seq(u)
-
-    def _next_seq(self, user_id: str) -> int:
-        for attempt in range(3):
-            try:
-                with self._serial(user_id):
-                    doc = self._counters.find_one_and_update(
-                        {"_id": user_id},
-                        {"$inc": {"seq": 1}},
-                        upsert=True,
-                        return_document=ReturnDocument.AFTER,
+                clashed = [todo[e["index"]] for e in exc.details["writeErrors"]]
+            old = self._find_bodies(
+                [p.message.id for p in clashed], {"pending": 1, "w": 1, "t": 1, "created_at": 1}
+            )
+            stale: list[Attempt] = []
+            for p in clashed:
+                doc = old.get(p.message.id)
+                if doc is None:
+                    continue  # gone meanwhile: try again
+                other = (p.message.id, doc.get("w"))
+                if not doc.get("pending") or doc.get("w") in ours or attempt:
+                    p.outcome = InvalidArgument(f"message id {p.message.id} is already stored")
+                elif other in self._unfinished or p.now - _written(doc) > PENDING_GRACE:
+                    stale.append(other)
+                else:
+                    p.outcome = StoreUnavailable(
+                        f"message id {p.message.id} is being stored by another push; retry later"
                     )
-                assert doc is not None  # upserted
-                return int(doc["seq"])
-            except DuplicateKeyError:  # two first-ever upserts raced
-                if attempt == 2:
+            self._abandon_attempts(stale)
+            todo = [p for p in clashed if p.outcome is None]
+            if not todo:
+                return
+
+    # -- step 2: entries, allocating seqs ----------------------------------------
+
+    def _insert_entries(self, pushes: list[_Push]) -> dict[str, int]:
+        """Insert every recipient's entry, allocating seqs (module notes, step 2).
+        Returns the counters read for the hints."""
+        users = list(dict.fromkeys(u for p in pushes for u in p.request.user_ids))
+        counters = self._read_counters(users)
+        hint = {u: max(counters.get(u, 0), self._known.get(u, 0)) for u in users}
+        # Each user's entries, in list order; users in order of first appearance.
+        chains: dict[str, list[_Push]] = {u: [] for u in users}
+        for p in pushes:
+            for u in p.request.user_ids:
+                chains[u].append(p)
+        todo = [(u, p) for u in users for p in chains[u]]
+        nxt: dict[str, int] = {}
+        for u, p in todo:
+            seq = nxt.get(u, hint[u] + 1)
+            p.seqs[u] = seq
+            nxt[u] = seq + 1
+        for _ in range(_COLLISIONS):
+            try:
+                self._inbox.insert_many([_entry_doc(u, p) for u, p in todo], ordered=True)
+                self._learn((u, p.seqs[u]) for u, p in todo)
+                return counters
+            except BulkWriteError as exc:
+                errors = exc.details.get("writeErrors", [])
+                if not errors or errors[0].get("code") != DUPLICATE_KEY:
                     raise
-        raise AssertionError("unreachable")
+                done = int(exc.details.get("nInserted", errors[0]["index"]))
+            self.collisions += 1
+            self._learn((u, p.seqs[u]) for u, p in todo[:done])
+            todo = todo[done:]
+            # todo[0]'s seq is taken: the rest of that user's chain goes above
+            # the user's top entry (which is at least the seq taken).
+            user = todo[0][0]
+            top = max(self._top(user), todo[0][1].seqs[user])
+            self._learn([(user, top)])
+            seq = top + 1
+            for u, p in todo:
+                if u == user:
+                    p.seqs[u] = seq
+                    seq += 1
+        raise StoreUnavailable("could not allocate a free seq: the users' inboxes are contended")
 
-    def _raise_counter(self, user_id: str) -> None:
-        """Lift the counter above every seq in the user's inbox."""
-        with self._serial(user_id):
-            top = self._top_seq(user_id)
-            self._counters.update_one({"_id": user_id}, {"$max": {"seq": top}}, upsert=True)
+    def _read_counters(self, users: Sequence[str]) -> dict[str, int]:
+        """The counters of those users that have one."""
+        if not users:
+            return {}
+        return {
+            d["_id"]: int(d["seq"])
+            for d in self._counters.find(
+                {"_id": {"$in": list(users)}}, {"seq": 1}, batch_size=len(users) + 1
+            )
+        }
 
-    def _top_seq(self, user_id: str) -> int:
+    def _top(self, user_id: str) -> int:
         doc = self._inbox.find_one(
             {"user_id": user_id}, {"seq": 1}, sort=[("user_id", 1), ("seq", -1)]
         )
         return int(doc["seq"]) if doc else 0
 
-    def _release(self, key: str, message_id: str) -> None:
-        """Give back an idempotency key this push claimed. Never raises."""
-        if not key:
-            return
-        try:
-            self._idempotency.delete_one({"_id": key, "message_id": message_id})
-        except PyMongoError as exc:
-            self._abandoned.add((key, message_id))
-            log.warning("could not release an idempotency key: %s", _short(exc))
+    def _learn(self, seqs: Iterable[tuple[str, int]]) -> None:
+        if len(self._known) > 100_000:
+            self._known.clear()
+        for u, s in seqs:
+            if s > self._known.get(u, 0):
+                self._known[u] = s
 
-    def _discard(self, message_id: str, key: str, seqs: dict[str, int]) -> bool:
-        """Best effort: remove what a push that failed before its commit wrote.
+    # -- step 3: counters ---------------------------------------------------------
 
-        Returns whether the message is gone. Never raises. Whatever cannot be
-        removed now stays invisible (its body is pending) until a later push of
-        the same key, or ``sweep``, removes it.
+    def _raise_counters(
+        self,
+        targets: Mapping[str, int],
+        counters: Mapping[str, int] | None = None,
+        *,
+        verify: bool = False,
+    ) -> None:
+        """Raise each user's counter to at least the given (inserted) seq.
+
+        ``counters`` is what was read of them, if anything was: users without
+        one get theirs inserted; the others get one ``$max`` statement per
+        distinct seq (a fan-out to users new or alike is one or two statements).
+        With ``verify``, read the counters back and raise again until they
+        hold: FerretDB's ``$max`` can lose an update to a concurrent one.
         """
-        try:
-            # Bounded, so a push failing in an outage still fails fast.
-            with pymongo.timeout(self.database.cleanup_timeout):
-                self._messages.delete_one({"_id": message_id, "pending": True})
-                if self._messages.find_one({"_id": message_id}, {"_id": 1}) is not None:
-                    return False  # the commit went through after all: the message is stored
-                self._inbox.delete_many({"message_id": message_id})
-                if seqs:
-                    # Give a seq back only if nobody allocated after it; else leave a gap.
-                    self._counters.bulk_write(
-                        [
-                            UpdateOne({"_id": u, "seq": s}, {"$inc": {"seq": -1}})
-                            for u, s in seqs.items()
-                        ],
-                        ordered=False,
+        held = dict(counters) if counters is not None else self._read_counters(list(targets))
+        for _ in range(_COUNTER_REPAIRS):
+            todo = {u: s for u, s in targets.items() if held.get(u, 0) < s}
+            if not todo:
+                return
+            raise_ = [u for u in todo if u in held]
+            new = [u for u in todo if u not in held]
+            if new:
+                try:
+                    self._counters.insert_many(
+                        [{"_id": u, "seq": todo[u]} for u in new], ordered=False
                     )
+                except BulkWriteError as exc:  # created meanwhile: raise those instead
+                    if not only_duplicate_keys(exc):
+                        raise
+                    raise_ += [new[e["index"]] for e in exc.details["writeErrors"]]
+            for part in self.database.batches(raise_):
+                by_seq: dict[int, list[str]] = {}
+                for u in part:
+                    by_seq.setdefault(todo[u], []).append(u)
+                self._counters.bulk_write(
+                    [
+                        UpdateMany({"_id": {"$in": us}}, {"$max": {"seq": s}})
+                        for s, us in by_seq.items()
+                    ],
+                    ordered=False,
+                )
+            if not verify:
+                return
+            held = self._read_counters(list(targets))
+        raise StoreUnavailable("the seq counters do not hold their updates")
+
+    # -- step 4: commit ---------------------------------------------------------------
+
+    def _commit(self, pushes: list[_Push]) -> None:
+        modified = 0
+        for part in self.database.batches(pushes):
+            # One statement: each body by _id, still pending, still this attempt's.
+            modified += self._messages.update_many(
+                {"$or": [{"_id": p.message.id, "w": p.w} for p in part], "pending": True},
+                {"$set": {"pending": False}},
+            ).modified_count
+        lost: set[_Push] = set()
+        if modified != len(pushes):
+            # Some bodies were abandoned under us: which is the body's word.
+            bodies = self._find_bodies([p.message.id for p in pushes], {"pending": 1, "w": 1})
+            lost = {p for p in pushes if not _committed(bodies.get(p.message.id), p.w)}
+        for p in pushes:
+            if p in lost:
+                p.outcome = StoreUnavailable(
+                    f"message {p.message.id} was abandoned before it committed; retry"
+                )
+                self._release_claim(p)
+            else:
+                p.outcome = StoreResult(p.message.id, tuple(p.seqs[u] for u in p.request.user_ids))
+
+    # -- failure: abandon what was written ---------------------------------------------
+
+    def _fail(self, pushes: list[_Push], error: StoreUnavailable, commit_sent: bool) -> None:
+        """Abandon a batch that failed before it committed (or did not learn
+        whether its commit applied): raise the counters over the entries it
+        wrote, delete its pending bodies (the entries stay as tombstones), give
+        back its keys. What cannot be done now, ``sweep`` does later."""
+        for p in pushes:
+            if p.outcome is None:
+                p.outcome = error
+        try:
+            with pymongo.timeout(self.database.cleanup_timeout):
+                bodies = self._abandon_attempts([(p.message.id, p.w) for p in pushes])
         except PyMongoError as exc:
-            log.warning("could not remove failed message %s: %s", message_id, _short(exc))
-            if key:
-                self._abandoned.add((key, message_id))
-            return False
-        self._release(key, message_id)
-        return True
+            log.warning("could not abandon %d failed pushes: %s", len(pushes), short(exc))
+            self._unfinished.update((p.message.id, p.w) for p in pushes)
+            return
+        for p in pushes:
+            if commit_sent and _committed(bodies.get(p.message.id), p.w):
+                # The commit applied after all: the push is stored.
+                p.outcome = StoreResult(p.message.id, tuple(p.seqs[u] for u in p.request.user_ids))
+            else:
+                self._release_claim(p)
 
-    def _bodies(self, message_ids: Iterable[str], now: float) -> dict[str, Message]:
-        ids = list(dict.fromkeys(message_ids))
-        if not ids:
+    def _abandon_attempts(self, attempts: Sequence[Attempt]) -> dict[str, Doc]:
+        """Abandon write attempts ``(message id, w)``: raise the counters over
+        their entries, then delete their bodies if still pending. Returns the
+        bodies left under those ids (committed ones, or other attempts')."""
+        if not attempts:
             return {}
-        out: dict[str, Message] = {}
-        for d in self._messages.find({"_id": {"$in": ids}, "pending": False, "exp": {"$gt": now}}):
-            out[d["_id"]] = Message(
-                d["_id"], bytes(d["payload"]), d["content_type"], d["created_at"], d["exp"]
+        ids = [mid for mid, _ in attempts]
+        tops: dict[str, int] = {}
+        for seqs in self._seqs_of(attempts).values():
+            for u, s in seqs.items():
+                tops[u] = max(tops.get(u, 0), s)
+        self._raise_counters(tops)
+        for part in self.database.batches(attempts):
+            self._messages.bulk_write(
+                [DeleteOne({"_id": mid, "w": w, "pending": True}) for mid, w in part],
+                ordered=False,
             )
-        return out
+        self._unfinished.difference_update(attempts)
+        return self._find_bodies(ids, {"pending": 1, "w": 1})
 
-    def _entries(self, docs: list[Doc], now: float) -> list[InboxEntry]:
-        bodies = self._bodies((d["message_id"] for d in docs), now)
-        return [
-            InboxEntry(d["user_id"], int(d["seq"]), bodies[d["message_id"]])
-            for d in docs
-            if d["message_id"] in bodies
-        ]
+    def _release_claim(self, p: _Push) -> None:
+        """Give back the idempotency key a failed push claimed. Never raises."""
+        if not p.claimed:
+            return
+        key = p.request.idempotency_key
+        try:
+            with pymongo.timeout(self.database.cleanup_timeout):
+                self._idempotency.delete_one({"_id": key, "w": p.w})
+            p.claimed = False
+        except PyMongoError as exc:
+            self._unfinished.add((p.message.id, p.w))
+            log.warning("could not release an idempotency key: %s", short(exc))
+
+    # -- reading ----------------------------------------------------------------------
 
     @guarded
     def read_inbox(self, user_id: str, after_seq: int, limit: int, now: float) -> InboxPage:
         if limit <= 0:
             return InboxPage(())
-        docs = list(
-            self._inbox.find(
-                {"user_id": user_id, "seq": {"$gt": after_seq}, "exp": {"$gt": now}},
-                {"user_id": 1, "seq": 1, "message_id": 1},
-                sort=[("user_id", 1), ("seq", 1)],
-                limit=limit + 1,
+        entries: list[InboxEntry] = []
+        cursor = after_seq
+        while len(entries) < limit:
+            want = limit - len(entries)
+            docs = self._entry_docs(user_id, cursor, want + 1)
+            batch = docs[:want]
+            live = [d for d in batch if d["exp"] > now]
+            bodies = self._find_bodies(
+                [d["message_id"] for d in live],
+                {"w": 1, "pending": 1, "payload": 1, "content_type": 1, "created_at": 1, "exp": 1},
             )
-        )
-        more = len(docs) > limit
-        return InboxPage(tuple(self._entries(docs[:limit], now)), None, more)
+            for d in batch:
+                body = bodies.get(d["message_id"]) if d["exp"] > now else None
+                if body is None or body.get("w") != d.get("w") or body["exp"] <= now:
+                    continue  # expired, or removed: a deletion
+                if body.get("pending"):
+                    return InboxPage(tuple(entries), blocked_at=int(d["seq"]))
+                entries.append(InboxEntry(user_id, int(d["seq"]), _message(body)))
+            if len(docs) <= want:
+                return InboxPage(tuple(entries))
+            cursor = int(batch[-1]["seq"])
+        return InboxPage(tuple(entries), more=True)
+
+    def _entry_docs(self, user_id: str, after: int, limit: int) -> list[Doc]:
+        """Up to ``limit`` entries above ``after``, ascending; a page with a hole
+        is read again up to its last entry (module notes: the chain)."""
+        query: Doc = {"user_id": user_id, "seq": {"$gt": after}}
+        fields = {"seq": 1, "message_id": 1, "w": 1, "exp": 1}
+        order = [("user_id", 1), ("seq", 1)]
+        docs = list(self._inbox.find(query, fields, sort=order, limit=limit, batch_size=limit + 1))
+        if docs and int(docs[-1]["seq"]) - after != len(docs):
+            last = int(docs[-1]["seq"])
+            query["seq"] = {"$gt": after, "$lte": last}
+            again = {int(d["seq"]): d for d in self._inbox.find(query, fields, sort=order)}
+            again.update((int(d["seq"]), d) for d in docs)
+            docs = [again[s] for s in sorted(again)][:limit]
+        return docs
+
+    def _find_bodies(self, ids: Iterable[str], fields: Doc) -> dict[str, Doc]:
+        ids = list(dict.fromkeys(ids))
+        if not ids:
+            return {}
+        return {
+            d["_id"]: d
+            for d in self._messages.find({"_id": {"$in": ids}}, fields, batch_size=len(ids) + 1)
+        }
+
+    def _seqs_of(self, attempts: Sequence[Attempt]) -> dict[str, dict[str, int]]:
+        """Each recipient's seq of each ``(message id, w)``."""
+        if not attempts:
+            return {}
+        ws = dict(attempts)
+        out: dict[str, dict[str, int]] = {}
+        for e in self._inbox.find(
+            {"message_id": {"$in": list(ws)}}, {"user_id": 1, "seq": 1, "w": 1, "message_id": 1}
+        ):
+            if ws.get(e["message_id"]) == e.get("w"):
+                out.setdefault(e["message_id"], {})[e["user_id"]] = int(e["seq"])
+        return out
 
     @guarded
     def user_starts(self, user_ids: Sequence[str]) -> dict[str, UserStart]:
         users = list(dict.fromkeys(user_ids))
         if not users:
             return {}
-        latest = {
-            d["_id"]: int(d["seq"])
-            for d in self._counters.find({"_id": {"$in": users}}, {"seq": 1})
-        }
+        counters = self._read_counters(users)
+        latest = {u: max(counters.get(u, 0), self._known.get(u, 0)) for u in users}
         acked = {
             d["_id"]: int(d["acked_seq"])
             for d in self._acks.find({"_id": {"$in": users}}, {"acked_seq": 1})
         }
-        if not self.atomic_updates:  # a lost update may have lowered a counter
-            for u in users:
-                latest[u] = max(latest.get(u, 0), self._top_seq(u))
-        return {u: UserStart(latest.get(u, 0), acked.get(u, 0)) for u in users}
+        return {u: UserStart(latest[u], acked.get(u, 0)) for u in users}
 
     @guarded
     def ack_many(self, acks: Mapping[str, int]) -> None:
-        ops = [
-            UpdateOne({"_id": u}, {"$max": {"acked_seq": max(int(s), 0)}}, upsert=True)
-            for u, s in acks.items()
-        ]
-        if ops:
-            retry_duplicate(lambda: self._acks.bulk_write(ops, ordered=False))
+        for part in self.database.batches(list(acks.items())):
+            ops = [
+                UpdateOne({"_id": u}, {"$max": {"acked_seq": max(int(s), 0)}}, upsert=True)
+                for u, s in part
+            ]
+            retry_duplicate(functools.partial(self._acks.bulk_write, ops, ordered=False))
 
     @guarded
     def mark_delivered(self, receipts: Sequence[tuple[str, str]]) -> None:
-        by_message: dict[str, list[str]] = {}
-        for message_id, user_id in receipts:
-            by_message.setdefault(message_id, []).append(user_id)
-        if not by_message:
-            return
-        self._inbox.bulk_write(
-            [
-                UpdateMany({"message_id": m, "user_id": {"$in": us}}, {"$set": {"delivered": True}})
-                for m, us in by_message.items()
-            ],
-            ordered=False,
-        )
+        for part in self.database.batches(list(dict.fromkeys(receipts))):
+            by_message: dict[str, list[str]] = {}
+            for message_id, user_id in part:
+                by_message.setdefault(message_id, []).append(user_id)
+            self._inbox.bulk_write(
+                [
+                    UpdateMany(
+                        {"message_id": m, "user_id": {"$in": us}}, {"$set": {"delivered": True}}
+                    )
+                    for m, us in by_message.items()
+                ],
+                ordered=False,
+            )
 
     @guarded
     def message_status(self, message_id: str, now: float) -> list[RecipientStatus]:
-        body = self._messages.find_one({"_id": message_id}, {"pending": 1, "exp": 1})
+        body = self._messages.find_one({"_id": message_id}, {"pending": 1, "exp": 1, "w": 1})
         if body is None or body.get("pending") or body["exp"] <= now:
             raise NotFound(f"message {message_id} is unknown or has expired")
         entries = sorted(
-            self._inbox.find(
-                {"message_id": message_id}, {"user_id": 1, "seq": 1, "delivered": 1, "i": 1}
+            (
+                e
+                for e in self._inbox.find(
+                    {"message_id": message_id},
+                    {"user_id": 1, "seq": 1, "delivered": 1, "i": 1, "w": 1},
+                )
+                if e.get("w") == body.get("w")
             ),
             key=lambda e: (e.get("i", 0), e["user_id"]),
         )
@@ -533,27 +811,7 @@ class MongoInbox(InboxStore):
             for e in entries
         ]
 
-    # -- housekeeping ------------------------------------------------------------
-
-    @guarded
-    def sweep(self, now: float) -> int:
-        removed = 0
-        # Bodies of pushes that died half-way, with whatever entries they wrote.
-        dead = [
-            d["_id"]
-            for d in self._messages.find(
-                {"pending": True, "created_at": {"$lte": now - _PENDING_GRACE}}, {"_id": 1}
-            )
-        ]
-        if dead:
-            removed += self._inbox.delete_many({"message_id": {"$in": dead}}).deleted_count
-            removed += self._messages.delete_many(
-                {"_id": {"$in": dead}, "pending": True}
-            ).deleted_count
-        removed += self._inbox.delete_many(_expired(now)).deleted_count
-        removed += self._messages.delete_many(_expired(now)).deleted_count
-        removed += self._idempotency.delete_many(_expired(now)).deleted_count
-        return removed
+    # -- housekeeping -----------------------------------------------------------------
 
     @guarded
     def probe(self) -> None:
@@ -563,7 +821,111 @@ class MongoInbox(InboxStore):
             )
         )
 
+    @guarded
+    def sweep(self, now: float) -> int:
+        removed = 0
+        # Pushes whose writer died: abandon their bodies (entries stay as tombstones).
+        dead = [
+            (d["_id"], d.get("w"))
+            for d in self._messages.find(
+                {
+                    "pending": True,
+                    "$or": [
+                        {"t": {"$lte": now - PENDING_GRACE}},
+                        # written by an earlier version, which had no ``t``
+                        {"t": {"$exists": False}, "created_at": {"$lte": now - PENDING_GRACE}},
+                    ],
+                },
+                {"w": 1},
+            )
+        ]
+        if dead:
+            left = self._abandon_attempts(dead)
+            removed += sum(1 for mid, w in dead if mid not in left or left[mid].get("w") != w)
+        # What expired (TTL indexes do this too, where the server has them).
+        # Counters are raised over the entries first, so their seqs stay used.
+        tops: dict[str, int] = {}
+        for e in self._inbox.find(expired(now), {"user_id": 1, "seq": 1}):
+            tops[e["user_id"]] = max(tops.get(e["user_id"], 0), int(e["seq"]))
+        if tops:
+            self._raise_counters(tops, verify=True)
+            removed += self._inbox.delete_many(expired(now)).deleted_count
+        removed += self._messages.delete_many(expired(now)).deleted_count
+        removed += self._idempotency.delete_many(expired(now)).deleted_count
+        return removed
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
             self.database.detach()
+
+
+# -- documents ---------------------------------------------------------------------
+
+
+def _body(p: _Push) -> Doc:
+    m = p.message
+    exp = float(m.expires_at or 0.0)
+    return {
+        "_id": m.id,
+        "w": p.w,
+        "payload": m.payload,
+        "content_type": m.content_type,
+        "created_at": m.created_at,
+        "exp": exp,
+        # Kept past a short expiry until sweep could have abandoned it.
+        "expires_at": bson_date(max(exp, p.now + 2 * PENDING_GRACE)),
+        "t": p.now,
+        "pending": True,
+    }
+
+
+def _entry_doc(user_id: str, p: _Push) -> Doc:
+    exp = float(p.message.expires_at or 0.0)
+    return {
+        "user_id": user_id,
+        "seq": p.seqs[user_id],
+        "message_id": p.message.id,
+        "w": p.w,
+        "i": p.request.user_ids.index(user_id),
+        "exp": exp,
+        "expires_at": bson_date(max(exp, p.now) + ENTRY_RETENTION),
+        "delivered": False,
+    }
+
+
+def _message(body: Doc) -> Message:
+    return Message(
+        body["_id"], bytes(body["payload"]), body["content_type"], body["created_at"], body["exp"]
+    )
+
+
+def _written(body: Doc) -> float:
+    """When a body was written (bodies of earlier versions have no ``t``)."""
+    written = body.get("t", body.get("created_at"))
+    return float(written) if written is not None else 0.0
+
+
+def _committed(body: Doc | None, w: str | None) -> bool:
+    return body is not None and body.get("w") == w and not body.get("pending", True)
+
+
+def _tops(pushes: Iterable[_Push]) -> dict[str, int]:
+    tops: dict[str, int] = {}
+    for p in pushes:
+        for u, s in p.seqs.items():
+            tops[u] = max(tops.get(u, 0), s)
+    return tops
+
+
+def _follow(first: _Push, request: StoreRequest) -> Outcome:
+    """The outcome of a request whose key an earlier request of the batch used:
+    a duplicate of what that one stored (or was a duplicate of), or its error."""
+    assert first.outcome is not None
+    if isinstance(first.outcome, StoreResult):
+        return StoreResult(
+            first.outcome.message_id,
+            tuple(first.seqs.get(u, 0) for u in request.user_ids),
+            duplicate=True,
+        )
+    return first.outcome

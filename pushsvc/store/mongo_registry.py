@@ -12,11 +12,12 @@ Collections (every query has an index):
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Mapping, Sequence
 
-from pymongo import DeleteMany, UpdateOne
+from pymongo import UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import ConnectionFailure
 
@@ -139,21 +140,20 @@ class MongoRegistry(NodeRegistry):
     def set_presence(self, node_id: str, counts: Mapping[str, int]) -> None:
         """A count of 0 (or less) removes the user's presence on the node."""
         gone = [u for u, c in counts.items() if c <= 0]
-        ops: list[DeleteMany | UpdateOne] = []
         if gone:
-            ops.append(DeleteMany({"node_id": node_id, "user_id": {"$in": gone}}))
-        ops.extend(
-            UpdateOne(
-                # user_id in the filter too: presence can be sharded on it.
-                {"_id": _presence_id(u, node_id), "user_id": u},
-                {"$set": {"node_id": node_id, "connections": int(c)}},
-                upsert=True,
-            )
-            for u, c in counts.items()
-            if c > 0
-        )
-        if ops:
-            retry_duplicate(lambda: self._presence.bulk_write(ops, ordered=True))
+            self._presence.delete_many({"node_id": node_id, "user_id": {"$in": gone}})
+        held = [(u, int(c)) for u, c in counts.items() if c > 0]
+        for part in self.database.batches(held):
+            ops = [
+                UpdateOne(
+                    # user_id in the filter too: presence can be sharded on it.
+                    {"_id": _presence_id(u, node_id), "user_id": u},
+                    {"$set": {"node_id": node_id, "connections": c}},
+                    upsert=True,
+                )
+                for u, c in part
+            ]
+            retry_duplicate(functools.partial(self._presence.bulk_write, ops, ordered=False))
 
     @guarded
     def presence(self, user_ids: Sequence[str], now: float) -> dict[str, dict[str, int]]:

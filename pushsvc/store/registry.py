@@ -61,3 +61,8 @@ class NodeRegistry(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release connections."""
+
+    @property
+    def round_trips(self) -> int:
+        """Commands sent to the database so far: ``pushsvc_store_round_trips_total``."""
+        return 0

@@ -15,6 +15,7 @@ import pytest
 from pushsvc.errors import ConfigError, StoreUnavailable
 from pushsvc.messages import Message
 from pushsvc.store.embedded import EmbeddedStore
+from pushsvc.store.inbox import StoreRequest, StoreResult
 
 T0 = 1_700_000_000.0
 
@@ -193,3 +194,52 @@ def test_version_2_database_is_migrated_and_keeps_its_messages(tmp_path: pathlib
         assert db.execute("PRAGMA user_version").fetchone()[0] == 3
     assert not tables & {"nodes", "presence"}
     assert {"messages", "inbox", "counters", "acks", "idempotency", "probe"} <= tables
+
+
+# -- group commit -------------------------------------------------------------------
+
+
+def test_concurrent_pushes_share_transactions(tmp_path: pathlib.Path) -> None:
+    store = EmbeddedStore(tmp_path)
+    try:
+        store.probe()
+        before = store.round_trips
+        jobs = [
+            gevent.spawn(store.store_message, msg(f"m{i}"), ["alice", f"u{i}"], "", T0)
+            for i in range(50)
+        ]
+        gevent.joinall(jobs, raise_error=True)
+        assert sorted(j.value.seqs[0] for j in jobs) == list(range(1, 51))
+        # One hand-off and one fsync per batch: the first push, then the rest.
+        assert store.round_trips - before <= 5
+    finally:
+        store.close()
+
+
+def test_a_request_that_fails_does_not_fail_its_batch(tmp_path: pathlib.Path) -> None:
+    store = EmbeddedStore(tmp_path)
+    try:
+        with contextlib.closing(sqlite3.connect(str(store.path), isolation_level=None)) as db:
+            db.execute(
+                "CREATE TRIGGER no_zed BEFORE INSERT ON inbox WHEN NEW.user_id = 'zed'"
+                " BEGIN SELECT RAISE(ABORT, 'zed is not welcome (injected)'); END"
+            )
+            outcomes = store.store_messages(
+                [
+                    StoreRequest(msg("m1"), ("alice",)),
+                    StoreRequest(msg("m2"), ("bob", "zed"), "k-zed"),
+                    StoreRequest(msg("m3"), ("alice", "bob")),
+                ],
+                T0,
+            )
+            db.execute("DROP TRIGGER no_zed")
+        assert [o.seqs for o in outcomes if isinstance(o, StoreResult)] == [(1,), (2, 1)]
+        assert isinstance(outcomes[1], StoreUnavailable)
+        assert "zed is not welcome" in str(outcomes[1])
+        assert [e.message.id for e in store.read_inbox("bob", 0, 10, T0).entries] == ["m3"]
+        assert store.read_inbox("zed", 0, 10, T0).entries == ()
+        # the failed request's key was not kept
+        retry = store.store_message(msg("m2"), ["bob", "zed"], "k-zed", T0)
+        assert not retry.duplicate and retry.seqs == (2, 1)
+    finally:
+        store.close()

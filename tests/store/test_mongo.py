@@ -11,13 +11,15 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import gevent
 import pytest
 from pymongo.errors import AutoReconnect
 
 from pushsvc.errors import NotFound, StoreUnavailable
 from pushsvc.messages import Message
-from pushsvc.store.mongo import MongoInbox
-from pushsvc.store.mongo_database import MongoDatabase
+from pushsvc.store.inbox import InboxPage, StoreRequest, StoreResult, UserStart
+from pushsvc.store.mongo import ENTRY_RETENTION, PENDING_GRACE, MongoInbox
+from pushsvc.store.mongo_database import FERRETDB_BATCH, MongoDatabase
 from tests.ferretdb import FerretDB
 
 T0 = 1_700_000_000.0
@@ -36,7 +38,7 @@ def msg(expires_at: float = T0 + 3600) -> Message:
 
 
 def count(store: MongoInbox, collection: str, query: dict[str, Any] | None = None) -> int:
-    return store._db[collection].count_documents(query or {})
+    return store.database.db[collection].count_documents(query or {})
 
 
 @pytest.fixture(scope="module")
@@ -70,11 +72,11 @@ def test_ttl_index_fallback_is_detected_and_sweep_does_the_work(store: MongoInbo
     assert store.ttl_indexes is False  # FerretDB answers createIndexes+TTL with code 238
     assert store.atomic_updates is False  # ... and its $inc is read-modify-write
     for name in ("messages", "inbox", "idempotency"):
-        keys = [list(ix["key"]) for ix in store._db[name].index_information().values()]
+        keys = [list(ix["key"]) for ix in store.database.db[name].index_information().values()]
         assert [("expires_at", 1)] in keys, name
     inbox_keys = {
         tuple(ix["key"]): ix.get("unique", False)
-        for ix in store._db["inbox"].index_information().values()
+        for ix in store.database.db["inbox"].index_information().values()
     }
     assert inbox_keys[(("user_id", 1), ("seq", 1))] is True
     assert (("message_id", 1),) in inbox_keys
@@ -84,18 +86,31 @@ def test_ttl_index_fallback_is_detected_and_sweep_does_the_work(store: MongoInbo
     store.store_message(long_, ["alice"], "", T0)
     assert (count(store, "messages"), count(store, "inbox")) == (2, 3)
 
-    # nothing removes expired documents by itself on FerretDB
-    removed = store.sweep(T0 + 150)
-    assert removed == 1 + 2  # body, two entries
-    assert count(store, "messages") == 1
-    assert [d["message_id"] for d in store._db["inbox"].find()] == [long_.id]
+    # nothing removes expired documents by itself on FerretDB; readers skip them
+    assert store.sweep(T0 + 150) == 0
+    assert [e.message.id for e in store.read_inbox("alice", 0, 10, T0 + 150).entries] == [long_.id]
+    # bodies go once a dead writer's would have been abandoned (t + 600 s) ...
+    assert store.sweep(T0 + 700) == 2
+    assert count(store, "messages") == 0
+    assert store.read_inbox("alice", 0, 10, T0).entries == ()
+    # ... entries an hour after their expiry, the counters raised over them first
+    assert count(store, "inbox") == 3
+    assert store.sweep(T0 + 100 + ENTRY_RETENTION) == 2
+    assert [d["message_id"] for d in store.database.db["inbox"].find()] == [long_.id]
     assert count(store, "idempotency") == 1  # the key lives 24 h
-    assert store.sweep(T0 + 86_400) == 1 + 1 + 1  # body, entry, key
+    assert store.sweep(T0 + 86_400) == 1 + 1  # entry, key
     assert count(store, "messages") == count(store, "inbox") == count(store, "idempotency") == 0
+    # seqs are never reused, even with every entry gone
+    assert store.user_starts(["alice", "bob"]) == {
+        "alice": UserStart(2, 0),
+        "bob": UserStart(1, 0),
+    }
+    later = T0 + 90_000
+    assert store.store_message(msg(later + 60), ["alice", "bob"], "", later).seqs == (3, 2)
 
 
 def test_writes_ask_for_majority_journaled_acknowledgement(store: MongoInbox) -> None:
-    assert store._db.write_concern.document == {"w": "majority", "j": True}
+    assert store.database.db.write_concern.document == {"w": "majority", "j": True}
     store.store_message(msg(), ["alice"], "", T0)  # accepted by the server
 
 
@@ -106,10 +121,10 @@ def test_body_is_stored_once(store: MongoInbox) -> None:
     assert count(store, "inbox", {"message_id": m.id}) == 50
 
 
-# -- a failed push stores nothing ---------------------------------------------------
+# -- a failed push stores nothing visible -------------------------------------------
 
 
-def test_failure_after_partial_writes_is_undone(
+def test_failure_before_any_entry_is_undone(
     store: MongoInbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store.store_message(msg(), ["alice"], "", T0)
@@ -125,7 +140,8 @@ def test_failure_after_partial_writes_is_undone(
 
     assert store.latest_seq("alice") == 1
     assert store.latest_seq("bob") == store.latest_seq("zed") == 0
-    assert [e.seq for e in store.read_inbox("alice", 0, 10, T0).entries] == [1]
+    page = store.read_inbox("alice", 0, 10, T0)
+    assert [e.seq for e in page.entries] == [1] and page.blocked_at is None
     with pytest.raises(NotFound):
         store.message_status(m.id, T0)
     assert count(store, "messages") == 1
@@ -134,7 +150,7 @@ def test_failure_after_partial_writes_is_undone(
     assert not retry.duplicate and retry.seqs == (2, 1, 1)
 
 
-def test_push_cut_off_mid_way_stays_invisible_and_is_cleaned_later(
+def test_push_cut_off_mid_way_blocks_readers_until_a_retry_takes_over(
     store: MongoInbox, live: FerretDB, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     m = msg()
@@ -151,36 +167,284 @@ def test_push_cut_off_mid_way_stays_invisible_and_is_cleaned_later(
     monkeypatch.undo()
     live.start()
 
-    # the cleanup could not run, but the half-written push is invisible
+    # The cleanup could not run: alice's entry is in flight as far as anyone
+    # can tell, so readers wait there rather than skip it.
     assert count(store, "inbox", {"message_id": m.id}) == 1
-    assert store.read_inbox("alice", 0, 10, T0).entries == ()
+    assert store.read_inbox("alice", 0, 10, T0) == InboxPage((), blocked_at=1)
+    assert store.read_inbox("bob", 0, 10, T0) == InboxPage(())
     with pytest.raises(NotFound):
         store.message_status(m.id, T0)
-    # a retry with the same key is not taken for a duplicate, and replaces it
+    # A retry with the same key takes the abandoned push over; its entry stays
+    # behind as a tombstone, so seq 1 is never reused.
     retry = store.store_message(m, ["alice", "bob"], "k-cut", T0)
-    assert not retry.duplicate
-    assert [e.message.id for e in store.read_inbox("alice", 0, 10, T0).entries] == [m.id]
-    assert count(store, "inbox", {"message_id": m.id}) == 2
+    assert not retry.duplicate and retry.seqs == (2, 1)
+    page = store.read_inbox("alice", 0, 10, T0)
+    assert [(e.seq, e.message.id) for e in page.entries] == [(2, m.id)]
+    assert page.blocked_at is None
+    assert [(s.user_id, s.seq) for s in store.message_status(m.id, T0)] == [
+        ("alice", 2),
+        ("bob", 1),
+    ]
+    assert count(store, "inbox", {"message_id": m.id}) == 3
 
 
-def test_sweep_removes_pushes_that_died_half_way(store: MongoInbox) -> None:
+def _dead_push(store: MongoInbox, m: Message, user: str, seq: int, *, legacy: bool) -> None:
+    """What a writer that died between its entries and its commit leaves."""
+    body: dict[str, Any] = {
+        "_id": m.id,
+        "payload": m.payload,
+        "content_type": m.content_type,
+        "created_at": T0,
+        "exp": T0 + 3600,
+        "expires_at": None,
+        "pending": True,
+    }
+    entry: dict[str, Any] = {"user_id": user, "seq": seq, "message_id": m.id, "exp": T0 + 3600}
+    if not legacy:
+        body |= {"w": "dead", "t": T0}
+        entry["w"] = "dead"
+    store._messages.insert_one(body)
+    store._inbox.insert_one(entry)
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["current", "earlier-version"])
+def test_sweep_abandons_pushes_that_died_half_way(store: MongoInbox, legacy: bool) -> None:
+    store.store_message(msg(), ["alice"], "", T0)
+    dead = msg()
+    _dead_push(store, dead, "alice", 2, legacy=legacy)
+    later = store.store_message(msg(), ["alice"], "", T0 + 1)
+    assert later.seqs == (3,)
+
+    page = store.read_inbox("alice", 0, 10, T0 + 1)
+    assert [e.seq for e in page.entries] == [1] and page.blocked_at == 2
+    assert store.read_inbox("alice", 1, 10, T0 + 1) == InboxPage((), blocked_at=2)
+    assert store.sweep(T0 + 10) == 0  # it may still be in flight
+    assert store.read_inbox("alice", 1, 10, T0 + 10).blocked_at == 2
+    assert store.sweep(T0 + PENDING_GRACE + 1) == 1  # abandoned: its body is deleted
+    page = store.read_inbox("alice", 1, 10, T0 + PENDING_GRACE + 1)
+    assert [e.seq for e in page.entries] == [3] and page.blocked_at is None
+    assert count(store, "messages", {"_id": dead.id}) == 0
+    assert count(store, "inbox", {"message_id": dead.id}) == 1  # a tombstone
+    assert store.sweep(T0 + PENDING_GRACE + 2) == 0
+
+
+# -- round trips: a batch costs a handful, whatever its size --------------------------
+
+
+def _requests(n: int, users: int = 1, key: str = "") -> list[StoreRequest]:
+    return [
+        StoreRequest(msg(), tuple(f"u{i}-{j}" for j in range(users)), f"{key}{i}" if key else "")
+        for i in range(n)
+    ]
+
+
+@pytest.mark.parametrize("key", ["", "k-"], ids=["plain", "idempotency-keys"])
+def test_a_batch_of_100_pushes_costs_a_handful_of_round_trips(store: MongoInbox, key: str) -> None:
+    store.probe()
+    before = store.round_trips
+    outcomes = store.store_messages(_requests(100, key=key), T0)
+    assert all(isinstance(o, StoreResult) and o.seqs == (1,) for o in outcomes)
+    assert store.round_trips - before <= 20  # measured: 5, or 6 with keys
+
+
+def test_concurrent_pushes_share_round_trips(store: MongoInbox) -> None:
+    store.probe()
+    before = store.round_trips
+    jobs = [
+        gevent.spawn(store.store_message, msg(), [f"c{i}", "shared"], "", T0) for i in range(100)
+    ]
+    gevent.joinall(jobs, raise_error=True)
+    assert sorted(j.value.seqs[1] for j in jobs) == list(range(1, 101))
+    assert store.round_trips - before <= 20
+
+
+def test_a_push_to_1000_users_costs_a_handful_of_round_trips(store: MongoInbox) -> None:
+    store.probe()
+    users = [f"u{i}" for i in range(1000)]
+    before = store.round_trips
+    (outcome,) = store.store_messages([StoreRequest(msg(), tuple(users))], T0)
+    assert isinstance(outcome, StoreResult) and outcome.seqs == (1,) * 1000
+    assert store.round_trips - before <= 8  # measured: 5
+    # Again: now every counter exists and is raised, not inserted. FerretDB
+    # updates documents one by one, so that goes 50 users per command there
+    # (one command on MongoDB), each well within the socket timeout.
+    before = store.round_trips
+    (outcome,) = store.store_messages([StoreRequest(msg(), tuple(users))], T0)
+    assert isinstance(outcome, StoreResult) and outcome.seqs == (2,) * 1000
+    per_command = FERRETDB_BATCH if store.database.ferretdb else 1000
+    assert store.round_trips - before <= 7 + 1000 // per_command  # measured: 25 / 5
+
+
+# -- the protocol's corners ------------------------------------------------------------
+
+
+def _in_flight(store: MongoInbox, user: str, seq: int) -> Message:
+    """Another writer's push between its entries and its commit."""
     m = msg()
     store._messages.insert_one(
         {
             "_id": m.id,
-            "payload": m.payload,
-            "content_type": m.content_type,
+            "w": "other",
+            "payload": b"{}",
+            "content_type": "application/json",
             "created_at": T0,
             "exp": T0 + 3600,
-            "expires_at": None,
+            "t": T0,
             "pending": True,
         }
     )
-    store._inbox.insert_one({"user_id": "alice", "seq": 1, "message_id": m.id, "exp": T0 + 3600})
-    assert store.read_inbox("alice", 0, 10, T0).entries == ()
-    assert store.sweep(T0 + 10) == 0  # it may still be in flight
-    assert store.sweep(T0 + 600) == 2
-    assert count(store, "messages") == count(store, "inbox") == 0
+    store._inbox.insert_one(
+        {"user_id": user, "seq": seq, "message_id": m.id, "w": "other", "exp": T0 + 3600}
+    )
+    return m
+
+
+def test_a_taken_seq_is_skipped_and_readers_wait_for_the_push_holding_it(
+    store: MongoInbox,
+) -> None:
+    store.store_message(msg(), ["alice"], "", T0)
+    other = _in_flight(store, "alice", 2)  # its counter is not raised yet
+    mine = store.store_message(msg(), ["alice", "bob"], "", T0)
+    assert mine.seqs == (3, 1)
+    # Readers stop at the push in flight, however many commit above it.
+    page = store.read_inbox("alice", 0, 10, T0)
+    assert [e.seq for e in page.entries] == [1] and page.blocked_at == 2
+    # It commits: everything is readable, in order.
+    store._messages.update_one({"_id": other.id}, {"$set": {"pending": False}})
+    page = store.read_inbox("alice", 0, 10, T0)
+    assert [e.seq for e in page.entries] == [1, 2, 3] and page.blocked_at is None
+
+
+def test_a_batch_past_its_lease_gives_up_and_leaves_tombstones(store: MongoInbox) -> None:
+    store.store_message(msg(), ["alice"], "", T0)
+    store.lease = -1.0  # every batch is late
+    m = msg()
+    with pytest.raises(StoreUnavailable, match="took over"):
+        store.store_message(m, ["alice", "bob"], "k-late", T0)
+    store.lease = 60.0
+    assert store.read_inbox("alice", 0, 10, T0) == InboxPage(
+        (store.read_inbox("alice", 0, 1, T0).entries[0],)
+    )
+    assert store.read_inbox("bob", 0, 10, T0) == InboxPage(())
+    assert count(store, "idempotency") == 0
+    with pytest.raises(NotFound):
+        store.message_status(m.id, T0)
+    # Its seqs stay taken (the counters were raised over them): never reused.
+    assert store.user_starts(["alice", "bob"])["alice"].latest_seq == 2
+    again = store.store_message(m, ["alice", "bob"], "k-late", T0)
+    assert not again.duplicate and again.seqs == (3, 2)
+    assert [e.seq for e in store.read_inbox("alice", 0, 10, T0).entries] == [1, 3]
+
+
+def test_a_writer_whose_body_was_abandoned_does_not_report_success(
+    store: MongoInbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    m = msg()
+    real = store._raise_counters
+
+    def sweeper_meanwhile(*args: Any, **kwargs: Any) -> None:
+        real(*args, **kwargs)
+        store._messages.delete_one({"_id": m.id, "pending": True})  # what sweep does
+
+    monkeypatch.setattr(store, "_raise_counters", sweeper_meanwhile)
+    with pytest.raises(StoreUnavailable, match="abandoned"):
+        store.store_message(m, ["alice"], "k-ab", T0)
+    monkeypatch.undo()
+    assert store.read_inbox("alice", 0, 10, T0) == InboxPage(())
+    assert count(store, "idempotency") == 0
+    assert store.store_message(msg(), ["alice"], "", T0).seqs == (2,)
+
+
+def test_a_commit_that_applied_despite_an_error_is_reported_stored(
+    store: MongoInbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    m = msg()
+    real = store._messages.update_many
+
+    def applied_then_lost(*args: Any, **kwargs: Any) -> Any:
+        real(*args, **kwargs)  # the commit
+        raise AutoReconnect("connection reset after the write (injected)")
+
+    monkeypatch.setattr(store._messages, "update_many", applied_then_lost)
+    result = store.store_message(m, ["alice"], "k-applied", T0)
+    monkeypatch.undo()
+    assert result.seqs == (1,) and not result.duplicate
+    assert [e.message.id for e in store.read_inbox("alice", 0, 10, T0).entries] == [m.id]
+    assert store.store_message(msg(), ["alice"], "k-applied", T0).duplicate
+
+
+def test_a_page_with_a_hole_is_read_again(
+    store: MongoInbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for _ in range(4):
+        store.store_message(msg(), ["alice"], "", T0)
+    real = store._inbox.find
+    queries: list[dict[str, Any]] = []
+
+    def cursor_missed_seq_2(query: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        # A MongoDB cursor that yielded may miss an entry inserted meanwhile.
+        queries.append(query)
+        docs = list(real(query, *args, **kwargs))
+        return [d for d in docs if d["seq"] != 2] if len(queries) == 1 else docs
+
+    monkeypatch.setattr(store._inbox, "find", cursor_missed_seq_2)
+    page = store.read_inbox("alice", 0, 10, T0)
+    assert [e.seq for e in page.entries] == [1, 2, 3, 4]
+    assert queries[1]["seq"] == {"$gt": 0, "$lte": 4}
+
+
+def test_pages_skip_runs_of_tombstones(store: MongoInbox) -> None:
+    store.store_message(msg(), ["alice"], "", T0)
+    store.lease = -1.0
+    for _ in range(5):
+        with pytest.raises(StoreUnavailable):
+            store.store_message(msg(), ["alice"], "", T0)
+    store.lease = 60.0
+    store.store_message(msg(), ["alice"], "", T0)
+    store.store_message(msg(), ["alice"], "", T0)
+    page = store.read_inbox("alice", 1, 1, T0)
+    assert [e.seq for e in page.entries] == [7] and page.more
+    page = store.read_inbox("alice", 7, 1, T0)
+    assert [e.seq for e in page.entries] == [8] and not page.more
+
+
+def test_a_message_id_pending_for_a_push_in_flight_is_not_taken_over(
+    store: MongoInbox,
+) -> None:
+    other = _in_flight(store, "alice", 1)
+    same_id = Message(other.id, b"{}", "application/json", T0, T0 + 3600)
+    with pytest.raises(StoreUnavailable, match="being stored by another push"):
+        store.store_message(same_id, ["bob"], "", T0 + 10)
+    # Past the grace its writer is dead: the retry abandons it and stores.
+    later = T0 + PENDING_GRACE + 1
+    assert store.store_message(same_id, ["bob"], "", later).seqs == (1,)
+    assert store.read_inbox("alice", 0, 10, later) == InboxPage(())  # a tombstone now
+    assert [e.message.id for e in store.read_inbox("bob", 0, 10, later).entries] == [other.id]
+
+
+def test_a_key_held_by_a_push_in_flight_waits_then_is_taken_over_past_the_grace(
+    store: MongoInbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("pushsvc.store.mongo.CLAIM_WAIT", 0.2)
+    other = _in_flight(store, "alice", 1)
+    store.database.db["idempotency"].insert_one(
+        {
+            "_id": "k-held",
+            "message_id": other.id,
+            "w": "other",
+            "users": ["alice"],
+            "created_at": T0,
+            "exp": T0 + 86_400,
+        }
+    )
+    with pytest.raises(StoreUnavailable, match="still being stored"):
+        store.store_message(msg(), ["alice"], "k-held", T0 + 10)
+    later = T0 + PENDING_GRACE + 1
+    taken = store.store_message(msg(), ["alice"], "k-held", later)
+    assert not taken.duplicate and taken.seqs == (2,)
+    page = store.read_inbox("alice", 0, 10, later)
+    assert [e.seq for e in page.entries] == [2] and page.blocked_at is None
+    assert store.store_message(msg(), ["alice"], "k-held", later).duplicate
 
 
 # -- outages ------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from pushsvc.store.inbox import (
     IDEMPOTENCY_WINDOW,
     InboxEntry,
     InboxStore,
+    StoreRequest,
     StoreResult,
     UserStart,
 )
@@ -135,7 +136,7 @@ def test_expired_entries_are_hidden_and_swept_with_their_bodies(
     store: InboxStore, count_bodies: Callable[[], int | None]
 ) -> None:
     short = msg(b'{"short":1}', expires_at=T0 + 100)
-    long_ = msg(b'{"long":1}', expires_at=T0 + 200)
+    long_ = msg(b'{"long":1}', expires_at=T0 + 3 * 3600)
     push(store, ["alice", "bob"], message=short)
     push(store, ["alice"], message=long_)
     assert count_bodies() in (None, 2)
@@ -149,6 +150,9 @@ def test_expired_entries_are_hidden_and_swept_with_their_bodies(
         store.message_status(short.id, later)
     assert store.message_status(short.id, T0)  # still there before its expiry
 
+    # Stores may keep expired records a while (the Mongo inbox keeps entries
+    # an hour, so their seqs are not reused); well after that they are gone.
+    later = T0 + 2 * 3600
     removed = store.sweep(later)
     assert removed >= 3  # two inbox rows and one body
     assert count_bodies() in (None, 1)
@@ -159,7 +163,8 @@ def test_expired_entries_are_hidden_and_swept_with_their_bodies(
         store.message_status(short.id, T0)
     # seqs survive the sweep: allocation continues, never reuses
     assert store.latest_seq("bob") == 1
-    assert push(store, ["bob"], now=later).seqs == (2,)
+    fresh = msg(created_at=later, expires_at=later + TTL)
+    assert push(store, ["bob"], now=later, message=fresh).seqs == (2,)
     assert store.sweep(later) == 0
 
 
@@ -330,3 +335,119 @@ def test_failed_write_leaves_nothing_stored(
 def test_probe(store: InboxStore) -> None:
     store.probe()
     store.probe()
+
+
+# -- group commit: many requests, one call or many callers --------------------------
+
+
+def request(users: Sequence[str], *, key: str = "", message: Message | None = None) -> StoreRequest:
+    return StoreRequest(message or msg(), tuple(users), key)
+
+
+def test_one_call_stores_each_request_and_keeps_list_order_per_user(store: InboxStore) -> None:
+    push(store, ["bob"])
+    outcomes = store.store_messages(
+        [
+            request(["alice"]),
+            request(["alice", "bob"]),
+            request(["bob"]),
+            request(["carol", "alice"]),
+        ],
+        T0,
+    )
+    assert [o.seqs for o in outcomes if isinstance(o, StoreResult)] == [(1,), (2, 2), (3,), (1, 3)]
+    assert seqs_of(store, "alice") == [1, 2, 3]
+    assert seqs_of(store, "bob") == [1, 2, 3]
+    assert store.store_messages([], T0) == []
+
+
+def test_requests_of_one_call_fail_alone(store: InboxStore) -> None:
+    stored = push(store, ["alice"])
+    taken = msg()
+    push(store, ["bob"], message=taken)
+    outcomes = store.store_messages(
+        [
+            request(["alice"], message=msg(expires_at=None)),  # not storable
+            request(["alice"]),
+            request(["carol"], message=taken),  # its id is already stored
+            request([]),
+            request(["alice", "carol"]),
+        ],
+        T0,
+    )
+    assert isinstance(outcomes[0], InvalidArgument)
+    assert isinstance(outcomes[2], InvalidArgument) and "already stored" in str(outcomes[2])
+    assert isinstance(outcomes[3], InvalidArgument)
+    assert [o.seqs for o in (outcomes[1], outcomes[4]) if isinstance(o, StoreResult)] == [
+        (2,),
+        (3, 1),
+    ]
+    assert seqs_of(store, "carol") == [1]
+    last = outcomes[4]
+    assert isinstance(last, StoreResult)
+    assert [e.message.id for e in after(store, "carol", 0, 10)] == [last.message_id]
+    assert stored.seqs == (1,)
+
+
+def test_a_key_repeated_within_one_call_is_a_duplicate_of_its_first_use(
+    store: InboxStore,
+) -> None:
+    first, again, other = store.store_messages(
+        [request(["alice", "bob"], key="k"), request(["bob", "carol"], key="k"), request(["bob"])],
+        T0,
+    )
+    assert isinstance(first, StoreResult) and isinstance(again, StoreResult)
+    assert not first.duplicate and first.seqs == (1, 1)
+    assert again.duplicate and again.message_id == first.message_id and again.seqs == (1, 0)
+    assert isinstance(other, StoreResult) and other.seqs == (2,)
+    assert seqs_of(store, "carol") == []
+    # and in a later call
+    (later,) = store.store_messages([request(["alice"], key="k")], T0 + 1)
+    assert isinstance(later, StoreResult) and later.duplicate and later.seqs == (1,)
+
+
+def test_concurrent_callers_share_round_trips(store: InboxStore) -> None:
+    store.probe()  # connected and set up
+    before = store.round_trips
+    jobs = [gevent.spawn(push, store, ["alice", f"user-{i}"]) for i in range(50)]
+    gevent.joinall(jobs, raise_error=True)
+    assert sorted(job.value.seqs[0] for job in jobs) == list(range(1, 51))
+    assert all(job.value.seqs[1] == 1 for job in jobs)
+    # Group commit: far fewer round trips than pushes (one per push without it).
+    assert store.round_trips - before <= 15
+    assert seqs_of(store, "alice") == list(range(1, 51))
+
+
+def test_a_failed_request_leaves_nothing_visible_and_others_are_whole(
+    store: InboxStore, inject_failure: Callable[[str], ContextManager[None]]
+) -> None:
+    push(store, ["alice"])
+    sent = [msg() for _ in range(3)]
+    with inject_failure("zed"):
+        outcomes = store.store_messages(
+            [
+                request(["alice", "bob"], message=sent[0]),
+                request(["zed"], message=sent[1]),
+                request(["bob"], key="k-z", message=sent[2]),
+            ],
+            T0,
+        )
+    assert isinstance(outcomes[1], StoreUnavailable)
+    # A store may fail the whole group or only the request that failed; each
+    # outcome says which, and only what succeeded is visible.
+    visible = {u: [e.message.id for e in after(store, u, 0, 10)] for u in ("alice", "bob", "zed")}
+    assert visible["zed"] == []
+    expect: dict[str, list[str]] = {"alice": [visible["alice"][0]], "bob": [], "zed": []}
+    for m, users, outcome in zip(sent, (["alice", "bob"], ["zed"], ["bob"]), outcomes, strict=True):
+        if isinstance(outcome, StoreResult):
+            for u in users:
+                expect[u].append(m.id)
+        else:
+            assert isinstance(outcome, StoreUnavailable)
+            with pytest.raises(NotFound):
+                store.message_status(m.id, T0)
+    assert visible == expect
+    # nothing half-done holds the key or blocks the readers
+    retry = push(store, ["bob"], key="k-z", message=sent[2])
+    assert retry.message_id == sent[2].id
+    assert store.read_inbox("bob", 0, 10, T0).blocked_at is None
