@@ -47,6 +47,7 @@ DRAIN_PAUSE = 0.05  # seconds between two batches, at most (spreads the reconnec
 DRAIN_BATCH_WAIT = 1.0  # seconds a batch's close handshakes may hold up the next batch
 GRPC_GRACE = 5.0  # seconds in-flight gRPC calls get to finish
 STORE_STEP = 2.0  # seconds a store call may take while draining
+TIDY_INTERVAL = 1.0  # seconds between clean-ups of pushes that failed in an outage
 
 
 def _open_inbox(s: Settings) -> InboxStore:
@@ -197,7 +198,11 @@ class Server:
         self.admin_server.start()
         self.grpc_server.start()
         self.node.start()  # registers in a fleet (or, with the store down, keeps trying)
-        self._greenlets = [gevent.spawn(self._sweep_loop), gevent.spawn(self._status_loop)]
+        self._greenlets = [
+            gevent.spawn(self._sweep_loop),
+            gevent.spawn(self._status_loop),
+            gevent.spawn(self._tidy_loop),
+        ]
         self.grpc_health.set("", health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "node listening"
@@ -258,6 +263,20 @@ class Server:
                     log.debug("swept %d expired records", removed)
             except StoreUnavailable as exc:
                 self.health.failed(exc)
+
+    def _tidy_loop(self) -> None:
+        """While the store is healthy, finish the clean-up of pushes that failed
+        during an outage: until then their leftovers hold their users' replays."""
+        while not self._stop.wait(TIDY_INTERVAL):
+            if not self.health.ok:
+                continue
+            try:
+                finished = self.inbox.tidy()
+            except StoreUnavailable as exc:
+                self.health.failed(exc)
+                continue
+            if finished:
+                log.info("finished cleaning up pushes failed in an outage", extra={"n": finished})
 
     def readiness(self) -> tuple[bool, str]:
         if self._draining:

@@ -176,6 +176,12 @@ class InboxStore(ABC):
     def close(self) -> None:
         """Release connections and files."""
 
+    def tidy(self) -> int:
+        """Finish the clean-up of pushes that failed while the store could not take
+        it (their leftovers may block readers): called often while the store is
+        healthy. Returns how many were finished; raises ``StoreUnavailable``."""
+        return 0
+
     @property
     def round_trips(self) -> int:
         """Calls made to the database so far (MongoDB: commands sent; SQLite:

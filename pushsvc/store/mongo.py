@@ -632,7 +632,8 @@ class MongoInbox(InboxStore):
             with pymongo.timeout(self.database.cleanup_timeout):
                 bodies = self._abandon_attempts([(p.message.id, p.w) for p in pushes])
         except PyMongoError as exc:
-            log.warning("could not abandon %d failed pushes: %s", len(pushes), short(exc))
+            # The store's health logs the outage; tidy() finishes this once it is back.
+            log.debug("could not abandon %d failed pushes yet: %s", len(pushes), short(exc))
             self._unfinished.update((p.message.id, p.w) for p in pushes)
             return
         for p in pushes:
@@ -662,6 +663,21 @@ class MongoInbox(InboxStore):
         self._unfinished.difference_update(attempts)
         return self._find_bodies(ids, {"pending": 1, "w": 1})
 
+    @guarded
+    def tidy(self) -> int:
+        """Abandon the pushes whose clean-up failed (the store was unreachable when
+        they failed): their pending bodies block their users' readers until this
+        runs -- or, if this node dies first, until ``sweep``'s grace."""
+        attempts = list(self._unfinished)
+        if not attempts:
+            return 0
+        left = self._abandon_attempts(attempts)
+        # Their keys go back too, unless a commit applied after all.
+        failed = [w for mid, w in attempts if w is not None and not _committed(left.get(mid), w)]
+        for part in self.database.batches(failed):
+            self._idempotency.delete_many({"w": {"$in": list(part)}})
+        return len(attempts)
+
     def _release_claim(self, p: _Push) -> None:
         """Give back the idempotency key a failed push claimed. Never raises."""
         if not p.claimed:
@@ -673,7 +689,7 @@ class MongoInbox(InboxStore):
             p.claimed = False
         except PyMongoError as exc:
             self._unfinished.add((p.message.id, p.w))
-            log.warning("could not release an idempotency key: %s", short(exc))
+            log.debug("could not release an idempotency key yet: %s", short(exc))
 
     # -- reading ----------------------------------------------------------------------
 
