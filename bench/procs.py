@@ -15,16 +15,16 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from bench.ferretdb import FerretDB
+
 REPO = Path(__file__).resolve().parent.parent
-TOOLS = REPO / ".tools"
-BENCH_TOOLS = TOOLS / "bench"
+BENCH_TOOLS = REPO / ".tools" / "bench"
 
 _RUNNING: list[Proc] = []
 
@@ -159,62 +159,15 @@ def http_status(url: str, timeout: float = 2.0) -> int:
         return 0
 
 
-# -- FerretDB (the MongoDB-wire server the tests use too) -----------------------------
+# -- FerretDB on a chosen core -------------------------------------------------------------
 
 
-def ferretdb_binary() -> str:
-    candidates = [
-        shutil.which("ferretdb"),
-        str(TOOLS / "bin" / "ferretdb"),
-        str(Path.home() / "go" / "bin" / "ferretdb"),
-    ]
-    for path in candidates:
-        if path and os.path.isfile(path) and os.access(path, os.X_OK):
-            return path
-    raise FileNotFoundError(
-        "ferretdb is not installed (looked on PATH, in .tools/bin and ~/go/bin): run `make tools`"
-    )
+class PinnedFerretDB(FerretDB):
+    """bench/ferretdb.py's FerretDB under ``taskset``, ended with the run's processes."""
 
+    def __init__(self, core: int | None) -> None:
+        super().__init__()
+        self.core = core
 
-class FerretDB:
-    """FerretDB 1.24 on SQLite in a private temporary directory, on a free port."""
-
-    def __init__(self, log_dir: Path, core: int | None) -> None:
-        self.port = free_port()
-        self._tmp = tempfile.TemporaryDirectory(prefix="pushsvc-bench-ferretdb-")
-        data = Path(self._tmp.name) / "data"
-        data.mkdir()
-        self.proc = Proc(
-            "ferretdb",
-            [
-                ferretdb_binary(),
-                "--handler=sqlite",
-                f"--sqlite-url=file:{data}/",
-                f"--state-dir={self._tmp.name}",
-                f"--listen-addr=127.0.0.1:{self.port}",
-                "--debug-addr=-",
-                "--telemetry=disable",
-                "--log-level=warn",
-            ],
-            log_dir,
-            core=core,
-            cwd=Path(self._tmp.name),
-        )
-
-    @property
-    def uri(self) -> str:
-        return f"mongodb://127.0.0.1:{self.port}/"
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        def check() -> bool:
-            if not self.proc.alive():
-                raise RuntimeError(f"ferretdb exited:\n{self.proc.log_tail()}")
-            with contextlib.closing(socket.socket()) as s:
-                s.settimeout(0.5)
-                return s.connect_ex(("127.0.0.1", self.port)) == 0
-
-        wait_until(check, timeout, "ferretdb to listen")
-
-    def stop(self) -> None:
-        self.proc.stop()
-        self._tmp.cleanup()
+    def command(self) -> list[str]:
+        return pinned(super().command(), self.core)

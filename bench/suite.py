@@ -45,7 +45,7 @@ from bench.common import LOAD_AT_START, append_results, cpu_seconds, loadavg, rs
 from bench.procs import (
     BENCH_TOOLS,
     REPO,
-    FerretDB,
+    PinnedFerretDB,
     Proc,
     free_port,
     http_status,
@@ -771,12 +771,12 @@ class Suite:
     def run_mongo(self) -> None:
         a = self.args
         print("== pushsvc on the MongoDB wire (FerretDB)", flush=True)
-        db = FerretDB(self.log_dir, core=LOADGEN_CORE)
+        db = PinnedFerretDB(core=LOADGEN_CORE)
         proxy: MongoProxy | None = None
         node: Pushsvc | None = None
         lg: Loadgen | None = None
         try:
-            db.wait_ready()
+            db.start()
             proxy = MongoProxy(db.port, self.log_dir)
             node = Pushsvc(
                 "pushsvc (MongoDB wire)",
@@ -825,7 +825,7 @@ class Suite:
                 node.stop()
             if proxy is not None:
                 proxy.proc.stop()
-            db.stop()
+            db.cleanup()
 
     def run(self) -> Results:
         a = self.args
