@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PROTOS := $(wildcard protos/pushsvc/v1/*.proto)
 export PATH := $(CURDIR)/.tools/bin:$(HOME)/go/bin:$(PATH)
 
-.PHONY: run test proto lint unit deps tools clean
+.PHONY: run test proto lint unit deps tools clean bench
 
 # Start one node on the embedded store, with demo credentials.
 run: $(STAMP)
@@ -32,6 +32,10 @@ $(STAMP): pyproject.toml setup.py $(PROTOS)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
 	@touch $@
+
+# pushsvc against its peers (bench/README.md), e.g. make bench ARGS='--quick --record'.
+bench: $(STAMP)
+	$(BIN)/python -m bench.suite $(ARGS)
 
 # Servers the integration tests run for real (FerretDB for the MongoDB wire).
 tools:
