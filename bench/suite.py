@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import LOAD_AT_START, append_results, cpu_seconds, loadavg, rss_bytes, table
+from bench.common import append_results, cpu_seconds, rss_bytes, table
 from bench.procs import (
     BENCH_TOOLS,
     REPO,
@@ -1146,7 +1146,7 @@ def versions() -> str:
     dirty = run(["git", "-C", str(REPO), "status", "--porcelain", "--", "pushsvc", "protos"])
     return (
         f"pushsvc {commit}{' (uncommitted changes)' if dirty else ''}; {grpcio}; "
-        f"{run([str(CENTRIFUGO), 'version'])}; {pkgs}; {run(['go', 'version'])}"
+        f"{run([str(CENTRIFUGO), 'version'])}; {pkgs}"
     )
 
 
@@ -1285,8 +1285,7 @@ def machine_line() -> str:
 def describe(args: argparse.Namespace, minutes: float) -> str:
     return (
         f"- versions: {versions()}\n"
-        f"- load average at start: {LOAD_AT_START}; at end: {loadavg()}; "
-        f"run took {minutes:.1f} min\n"
+        f"- run took {minutes:.1f} min\n"
         f"- servers pinned to core {SERVER_CORE}, the Go load generator to core {LOADGEN_CORE} "
         f"(`taskset`); FerretDB and the round-trip proxy on core {LOADGEN_CORE}; Centrifugo with "
         f"GOMAXPROCS=1; {os.cpu_count()} cores shared with other work, so absolute numbers are "
