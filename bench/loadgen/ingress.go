@@ -320,4 +320,3 @@ func batchErrors(resp protoreflect.Message) int {
 	}
 	return bad
 }
-

@@ -134,7 +134,7 @@ func (lg *Loadgen) broadcast(cmd Command) map[string]any {
 			return map[string]any{"ok": false, "error": "publish: " + err.Error()}
 		}
 		complete := waitCount(ph.perMsg[0].Load, expected, 5*time.Second, timeout)
-		last := float64(ph.lastRecv.Load()-(t0.Sub(clockBase).Nanoseconds())) / 1e9
+		last := sinceNs(ph.lastRecv.Load(), t0)
 		rounds = append(rounds, map[string]any{
 			"delivered": ph.received.Load(), "expected": expected, "complete": complete,
 			"call_s": callS, "all_in_s": last, "latency": ph.e2e.Summary(),
@@ -194,7 +194,7 @@ func (lg *Loadgen) broadcast(cmd Command) map[string]any {
 		select {
 		case <-pubDone:
 			finish(true)
-			elapsed := float64(ph.lastRecv.Load()-start.Sub(clockBase).Nanoseconds()) / 1e9
+			elapsed := sinceNs(ph.lastRecv.Load(), start)
 			sustained := map[string]any{
 				"broadcasts": published.Load(), "incomplete": incomplete,
 				"frames": ph.received.Load(), "seconds": elapsed,
@@ -211,6 +211,15 @@ func (lg *Loadgen) broadcast(cmd Command) map[string]any {
 			time.Sleep(200 * time.Microsecond) // polling the delivery counters
 		}
 	}
+}
+
+// sinceNs is the time from t0 to the receipt stamped last (nowNs clock), in
+// seconds; with nothing received, the time from t0 to now.
+func sinceNs(last int64, t0 time.Time) float64 {
+	if last == 0 {
+		return time.Since(t0).Seconds()
+	}
+	return float64(last-t0.Sub(clockBase).Nanoseconds()) / 1e9
 }
 
 // errUnimplemented marks a server that does not implement the called method.
