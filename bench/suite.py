@@ -470,6 +470,21 @@ def settled_rss(pid: int, timeout: float = 10.0) -> int:
     return last
 
 
+def wait_idle(pid: int, timeout: float = 60.0, busy: float = 0.2) -> float:
+    """Wait until the server uses less than ``busy`` of a core over half a second,
+    so that one phase's backlog does not slow the next; returns the seconds
+    waited (``timeout`` if it never went quiet)."""
+    start = time.monotonic()
+    last = cpu_seconds(pid)
+    while time.monotonic() - start < timeout:
+        time.sleep(0.5)  # a CPU-time measurement window
+        now = cpu_seconds(pid)
+        if now - last < busy * 0.5:
+            return time.monotonic() - start
+        last = now
+    return timeout
+
+
 class Suite:
     def __init__(self, args: argparse.Namespace, log_dir: Path) -> None:
         self.args = args
@@ -478,6 +493,13 @@ class Suite:
         self.profiled: set[str] = set()
 
     # -- helpers --
+
+    def _quiesce(self, server: Server, before: str) -> None:
+        waited = wait_idle(server.pid)
+        if waited >= 60.0:
+            self.res.notes.append(
+                f"{server.name}: still busy 60 s after the previous phase; measured {before} anyway"
+            )
 
     def _profile(self, server: Server, scenario: str) -> Profiler | None:
         if self.args.py_spy != scenario or not isinstance(server, Pushsvc):
@@ -572,6 +594,7 @@ class Suite:
                 f"{server.name}: only {sub.get('acked')} of {sub.get('sent')} "
                 "subscriptions acknowledged"
             )
+        self._quiesce(server, "the broadcast")
         prof = self._profile(server, "broadcast")
         with cpu_of(server.pid) as cpu:
             r = lg.cmd(
@@ -654,6 +677,7 @@ class Suite:
             "address": address,
             "max_inflight": a.max_inflight,
         }
+        self._quiesce(server, what)
         prof = self._profile(server, "stored" if stored else "unicast")
         db0 = proxy.stats() if proxy else None
         with cpu_of(server.pid) as cpu:
@@ -692,6 +716,7 @@ class Suite:
             )
         if paced and a.paced and row.rate == row.rate and row.rate > 0:
             half = dict(params, rate=row.rate / 2, duration_s=duration)
+            self._quiesce(server, f"{what} at half rate")
             r2 = lg.cmd(self._timeout(duration), **half)
             lat2 = r2.get("latency") or {}
             row.extra["half-rate p50 (ms)"] = _ms(lat2.get("p50_ms"))
