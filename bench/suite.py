@@ -596,7 +596,8 @@ class Suite:
             )
         self._quiesce(server, "the broadcast")
         prof = self._profile(server, "broadcast")
-        with cpu_of(server.pid) as cpu:
+        t0 = time.monotonic()
+        with cpu_of(server.pid) as cpu, cpu_of(lg.proc.pid) as lg_cpu:
             r = lg.cmd(
                 self._timeout(self.args.duration + self.args.rounds * 30),
                 op="broadcast",
@@ -637,6 +638,7 @@ class Suite:
                     "one broadcast p99 (ms)": _median(p99s),
                     "one broadcast all in (ms)": _median(all_in),
                     "broadcasts": s.get("broadcasts", 0),
+                    **_cores(cpu[0], lg_cpu[0], time.monotonic() - t0),
                 },
                 note.strip(),
             )
@@ -680,8 +682,10 @@ class Suite:
         self._quiesce(server, what)
         prof = self._profile(server, "stored" if stored else "unicast")
         db0 = proxy.stats() if proxy else None
-        with cpu_of(server.pid) as cpu:
+        t0 = time.monotonic()
+        with cpu_of(server.pid) as cpu, cpu_of(lg.proc.pid) as lg_cpu:
             r = lg.cmd(self._timeout(duration), **params)
+        wall = time.monotonic() - t0
         db1 = proxy.stats() if proxy else None
         self._profile_done(prof, server, "stored" if stored else "unicast")
         if not r.get("ok"):
@@ -699,7 +703,12 @@ class Suite:
             _ms(lat.get("p50_ms")),
             _ms(lat.get("p99_ms")),
             cpu[0] / received * 1e6 if received else NAN,
-            {"sent": r.get("sent"), "received": r.get("received"), "failed": r.get("failed")},
+            {
+                "sent": r.get("sent"),
+                "received": r.get("received"),
+                "failed": r.get("failed"),
+                **_cores(cpu[0], lg_cpu[0], wall),
+            },
             _errors_note(r),
         )
         lost = int(r.get("accepted") or 0) - int(received)
@@ -872,6 +881,14 @@ class Suite:
         return self.res
 
 
+def _cores(server_cpu: float, loadgen_cpu: float, wall: float) -> dict[str, float]:
+    """Share of one core the server and the load generator used over a phase."""
+    return {
+        "server core %": server_cpu / wall * 100 if wall else NAN,
+        "loadgen core %": loadgen_cpu / wall * 100 if wall else NAN,
+    }
+
+
 def _ms(v: Any) -> float:
     return NAN if v is None else float(v)
 
@@ -970,6 +987,8 @@ def report(res: Results, args: argparse.Namespace) -> str:
                     "one broadcast: p99 ms",
                     "one broadcast: all in ms",
                     "server CPU µs/frame",
+                    "server core %",
+                    "loadgen core %",
                     "notes",
                 ],
                 [
@@ -983,6 +1002,8 @@ def report(res: Results, args: argparse.Namespace) -> str:
                         r.extra["one broadcast p99 (ms)"],
                         r.extra["one broadcast all in (ms)"],
                         r.cpu_us,
+                        r.extra["server core %"],
+                        r.extra["loadgen core %"],
                         r.note,
                     ]
                     for r in res.broadcast
@@ -1106,7 +1127,7 @@ def report(res: Results, args: argparse.Namespace) -> str:
 
 
 def _rate_table(rows: list[Row], unit: str, db: bool = False) -> str:
-    extra_cols = ["half-rate p50 (ms)", "half-rate p99 (ms)"]
+    extra_cols = ["server core %", "loadgen core %", "half-rate p50 (ms)", "half-rate p99 (ms)"]
     if db:
         extra_cols += ["db round trips/msg", "db commands"]
     headers = [
