@@ -501,10 +501,11 @@ class Suite:
                 f"{server.name}: still busy 60 s after the previous phase; measured {before} anyway"
             )
 
-    def _profile(self, server: Server, scenario: str) -> Profiler | None:
-        if self.args.py_spy != scenario or not isinstance(server, Pushsvc):
+    def _profile(self, server: Server, scenario: str, label: str = "") -> Profiler | None:
+        """py-spy for one measurement of a profiled scenario (once per measurement)."""
+        if scenario not in self.args.py_spy or not isinstance(server, Pushsvc):
             return None
-        key = f"{server.name}:{scenario}"
+        key = f"{server.name}:{label or scenario}"
         if key in self.profiled:
             return None
         self.profiled.add(key)
@@ -680,14 +681,14 @@ class Suite:
             "max_inflight": a.max_inflight,
         }
         self._quiesce(server, what)
-        prof = self._profile(server, "stored" if stored else "unicast")
+        prof = self._profile(server, "stored" if stored else "unicast", what)
         db0 = proxy.stats() if proxy else None
         t0 = time.monotonic()
         with cpu_of(server.pid) as cpu, cpu_of(lg.proc.pid) as lg_cpu:
             r = lg.cmd(self._timeout(duration), **params)
         wall = time.monotonic() - t0
         db1 = proxy.stats() if proxy else None
-        self._profile_done(prof, server, "stored" if stored else "unicast")
+        self._profile_done(prof, server, what)
         if not r.get("ok"):
             raise LoadgenError(f"{what}: {r.get('error')}")
         if r.get("unimplemented"):
@@ -1260,9 +1261,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--py-spy",
-        choices=("connect", "broadcast", "unicast", "stored"),
-        help="sample the pushsvc node with py-spy during this scenario; "
-        "print the top self-time frames",
+        default="",
+        help="sample the pushsvc node with py-spy during these scenarios (comma-separated: "
+        "connect,broadcast,unicast,stored) and print the top self-time frames",
     )
     p.add_argument("--py-spy-rate", type=int, default=200, help="py-spy samples per second")
     p.add_argument("--log-level", default="warning", help="pushsvc nodes' PUSHSVC_LOG_LEVEL")
@@ -1281,6 +1282,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if mode not in ("aiohttp", "uvicorn", "gevent"):
             p.error(f"unknown python-socketio deployment {mode!r}")
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    args.py_spy = [s.strip() for s in args.py_spy.split(",") if s.strip()]
+    for scenario in args.py_spy:
+        if scenario not in ("connect", "broadcast", "unicast", "stored"):
+            p.error(f"--py-spy: unknown scenario {scenario!r}")
     return args
 
 
@@ -1347,7 +1352,9 @@ def describe(args: argparse.Namespace, minutes: float) -> str:
         f"pushsvc log level {args.log_level}\n"
         "- latency: from the load generator's send to its receipt of the frame (echo: of the "
         'answer); "half-rate": the same mode paced at half its measured msgs/s; server CPU '
-        "from /proc, per frame or message received"
+        'from /proc, per frame or message received; "core %": the share of one core the server '
+        "and the load generator used over the measurement (well under 100 % on a saturated "
+        "measure: other work had the core)"
     )
 
 
