@@ -512,10 +512,14 @@ class Suite:
         safe = re.sub(r"[^a-z0-9]+", "-", key.lower()).strip("-")
         return Profiler(server.pid, self.log_dir / f"py-spy-{safe}.txt", self.args.py_spy_rate)
 
-    def _profile_done(self, prof: Profiler | None, server: Server, scenario: str) -> None:
+    def _profile_done(
+        self, prof: Profiler | None, server: Server, scenario: str, keep: bool = True
+    ) -> None:
         if prof is None:
             return
         text = prof.finish()
+        if not keep:  # nothing ran worth profiling (an n/a measurement)
+            return
         title = f"py-spy, {server.name}, {scenario}: top self-time frames"
         print(f"\n{title}\n{text}\n", flush=True)
         self.res.profiles.append(f"**{title}** (raw: `{prof.out}`)\n\n{text}")
@@ -688,7 +692,7 @@ class Suite:
             r = lg.cmd(self._timeout(duration), **params)
         wall = time.monotonic() - t0
         db1 = proxy.stats() if proxy else None
-        self._profile_done(prof, server, what)
+        self._profile_done(prof, server, what, keep=not r.get("unimplemented"))
         if not r.get("ok"):
             raise LoadgenError(f"{what}: {r.get('error')}")
         if r.get("unimplemented"):
