@@ -73,6 +73,7 @@ class Proc:
         self.cmd = pinned(cmd, core)
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._log_start = self._log.tell()  # a log reused by a later round: only what follows
         self.proc = subprocess.Popen(
             self.cmd,
             stdin=stdin,
@@ -107,7 +108,10 @@ class Proc:
                 raise RuntimeError(
                     f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}"
                 )
-            for line in self.log_path.read_text(errors="replace").splitlines():
+            with open(self.log_path, "rb") as fh:
+                fh.seek(self._log_start)
+                text = fh.read().decode(errors="replace")
+            for line in text.splitlines():
                 if line.startswith("READY "):
                     return int(line.split()[1])
             return None
