@@ -548,9 +548,11 @@ class Suite:
     # -- scenarios --
 
     def connect(self, server: Server, lg: Loadgen, n: int) -> int:
+        self._quiesce(server, "the connects")
         rss0 = settled_rss(server.pid)
         prof = self._profile(server, "connect")
-        with cpu_of(server.pid) as cpu:
+        t0 = time.monotonic()
+        with cpu_of(server.pid) as cpu, cpu_of(lg.proc.pid) as lg_cpu:
             r = lg.cmd(
                 self._timeout(self.args.connect_deadline),
                 op="connect",
@@ -572,7 +574,10 @@ class Suite:
                 _ms(hs.get("p50_ms")),
                 _ms(hs.get("p99_ms")),
                 cpu[0] / connected * 1e6 if connected else NAN,
-                {"connected": f"{connected:,} / {n:,}"},
+                {
+                    "connected": f"{connected:,} / {n:,}",
+                    **_cores(cpu[0], lg_cpu[0], time.monotonic() - t0),
+                },
                 note,
             )
         )
@@ -1090,10 +1095,22 @@ def report(res: Results, args: argparse.Namespace) -> str:
                     "handshake p50 ms",
                     "p99 ms",
                     "server CPU µs/connect",
+                    "server core %",
+                    "loadgen core %",
                     "notes",
                 ],
                 [
-                    [r.server, r.extra["connected"], r.rate, r.p50, r.p99, r.cpu_us, r.note]
+                    [
+                        r.server,
+                        r.extra["connected"],
+                        r.rate,
+                        r.p50,
+                        r.p99,
+                        r.cpu_us,
+                        r.extra["server core %"],
+                        r.extra["loadgen core %"],
+                        r.note,
+                    ]
                     for r in res.connect
                 ],
             )
