@@ -9,7 +9,7 @@ PROTOS := $(wildcard protos/pushsvc/v1/*.proto)
 CLIENT_PY := clients/python
 export PATH := $(CURDIR)/.tools/bin:$(HOME)/go/bin:$(PATH)
 
-.PHONY: run test proto lint unit deps tools clean
+.PHONY: run test proto lint unit deps tools clean bench
 
 # Start one node on the embedded store, with demo credentials.
 run: $(STAMP)
@@ -36,6 +36,10 @@ $(STAMP): pyproject.toml setup.py $(PROTOS) $(CLIENT_PY)/pyproject.toml $(CLIENT
 	$(BIN)/pip install -q -e '$(CLIENT_PY)[health]'
 	$(BIN)/pip install -q -e '.[test]'
 	@touch $@
+
+# pushsvc against its peers (bench/README.md), e.g. make bench ARGS='--quick --record'.
+bench: $(STAMP)
+	$(BIN)/python -m bench.suite $(ARGS)
 
 # Servers the integration tests run for real (FerretDB for the MongoDB wire).
 tools:

@@ -1,1 +1,1 @@
-"""Benchmarks: run from the repository root, e.g. ``python -m bench.connections``."""
+"""Benchmarks: run from the repository root, e.g. ``python -m bench.suite --quick``."""

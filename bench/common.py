@@ -132,19 +132,21 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
-def append_results(title: str, body: str) -> None:
+def append_results(
+    title: str, body: str, *, command: str | None = None, host: str | None = None
+) -> None:
     """Append a dated entry to bench/RESULTS.md."""
     header = ""
     if not RESULTS.exists():
         header = (
             "# Benchmark results\n\n"
-            "Entries are appended by `bench/connections.py` and `bench/push.py`; "
+            "Entries are appended by `bench/suite.py`, `bench/connections.py` and `bench/push.py`; "
             "each names its command, machine and date. Numbers are measured, not estimated.\n"
         )
     entry = (
         f"\n## {title} — {utc_now()}\n\n"
-        f"- command: `{command_line()}`\n"
-        f"- machine: {machine()}\n"
+        f"- command: `{command or command_line()}`\n"
+        f"- machine: {host or machine()}\n"
         f"- load average (1/5/15 min) at start: {LOAD_AT_START}; at end: {loadavg()} "
         "(other work on the machine shares the 2 cores)\n\n"
         f"{body.rstrip()}\n"

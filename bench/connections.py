@@ -48,11 +48,11 @@ from bench.common import (
     slab_bytes,
     table,
 )
+from bench.ferretdb import FerretDB
+from bench.nodeproc import API_KEY, CLUSTER_KEY, JWT_SECRET, NodeProcess, free_port
 from bench.wsload import OP_TEXT, WsConn, close_all, connect_many
 from pushsvc.auth import mint_token
 from pushsvc_client.v1 import push_pb2, push_pb2_grpc
-from tests.ferretdb import FerretDB
-from tests.nodeproc import API_KEY, CLUSTER_KEY, JWT_SECRET, NodeProcess, free_port
 
 AUTH = (("authorization", f"Bearer {API_KEY}"),)
 PAYLOAD = json.dumps(
@@ -274,6 +274,7 @@ class PeerTarget(Target):
         )
 
     def start(self) -> None:
+        assert self.log_path is not None
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "bench.peer_server", "--port", str(self.ws_port)],

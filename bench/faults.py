@@ -42,10 +42,10 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from bench.common import append_results, command_line, machine, raise_nofile, table, utc_now
+from bench.ferretdb import FerretDB
+from bench.nodeproc import API_KEY, CLUSTER_KEY, JWT_SECRET, NodeProcess
 from pushsvc.auth import mint_token
 from pushsvc_client.v1 import push_pb2, push_pb2_grpc
-from tests.ferretdb import FerretDB
-from tests.nodeproc import API_KEY, CLUSTER_KEY, JWT_SECRET, NodeProcess
 
 AUTH = (("authorization", f"Bearer {API_KEY}"),)
 

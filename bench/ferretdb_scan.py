@@ -19,7 +19,7 @@ from typing import Any
 import pymongo
 
 from bench.common import append_results, table
-from tests.ferretdb import FerretDB
+from bench.ferretdb import FerretDB
 
 
 def timed(fn: Callable[[], Any], n: int) -> float:

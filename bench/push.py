@@ -34,11 +34,11 @@ from pathlib import Path
 import grpc
 
 from bench.common import append_results, cpu_seconds, percentile, raise_nofile, table
+from bench.ferretdb import FerretDB
+from bench.nodeproc import API_KEY, CLUSTER_KEY, JWT_SECRET, NodeProcess, free_port
 from bench.wsload import WsConn, close_all, connect_many
 from pushsvc.auth import mint_token
 from pushsvc_client.v1 import push_pb2, push_pb2_grpc
-from tests.ferretdb import FerretDB
-from tests.nodeproc import API_KEY, CLUSTER_KEY, JWT_SECRET, NodeProcess, free_port
 
 AUTH = (("authorization", f"Bearer {API_KEY}"),)
 MS = 1000.0

@@ -27,13 +27,13 @@ from collections.abc import Callable  # noqa: E402
 import gevent  # noqa: E402
 
 from bench.common import append_results, table  # noqa: E402
+from bench.ferretdb import FerretDB  # noqa: E402
 from pushsvc.errors import PushError  # noqa: E402
 from pushsvc.messages import Message  # noqa: E402
 from pushsvc.store.embedded import EmbeddedStore  # noqa: E402
 from pushsvc.store.inbox import InboxStore, StoreRequest  # noqa: E402
 from pushsvc.store.mongo import MongoInbox  # noqa: E402
 from pushsvc.store.mongo_database import MongoDatabase  # noqa: E402
-from tests.ferretdb import FerretDB  # noqa: E402
 
 USERS = 1000
 _ids = itertools.count()

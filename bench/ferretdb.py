@@ -1,0 +1,183 @@
+"""A real MongoDB-wire server for the benchmarks and the tests: FerretDB 1.24 on SQLite.
+
+``FerretDB`` runs the ``ferretdb`` binary on a free loopback port with its data
+in a private temporary directory; ``command()`` can be overridden (to pin it to
+a core, or to open its debug listener).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import pymongo
+from pymongo.errors import PyMongoError
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+
+
+class FerretDBMissing(RuntimeError):
+    """No ferretdb binary was found."""
+
+
+def find_binary() -> str:
+    """The ferretdb executable: on PATH, in the repo's .tools/bin, or in ~/go/bin."""
+    candidates = [
+        shutil.which("ferretdb"),
+        str(REPO / ".tools" / "bin" / "ferretdb"),
+        str(pathlib.Path.home() / "go" / "bin" / "ferretdb"),
+    ]
+    for path in candidates:
+        if path and os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    raise FerretDBMissing(
+        "ferretdb is not installed (looked on PATH, in .tools/bin and ~/go/bin): "
+        "run `make tools` to install FerretDB for the integration tests"
+    )
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class FerretDB:
+    """One ferretdb process; ``start()`` again reuses its port and data."""
+
+    def __init__(self, binary: str | None = None, port: int | None = None) -> None:
+        self.binary = binary or find_binary()
+        self.port = port or free_port()
+        self._tmp = tempfile.TemporaryDirectory(prefix="pushsvc-ferretdb-")
+        self.dir = pathlib.Path(self._tmp.name)
+        (self.dir / "data").mkdir()
+        self.log_path = self.dir / "ferretdb.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def command(self) -> list[str]:
+        return [
+            self.binary,
+            "--handler=sqlite",
+            f"--sqlite-url=file:{self.dir / 'data'}/",
+            f"--state-dir={self.dir}",
+            f"--listen-addr=127.0.0.1:{self.port}",
+            "--debug-addr=-",  # no HTTP debug listener
+            "--telemetry=disable",
+            "--log-level=warn",
+        ]
+
+    def start(self, timeout: float = START_TIMEOUT) -> FerretDB:
+        """Start the server and wait until it answers ``ping``."""
+        if self.running:
+            return self
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.command(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.dir,
+                start_new_session=True,
+            )
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"ferretdb exited with status {self.proc and self.proc.returncode} "
+                    f"during start-up:\n{self.log_tail()}"
+                )
+            client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(
+                self.uri, serverSelectionTimeoutMS=250, connectTimeoutMS=250
+            )
+            try:
+                client.admin.command("ping")
+                return
+            except PyMongoError as exc:
+                last = exc
+            finally:
+                client.close()
+            time.sleep(0.05)
+        raise RuntimeError(
+            f"ferretdb did not answer ping on {self.uri} within {timeout:.0f}s ({last}):\n"
+            f"{self.log_tail()}"
+        )
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """SIGTERM, then wait (SIGKILL if it does not exit in time)."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: the server dies without a chance to clean up."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its sockets open and answers nothing (a slow
+        or hung database, not a refused connection)."""
+        assert self.proc is not None and self.proc.poll() is None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def restart(self) -> FerretDB:
+        self.stop()
+        return self.start()
+
+    def cleanup(self) -> None:
+        """Stop the server and delete its data."""
+        self.stop()
+        self._tmp.cleanup()
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def __enter__(self) -> FerretDB:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()

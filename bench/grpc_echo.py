@@ -1,0 +1,126 @@
+"""The floor of the unicast scenarios: grpcio's Python server doing nothing.
+
+It serves pushsvc's own ``PushService`` contract, so the load generator sends
+it exactly what it sends a node, but ``Push`` answers at once and
+``PushStream`` answers each request as it arrives: what is left is grpcio's
+per-request cost (HTTP/2, protobuf, the hand-offs between its threads and the
+application). Three ways to run grpcio's Python server, as pushsvc could:
+
+- ``gevent``: gevent monkey-patching plus ``grpc.experimental.gevent``, a
+  thread pool of greenlets (what a pushsvc node does today);
+- ``threads``: plain threads, ``grpc.server(ThreadPoolExecutor)``;
+- ``aio``: ``grpc.aio`` on asyncio.
+
+    python -m bench.grpc_echo --mode threads --port 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--mode", choices=("gevent", "threads", "aio"), required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=256, help="thread pool size")
+    args = parser.parse_args()
+    if args.mode == "gevent":
+        from gevent import monkey
+
+        monkey.patch_all()
+        import grpc.experimental.gevent as grpc_gevent
+
+        grpc_gevent.init_gevent()
+    if args.mode == "aio":
+        import asyncio
+
+        asyncio.run(serve_aio(args.host, args.port))
+    else:
+        serve_sync(args.host, args.port, args.workers, args.mode)
+    return 0
+
+
+def servicer_base() -> Any:
+    from pushsvc_client.v1 import push_pb2_grpc
+
+    return push_pb2_grpc.PushServiceServicer
+
+
+def serve_sync(host: str, port: int, workers: int, mode: str) -> None:
+    import signal
+    import threading
+    from concurrent import futures
+
+    import grpc
+
+    from pushsvc_client.v1 import push_pb2, push_pb2_grpc
+
+    answer = push_pb2.PushResponse(message_id="echo")
+
+    class Echo(servicer_base()):  # type: ignore[misc]
+        def Push(self, request: Any, context: Any) -> Any:
+            return answer
+
+        def PushStream(self, requests: Iterator[Any], context: Any) -> Iterator[Any]:
+            for _ in requests:
+                yield answer
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
+    push_pb2_grpc.add_PushServiceServicer_to_server(Echo(), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    server.start()
+    print(f"READY {bound}", flush=True)
+    stop = threading.Event()
+    if mode == "gevent":
+        import gevent
+
+        gevent.signal_handler(signal.SIGTERM, stop.set)
+        gevent.signal_handler(signal.SIGINT, stop.set)
+    else:
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        pass
+    server.stop(grace=1).wait()
+
+
+async def serve_aio(host: str, port: int) -> None:
+    import asyncio
+    import signal
+
+    import grpc
+
+    from pushsvc_client.v1 import push_pb2, push_pb2_grpc
+
+    answer = push_pb2.PushResponse(message_id="echo")
+
+    class Echo(servicer_base()):  # type: ignore[misc]
+        async def Push(self, request: Any, context: Any) -> Any:
+            return answer
+
+        async def PushStream(
+            self, requests: AsyncIterator[Any], context: Any
+        ) -> AsyncIterator[Any]:
+            async for _ in requests:
+                yield answer
+
+    server = grpc.aio.server()
+    push_pb2_grpc.add_PushServiceServicer_to_server(Echo(), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    print(f"READY {bound}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    await stop.wait()
+    await server.stop(grace=1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

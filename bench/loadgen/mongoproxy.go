@@ -1,0 +1,140 @@
+package main
+
+import (
+	"bufio"
+	"encoding/binary"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+)
+
+// The MongoDB wire proxy: every connection from the node is piped to the
+// database, and each message the node sends is counted (by opcode and, for
+// OP_MSG, by command name). A request is one round trip: the driver waits for
+// the answer before it uses the connection again. On "stats" on stdin it
+// prints the counts as one JSON line.
+
+type counts struct {
+	mu       sync.Mutex
+	requests int64
+	byCmd    map[string]int64
+	conns    int64
+}
+
+func (c *counts) add(cmd string) {
+	c.mu.Lock()
+	c.requests++
+	c.byCmd[cmd]++
+	c.mu.Unlock()
+}
+
+func (c *counts) snapshot() map[string]any {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	by := make(map[string]int64, len(c.byCmd))
+	for k, v := range c.byCmd {
+		by[k] = v
+	}
+	return map[string]any{"requests": c.requests, "by_command": by, "connections": c.conns}
+}
+
+func proxyMain(args []string) int {
+	fs := flag.NewFlagSet("mongoproxy", flag.ExitOnError)
+	listen := fs.String("listen", "127.0.0.1:0", "address to listen on")
+	upstream := fs.String("upstream", "", "the MongoDB-wire server")
+	_ = fs.Parse(args)
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	c := &counts{byCmd: map[string]int64{}}
+	fmt.Printf("READY %d\n", ln.Addr().(*net.TCPAddr).Port)
+	go func() {
+		for {
+			down, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.mu.Lock()
+			c.conns++
+			c.mu.Unlock()
+			go proxyConn(down, *upstream, c)
+		}
+	}()
+	in := bufio.NewScanner(os.Stdin)
+	out := json.NewEncoder(os.Stdout)
+	for in.Scan() {
+		if in.Text() == "stats" {
+			_ = out.Encode(c.snapshot())
+		}
+	}
+	return 0
+}
+
+func proxyConn(down net.Conn, upstream string, c *counts) {
+	defer down.Close()
+	up, err := net.Dial("tcp", upstream)
+	if err != nil {
+		return
+	}
+	defer up.Close()
+	go func() {
+		_, _ = io.Copy(down, up)
+		_ = down.Close()
+	}()
+	r := bufio.NewReaderSize(down, 64<<10)
+	header := make([]byte, 16)
+	for {
+		if _, err := io.ReadFull(r, header); err != nil {
+			return
+		}
+		length := int(binary.LittleEndian.Uint32(header[0:4]))
+		opcode := binary.LittleEndian.Uint32(header[12:16])
+		if length < 16 || length > 64<<20 {
+			return
+		}
+		body := make([]byte, length-16)
+		if _, err := io.ReadFull(r, body); err != nil {
+			return
+		}
+		c.add(commandName(opcode, body))
+		if _, err := up.Write(header); err != nil {
+			return
+		}
+		if _, err := up.Write(body); err != nil {
+			return
+		}
+	}
+}
+
+// commandName: for OP_MSG (2013) the first key of the section-0 document;
+// other opcodes by name.
+func commandName(opcode uint32, body []byte) string {
+	switch opcode {
+	case 2013:
+		// flagBits(4) then sections; kind 0 = one BSON document.
+		if len(body) < 4+1+4+1 || body[4] != 0 {
+			return "OP_MSG"
+		}
+		doc := body[5:]
+		// int32 length, then element: type byte, cstring name.
+		i := 5
+		for i < len(doc) && doc[i] != 0 {
+			i++
+		}
+		if i > len(doc) {
+			return "OP_MSG"
+		}
+		return string(doc[5:i])
+	case 2004:
+		return "OP_QUERY"
+	case 2012:
+		return "OP_COMPRESSED"
+	}
+	return fmt.Sprintf("op%d", opcode)
+}

@@ -1,0 +1,1437 @@
+"""pushsvc against its peers, side by side, in one run: ``python -m bench.suite``.
+
+Servers (each alone on core 0, one after another): a pushsvc node (embedded
+store; a second node on FerretDB for the MongoDB-wire scenario), a bare
+gevent-websocket server (bench/peer_server.py), python-socketio 5
+(bench/socketio_server.py), Centrifugo v6.9.1, and a bare grpcio echo server
+under gevent, plain threads and grpc.aio (bench/grpc_echo.py). The load
+generator is a Go program (bench/loadgen) on core 1. Scenarios, latencies
+measured in the load generator from send time to receive time:
+
+1. broadcast to every connection (topic subscription): one broadcast at a
+   time (latency of one to all), then a sustained stream (frames/s);
+2. unicast, online-only, through each server's API (msgs/s, then latency at
+   half that rate);
+3. connects/s with a JWT per connection;
+4. RSS per idle connection;
+5. stored unicast: pushsvc's embedded store and the MongoDB wire (with the
+   database round trips per message counted by a proxy), Centrifugo with
+   in-memory history.
+
+See bench/README.md. ``--record`` appends the tables to bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.common import append_results, cpu_seconds, rss_bytes, table
+from bench.procs import (
+    BENCH_TOOLS,
+    REPO,
+    PinnedFerretDB,
+    Proc,
+    free_port,
+    http_status,
+    install_cleanup,
+    wait_until,
+)
+
+API_KEY = "bench-api-key"
+JWT_SECRET = "bench-jwt-secret-of-sufficient-length"
+CLUSTER_KEY = "bench-cluster-key"
+TOPIC = "bench"
+SERVER_CORE = 0
+LOADGEN_CORE = 1
+PEER_VENV = BENCH_TOOLS / "venv"
+LOADGEN = BENCH_TOOLS / "bin" / "loadgen"
+CENTRIFUGO = BENCH_TOOLS / "bin" / "centrifugo"
+MONITORING = {"hello", "isMaster", "ismaster", "ping", "endSessions", "buildInfo", "OP_QUERY"}
+NAN = float("nan")
+
+
+# -- the load generator ---------------------------------------------------------------
+
+
+class LoadgenError(RuntimeError):
+    pass
+
+
+class Loadgen:
+    """One ``loadgen run`` process on core 1, driven line by line."""
+
+    def __init__(self, name: str, log_dir: Path, args: list[str]) -> None:
+        self.proc = Proc(
+            f"loadgen-{name}",
+            [str(LOADGEN), "run", *args],
+            log_dir,
+            core=LOADGEN_CORE,
+            stdin=subprocess.PIPE,
+            stdout_pipe=True,
+        )
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self._get(30.0)  # {"ready": true}
+
+    def _read(self) -> None:
+        assert self.proc.proc.stdout is not None
+        for line in self.proc.proc.stdout:
+            self._lines.put(line.decode())
+        self._lines.put(None)
+
+    def _get(self, timeout: float) -> dict[str, Any]:
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise LoadgenError(f"load generator silent for {timeout:.0f}s") from None
+        if line is None:
+            raise LoadgenError(f"load generator exited:\n{self.proc.log_tail()}")
+        return dict(json.loads(line))
+
+    def cmd(self, timeout: float, **command: Any) -> dict[str, Any]:
+        assert self.proc.proc.stdin is not None
+        self.proc.proc.stdin.write((json.dumps(command) + "\n").encode())
+        self.proc.proc.stdin.flush()
+        return self._get(timeout)
+
+    def close(self) -> None:
+        if self.proc.alive():
+            try:
+                self.cmd(60.0, op="close")
+            except (LoadgenError, OSError):
+                pass
+        self.proc.stop()
+
+
+# -- servers under test -----------------------------------------------------------------
+
+
+class Server:
+    """A server under test: started on core 0; ``loadgen_args`` tell the load
+    generator how to reach it."""
+
+    name = ""
+    proc: Proc
+
+    def start(self, log_dir: Path) -> None:
+        raise NotImplementedError
+
+    def loadgen_args(self) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+class Pushsvc(Server):
+    def __init__(self, name: str, extra_env: dict[str, str], log_level: str) -> None:
+        self.name = name
+        self.extra_env = extra_env
+        self.log_level = log_level
+        self.data_dir = Path(tempfile.mkdtemp(prefix="pushsvc-bench-node-"))
+
+    def start(self, log_dir: Path) -> None:
+        for attempt in range(3):
+            self.ws_port, self.grpc_port, self.admin_port = free_port(), free_port(), free_port()
+            env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSVC_")}
+            env.update(
+                PUSHSVC_WS_ADDR=f"127.0.0.1:{self.ws_port}",
+                PUSHSVC_GRPC_ADDR=f"127.0.0.1:{self.grpc_port}",
+                PUSHSVC_ADMIN_ADDR=f"127.0.0.1:{self.admin_port}",
+                PUSHSVC_DATA_DIR=str(self.data_dir),
+                PUSHSVC_API_KEYS=API_KEY,
+                PUSHSVC_JWT_SECRET=JWT_SECRET,
+                PUSHSVC_LOG_LEVEL=self.log_level,
+                **self.extra_env,
+            )
+            self.proc = Proc(
+                self.name.replace(" ", "-").replace("(", "").replace(")", ""),
+                [sys.executable, "-m", "pushsvc", "serve"],
+                log_dir,
+                core=SERVER_CORE,
+                env=env,
+            )
+            try:
+                wait_until(self._ready, 60.0, f"{self.name} /readyz")
+                return
+            except _PortTaken:
+                self.proc.stop()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _ready(self) -> bool:
+        if not self.proc.alive():
+            tail = self.proc.log_tail()
+            if "cannot listen" in tail or "in use" in tail:
+                raise _PortTaken(tail)
+            raise RuntimeError(f"{self.name} exited with {self.proc.proc.returncode}:\n{tail}")
+        return http_status(f"http://127.0.0.1:{self.admin_port}/readyz") == 200
+
+    def loadgen_args(self) -> list[str]:
+        return [
+            "--target=pushsvc",
+            f"--ws=ws://127.0.0.1:{self.ws_port}",
+            f"--grpc=127.0.0.1:{self.grpc_port}",
+            f"--api-key={API_KEY}",
+            f"--jwt-secret={JWT_SECRET}",
+            f"--jwt-topics={TOPIC}",
+        ]
+
+    def stop(self) -> None:
+        self.proc.stop(grace=30.0)
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+class _PortTaken(RuntimeError):
+    pass
+
+
+class Bare(Server):
+    name = "bare gevent-websocket"
+
+    def start(self, log_dir: Path) -> None:
+        self.proc = Proc(
+            "bare",
+            [sys.executable, "-m", "bench.peer_server", "--port=0", f"--jwt-secret={JWT_SECRET}"],
+            log_dir,
+            core=SERVER_CORE,
+            cwd=REPO,
+        )
+        self.port = self.proc.ready_port()
+
+    def loadgen_args(self) -> list[str]:
+        base = f"127.0.0.1:{self.port}"
+        return [
+            "--target=bare",
+            f"--ws=ws://{base}",
+            f"--http=http://{base}",
+            f"--jwt-secret={JWT_SECRET}",
+        ]
+
+
+class SocketIO(Server):
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.name = f"python-socketio ({mode})"
+
+    def start(self, log_dir: Path) -> None:
+        self.proc = Proc(
+            f"socketio-{self.mode}",
+            [
+                str(PEER_VENV / "bin" / "python"),
+                str(REPO / "bench" / "socketio_server.py"),
+                f"--mode={self.mode}",
+                "--port=0",
+                f"--jwt-secret={JWT_SECRET}",
+            ],
+            log_dir,
+            core=SERVER_CORE,
+        )
+        self.port = self.proc.ready_port()
+
+    def loadgen_args(self) -> list[str]:
+        base = f"127.0.0.1:{self.port}"
+        return [
+            "--target=socketio",
+            f"--ws=ws://{base}",
+            f"--http=http://{base}",
+            f"--jwt-secret={JWT_SECRET}",
+        ]
+
+
+class Centrifugo(Server):
+    """Centrifugo v6 with the memory engine: user channels ``live:<user>`` (no
+    history, subscribed through the token's ``channels`` claim), ``hist:<user>``
+    (history in memory, subscribed by the client for the stored scenario) and
+    the broadcast channel ``bench``."""
+
+    name = "Centrifugo v6.9.1"
+
+    def start(self, log_dir: Path) -> None:
+        self.port = free_port()
+        config = {
+            "http_server": {"address": "127.0.0.1", "port": self.port},
+            "log": {"level": "error"},
+            "client": {"token": {"hmac_secret_key": JWT_SECRET}, "allowed_origins": ["*"]},
+            "http_api": {"key": API_KEY},
+            "usage_stats": {"disabled": True},
+            "health": {"enabled": True},
+            "channel": {
+                "without_namespace": {"allow_subscribe_for_client": True},
+                "namespaces": [
+                    {"name": "live"},
+                    {
+                        "name": "hist",
+                        "allow_subscribe_for_client": True,
+                        "history_size": 100,
+                        "history_ttl": "300s",
+                    },
+                ],
+            },
+        }
+        path = log_dir / "centrifugo.json"
+        path.write_text(json.dumps(config, indent=2))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CENTRIFUGO_")}
+        env["GOMAXPROCS"] = "1"  # one core, as the Python servers have
+        self.proc = Proc(
+            "centrifugo",
+            [str(CENTRIFUGO), "--config", str(path)],
+            log_dir,
+            core=SERVER_CORE,
+            env=env,
+        )
+
+        def ready() -> bool:
+            if not self.proc.alive():
+                raise RuntimeError(f"centrifugo exited:\n{self.proc.log_tail()}")
+            return http_status(f"http://127.0.0.1:{self.port}/health") == 200
+
+        wait_until(ready, 30.0, "centrifugo /health")
+
+    def loadgen_args(self) -> list[str]:
+        base = f"127.0.0.1:{self.port}"
+        return [
+            "--target=centrifugo",
+            f"--ws=ws://{base}",
+            f"--http=http://{base}",
+            f"--api-key={API_KEY}",
+            f"--jwt-secret={JWT_SECRET}",
+            "--jwt-channels=live:{user}",
+        ]
+
+
+class Echo(Server):
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.name = f"grpcio echo ({mode})"
+
+    def start(self, log_dir: Path) -> None:
+        self.proc = Proc(
+            f"echo-{self.mode}",
+            [sys.executable, "-m", "bench.grpc_echo", f"--mode={self.mode}", "--port=0"],
+            log_dir,
+            core=SERVER_CORE,
+            cwd=REPO,
+        )
+        self.port = self.proc.ready_port()
+
+    def loadgen_args(self) -> list[str]:
+        return ["--target=echo", f"--grpc=127.0.0.1:{self.port}"]
+
+
+class MongoProxy:
+    """Counts MongoDB wire messages between the node and FerretDB."""
+
+    def __init__(self, upstream_port: int, log_dir: Path) -> None:
+        self.proc = Proc(
+            "mongoproxy",
+            [str(LOADGEN), "mongoproxy", f"--upstream=127.0.0.1:{upstream_port}"],
+            log_dir,
+            core=LOADGEN_CORE,
+            stdin=subprocess.PIPE,
+            stdout_pipe=True,
+        )
+        assert self.proc.proc.stdout is not None
+        line = self.proc.proc.stdout.readline().decode()
+        if not line.startswith("READY "):
+            raise RuntimeError(f"mongoproxy did not start: {line!r}\n{self.proc.log_tail()}")
+        self.port = int(line.split()[1])
+
+    def stats(self) -> dict[str, Any]:
+        assert self.proc.proc.stdin is not None and self.proc.proc.stdout is not None
+        self.proc.proc.stdin.write(b"stats\n")
+        self.proc.proc.stdin.flush()
+        return dict(json.loads(self.proc.proc.stdout.readline()))
+
+
+# -- measurements -------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One measured line: a server and a way of sending."""
+
+    server: str
+    what: str
+    rate: float = NAN
+    p50: float = NAN
+    p99: float = NAN
+    cpu_us: float = NAN  # server CPU per message / frame / connect (µs)
+    extra: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+
+@dataclass
+class Results:
+    broadcast: list[Row] = field(default_factory=list)
+    unicast: list[Row] = field(default_factory=list)
+    connect: list[Row] = field(default_factory=list)
+    rss: list[Row] = field(default_factory=list)
+    stored: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    profiles: list[str] = field(default_factory=list)
+
+
+class Profiler:
+    """py-spy on the pushsvc node for the length of one scenario."""
+
+    def __init__(self, pid: int, out: Path, rate: int) -> None:
+        self.out = out
+        self.proc = Proc(
+            f"py-spy-{out.stem}",
+            [
+                str(PEER_VENV / "bin" / "py-spy"),
+                "record",
+                f"--pid={pid}",
+                f"--rate={rate}",
+                "--format=raw",
+                f"--output={out}",
+                "--nonblocking",
+            ],
+            out.parent,
+            core=LOADGEN_CORE,
+        )
+
+    def finish(self, top: int = 15) -> str:
+        if self.proc.alive():
+            os.killpg(self.proc.pid, 2)  # SIGINT: py-spy writes its output and exits
+            try:
+                self.proc.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                pass
+        self.proc.stop()
+        return top_frames(self.out, top)
+
+
+def top_frames(path: Path, top: int) -> str:
+    """Self time per function from py-spy's raw (collapsed stack) output."""
+    if not path.exists():
+        return f"(no py-spy output at {path})"
+    counts: dict[str, int] = {}
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        leaf = stack.rsplit(";", 1)[-1]
+        leaf = re.sub(r":\d+\)$", ")", leaf)  # one function, whatever its line
+        counts[leaf] = counts.get(leaf, 0) + int(n)
+        total += int(n)
+    rows = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+    return (
+        table(
+            ["self %", "samples", "function (file)"],
+            [[f"{n / total * 100:.1f}", n, name.replace("|", "\\|")] for name, n in rows],
+        )
+        + f"\n\n{total:,} samples"
+    )
+
+
+@contextmanager
+def cpu_of(pid: int) -> Iterator[list[float]]:
+    """Yields a list that holds, after the block, the CPU seconds pid used in it."""
+    out: list[float] = []
+    before = cpu_seconds(pid)
+    yield out
+    out.append(cpu_seconds(pid) - before)
+
+
+def settled_rss(pid: int, timeout: float = 10.0) -> int:
+    """RSS once two readings 0.5 s apart agree within 0.5 % (or at the deadline)."""
+    last = rss_bytes(pid)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.5)  # two readings apart in time: a measurement window
+        now = rss_bytes(pid)
+        if abs(now - last) <= 0.005 * last:
+            return now
+        last = now
+    return last
+
+
+def wait_idle(pid: int, timeout: float = 60.0, busy: float = 0.2) -> float:
+    """Wait until the server uses less than ``busy`` of a core over half a second,
+    so that one phase's backlog does not slow the next; returns the seconds
+    waited (``timeout`` if it never went quiet)."""
+    start = time.monotonic()
+    last = cpu_seconds(pid)
+    while time.monotonic() - start < timeout:
+        time.sleep(0.5)  # a CPU-time measurement window
+        now = cpu_seconds(pid)
+        if now - last < busy * 0.5:
+            return time.monotonic() - start
+        last = now
+    return timeout
+
+
+class Suite:
+    def __init__(self, args: argparse.Namespace, log_dir: Path) -> None:
+        self.args = args
+        self.log_dir = log_dir
+        self.res = Results()
+        self.profiled: set[str] = set()
+
+    # -- helpers --
+
+    def _quiesce(self, server: Server, before: str) -> None:
+        waited = wait_idle(server.pid)
+        if waited >= 60.0:
+            self.res.notes.append(
+                f"{server.name}: still busy 60 s after the previous phase; measured {before} anyway"
+            )
+
+    def _profile(self, server: Server, scenario: str, label: str = "") -> Profiler | None:
+        """py-spy for one measurement of a profiled scenario (once per measurement)."""
+        if scenario not in self.args.py_spy or not isinstance(server, Pushsvc):
+            return None
+        key = f"{server.name}:{label or scenario}"
+        if key in self.profiled:
+            return None
+        self.profiled.add(key)
+        safe = re.sub(r"[^a-z0-9]+", "-", key.lower()).strip("-")
+        return Profiler(server.pid, self.log_dir / f"py-spy-{safe}.txt", self.args.py_spy_rate)
+
+    def _profile_done(
+        self, prof: Profiler | None, server: Server, scenario: str, keep: bool = True
+    ) -> None:
+        if prof is None:
+            return
+        text = prof.finish()
+        if not keep:  # nothing ran worth profiling (an n/a measurement)
+            return
+        title = f"py-spy, {server.name}, {scenario}: top self-time frames"
+        print(f"\n{title}\n{text}\n", flush=True)
+        self.res.profiles.append(f"**{title}** (raw: `{prof.out}`)\n\n{text}")
+
+    def _timeout(self, seconds: float) -> float:
+        return seconds + 120.0
+
+    def run_server(self, server: Server, plan: Callable[[Server, Loadgen], None]) -> None:
+        print(f"== {server.name}", flush=True)
+        lg: Loadgen | None = None
+        try:
+            server.start(self.log_dir)
+            lg = Loadgen(
+                re.sub(r"[^a-z0-9]+", "-", server.name.lower()), self.log_dir, server.loadgen_args()
+            )
+            plan(server, lg)
+        except Exception as exc:  # one server failing must not end the run
+            msg = f"{server.name}: failed: {type(exc).__name__}: {exc}"
+            print(msg, flush=True)
+            self.res.notes.append(msg.splitlines()[0][:400])
+        finally:
+            if lg is not None:
+                lg.close()
+            server.stop()
+
+    # -- scenarios --
+
+    def connect(self, server: Server, lg: Loadgen, n: int) -> int:
+        self._quiesce(server, "the connects")
+        rss0 = settled_rss(server.pid)
+        prof = self._profile(server, "connect")
+        t0 = time.monotonic()
+        with cpu_of(server.pid) as cpu, cpu_of(lg.proc.pid) as lg_cpu:
+            r = lg.cmd(
+                self._timeout(self.args.connect_deadline),
+                op="connect",
+                n=n,
+                concurrency=self.args.connect_concurrency,
+                deadline_s=self.args.connect_deadline,
+            )
+        self._profile_done(prof, server, "connect")
+        if not r.get("ok"):
+            raise LoadgenError(f"connect: {r.get('error')}")
+        connected = int(r["connected"])
+        hs = r.get("handshake") or {}
+        note = _errors_note(r)
+        self.res.connect.append(
+            Row(
+                server.name,
+                "connect + JWT",
+                r["rate"],
+                _ms(hs.get("p50_ms")),
+                _ms(hs.get("p99_ms")),
+                cpu[0] / connected * 1e6 if connected else NAN,
+                {
+                    "connected": f"{connected:,} / {n:,}",
+                    **_cores(cpu[0], lg_cpu[0], time.monotonic() - t0),
+                },
+                note,
+            )
+        )
+        rss1 = settled_rss(server.pid)
+        self.res.rss.append(
+            Row(
+                server.name,
+                "idle connections",
+                extra={
+                    "before (MiB)": rss0 / 2**20,
+                    "with conns (MiB)": rss1 / 2**20,
+                    "KiB/conn": (rss1 - rss0) / connected / 1024 if connected else NAN,
+                    "connections": connected,
+                },
+            )
+        )
+        print(f"   connect: {connected}/{n} at {r['rate']:.0f}/s {note}", flush=True)
+        return connected
+
+    def broadcast(self, server: Server, lg: Loadgen, topic: str = TOPIC) -> None:
+        sub = lg.cmd(120.0, op="subscribe", topic=topic)
+        if not sub.get("ok"):
+            self.res.notes.append(
+                f"{server.name}: only {sub.get('acked')} of {sub.get('sent')} "
+                "subscriptions acknowledged"
+            )
+        self._quiesce(server, "the broadcast")
+        prof = self._profile(server, "broadcast")
+        t0 = time.monotonic()
+        with cpu_of(server.pid) as cpu, cpu_of(lg.proc.pid) as lg_cpu:
+            r = lg.cmd(
+                self._timeout(self.args.duration + self.args.rounds * 30),
+                op="broadcast",
+                topic=topic,
+                rounds=self.args.rounds,
+                duration_s=self.args.duration,
+                window=self.args.window,
+                timeout_s=30,
+            )
+        self._profile_done(prof, server, "broadcast")
+        if not r.get("ok"):
+            raise LoadgenError(f"broadcast: {r.get('error')}")
+        rounds = r.get("rounds") or []
+        p99s = sorted(_ms(x["latency"].get("p99_ms")) for x in rounds)
+        p50s = sorted(_ms(x["latency"].get("p50_ms")) for x in rounds)
+        all_in = sorted(float(x["all_in_s"]) * 1000 for x in rounds)
+        incomplete = [x for x in rounds if not x.get("complete")]
+        s = r.get("sustained") or {}
+        frames = float(s.get("frames") or 0)
+        note = _errors_note(r)
+        if incomplete:
+            note += f" {len(incomplete)} single broadcasts incomplete;"
+        if s.get("incomplete"):
+            note += f" {s['incomplete']} sustained broadcasts incomplete;"
+        if s.get("error"):
+            note += f" publish failed: {s['error'][:120]};"
+        lat = s.get("latency") or {}
+        self.res.broadcast.append(
+            Row(
+                server.name,
+                f"to {r.get('subscribers', 0):,} subscribers",
+                float(s.get("rate") or NAN),
+                _ms(lat.get("p50_ms")),
+                _ms(lat.get("p99_ms")),
+                cpu[0] / frames * 1e6 if frames else NAN,
+                {
+                    "one broadcast p50 (ms)": _median(p50s),
+                    "one broadcast p99 (ms)": _median(p99s),
+                    "one broadcast all in (ms)": _median(all_in),
+                    "broadcasts": s.get("broadcasts", 0),
+                    **_cores(cpu[0], lg_cpu[0], time.monotonic() - t0),
+                },
+                note.strip(),
+            )
+        )
+        print(
+            f"   broadcast: {float(s.get('rate') or 0):,.0f} frames/s, one to all p99 "
+            f"{_median(p99s):.1f} ms {note}",
+            flush=True,
+        )
+
+    def unicast(
+        self,
+        server: Server,
+        lg: Loadgen,
+        what: str,
+        mode: str,
+        *,
+        stored: bool = False,
+        address: str = "",
+        batch: int = 1,
+        paced: bool = True,
+        proxy: MongoProxy | None = None,
+        duration: float | None = None,
+        window: int | None = None,
+    ) -> None:
+        a = self.args
+        duration = duration or a.duration
+        rows = self.res.stored if stored else self.res.unicast
+        params: dict[str, Any] = {
+            "op": "unicast",
+            "mode": mode,
+            "duration_s": duration,
+            "concurrency": a.concurrency if batch == 1 else a.batch_concurrency,
+            "batch": batch,
+            "streams": a.streams,
+            "window": window or a.stream_window,
+            "ttl": -1 if stored else 0,
+            "address": address,
+            "max_inflight": a.max_inflight,
+        }
+        self._quiesce(server, what)
+        prof = self._profile(server, "stored" if stored else "unicast", what)
+        db0 = proxy.stats() if proxy else None
+        t0 = time.monotonic()
+        with cpu_of(server.pid) as cpu, cpu_of(lg.proc.pid) as lg_cpu:
+            r = lg.cmd(self._timeout(duration), **params)
+        wall = time.monotonic() - t0
+        db1 = proxy.stats() if proxy else None
+        self._profile_done(prof, server, what, keep=not r.get("unimplemented"))
+        if not r.get("ok"):
+            raise LoadgenError(f"{what}: {r.get('error')}")
+        if r.get("unimplemented"):
+            rows.append(Row(server.name, what, note=f"n/a: {str(r.get('detail'))[:160]}"))
+            print(f"   {what}: n/a ({r.get('detail')})", flush=True)
+            return
+        received = float(r.get("received") or 0)
+        lat = r.get("latency") or {}
+        row = Row(
+            server.name,
+            what,
+            float(r.get("rate") or NAN),
+            _ms(lat.get("p50_ms")),
+            _ms(lat.get("p99_ms")),
+            cpu[0] / received * 1e6 if received else NAN,
+            {
+                "sent": r.get("sent"),
+                "received": r.get("received"),
+                "failed": r.get("failed"),
+                **_cores(cpu[0], lg_cpu[0], wall),
+            },
+            _errors_note(r),
+        )
+        lost = int(r.get("accepted") or 0) - int(received)
+        if lost > 0 and not mode.startswith("echo"):
+            row.note += f" {lost} accepted but not received;"
+        if db0 is not None and db1 is not None:
+            accepted = int(r.get("accepted") or 0)
+            by0, by1 = db0["by_command"], db1["by_command"]
+            delta = {k: by1.get(k, 0) - by0.get(k, 0) for k in by1}
+            work = sum(v for k, v in delta.items() if k not in MONITORING)
+            row.extra["db round trips/msg"] = work / accepted if accepted else NAN
+            row.extra["db commands"] = ", ".join(
+                f"{k} {v / accepted:.3g}" for k, v in sorted(delta.items()) if v and accepted
+            )
+        if paced and a.paced and row.rate == row.rate and row.rate > 0:
+            half = dict(params, rate=row.rate / 2, duration_s=duration)
+            self._quiesce(server, f"{what} at half rate")
+            r2 = lg.cmd(self._timeout(duration), **half)
+            lat2 = r2.get("latency") or {}
+            row.extra["half-rate p50 (ms)"] = _ms(lat2.get("p50_ms"))
+            row.extra["half-rate p99 (ms)"] = _ms(lat2.get("p99_ms"))
+        rows.append(row)
+        extra = f", {row.extra['db round trips/msg']:.2f} db round trips/msg" if proxy else ""
+        print(
+            f"   {what}: {row.rate:,.0f} msgs/s, p50 {row.p50:.2f} ms, p99 {row.p99:.2f} ms"
+            f"{extra} {row.note}",
+            flush=True,
+        )
+
+    # -- per server --
+
+    def plan_pushsvc(self, server: Server, lg: Loadgen) -> None:
+        a = self.args
+        self.connect(server, lg, a.connections)
+        if "broadcast" in a.scenarios:
+            self.broadcast(server, lg)
+        if "unicast" in a.scenarios:
+            self.unicast(server, lg, "Push (unary, concurrent)", "grpc_push")
+            self.unicast(server, lg, "PushStream", "grpc_stream")
+            self.unicast(server, lg, "PushBatch", "grpc_batch", batch=a.batch)
+        if "stored" in a.scenarios:
+            self.unicast(server, lg, "embedded: PushStream", "grpc_stream", stored=True)
+            self.unicast(
+                server, lg, "embedded: PushBatch", "grpc_batch", stored=True, batch=a.batch
+            )
+
+    def plan_http_peer(self, server: Server, lg: Loadgen) -> None:
+        a = self.args
+        self.connect(server, lg, a.connections)
+        if "broadcast" in a.scenarios:
+            self.broadcast(server, lg)
+        if "unicast" in a.scenarios:
+            self.unicast(server, lg, "POST /push (concurrent)", "http_push")
+            self.unicast(server, lg, "POST /push_batch", "http_batch", batch=a.batch)
+
+    def plan_centrifugo(self, server: Server, lg: Loadgen) -> None:
+        a = self.args
+        self.connect(server, lg, a.connections)
+        if "broadcast" in a.scenarios:
+            self.broadcast(server, lg)
+        if "unicast" in a.scenarios:
+            self.unicast(
+                server, lg, "publish (HTTP API, concurrent)", "cf_publish", address="live:{user}"
+            )
+            self.unicast(
+                server, lg, "batch (HTTP API)", "cf_batch", address="live:{user}", batch=a.batch
+            )
+        if "stored" in a.scenarios:
+            sub = lg.cmd(120.0, op="subscribe", topic="hist:{user}")
+            if not sub.get("ok"):
+                self.res.notes.append(f"Centrifugo: hist subscriptions: {sub}")
+            self.unicast(
+                server,
+                lg,
+                "history in memory: publish",
+                "cf_publish",
+                address="hist:{user}",
+                stored=True,
+            )
+            self.unicast(
+                server,
+                lg,
+                "history in memory: batch",
+                "cf_batch",
+                address="hist:{user}",
+                stored=True,
+                batch=a.batch,
+            )
+
+    def plan_echo(self, server: Server, lg: Loadgen) -> None:
+        self.unicast(server, lg, "unary (concurrent)", "echo_unary")
+        self.unicast(server, lg, "stream", "echo_stream")
+
+    def run_mongo(self) -> None:
+        a = self.args
+        print("== pushsvc on the MongoDB wire (FerretDB)", flush=True)
+        db = PinnedFerretDB(core=LOADGEN_CORE)
+        proxy: MongoProxy | None = None
+        node: Pushsvc | None = None
+        lg: Loadgen | None = None
+        try:
+            db.start()
+            proxy = MongoProxy(db.port, self.log_dir)
+            node = Pushsvc(
+                "pushsvc (MongoDB wire)",
+                {
+                    "PUSHSVC_MONGO_URI": f"mongodb://127.0.0.1:{proxy.port}/",
+                    "PUSHSVC_MONGO_DB": f"bench_{os.getpid()}",
+                    "PUSHSVC_CLUSTER_KEY": CLUSTER_KEY,
+                    "PUSHSVC_NODE_ID": f"bench-{os.getpid()}",
+                },
+                a.log_level,
+            )
+            node.start(self.log_dir)
+            lg = Loadgen("pushsvc-mongo", self.log_dir, node.loadgen_args())
+            r = lg.cmd(
+                self._timeout(a.connect_deadline),
+                op="connect",
+                n=a.mongo_connections,
+                concurrency=min(a.connect_concurrency, 50),
+                deadline_s=a.connect_deadline,
+            )
+            print(f"   connected {r.get('connected')}/{a.mongo_connections}", flush=True)
+            for what, mode, batch in (
+                ("MongoDB wire: PushStream", "grpc_stream", 1),
+                ("MongoDB wire: PushBatch", "grpc_batch", a.batch),
+            ):
+                self.unicast(
+                    node,
+                    lg,
+                    what,
+                    mode,
+                    stored=True,
+                    batch=batch,
+                    paced=False,
+                    proxy=proxy,
+                    duration=a.mongo_duration,
+                    window=min(a.stream_window, 32),
+                )
+        except Exception as exc:  # one server failing must not end the run
+            msg = f"pushsvc (MongoDB wire): failed: {type(exc).__name__}: {exc}"
+            print(msg, flush=True)
+            self.res.notes.append(msg.splitlines()[0][:400])
+        finally:
+            if lg is not None:
+                lg.close()
+            if node is not None:
+                node.stop()
+            if proxy is not None:
+                proxy.proc.stop()
+            db.cleanup()
+
+    def run(self) -> Results:
+        a = self.args
+        targets = a.targets
+        if "pushsvc" in targets:
+            self.run_server(Pushsvc("pushsvc", {}, a.log_level), self.plan_pushsvc)
+        if "bare" in targets:
+            self.run_server(Bare(), self.plan_http_peer)
+        if "socketio" in targets:
+            for mode in a.socketio_modes:
+                self.run_server(SocketIO(mode), self.plan_http_peer)
+        if "centrifugo" in targets:
+            self.run_server(Centrifugo(), self.plan_centrifugo)
+        if "echo" in targets and "unicast" in a.scenarios:
+            for mode in ("gevent", "threads", "aio"):
+                self.run_server(Echo(mode), self.plan_echo)
+        if "mongo" in targets and "stored" in a.scenarios:
+            self.run_mongo()
+        return self.res
+
+
+def _cores(server_cpu: float, loadgen_cpu: float, wall: float) -> dict[str, float]:
+    """Share of one core the server and the load generator used over a phase."""
+    return {
+        "server core %": server_cpu / wall * 100 if wall else NAN,
+        "loadgen core %": loadgen_cpu / wall * 100 if wall else NAN,
+    }
+
+
+def best_of(runs: list[Results]) -> Results:
+    """Each measure's best over the rounds (highest rate; smallest KiB per
+    connection): other work on the machine only ever makes a number worse."""
+    if len(runs) == 1:
+        return runs[0]
+
+    def pick(lists: list[list[Row]], better: Callable[[Row, Row], bool]) -> list[Row]:
+        best: dict[tuple[str, str], Row] = {}
+        for rows in lists:
+            for row in rows:
+                key = (row.server, row.what)
+                if key not in best or better(row, best[key]):
+                    best[key] = row
+        return list(best.values())
+
+    def faster(a: Row, b: Row) -> bool:
+        return a.rate == a.rate and (b.rate != b.rate or a.rate > b.rate)
+
+    def smaller(a: Row, b: Row) -> bool:
+        return float(a.extra.get("KiB/conn", NAN)) < float(b.extra.get("KiB/conn", NAN))
+
+    out = Results(
+        broadcast=pick([r.broadcast for r in runs], faster),
+        unicast=pick([r.unicast for r in runs], faster),
+        connect=pick([r.connect for r in runs], faster),
+        rss=pick([r.rss for r in runs], smaller),
+        stored=pick([r.stored for r in runs], faster),
+    )
+    for i, r in enumerate(runs, 1):
+        out.notes += [f"round {i}: {n}" for n in r.notes]
+        out.profiles += [f"(round {i}) {p}" for p in r.profiles]
+    return out
+
+
+def _ms(v: Any) -> float:
+    return NAN if v is None else float(v)
+
+
+def _median(values: list[float]) -> float:
+    return values[len(values) // 2] if values else NAN
+
+
+def _errors_note(r: dict[str, Any]) -> str:
+    parts = []
+    errs = r.get("errors") or {}
+    if errs:
+        first = next(iter(errs))
+        parts.append(f"{sum(errs.values())} errors, e.g. {first[:120]!r};")
+    if r.get("drops"):
+        parts.append(f"{r['drops']} connections dropped by the server so far;")
+    return " ".join(parts)
+
+
+# -- report -----------------------------------------------------------------------------
+
+SOCKETIO_GROUP = "python-socketio (best deployment)"
+
+
+def _ratio(a: float, b: float) -> str:
+    if a != a or b != b or not b:
+        return "n/a"
+    return f"{a / b:.2f}×"  # noqa: RUF001 - the multiplication sign is meant
+
+
+def _group(server: str) -> str:
+    return SOCKETIO_GROUP if server.startswith("python-socketio") else server
+
+
+def _peer_groups(rows: list[Row]) -> list[str]:
+    """The peers of a table, python-socketio's deployments as one group."""
+    out: list[str] = []
+    for r in rows:
+        g = _group(r.server)
+        if not r.server.startswith("pushsvc") and g not in out:
+            out.append(g)
+    return out
+
+
+def _best_of(
+    rows: list[Row], group: str, value: Callable[[Row], float], lower_better: bool = False
+) -> tuple[float, str]:
+    """A group's best value over its servers (and which server gave it)."""
+    cands = [
+        (value(r), r.server) for r in rows if _group(r.server) == group and value(r) == value(r)
+    ]
+    if not cands:
+        return NAN, ""
+    return min(cands) if lower_better else max(cands)
+
+
+def _ratio_table(
+    rows: list[Row],
+    what: str,
+    value: Callable[[Row], float],
+    *,
+    lower_better: bool = False,
+    peer_over_pushsvc: bool = False,
+) -> str:
+    mine = [r for r in rows if r.server.startswith("pushsvc")]
+    peers = _peer_groups(rows)
+    if not mine or not peers:
+        return ""
+    cells = []
+    for r in mine:
+        line: list[object] = [f"{r.server}: {r.what}" if len(mine) > 1 else r.server]
+        for peer in peers:
+            best, _ = _best_of(rows, peer, value, lower_better)
+            line.append(_ratio(best, value(r)) if peer_over_pushsvc else _ratio(value(r), best))
+        cells.append(line)
+    return f"Ratios from this run, {what}:\n\n" + table(["pushsvc", *peers], cells)
+
+
+def _is_batch(row: Row) -> bool:
+    return "batch" in row.what.lower()
+
+
+def report(res: Results, args: argparse.Namespace) -> str:
+    out: list[str] = []
+    if res.broadcast:
+        out.append("### 1. Broadcast to every connection (topic subscribers)")
+        out.append(
+            table(
+                [
+                    "server",
+                    "subscribers",
+                    "frames/s (sustained)",
+                    "p50 ms",
+                    "p99 ms",
+                    "one broadcast: p50 ms",
+                    "one broadcast: p99 ms",
+                    "one broadcast: all in ms",
+                    "server CPU µs/frame",
+                    "server core %",
+                    "loadgen core %",
+                    "notes",
+                ],
+                [
+                    [
+                        r.server,
+                        r.what.removeprefix("to ").removesuffix(" subscribers"),
+                        r.rate,
+                        r.p50,
+                        r.p99,
+                        r.extra["one broadcast p50 (ms)"],
+                        r.extra["one broadcast p99 (ms)"],
+                        r.extra["one broadcast all in (ms)"],
+                        r.cpu_us,
+                        r.extra["server core %"],
+                        r.extra["loadgen core %"],
+                        r.note,
+                    ]
+                    for r in res.broadcast
+                ],
+            )
+        )
+        out.append(
+            _ratio_table(res.broadcast, "pushsvc ÷ peer, sustained frames/s", lambda r: r.rate)
+        )
+        out.append(
+            _ratio_table(
+                res.broadcast,
+                "peer ÷ pushsvc, p99 of one broadcast (> 1: pushsvc's is shorter)",
+                lambda r: float(r.extra["one broadcast p99 (ms)"]),
+                lower_better=True,
+                peer_over_pushsvc=True,
+            )
+        )
+    if res.unicast:
+        out.append("### 2. Unicast, online-only, through the server API")
+        out.append(_rate_table(res.unicast, "msgs/s"))
+        peers = _peer_groups(res.unicast)
+        rows = []
+        for r in (x for x in res.unicast if x.server == "pushsvc"):
+            same = [x for x in res.unicast if _is_batch(x) == _is_batch(r)]
+            cells: list[object] = [r.what]
+            for peer in peers:
+                best, _ = _best_of(same, peer, lambda x: x.rate)
+                cells.append(_ratio(r.rate, best))
+            rows.append(cells)
+        if rows and peers:
+            out.append(
+                "Ratios from this run, pushsvc ÷ peer, msgs/s (one message per request against "
+                "the peer's best one-message mode; batches against its batch mode):\n\n"
+                + table(["pushsvc", *peers], rows)
+            )
+    if res.connect:
+        out.append("### 3. Connects/s with a JWT per connection")
+        out.append(
+            table(
+                [
+                    "server",
+                    "connected",
+                    "connects/s",
+                    "handshake p50 ms",
+                    "p99 ms",
+                    "server CPU µs/connect",
+                    "server core %",
+                    "loadgen core %",
+                    "notes",
+                ],
+                [
+                    [
+                        r.server,
+                        r.extra["connected"],
+                        r.rate,
+                        r.p50,
+                        r.p99,
+                        r.cpu_us,
+                        r.extra["server core %"],
+                        r.extra["loadgen core %"],
+                        r.note,
+                    ]
+                    for r in res.connect
+                ],
+            )
+        )
+        out.append(_ratio_table(res.connect, "pushsvc ÷ peer, connects/s", lambda r: r.rate))
+    if res.rss:
+        out.append("### 4. RSS per idle connection")
+        out.append(
+            table(
+                [
+                    "server",
+                    "connections",
+                    "RSS before MiB",
+                    "RSS with conns MiB",
+                    "KiB per connection",
+                ],
+                [
+                    [
+                        r.server,
+                        r.extra["connections"],
+                        r.extra["before (MiB)"],
+                        r.extra["with conns (MiB)"],
+                        r.extra["KiB/conn"],
+                    ]
+                    for r in res.rss
+                ],
+            )
+        )
+        out.append(
+            _ratio_table(
+                res.rss,
+                "pushsvc ÷ peer, KiB per connection (< 1: pushsvc's is smaller)",
+                lambda r: float(r.extra["KiB/conn"]),
+                lower_better=True,
+            )
+        )
+    if res.stored:
+        out.append("### 5. Stored unicast")
+        out.append(_rate_table(res.stored, "msgs/s", db=True))
+        lines = []
+        online = next(
+            (r for r in res.unicast if r.server == "pushsvc" and r.what == "PushStream"), None
+        )
+        stream = next((r for r in res.stored if r.what == "embedded: PushStream"), None)
+        if online and stream:
+            lines.append(
+                "- pushsvc, stored ÷ online-only, both through PushStream: "
+                f"{_ratio(stream.rate, online.rate)}"
+            )
+        for r in res.stored:
+            if not r.server.startswith("pushsvc"):
+                continue
+            peer_rows = [x for x in res.stored if not x.server.startswith("pushsvc")]
+            same = [x for x in peer_rows if _is_batch(x) == _is_batch(r)]
+            if same:
+                best = max(x.rate for x in same)
+                lines.append(
+                    f"- {r.server}, {r.what} ÷ {same[0].server} (history in memory, "
+                    f"{'batch' if _is_batch(r) else 'one message per request'}): "
+                    f"{_ratio(r.rate, best)}"
+                )
+        if lines:
+            out.append("\n".join(lines))
+    if res.profiles:
+        out.append("### py-spy")
+        out.extend(res.profiles)
+    if res.notes:
+        out.append("Notes:\n\n" + "\n".join(f"- {n}" for n in res.notes))
+    return "\n\n".join(part.strip() for part in out if part.strip())
+
+
+def _rate_table(rows: list[Row], unit: str, db: bool = False) -> str:
+    extra_cols = ["server core %", "loadgen core %", "half-rate p50 (ms)", "half-rate p99 (ms)"]
+    if db:
+        extra_cols += ["db round trips/msg", "db commands"]
+    headers = [
+        "server",
+        "how",
+        unit,
+        "p50 ms",
+        "p99 ms",
+        "server CPU µs/msg",
+        *extra_cols,
+        "notes",
+    ]
+    body = []
+    for r in rows:
+        body.append(
+            [
+                r.server,
+                r.what,
+                r.rate,
+                r.p50,
+                r.p99,
+                r.cpu_us,
+                *[r.extra.get(c, "—") for c in extra_cols],
+                r.note,
+            ]
+        )
+    return table(headers, body)
+
+
+# -- build ------------------------------------------------------------------------------
+
+
+def build(args: argparse.Namespace) -> None:
+    """Install what the suite runs (idempotent): bench/install.sh."""
+    subprocess.run(["bash", str(REPO / "bench" / "install.sh")], check=True, cwd=REPO)
+
+
+def versions() -> str:
+    def run(cmd: list[str]) -> str:
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return "?"
+
+    peer_py = str(PEER_VENV / "bin" / "python")
+    pkgs = run(
+        [
+            peer_py,
+            "-c",
+            "import importlib.metadata as m; print(', '.join(f'{p} {m.version(p)}' for p in "
+            "('python-socketio', 'python-engineio', 'aiohttp', 'uvicorn')))",
+        ]
+    )
+    grpcio = run(
+        [
+            sys.executable,
+            "-c",
+            "import grpc, gevent; print(f'grpcio {grpc.__version__}, gevent {gevent.__version__}')",
+        ]
+    )
+    commit = run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    dirty = run(["git", "-C", str(REPO), "status", "--porcelain", "--", "pushsvc", "protos"])
+    return (
+        f"pushsvc {commit}{' (uncommitted changes)' if dirty else ''}; {grpcio}; "
+        f"{run([str(CENTRIFUGO), 'version'])}; {pkgs}"
+    )
+
+
+def raise_nofile(need: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    if soft < need:
+        raise SystemExit(
+            f"the open-files limit is {soft}, and {need} connections need about {need + 500}: "
+            f"raise it (as root: `ulimit -n {need + 1000}` in this shell, or LimitNOFILE= / "
+            "/etc/security/limits.conf) or run with fewer --connections"
+        )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.suite", description=(__doc__ or "").splitlines()[0]
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="small and short: 500 connections, 2 s phases"
+    )
+    p.add_argument("--record", action="store_true", help="append the results to bench/RESULTS.md")
+    p.add_argument("--connections", type=int, help="WebSocket connections per server (10,000)")
+    p.add_argument("--duration", type=float, help="seconds per throughput measurement (10)")
+    p.add_argument("--rounds", type=int, help="single broadcasts timed one by one (5)")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run every server this many times, in turn, and keep each measure's best",
+    )
+    p.add_argument(
+        "--window", type=int, default=4, help="broadcasts not yet fully delivered, at most"
+    )
+    p.add_argument("--concurrency", type=int, default=64, help="one-message calls in flight")
+    p.add_argument("--batch", type=int, default=100, help="messages per batch call")
+    p.add_argument("--batch-concurrency", type=int, default=4, help="batch calls in flight")
+    p.add_argument("--streams", type=int, default=1, help="PushStream streams")
+    p.add_argument(
+        "--stream-window", type=int, default=256, help="requests ahead of answers per stream"
+    )
+    p.add_argument(
+        "--max-inflight", type=int, default=5000, help="messages sent but not received, at most"
+    )
+    p.add_argument("--connect-concurrency", type=int, default=100, help="handshakes in flight")
+    p.add_argument("--connect-deadline", type=float, default=300.0)
+    p.add_argument(
+        "--no-paced", dest="paced", action="store_false", help="skip the half-rate latency runs"
+    )
+    p.add_argument(
+        "--mongo-connections", type=int, help="connections for the MongoDB-wire node (100)"
+    )
+    p.add_argument("--mongo-duration", type=float, help="seconds per MongoDB-wire measurement (10)")
+    p.add_argument(
+        "--targets",
+        default="pushsvc,bare,socketio,centrifugo,echo,mongo",
+        help="comma-separated: pushsvc,bare,socketio,centrifugo,echo,mongo",
+    )
+    p.add_argument(
+        "--scenarios",
+        default="broadcast,unicast,connect,rss,stored",
+        help="comma-separated: broadcast,unicast,connect,rss,stored (connect and rss always run "
+        "for the WebSocket servers: every other scenario needs the connections)",
+    )
+    p.add_argument(
+        "--socketio-modes",
+        default="aiohttp,uvicorn,gevent",
+        help="python-socketio deployments to run (aiohttp,uvicorn,gevent); ratios use the best",
+    )
+    p.add_argument(
+        "--py-spy",
+        default="",
+        help="sample the pushsvc node with py-spy during these scenarios (comma-separated: "
+        "connect,broadcast,unicast,stored) and print the top self-time frames",
+    )
+    p.add_argument("--py-spy-rate", type=int, default=200, help="py-spy samples per second")
+    p.add_argument("--log-level", default="warning", help="pushsvc nodes' PUSHSVC_LOG_LEVEL")
+    p.add_argument("--no-build", dest="build", action="store_false", help="skip bench/install.sh")
+    p.add_argument("--keep", action="store_true", help="keep the logs and py-spy files")
+    args = p.parse_args(argv)
+    quick = args.quick
+    args.connections = args.connections or (500 if quick else 10_000)
+    args.duration = args.duration or (2.0 if quick else 10.0)
+    args.rounds = args.rounds or (3 if quick else 5)
+    args.mongo_connections = args.mongo_connections or (50 if quick else 100)
+    args.mongo_duration = args.mongo_duration or (3.0 if quick else 10.0)
+    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    args.socketio_modes = [m.strip() for m in args.socketio_modes.split(",") if m.strip()]
+    for mode in args.socketio_modes:
+        if mode not in ("aiohttp", "uvicorn", "gevent"):
+            p.error(f"unknown python-socketio deployment {mode!r}")
+    args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    args.py_spy = [s.strip() for s in args.py_spy.split(",") if s.strip()]
+    if args.repeat < 1:
+        p.error("--repeat must be at least 1")
+    for scenario in args.py_spy:
+        if scenario not in ("connect", "broadcast", "unicast", "stored"):
+            p.error(f"--py-spy: unknown scenario {scenario!r}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    install_cleanup()
+    raise_nofile(args.connections)
+    if args.build:
+        build(args)
+    log_dir = Path(tempfile.mkdtemp(prefix="pushsvc-bench-"))
+    print(f"logs in {log_dir}", flush=True)
+    started = time.monotonic()
+    try:
+        runs = []
+        for rep in range(args.repeat):
+            if args.repeat > 1:
+                print(f"=== round {rep + 1} of {args.repeat}", flush=True)
+            runs.append(Suite(args, log_dir).run())
+        res = best_of(runs)
+    except KeyboardInterrupt:
+        print("interrupted: every process this run started has been stopped", file=sys.stderr)
+        return 130
+    minutes = (time.monotonic() - started) / 60
+    text = report(res, args)
+    print()
+    print(text)
+    print(f"\n(run took {minutes:.1f} min; logs in {log_dir})")
+    if args.record:
+        append_results(
+            f"Suite against the peers{' (--quick)' if args.quick else ''}: "
+            f"{args.connections:,} connections",
+            describe(args, minutes) + "\n\n" + text,
+            command=_command(),
+            host=machine_line(),
+        )
+        print("appended to bench/RESULTS.md")
+    if not args.keep and not args.py_spy:
+        shutil.rmtree(log_dir, ignore_errors=True)
+    return 0
+
+
+def _command() -> str:
+    return " ".join([".venv/bin/python", "-m", "bench.suite", *sys.argv[1:]])
+
+
+def machine_line() -> str:
+    from bench.common import machine
+
+    go = subprocess.run(["go", "version"], capture_output=True, text=True).stdout.strip()
+    return f"{machine()}, {go.removeprefix('go version ')}"
+
+
+def describe(args: argparse.Namespace, minutes: float) -> str:
+    return (
+        f"- versions: {versions()}\n"
+        f"- run took {minutes:.1f} min\n"
+        f"- servers pinned to core {SERVER_CORE}, the Go load generator to core {LOADGEN_CORE} "
+        f"(`taskset`); FerretDB and the round-trip proxy on core {LOADGEN_CORE}; Centrifugo with "
+        f"GOMAXPROCS=1; {os.cpu_count()} cores shared with other work, so absolute numbers are "
+        "noisy: compare the ratios, which come from this run\n"
+        + (
+            f"- best of {args.repeat} rounds (every server in turn, each round): each measure's "
+            "highest rate and smallest KiB per connection\n"
+            if args.repeat > 1
+            else ""
+        )
+        + f"- {args.duration:g} s per throughput measurement; {args.rounds} single broadcasts, "
+        "then "
+        f"sustained with at most {args.window} broadcasts undelivered; one-message calls "
+        f"{args.concurrency} in flight, batches of {args.batch} "
+        f"({args.batch_concurrency} in flight), "
+        f"{args.streams} stream(s) {args.stream_window} requests ahead; at most "
+        f"{args.max_inflight:,} messages sent but not yet received; ~100-byte JSON payloads; "
+        f"{args.connect_concurrency} handshakes in flight; python-socketio deployments: "
+        f"{', '.join(args.socketio_modes)} (ratios against the best of them per measure); "
+        f"pushsvc log level {args.log_level}\n"
+        "- latency: from the load generator's send to its receipt of the frame (echo: of the "
+        'answer); "half-rate": the same mode paced at half its measured msgs/s; server CPU '
+        'from /proc, per frame or message received; "core %": the share of one core the server '
+        "and the load generator used over the measurement (well under 100 % on a saturated "
+        "measure: other work had the core)"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
