@@ -101,6 +101,7 @@ class Report:
     events: list[tuple[float, str]] = field(default_factory=list)
     stuck: str = ""  # stacks of a node that did not exit after SIGTERM
     metrics: dict[int, dict[str, float]] = field(default_factory=dict)  # live nodes, at the end
+    diagnosis: list[str] = field(default_factory=list)  # what the store holds of what is missing
 
     @property
     def lost(self) -> int:
@@ -129,7 +130,7 @@ class Fleet:
     def __init__(self, plan: Plan, workdir: Path) -> None:
         self.plan = plan
         self.db = FerretDB()
-        name = f"faults_{uuid.uuid4().hex[:8]}"
+        name = self.db_name = f"faults_{uuid.uuid4().hex[:8]}"
         self.nodes = [
             NodeProcess(
                 workdir / f"node{i}",
@@ -265,6 +266,39 @@ async def pusher(
             await c.close(None)
 
 
+def _diagnose(fleet: Fleet, missing: dict[str, list[int]], subs: list[Subscriber]) -> list[str]:
+    """For each missing delivery: its inbox entry and body as the store has them now,
+    and where the subscriber stands."""
+    import pymongo
+
+    client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(
+        fleet.db.uri, serverSelectionTimeoutMS=5000
+    )
+    db = client[fleet.db_name]
+    by_user = {s.user: s for s in subs}
+    out = []
+    try:
+        for user, seqs in list(missing.items())[:20]:
+            sub = by_user[user]
+            for seq in seqs[:5]:
+                entry = db.inbox.find_one({"user_id": user, "seq": seq})
+                body = (
+                    db.messages.find_one({"_id": entry["message_id"]}, {"payload": 0})
+                    if entry
+                    else None
+                )
+                top = db.inbox.find_one({"user_id": user}, sort=[("seq", -1)])
+                out.append(
+                    f"{user} seq {seq}: entry={entry and {k: entry.get(k) for k in ('message_id', 'w')}}"
+                    f" body={body and {k: body.get(k) for k in ('pending', 'w')}}"
+                    f" top={top and top['seq']} client last={sub.last} welcomes={sub.welcomes}"
+                    f" closes={sub.close_codes} conns={[(c.since, c.seqs[-3:]) for c in sub.conns[-3:]]}"
+                )
+    finally:
+        client.close()
+    return out
+
+
 def _metrics(node: NodeProcess) -> dict[str, float]:
     """The node's /metrics samples (labelled ones as name{labels})."""
     try:
@@ -381,6 +415,8 @@ async def run(plan: Plan, workdir: Path) -> Report:
         for task in sub_tasks:
             task.cancel()
         _check(report, subs, committed, plan)
+        if report.missing:
+            report.diagnosis = _diagnose(fleet, report.missing, subs)
     finally:
         await asyncio.get_running_loop().run_in_executor(None, fleet.stop)
     return report

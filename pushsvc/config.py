@@ -178,6 +178,9 @@ class Settings:
     connect_queue: int = _setting(
         20000, _int(1, 10_000_000), "connections waiting for their welcome; beyond, 1013"
     )
+    position_check: float = _setting(
+        30.0, _float(0.1, 3600), "seconds between checks that live connections missed nothing"
+    )
     welcome_timeout: float = _setting(
         10.0, _float(0.1, 600), "seconds a connection waits for the store before 1013"
     )

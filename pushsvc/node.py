@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pushsvc.node")
 
 TICK_MAX = 1.0  # seconds between heartbeat passes over the connections, at most
+POSITION_BATCH = 500  # users whose latest seq one position-check read asks for
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,7 @@ class Node:
         *,
         ping_interval: float,
         heartbeat_interval: float,
+        position_check: float = 30.0,
     ) -> None:
         self.node_id = node_id
         self.started_at = time.time()
@@ -114,6 +116,8 @@ class Node:
         self._tick = min(TICK_MAX, max(0.01, ping_interval / 5))
         self._left = Event()  # set whenever a connection leaves
         self._ticker: gevent.Greenlet | None = None
+        self._position_check = position_check
+        self._checker: gevent.Greenlet | None = None
         self.accepting = True
         self.ws_addr = ""
         self.grpc_addr = ""
@@ -133,6 +137,7 @@ class Node:
         self.receipts.start()
         self._admission.start()
         self._ticker = gevent.spawn(self._tick_loop)
+        self._checker = gevent.spawn(self._position_loop)
         self.fleet.start()
 
     def info(self) -> NodeInfo:
@@ -186,8 +191,9 @@ class Node:
         """After the drain: stop the workers and flush acks and receipts."""
         self._admission.stop()
         self._replay.stop()
-        if self._ticker is not None:
-            self._ticker.kill(block=False)
+        for loop in (self._ticker, self._checker):
+            if loop is not None:
+                loop.kill(block=False)
         self.receipts.stop()
 
     def sweep(self, now: float) -> int:
@@ -202,6 +208,31 @@ class Node:
             for conn in self._hub.connections():
                 session: Session = conn  # type: ignore[assignment]
                 session.tick(now)
+
+    def _position_loop(self) -> None:
+        """Every ``position_check`` seconds, compare each connection's position with
+        its user's latest seq: a connection whose live announcement was lost (a
+        forward that failed, presence that was not yet known) reads on instead of
+        waiting for the user's next message. One store read per 500 users."""
+        while True:
+            gevent.sleep(self._position_check)  # the check's period, not synchronisation
+            sessions: dict[str, list[Session]] = {}
+            for conn in self._hub.connections():
+                session: Session = conn  # type: ignore[assignment]
+                if session.welcomed and not session.closing:
+                    sessions.setdefault(session.user_id, []).append(session)
+            users = list(sessions)
+            for i in range(0, len(users), POSITION_BATCH):
+                part = users[i : i + POSITION_BATCH]
+                try:
+                    starts = self._inbox.user_starts(part)
+                except StoreUnavailable as exc:
+                    self._health.failed(exc)
+                    break
+                for user in part:
+                    latest = starts[user].latest_seq if user in starts else 0
+                    for session in sessions[user]:
+                        session.on_behind(latest)
 
     # -- pushes -------------------------------------------------------------------------
 

@@ -196,6 +196,18 @@ class Ordering(Generic[T]):
         # LATER: blocked or failing; the pending read comes soon enough.
         return []
 
+    def on_behind(self, seq: int) -> list[Action[T]]:
+        """The store says the user's seqs reach ``seq`` (a periodic check of every
+        connection's position, for messages whose announcement was lost): read if
+        this connection is behind. ``seq`` may still be in flight: the read then
+        reports it blocked, and nothing is skipped."""
+        if self._closed or not self.started or seq <= self.position:
+            return []
+        self._announced = max(self._announced, seq)
+        if self._reading is _Reading.IDLE:
+            return [self._read_now()]
+        return []
+
     def on_ack(self, seq: int) -> bool:
         """A cumulative ack; True when it raises the acked seq (worth storing)."""
         if seq > self.last_sent:

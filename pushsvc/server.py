@@ -119,6 +119,7 @@ class Server:
             AdmissionLimits(s.connect_rate, s.connect_queue, s.welcome_timeout),
             ping_interval=s.ping_interval,
             heartbeat_interval=s.heartbeat_interval,
+            position_check=s.position_check,
         )
         self.edge_app = edge.EdgeApp(
             edge.EdgeConfig(

@@ -164,6 +164,11 @@ class Session:
                 )
             )
 
+    def on_behind(self, latest_seq: int) -> None:
+        """The periodic position check: the user's seqs reach ``latest_seq``."""
+        if self._closing is None and self.welcomed:
+            self._act(self._order.on_behind(latest_seq))
+
     def on_read_failed(self) -> None:
         if self._closing is None:
             self._act(self._order.on_read_failed())

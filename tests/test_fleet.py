@@ -275,3 +275,23 @@ def nodes_seen(node: NodeProcess) -> set[str]:
     with node.stub() as stub:
         listed = stub.ListNodes(push_pb2.ListNodesRequest(), metadata=auth(), timeout=5)
     return {n.node_id for n in listed.nodes}
+
+
+def test_a_lost_forward_reaches_the_live_connection_by_the_position_check(
+    fleet: Fleet, clients: list[Client]
+) -> None:
+    """A forward that failed (its node was stopped) is not the end: the node's
+    periodic position check finds the connection behind and replays to it."""
+    a, b = fleet(2, PUSHSVC_FORWARD_TIMEOUT="1", PUSHSVC_POSITION_CHECK="1")
+    ivy = open_ws(b, "ivy")
+    clients.append(ivy)
+    wait_for(lambda: presence(a, "ivy").online, 30, "ivy visible from a")
+    assert b.proc is not None
+    b.proc.send_signal(signal.SIGSTOP)
+    try:
+        sent = push(a, ["ivy"], {"n": "lost forward"})  # stored; its forward times out
+    finally:
+        b.proc.send_signal(signal.SIGCONT)
+    (m,) = ivy.messages(1, timeout=60)  # no new push, no reconnect: the check finds it
+    assert m["id"] == sent.message_id and m["seq"] == 1
+    assert ivy.barrier() == []

@@ -137,6 +137,18 @@ def test_stale_blocked_page_after_a_live_unblock_reads_on() -> None:
     assert o.on_page([], blocked_at=1) == [Read(1)]
 
 
+def test_position_check_reads_when_behind_and_never_skips_a_seq_in_flight() -> None:
+    o: Ordering[Item] = Ordering()
+    o.start(0)
+    o.on_page([])
+    assert o.live
+    assert o.on_behind(0) == []  # not behind
+    assert o.on_behind(3) == [Read(0)]  # announcements of 1..3 were lost
+    # 3 is still in flight: the page says so, and the connection waits.
+    assert o.on_page([(1, ("m", 1))], blocked_at=2) == [Send(1, ("m", 1)), ReadLater(1)]
+    assert o.position == 1
+
+
 def test_closed_machine_does_nothing() -> None:
     o: Ordering[Item] = Ordering()
     o.start(0)
@@ -267,6 +279,14 @@ class OrderingModel(RuleBasedStateMachine):
         seq = self.conn.inbound[i]
         del self.conn.inbound[i]
         self._apply(self.conn, self.conn.machine.on_live(seq, ("m", seq)))
+
+    @precondition(lambda self: self.conn is not None)
+    @rule()
+    def position_check(self) -> None:
+        """The periodic check: the highest seq inserted so far (it may be in flight)."""
+        assert self.conn is not None
+        if self.store:
+            self._apply(self.conn, self.conn.machine.on_behind(max(self.store)))
 
     @precondition(lambda self: self.conn is not None and self.conn.read is not None)
     @rule()
