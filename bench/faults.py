@@ -143,6 +143,8 @@ class Fleet:
                     "PUSHSVC_LOG_LEVEL": "info",
                     "PUSHSVC_HEARTBEAT_INTERVAL": "1",
                     "PUSHSVC_DRAIN_TIMEOUT": "30",
+                    "PUSHSVC_POSITION_CHECK": "5",
+                    "PUSHSVC_SWEEP_INTERVAL": "5",
                 },
             )
             for i in range(plan.nodes)
@@ -280,19 +282,16 @@ def _diagnose(fleet: Fleet, missing: dict[str, list[int]], subs: list[Subscriber
     try:
         for user, seqs in list(missing.items())[:20]:
             sub = by_user[user]
-            for seq in seqs[:5]:
-                entry = db.inbox.find_one({"user_id": user, "seq": seq})
-                body = (
-                    db.messages.find_one({"_id": entry["message_id"]}, {"payload": 0})
-                    if entry
-                    else None
-                )
-                top = db.inbox.find_one({"user_id": user}, sort=[("seq", -1)])
+            for seq in seqs[:1]:
+                states = []
+                for e in db.inbox.find({"user_id": user, "seq": {"$gt": sub.last}}).sort("seq", 1):
+                    b = db.messages.find_one({"_id": e["message_id"]}, {"pending": 1, "by": 1})
+                    state = "gone" if b is None else "pending" if b.get("pending") else "ok"
+                    states.append(f"{e['seq']}:{state}{'/' + b['by'] if b and b.get('by') else ''}")
+                conns = [(c.since, c.seqs[-3:]) for c in sub.conns[-3:]]
                 out.append(
-                    f"{user} seq {seq}: entry={entry and {k: entry.get(k) for k in ('message_id', 'w')}}"
-                    f" body={body and {k: body.get(k) for k in ('pending', 'w')}}"
-                    f" top={top and top['seq']} client last={sub.last} welcomes={sub.welcomes}"
-                    f" closes={sub.close_codes} conns={[(c.since, c.seqs[-3:]) for c in sub.conns[-3:]]}"
+                    f"{user} missing {seq}: after last={sub.last}: {' '.join(states)};"
+                    f" welcomes={sub.welcomes} closes={sub.close_codes} conns={conns}"
                 )
     finally:
         client.close()
@@ -474,6 +473,13 @@ def render(report: Report) -> str:
         ("reconnects (all causes)", f"{report.reconnects:,}"),
         ("close codes seen", ", ".join(f"{c}: {n}" for c, n in sorted(report.close_codes.items()))),
     ]
+    for i, m in sorted(report.metrics.items()):
+        shed = {
+            k.split('"')[1]: int(v)
+            for k, v in m.items()
+            if k.startswith("pushsvc_connects_shed_total{")
+        }
+        rows.append((f"node {i}: connections shed with 1013, by why", str(shed or "none")))
     timeline = "\n".join(f"- t={t:g} s: {what}" for t, what in report.events)
     return table(["measure", "value"], rows) + "\n\nTimeline:\n\n" + timeline + "\n"
 

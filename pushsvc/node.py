@@ -197,7 +197,8 @@ class Node:
         self.receipts.stop()
 
     def sweep(self, now: float) -> int:
-        removed = self._inbox.sweep(now)
+        live = {n.node_id for n in self.fleet.nodes()}
+        removed = self._inbox.sweep(now, live_writers=live)
         return removed + self.fleet.sweep(now)
 
     def _tick_loop(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 import signal
 import socket
 import sys
@@ -58,7 +59,9 @@ def _open_inbox(s: Settings) -> InboxStore:
     from pushsvc.store.mongo import MongoDatabase, MongoInbox
 
     assert s.mongo_uri is not None
-    return MongoInbox(MongoDatabase(s.mongo_uri, s.mongo_db))
+    # This run's name on what it writes: a later run of the node recovers it.
+    writer = f"{s.resolved_node_id()}/{secrets.token_hex(6)}"
+    return MongoInbox(MongoDatabase(s.mongo_uri, s.mongo_db), writer=writer)
 
 
 def _fleet_factory(
@@ -266,12 +269,19 @@ class Server:
                 self.health.failed(exc)
 
     def _tidy_loop(self) -> None:
-        """While the store is healthy, finish the clean-up of pushes that failed
-        during an outage: until then their leftovers hold their users' replays."""
+        """While the store is healthy: first abandon what an earlier run of this
+        node left in flight, then keep finishing the clean-up of pushes that failed
+        during an outage -- until then their leftovers hold their users' replays."""
+        recovered = False
         while not self._stop.wait(TIDY_INTERVAL):
             if not self.health.ok:
                 continue
             try:
+                if not recovered:
+                    n = self.inbox.recover()
+                    recovered = True
+                    if n:
+                        log.info("abandoned pushes an earlier run left in flight", extra={"n": n})
                 finished = self.inbox.tidy()
             except StoreUnavailable as exc:
                 self.health.failed(exc)
@@ -338,8 +348,9 @@ class Server:
         log.info("grpc stopped", extra={"grace": round(grace, 3), "in_time": bool(done)})
         try:
             within(max(0.01, left(0.02 * budget)), "the last flush", self.node.stop)
+            within(max(0.01, left(0.01 * budget)), "the last clean-up", self.inbox.tidy)
         except StoreUnavailable as exc:
-            log.warning("acks and receipts not flushed: %s", exc)
+            log.warning("acks, receipts or clean-up not flushed: %s", exc)
         self.health.stop()
         if self.admin_server is not None:
             self.admin_server.stop(timeout=min(1.0, left()))

@@ -21,18 +21,21 @@ pytestmark = pytest.mark.timeout(600)
 
 
 def test_no_ok_push_is_lost_through_store_and_node_faults(tmp_path: Path) -> None:
+    # A light load: FerretDB shares the CI machine's two cores with the nodes and
+    # the clients; the point is the faults, not the throughput (bench/faults.py).
     plan = Plan(
         nodes=3,
-        connections=120,
-        push_rate=20.0,
+        connections=60,
+        push_rate=5.0,
         warmup=3.0,
         pause_db=6.0,
         gap=3.0,
-        settle=90.0,
+        settle=180.0,
+        welcome_deadline=120.0,
     )
     report = asyncio.run(run(plan, tmp_path))
     summary = render(report)
-    assert report.pushes_ok > 50, summary
+    assert report.pushes_ok > 20, summary
     assert not report.missing, summary + "\n" + "\n".join(report.diagnosis)
     assert not report.out_of_order, summary + "\n" + "\n".join(report.out_of_order[:10])
     assert report.drained_clients > 0, summary

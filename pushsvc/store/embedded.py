@@ -34,7 +34,7 @@ import json
 import pathlib
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from gevent.monkey import get_original
@@ -407,7 +407,7 @@ class EmbeddedStore(InboxStore):
             )
         )
 
-    def sweep(self, now: float) -> int:
+    def sweep(self, now: float, live_writers: Collection[str] | None = None) -> int:
         return self._write(functools.partial(_sweep, now))
 
     def close(self) -> None:

@@ -24,7 +24,7 @@ requests are durable, with one outcome per request.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from pushsvc.errors import InvalidArgument, PushError
@@ -168,13 +168,21 @@ class InboxStore(ABC):
         (unreachable, disk full, read-only). What ``/readyz`` is based on."""
 
     @abstractmethod
-    def sweep(self, now: float) -> int:
+    def sweep(self, now: float, live_writers: Collection[str] | None = None) -> int:
         """Remove expired entries and bodies, old idempotency keys, and what pushes
-        that died half-way left behind. Returns how many records were removed."""
+        that died half-way left behind; ``live_writers`` (node ids whose
+        registration is live) lets a fleet store abandon sooner what a writer that
+        is gone left in flight. Returns how many records were removed."""
 
     @abstractmethod
     def close(self) -> None:
         """Release connections and files."""
+
+    def recover(self) -> int:
+        """At start-up: abandon what an earlier run of this node left in flight (it
+        died mid-write; nothing of it can commit any more). Returns how many
+        pushes; raises ``StoreUnavailable``."""
+        return 0
 
     def tidy(self) -> int:
         """Finish the clean-up of pushes that failed while the store could not take

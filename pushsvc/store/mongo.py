@@ -110,6 +110,7 @@ import functools
 import logging
 import os
 import time
+from collections import abc
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -153,6 +154,9 @@ COLLECTIONS = ("messages", "inbox", "counters", "acks", "idempotency", "probe")
 LEASE = 60.0
 #: ``sweep`` abandons a body still pending this long after it was written.
 PENDING_GRACE = 300.0
+#: ...or this long, when its writer's registration is gone (dead node): the
+#: lease plus a margin for clock skew between nodes.
+DEAD_WRITER_GRACE = LEASE + 60.0
 #: Entries outlive their expiry (and their write) by this long before removal.
 ENTRY_RETENTION = 3600.0
 #: How long a push waits for another push with the same idempotency key.
@@ -180,6 +184,7 @@ class _Push:
 
     request: StoreRequest
     now: float
+    writer: str = ""
     w: str = field(default_factory=_token)
     outcome: Outcome | None = None
     follows: _Push | None = None  # same idempotency key as an earlier request
@@ -203,9 +208,13 @@ class _LeaseExpired(Exception):
 class MongoInbox(InboxStore):
     """Messages, inboxes, acks and receipts in MongoDB: ``MongoInbox(database)``."""
 
-    def __init__(self, database: MongoDatabase, *, lease: float = LEASE) -> None:
+    def __init__(self, database: MongoDatabase, *, lease: float = LEASE, writer: str = "") -> None:
         self.database = database
         self.lease = lease
+        #: ``<node id>/<run>``: recorded on every body this process writes, so a
+        #: later run of the node (``recover``) or the sweeper can tell whose
+        #: pending bodies can no longer commit.
+        self.writer = writer
         db = database.db
         self._messages: Collection[Doc] = db["messages"]
         self._inbox: Collection[Doc] = db["inbox"]
@@ -279,7 +288,7 @@ class MongoInbox(InboxStore):
         return [o for o in outcomes if o is not None]
 
     def _write_batch(self, calls: list[Call]) -> None:
-        pushes = [_Push(r, c.now) for c in calls for r in c.requests]
+        pushes = [_Push(r, c.now, self.writer) for c in calls for r in c.requests]
         try:
             self._ensure_ready()
             self._write(pushes)
@@ -663,6 +672,25 @@ class MongoInbox(InboxStore):
         self._unfinished.difference_update(attempts)
         return self._find_bodies(ids, {"pending": 1, "w": 1})
 
+    def _pending_attempts(self, query: Doc) -> list[Attempt]:
+        return [
+            (d["_id"], d.get("w"))
+            for d in self._messages.find({"pending": True, **query}, {"w": 1})
+        ]
+
+    @guarded
+    def recover(self) -> int:
+        """Abandon the pending bodies an earlier run of this node left: that run
+        is dead (node ids are unique, and this one is running), so they can never
+        commit, and until abandoned they hold their users' replays."""
+        node = self.writer.rpartition("/")[0]
+        if not node:
+            return 0
+        attempts = self._pending_attempts({"node": node, "by": {"$ne": self.writer}})
+        if attempts:
+            self._abandon_attempts(attempts)
+        return len(attempts)
+
     @guarded
     def tidy(self) -> int:
         """Abandon the pushes whose clean-up failed (the store was unreachable when
@@ -838,23 +866,26 @@ class MongoInbox(InboxStore):
         )
 
     @guarded
-    def sweep(self, now: float) -> int:
+    def sweep(self, now: float, live_writers: abc.Collection[str] | None = None) -> int:
         removed = 0
         # Pushes whose writer died: abandon their bodies (entries stay as tombstones).
-        dead = [
-            (d["_id"], d.get("w"))
+        dead = self._pending_attempts(
+            {
+                "$or": [
+                    {"t": {"$lte": now - PENDING_GRACE}},
+                    # written by an earlier version, which had no ``t``
+                    {"t": {"$exists": False}, "created_at": {"$lte": now - PENDING_GRACE}},
+                ]
+            }
+        )
+        if live_writers is not None:
+            # A writer whose registration is gone: its lease ran out long ago.
             for d in self._messages.find(
-                {
-                    "pending": True,
-                    "$or": [
-                        {"t": {"$lte": now - PENDING_GRACE}},
-                        # written by an earlier version, which had no ``t``
-                        {"t": {"$exists": False}, "created_at": {"$lte": now - PENDING_GRACE}},
-                    ],
-                },
-                {"w": 1},
-            )
-        ]
+                {"pending": True, "t": {"$lte": now - DEAD_WRITER_GRACE}, "node": {"$ne": ""}},
+                {"w": 1, "node": 1},
+            ):
+                if d.get("node") and d["node"] not in live_writers:
+                    dead.append((d["_id"], d.get("w")))
         if dead:
             left = self._abandon_attempts(dead)
             removed += sum(1 for mid, w in dead if mid not in left or left[mid].get("w") != w)
@@ -892,6 +923,8 @@ def _body(p: _Push) -> Doc:
         # Kept past a short expiry until sweep could have abandoned it.
         "expires_at": bson_date(max(exp, p.now + 2 * PENDING_GRACE)),
         "t": p.now,
+        "by": p.writer,
+        "node": p.writer.rpartition("/")[0],
         "pending": True,
     }
 

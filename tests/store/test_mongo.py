@@ -18,7 +18,7 @@ from pymongo.errors import AutoReconnect
 from pushsvc.errors import NotFound, StoreUnavailable
 from pushsvc.messages import Message
 from pushsvc.store.inbox import InboxPage, StoreRequest, StoreResult, UserStart
-from pushsvc.store.mongo import ENTRY_RETENTION, PENDING_GRACE, MongoInbox
+from pushsvc.store.mongo import DEAD_WRITER_GRACE, ENTRY_RETENTION, PENDING_GRACE, MongoInbox
 from pushsvc.store.mongo_database import FERRETDB_BATCH, MongoDatabase
 from tests.ferretdb import FerretDB
 
@@ -188,7 +188,9 @@ def test_push_cut_off_mid_way_blocks_readers_until_a_retry_takes_over(
     assert count(store, "inbox", {"message_id": m.id}) == 3
 
 
-def _dead_push(store: MongoInbox, m: Message, user: str, seq: int, *, legacy: bool) -> None:
+def _dead_push(
+    store: MongoInbox, m: Message, user: str, seq: int, *, legacy: bool, by: str = ""
+) -> None:
     """What a writer that died between its entries and its commit leaves."""
     body: dict[str, Any] = {
         "_id": m.id,
@@ -201,7 +203,7 @@ def _dead_push(store: MongoInbox, m: Message, user: str, seq: int, *, legacy: bo
     }
     entry: dict[str, Any] = {"user_id": user, "seq": seq, "message_id": m.id, "exp": T0 + 3600}
     if not legacy:
-        body |= {"w": "dead", "t": T0}
+        body |= {"w": "dead", "t": T0, "by": by, "node": by.rpartition("/")[0]}
         entry["w"] = "dead"
     store._messages.insert_one(body)
     store._inbox.insert_one(entry)
@@ -226,6 +228,33 @@ def test_sweep_abandons_pushes_that_died_half_way(store: MongoInbox, legacy: boo
     assert count(store, "messages", {"_id": dead.id}) == 0
     assert count(store, "inbox", {"message_id": dead.id}) == 1  # a tombstone
     assert store.sweep(T0 + PENDING_GRACE + 2) == 0
+
+
+def test_a_later_run_of_the_writer_abandons_what_the_earlier_run_left(live: FerretDB) -> None:
+    name = f"t_{uuid.uuid4().hex}"
+    again = MongoInbox(MongoDatabase(live.uri, name), writer="n1/run2")
+    try:
+        again.store_message(msg(), ["ann"], "", T0)
+        mine, theirs = msg(), msg()
+        _dead_push(again, mine, "ann", 2, legacy=False, by="n1/run1")  # the killed run
+        _dead_push(again, theirs, "bob", 1, legacy=False, by="n2/run7")  # another node's
+        assert again.read_inbox("ann", 1, 10, T0).blocked_at == 2
+        assert again.recover() == 1
+        assert again.read_inbox("ann", 1, 10, T0) == InboxPage(())
+        assert again.read_inbox("bob", 0, 10, T0).blocked_at == 1  # not this node's to judge
+        assert again.recover() == 0
+    finally:
+        again.close()
+
+
+def test_sweep_abandons_a_dead_writers_push_after_its_lease(store: MongoInbox) -> None:
+    dead = msg()
+    _dead_push(store, dead, "cy", 1, legacy=False, by="n3/run1")
+    past_lease = T0 + DEAD_WRITER_GRACE + 1
+    assert store.sweep(past_lease, live_writers={"n3"}) == 0  # its node is alive: wait
+    assert store.read_inbox("cy", 0, 10, past_lease).blocked_at == 1
+    assert store.sweep(past_lease, live_writers={"n1", "n2"}) == 1  # n3 is gone
+    assert store.read_inbox("cy", 0, 10, past_lease) == InboxPage(())
 
 
 # -- round trips: a batch costs a handful, whatever its size --------------------------
