@@ -287,7 +287,8 @@ def _diagnose(fleet: Fleet, missing: dict[str, list[int]], subs: list[Subscriber
                 for e in db.inbox.find({"user_id": user, "seq": {"$gt": sub.last}}).sort("seq", 1):
                     b = db.messages.find_one({"_id": e["message_id"]}, {"pending": 1, "by": 1})
                     state = "gone" if b is None else "pending" if b.get("pending") else "ok"
-                    states.append(f"{e['seq']}:{state}{'/' + b['by'] if b and b.get('by') else ''}")
+                    writer = f"/{b.get('by')}" if b and b.get("by") else ""
+                    states.append(f"{e['seq']}:{state}{writer}")
                 conns = [(c.since, c.seqs[-3:]) for c in sub.conns[-3:]]
                 out.append(
                     f"{user} missing {seq}: after last={sub.last}: {' '.join(states)};"

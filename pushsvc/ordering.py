@@ -119,12 +119,22 @@ class Ordering(Generic[T]):
 
     # -- events ---------------------------------------------------------------------
 
-    def start(self, after: int) -> list[Action[T]]:
-        """The client has everything up to ``after``: replay from there."""
+    def start(self, after: int, latest: int | None = None) -> list[Action[T]]:
+        """The client has everything up to ``after``: replay from there.
+
+        ``latest`` is the user's latest seq as the store gave it at the welcome
+        (every seq committed before that read is at or below it). Nothing above
+        ``after`` to replay: the connection is live at once, no read. A seq
+        committed later is announced to it live (it was registered for live
+        messages before that read), and the periodic position check catches an
+        announcement that was lost.
+        """
         if self.started or self._closed:
             return []
         self.started = True
         self.position = self.last_sent = max(0, after)
+        if latest is not None and latest <= self.position and self._announced <= self.position:
+            return []
         return [self._read_now()]
 
     def on_page(

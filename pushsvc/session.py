@@ -141,7 +141,7 @@ class Session:
         )
         self.writer.release(wire_text(frame))
         self._node.counters.other_frames_sent += 1
-        self._act(self._order.start(after))
+        self._act(self._order.start(after, latest))
 
     def deliver_user(self, seq: int, wire: bytes, message_id: str) -> None:
         if self._closing is None:

@@ -45,6 +45,16 @@ def test_start_reads_after_the_start_point() -> None:
     assert not o.live
 
 
+def test_nothing_to_replay_is_live_at_once() -> None:
+    o: Ordering[Item] = Ordering()
+    assert o.start(4, latest=4) == []
+    assert o.live
+    assert o.on_live(5, ("m", 5)) == [Send(5, ("m", 5))]
+    # Behind the latest: read first.
+    p: Ordering[Item] = Ordering()
+    assert p.start(3, latest=4) == [Read(3)]
+
+
 def test_replay_then_live() -> None:
     o: Ordering[Item] = Ordering()
     o.start(0)
@@ -186,6 +196,7 @@ class OrderingModel(RuleBasedStateMachine):
         self.limit = 3
         self.conn: Conn | None = None
         self.received_max = 0  # the client's dedupe point across reconnects
+        self.lost: set[int] = set()  # seqs whose announcement never reached the connection
         self.closed: list[Conn] = []
 
     # -- the store ------------------------------------------------------------------
@@ -219,8 +230,11 @@ class OrderingModel(RuleBasedStateMachine):
             return
         seq = data.draw(st.sampled_from(pending))
         self.store[seq] = COMMITTED
-        if self.conn is not None and not lost:
-            self.conn.inbound.append(seq)  # the announcement, possibly late
+        if self.conn is not None:
+            if lost:
+                self.lost.add(seq)  # this connection never hears of it live
+            else:
+                self.conn.inbound.append(seq)  # the announcement, possibly late
 
     @rule(data=st.data())
     def abandon(self, data: st.DataObject) -> None:
@@ -260,7 +274,11 @@ class OrderingModel(RuleBasedStateMachine):
         start = self.received_max if from_acked else 0
         conn = Conn(Ordering(), start)
         self.conn = conn
-        self._apply(conn, conn.machine.start(start))
+        self.lost = set()
+        # The store's latest seq at the welcome: every seq inserted so far (a
+        # push in flight included), as the counters read says.
+        latest = max(self.store, default=0)
+        self._apply(conn, conn.machine.start(start, latest))
 
     @precondition(lambda self: self.conn is not None)
     @rule()
@@ -360,6 +378,21 @@ class OrderingModel(RuleBasedStateMachine):
             if state == PENDING:
                 self.store[seq] = COMMITTED
                 conn.inbound.append(seq)
+        self._settle(conn)
+        # Without the periodic check, everything whose announcement arrived (or that
+        # was committed before the connection read its start) has been sent.
+        committed = {s for s, v in self.store.items() if v == COMMITTED and s > conn.start}
+        assert committed - self.lost <= set(conn.sent), (committed, self.lost, conn.sent)
+        # The node's periodic position check recovers lost announcements too.
+        if self.store:
+            self._apply(conn, conn.machine.on_behind(max(self.store)))
+        self._settle(conn)
+        self.sent_in_order_without_gaps()
+        assert conn.machine.live
+        expected = [s for s, v in sorted(self.store.items()) if v == COMMITTED and s > conn.start]
+        assert [s for s in conn.sent if self.store[s] == COMMITTED] == expected
+
+    def _settle(self, conn: Conn) -> None:
         for _ in range(10_000):
             if conn.inbound:
                 seq = conn.inbound.popleft()
@@ -371,10 +404,6 @@ class OrderingModel(RuleBasedStateMachine):
                 self.fire_timer()
             else:
                 break
-        self.sent_in_order_without_gaps()
-        assert conn.machine.live
-        expected = [s for s, v in sorted(self.store.items()) if v == COMMITTED and s > conn.start]
-        assert [s for s in conn.sent if self.store[s] == COMMITTED] == expected
 
 
 OrderingModel.TestCase.settings = settings(
