@@ -57,10 +57,16 @@ class Counters:
         self.push_buckets[i] += 1
 
 
+Read = tuple[str, Callable[[], float]]  # (help text, read the value at scrape time)
+
+
 class _HotCollector(Collector):
-    def __init__(self, counters: Counters, gauges: dict[str, tuple[str, Callable[[], float]]]):
+    def __init__(
+        self, counters: Counters, gauges: dict[str, Read], totals: dict[str, Read]
+    ) -> None:
         self._c = counters
         self._gauges = gauges
+        self._totals = totals
 
     def collect(
         self,
@@ -107,15 +113,18 @@ class _HotCollector(Collector):
         )
         for name, (doc, read) in self._gauges.items():
             yield GaugeMetricFamily(name, doc, value=read())
+        for name, (doc, read) in self._totals.items():
+            yield CounterMetricFamily(name, doc, value=read())
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self.counters = Counters()
-        self._gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+        self._gauges: dict[str, Read] = {}
+        self._totals: dict[str, Read] = {}
         r = self.registry
-        r.register(_HotCollector(self.counters, self._gauges))
+        r.register(_HotCollector(self.counters, self._gauges, self._totals))
         self.forwards = Counter(
             "pushsvc_forward_total",
             "Node-to-node Deliver batches by result",
@@ -156,3 +165,7 @@ class Metrics:
     def gauge(self, name: str, doc: str, read: Callable[[], float]) -> None:
         """A gauge read at scrape time (connections, users, queue lengths...)."""
         self._gauges[name] = (doc, read)
+
+    def total(self, name: str, doc: str, read: Callable[[], float]) -> None:
+        """A counter kept elsewhere, read at scrape time (``name`` without ``_total``)."""
+        self._totals[name] = (doc, read)

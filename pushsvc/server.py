@@ -64,6 +64,12 @@ def _open_inbox(s: Settings) -> InboxStore:
     return MongoInbox(MongoDatabase(s.mongo_uri, s.mongo_db), writer=writer)
 
 
+def _round_trips(inbox: InboxStore) -> int:
+    """Every call to the database: the inbox's and, in a fleet, the registry's."""
+    database = getattr(inbox, "database", None)
+    return int(database.round_trips) if database is not None else inbox.round_trips
+
+
 def _fleet_factory(
     s: Settings,
     inbox: InboxStore,
@@ -107,6 +113,11 @@ class Server:
         self.hub = Hub()
         inbox = self.inbox = _open_inbox(s)
         self.health = StoreHealth(inbox.probe, self.metrics)
+        self.metrics.total(
+            "pushsvc_store_round_trips",
+            "Calls to the store (MongoDB: commands sent; SQLite: hand-offs to its thread)",
+            lambda: float(_round_trips(inbox)),
+        )
         jwt_secret, api_keys = self._secrets()
         self.verifier = TokenVerifier.from_settings(
             s.jwt_algorithm, jwt_secret, s.jwt_public_key_file
