@@ -19,6 +19,7 @@ within a grace period, the socket is shut down so the peer sees the end anyway.
 
 from __future__ import annotations
 
+import itertools
 import socket
 from collections import deque
 from typing import Protocol
@@ -61,7 +62,9 @@ class Writer:
         self._limit = limit
         self._owner = owner
         # Queued while the socket would block: (bytes, message ids of its frames).
-        self._queue: deque[tuple[bytes, tuple[str, ...]]] = deque()
+        # None while nothing waits: most connections never need one (a deque is
+        # most of a kilobyte).
+        self._queue: deque[tuple[bytes, tuple[str, ...]]] | None = None
         self._head_sent = 0  # bytes of the queue's first element already written
         self._held: list[tuple[bytes, str]] | None = []  # None once released
         self._flusher: gevent.Greenlet | None = None
@@ -74,7 +77,7 @@ class Writer:
     @property
     def backlog(self) -> int:
         """Frames waiting for the socket (held ones included)."""
-        return len(self._queue) + (len(self._held) if self._held else 0)
+        return (len(self._queue) if self._queue else 0) + (len(self._held) if self._held else 0)
 
     def write(self, wire: bytes, message_id: str = "") -> bool:
         """Send or queue one data frame. False when the connection is closing or
@@ -153,7 +156,7 @@ class Writer:
     def shutdown(self) -> None:
         """Cut the connection: the reader sees the end and finishes the session."""
         self.dead = True
-        self._queue.clear()
+        self._queue = None
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -162,7 +165,7 @@ class Writer:
     def stop(self) -> None:
         """The session is over: no more writes, no flusher left running."""
         self.dead = True
-        self._queue.clear()
+        self._queue = None
         flusher, self._flusher = self._flusher, None
         if flusher is not None and not flusher.dead and flusher is not gevent.getcurrent():
             flusher.kill(block=False)
@@ -183,6 +186,8 @@ class Writer:
             for message_id in message_ids:
                 self._owner.frame_written(message_id)
             return True
+        if self._queue is None:
+            self._queue = deque()
         self._queue.append((data, message_ids))
         self._head_sent = sent
         if self._flusher is None:
@@ -197,35 +202,36 @@ class Writer:
                 wait_write(self._raw.fileno())
                 if self.dead:
                     return
-                data = self._pending_chunk()
+                data = self._pending_chunk(queue)
                 try:
                     sent = self._raw.send(data)
                 except BlockingIOError:
                     continue
-                self._consume(sent)
+                self._consume(queue, sent)
         except OSError:
             self._fail()
         finally:
             if self._flusher is gevent.getcurrent():
                 self._flusher = None
-        if not self._queue and not self.dead and not self._closing:
-            self._owner.on_drained()
+        if not self._queue:
+            self._queue = None
+            if not self.dead and not self._closing:
+                self._owner.on_drained()
 
-    def _pending_chunk(self) -> bytes:
+    def _pending_chunk(self, queue: deque[tuple[bytes, tuple[str, ...]]]) -> bytes:
         """The unsent bytes at the head of the queue, several frames joined."""
-        first, _ = self._queue[0]
+        first, _ = queue[0]
         parts = [memoryview(first)[self._head_sent :]]
         size = len(parts[0])
-        for data, _ in list(self._queue)[1:]:
+        for data, _ in itertools.islice(queue, 1, None):
             if size >= FLUSH_CHUNK:
                 break
             parts.append(memoryview(data))
             size += len(data)
         return b"".join(parts)
 
-    def _consume(self, sent: int) -> None:
+    def _consume(self, queue: deque[tuple[bytes, tuple[str, ...]]], sent: int) -> None:
         """Drop what ``sent`` bytes covered from the head of the queue."""
-        queue = self._queue
         left = self._head_sent + sent
         while queue:
             data, message_ids = queue[0]
@@ -239,4 +245,4 @@ class Writer:
 
     def _fail(self) -> None:
         self.dead = True
-        self._queue.clear()
+        self._queue = None

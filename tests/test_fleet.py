@@ -187,7 +187,10 @@ def test_database_outage_refuses_stored_pushes_and_recovers(
 def test_stopped_peer_times_out_without_delaying_others(
     fleet: Fleet, clients: list[Client]
 ) -> None:
-    a, b, c = fleet(3, PUSHSVC_FORWARD_TIMEOUT=str(FORWARD_TIMEOUT))
+    # c's registration must outlive its stop for the whole test: a long heartbeat.
+    a, b, c = fleet(
+        3, PUSHSVC_FORWARD_TIMEOUT=str(FORWARD_TIMEOUT), PUSHSVC_HEARTBEAT_INTERVAL="20"
+    )
     gina = open_ws(b, "gina")
     hank = open_ws(c, "hank")
     clients += [gina, hank]
