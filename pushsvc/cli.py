@@ -39,6 +39,7 @@ DEFAULT_GRPC_ADDR = "127.0.0.1:50051"
 DEFAULT_DATA_DIR = "./pushsvc-data"
 API_KEY_FILE = "api-key"
 JWT_SECRET_FILE = "jwt-secret"
+ADMIN_TOKEN_FILE = "admin-token"
 NO_SECRET = (
     "no JWT secret: start the node once (it generates one in DATA_DIR) or set PUSHSVC_JWT_SECRET"
 )
@@ -214,6 +215,14 @@ def _banner(server: Any) -> None:
     ]
     if s.demo:
         lines.append(f"  or open http://{ws_host}:{server.ws_port}/demo?token=$TOKEN")
+    if server.admin_console is not None:
+        admin_host = "127.0.0.1" if s.admin_addr.host in ("0.0.0.0", "::") else s.admin_addr.host
+        where = "PUSHSVC_ADMIN_TOKEN"
+        if not s.admin_token:
+            where = os.path.join(s.data_dir, ADMIN_TOKEN_FILE)
+        lines.append(
+            f"  admin console: http://{admin_host}:{server.admin_port}/admin (token: {where})"
+        )
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 

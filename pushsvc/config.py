@@ -17,6 +17,7 @@ from typing import Any
 from pushsvc.errors import ConfigError
 
 ENV_PREFIX = "PUSHSVC_"
+ADMIN_TOKEN_MIN = 16  # characters of a configured admin token, at least
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +127,19 @@ def _int(lo: int, hi: int) -> Callable[[Any, str], Any]:
     return _number(int, lo, hi)
 
 
+def _secret(min_length: int) -> Callable[[Any, str], str | None]:
+    def parse(value: Any, name: str) -> str | None:
+        text = _opt_str(value, name)
+        if text is not None and len(text) < min_length:
+            raise ConfigError(
+                f"{name}: {len(text)} characters is too short: use at least {min_length} "
+                "random characters (e.g. the output of: openssl rand -base64 32)"
+            )
+        return text
+
+    return parse
+
+
 def _setting(default: Any, parse: Callable[[Any, str], Any], doc: str) -> Any:
     return field(default=default, metadata={"parse": parse, "doc": doc})
 
@@ -186,6 +200,14 @@ class Settings:
     )
     sweep_interval: float = _setting(60.0, _float(0.1, 86400), "expired-data sweeper period")
     demo: bool = _setting(False, _as_bool, "serve the demo page at /demo")
+
+    # -- the admin console (admin_console.py): off unless admin_ui --------------------
+    admin_ui: bool = _setting(False, _as_bool, "serve the admin console at /admin on admin_addr")
+    admin_token: str | None = _setting(
+        None,
+        _secret(ADMIN_TOKEN_MIN),
+        "bearer token of the admin console; unset: generated into data_dir (embedded store)",
+    )
 
     @property
     def embedded(self) -> bool:
@@ -272,6 +294,10 @@ def check_secure(s: Settings) -> None:
         if s.jwt_algorithm == "HS256" and not s.jwt_secret:
             raise ConfigError(
                 "running with MongoDB needs PUSHSVC_JWT_SECRET, the same on every node"
+            )
+        if s.admin_ui and not s.admin_token:
+            raise ConfigError(
+                "the admin console (PUSHSVC_ADMIN_UI) of a fleet node needs PUSHSVC_ADMIN_TOKEN"
             )
 
 
