@@ -1,4 +1,5 @@
-"""Operator conveniences: ``pushsvc check-config``, ``gen-config`` and ``backup``.
+"""Operator conveniences: ``pushsvc check-config``, ``gen-config`` and ``backup``, and
+the Makefile's ``run``/``ferretdb`` targets and the README that uses them.
 
 Every command runs as a real subprocess; the backup is taken from a real node while it
 takes pushes, and a real node is started on it.
@@ -309,3 +310,54 @@ def test_backup_refuses_what_it_cannot_do(
     assert proc.returncode == 0, proc.stderr
     assert (empty / "pushsvc.db").is_file()
     assert not [p for p in empty.iterdir() if p.name.startswith("pushsvc.db.partial")]
+
+
+# -- Makefile and README ------------------------------------------------------------------------
+
+
+def make_dry_run(target: str) -> list[str]:
+    """The commands ``make`` would run for ``target`` from scratch (nothing is run)."""
+    proc = subprocess.run(
+        ["make", "--no-print-directory", "-n", "-B", target],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.splitlines()
+
+
+def test_make_run_installs_only_what_running_needs() -> None:
+    commands = make_dry_run("run")
+    installs = [c for c in commands if "pip install" in c]
+    assert installs, commands
+    assert not [c for c in installs if "[test]" in c], installs
+    assert not [c for c in commands if re.search(r"pytest|ruff|mypy|install-tools", c)]
+    assert commands[-1].endswith("pushsvc serve --dev")
+    # make test still installs everything.
+    assert any("pip install -q -e '.[test]'" in c for c in make_dry_run("test"))
+
+
+def test_make_ferretdb_builds_only_ferretdb() -> None:
+    assert make_dry_run("ferretdb") == ["bash deploy/dev/install-ferretdb.sh"]
+    script = (ROOT / "deploy" / "dev" / "install-ferretdb.sh").read_text()
+    assert "go build" in script and "apt-get" not in script and "chromium" not in script
+
+
+def _readme_commands() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```sh\n(.*?)```", readme, re.S)
+    return [line for block in blocks for line in block.splitlines() if line.strip()]
+
+
+def test_readme_commands_use_the_virtualenv_one_way() -> None:
+    readme = (ROOT / "README.md").read_text()
+    fleet = readme.split("## A fleet of two nodes", 1)[1].split("\n## ", 1)[0]
+    assert "make ferretdb" in fleet and "make tools" not in fleet
+    for line in _readme_commands():
+        assert "activate" not in line and ".venv/bin:" not in line, line
+        # Every pushsvc or python command is called by its .venv/bin path.
+        for word in re.findall(r"(?<![\w/.-])(pushsvc|python3?(?:\.\d+)?)(?= )", line):
+            raise AssertionError(f"{word} without .venv/bin/ in: {line}")
+    assert any(".venv/bin/pushsvc" in line for line in _readme_commands())
