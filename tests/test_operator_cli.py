@@ -1,5 +1,6 @@
-"""Operator conveniences: ``pushsvc check-config``, ``gen-config`` and ``backup``, and
-the Makefile's ``run``/``ferretdb`` targets and the README that uses them.
+"""Operator conveniences: ``pushsvc check-config``, ``gen-config`` and ``backup``, the
+Makefile's ``run``/``ferretdb`` targets and the README that uses them, and how frames
+are counted in the metrics.
 
 Every command runs as a real subprocess; the backup is taken from a real node while it
 takes pushes, and a real node is started on it.
@@ -13,6 +14,7 @@ import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -21,6 +23,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pushsvc.config import Settings, load_settings
 from pushsvc_client.v1 import push_pb2
 from tests.nodeproc import NodeProcess, auth
+from tests.test_admin import metrics
 from tests.test_cli import run_cli
 from tests.waiting import wait_for
 from tests.wsclient import Client, open_ws
@@ -361,3 +364,38 @@ def test_readme_commands_use_the_virtualenv_one_way() -> None:
         for word in re.findall(r"(?<![\w/.-])(pushsvc|python3?(?:\.\d+)?)(?= )", line):
             raise AssertionError(f"{word} without .venv/bin/ in: {line}")
     assert any(".venv/bin/pushsvc" in line for line in _readme_commands())
+
+
+# -- frames in the metrics --------------------------------------------------------------------
+
+
+def test_frames_sent_counts_message_frames_only(node: NodeProcess, clients: list[Client]) -> None:
+    before = metrics(node)
+    reader = open_ws(node, "framed", topics=["news.*"])  # welcome: another frame
+    clients.append(reader)
+    reader.send({"type": "subscribe", "topic": "news.x"})  # subscribed: another frame
+    assert reader.recv()["type"] == "subscribed"
+    reader.send({"type": "nonsense"})  # error: another frame
+    assert reader.recv()["type"] == "error"
+    assert reader.barrier() == []  # pong: another frame
+    with node.stub() as stub:
+        stub.Push(push_pb2.PushRequest(user_ids=["framed"], payload=b"{}"), metadata=auth())
+        stub.Push(
+            push_pb2.PushRequest(user_ids=["framed"], payload=b"{}", ttl_seconds=0),
+            metadata=auth(),
+        )
+        stub.Publish(push_pb2.PublishRequest(topic="news.x", payload=b"{}"), metadata=auth())
+    assert len(reader.messages(3)) == 3  # stored, online-only, topic: message frames
+
+    def moved() -> dict[str, Any] | None:
+        m = metrics(node)
+        frames = m["pushsvc_frames_sent_total"] - before["pushsvc_frames_sent_total"]
+        others = m["pushsvc_other_frames_sent_total"] - before["pushsvc_other_frames_sent_total"]
+        return {"frames": frames, "others": others} if frames == 3 and others == 4 else None
+
+    wait_for(moved, what="3 message frames and 4 other frames counted")
+    docs = (ROOT / "docs" / "operations.md").read_text()
+    row = next(line for line in docs.splitlines() if "`pushsvc_frames_sent_total` |" in line)
+    assert "message frames" in row and "nothing else" in row
+    row = next(line for line in docs.splitlines() if "`pushsvc_other_frames_sent_total` |" in line)
+    assert all(kind in row for kind in ("welcome", "pong", "subscribed", "error"))
