@@ -139,12 +139,12 @@ class AdminConsole:
         except HttpError as exc:
             status, result, headers = exc.status, {"error": exc.message}, exc.headers
             if status == 401:
-                log.info("admin token refused", extra={"call": name, "peer": peer})
+                log.info("admin token refused", extra={"call": name[:64], "peer": peer})
         except PushError as exc:
             status, result = _status_of(exc), {"error": str(exc)}
         except Exception:
             request_id = secrets.token_hex(6)
-            log.exception("admin call failed", extra={"call": name, "request": request_id})
+            log.exception("admin call failed", extra={"call": name[:64], "request": request_id})
             status, result = 500, {"error": f"internal error (request id {request_id} in the log)"}
         if name in self._post and status != 401:
             log.info("admin action", extra={"call": name, "status": status, "peer": peer})
