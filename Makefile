@@ -5,14 +5,16 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
 PROTOS := $(wildcard protos/pushsvc/v1/*.proto)
 CLIENT_PY := clients/python
 export PATH := $(CURDIR)/.tools/bin:$(HOME)/go/bin:$(PATH)
 
 .PHONY: run test proto lint unit deps tools clean bench
 
-# Start one node on the embedded store, with demo credentials.
-run: $(STAMP)
+# Start one node on the embedded store, with demo credentials. Installs what
+# running needs only: no test tools.
+run: $(RUN_STAMP)
 	@$(BIN)/pushsvc serve --dev
 
 test: $(STAMP) tools lint
@@ -29,11 +31,18 @@ proto: $(STAMP)
 
 deps: $(STAMP)
 
-# pushsvc-client first: the server depends on it, and it is not on an index.
-$(STAMP): pyproject.toml setup.py $(PROTOS) $(CLIENT_PY)/pyproject.toml $(CLIENT_PY)/setup.py
+# What running needs, and the WebSocket client the README tries a node with (the
+# demo extra). pushsvc-client first: the server depends on it, and it is not on
+# an index.
+$(RUN_STAMP): pyproject.toml setup.py $(PROTOS) $(CLIENT_PY)/pyproject.toml $(CLIENT_PY)/setup.py
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '$(CLIENT_PY)[health]'
+	$(BIN)/pip install -q -e '.[demo]'
+	@touch $@
+
+# Everything: the test, lint and type-check tools on top.
+$(STAMP): $(RUN_STAMP)
 	$(BIN)/pip install -q -e '.[test]'
 	@touch $@
 
@@ -44,6 +53,12 @@ bench: $(STAMP)
 # Servers the integration tests run for real (FerretDB for the MongoDB wire).
 tools:
 	@bash deploy/dev/install-tools.sh
+
+# FerretDB alone (into .tools/bin), for a fleet on this machine; `make tools`
+# installs it too, with everything else the tests run.
+.PHONY: ferretdb
+ferretdb:
+	@bash deploy/dev/install-ferretdb.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info pushsvc/v1 .tools \

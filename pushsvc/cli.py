@@ -8,6 +8,9 @@
     pushsvc nodes
     pushsvc status <message id>
     pushsvc disconnect alice [--reason R]
+    pushsvc check-config [--config FILE] [--env-file FILE ...]
+    pushsvc gen-config [--output FILE]
+    pushsvc backup PATH
 
 Client commands reach ``--addr`` or ``PUSHSVC_GRPC_ADDR`` (default 127.0.0.1:50051)
 with ``--api-key``, else ``PUSHSVC_API_KEY``, else the first of ``PUSHSVC_API_KEYS``
@@ -39,6 +42,7 @@ DEFAULT_GRPC_ADDR = "127.0.0.1:50051"
 DEFAULT_DATA_DIR = "./pushsvc-data"
 API_KEY_FILE = "api-key"
 JWT_SECRET_FILE = "jwt-secret"
+ADMIN_TOKEN_FILE = "admin-token"
 NO_SECRET = (
     "no JWT secret: start the node once (it generates one in DATA_DIR) or set PUSHSVC_JWT_SECRET"
 )
@@ -214,6 +218,14 @@ def _banner(server: Any) -> None:
     ]
     if s.demo:
         lines.append(f"  or open http://{ws_host}:{server.ws_port}/demo?token=$TOKEN")
+    if server.admin_console is not None:
+        admin_host = "127.0.0.1" if s.admin_addr.host in ("0.0.0.0", "::") else s.admin_addr.host
+        where = "PUSHSVC_ADMIN_TOKEN"
+        if not s.admin_token:
+            where = os.path.join(s.data_dir, ADMIN_TOKEN_FILE)
+        lines.append(
+            f"  admin console: http://{admin_host}:{server.admin_port}/admin (token: {where})"
+        )
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 
@@ -359,6 +371,78 @@ def _cmd_disconnect(args: argparse.Namespace, client: Any) -> int:
     else:
         closed = _plural(resp.connections_closed, "connection")
         print(f"disconnected {args.user}: {closed} closed")
+    return 0
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    from pushsvc.config_check import check
+
+    report = check(args.config, args.env_file or ())
+    for warning in report.warnings:
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
+    if report.settings is None:
+        for problem in report.problems:
+            print(f"{PROG}: error: {problem}", file=sys.stderr)
+        return 2
+    s = report.settings
+    sources = [args.config or "defaults", *(args.env_file or ())]
+    if report.from_env:
+        sources.append(_plural(report.from_env, "PUSHSVC_* variable"))
+    store = f"embedded store in {s.data_dir}" if s.embedded else f"MongoDB database {s.mongo_db}"
+    console = f", admin console on {s.admin_addr}" if s.admin_ui else ""
+    print(f"config ok ({', '.join(sources)}): node {s.resolved_node_id()}, {store}{console}")
+    return 0
+
+
+def _cmd_gen_config(args: argparse.Namespace) -> int:
+    from pushsvc.config_gen import render
+
+    text = render(__version__)
+    if not args.output or args.output == "-":
+        sys.stdout.write(text)
+        return 0
+    try:
+        with open(args.output, "x") as out:
+            out.write(text)
+    except FileExistsError:
+        raise ConfigError(
+            f"{args.output} exists: not overwritten (remove it or give another path)"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot write {args.output}: {exc.strerror}") from None
+    print(f"wrote {args.output}: check it with {PROG} check-config --config {args.output}")
+    return 0
+
+
+def _cmd_backup(args: argparse.Namespace) -> int:
+    from pushsvc.backup import backup_data_dir
+    from pushsvc.errors import StoreUnavailable
+
+    if args.config:
+        from pushsvc.config import load_settings
+
+        settings = load_settings(args.config)
+        mongo_uri, data_dir = settings.mongo_uri, settings.data_dir
+    else:
+        mongo_uri = _env("PUSHSVC_MONGO_URI")
+        data_dir = _env("PUSHSVC_DATA_DIR") or DEFAULT_DATA_DIR
+    data_dir = args.data_dir or data_dir
+    if mongo_uri and not args.data_dir:
+        raise ConfigError(
+            "pushsvc backup copies the embedded store, and this node uses MongoDB "
+            "(PUSHSVC_MONGO_URI): back that up with mongodump"
+        )
+    try:
+        done = backup_data_dir(Path(data_dir), Path(args.path))
+    except StoreUnavailable as exc:
+        _fail(str(exc))
+        return 1
+    extra = f", with {', '.join(done.secrets)}" if done.secrets else ""
+    print(
+        f"backed up {data_dir} to {done.path}: {done.size / 1048576:.1f} MiB, "
+        f"{_plural(done.messages, 'message')}, in {done.seconds:.1f} s{extra}; "
+        f"start a node on it with PUSHSVC_DATA_DIR={done.path}"
+    )
     return 0
 
 
@@ -602,6 +686,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("user", metavar="USER", help="user id")
     p.add_argument("--reason", default="", help="close reason sent to the client")
     p.set_defaults(func=_run_client(_cmd_disconnect))
+
+    p = sub.add_parser(
+        "check-config",
+        help="check a node's settings without starting it",
+        description="Check the settings a node would start with (defaults, --config, the "
+        "environment, --env-file) without starting it: one line per problem and exit "
+        "status 2, or one line and 0 when serve would accept them.",
+    )
+    p.add_argument("--config", metavar="FILE", help="TOML file of settings")
+    p.add_argument(
+        "--env-file",
+        action="append",
+        metavar="FILE",
+        help="KEY=VALUE file as systemd's EnvironmentFile= reads it, over the environment "
+        "(repeatable; later files win)",
+    )
+    p.set_defaults(func=_cmd_check_config)
+
+    p = sub.add_parser(
+        "gen-config",
+        help="print a commented config file with every setting",
+        description="Print a TOML config file with every setting, its environment variable, "
+        "what it does and its default.",
+    )
+    p.add_argument(
+        "--output", "-o", metavar="FILE", help="write to FILE (never overwritten) instead of stdout"
+    )
+    p.set_defaults(func=_cmd_gen_config)
+
+    p = sub.add_parser(
+        "backup",
+        help="back up the embedded store while the node runs",
+        description="Copy the embedded store (SQLite online backup: a consistent snapshot, "
+        "the node goes on serving) and the secrets the node generated into PATH, a new "
+        "directory a node can start on (PUSHSVC_DATA_DIR=PATH).",
+    )
+    p.add_argument("path", metavar="PATH", help="new (or empty) directory for the backup")
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help=f"the node's data directory (default: $PUSHSVC_DATA_DIR or {DEFAULT_DATA_DIR})",
+    )
+    p.add_argument("--config", metavar="FILE", help="read data_dir from a node's TOML config")
+    p.set_defaults(func=_cmd_backup)
     return parser
 
 

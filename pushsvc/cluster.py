@@ -279,7 +279,9 @@ class ClusterFleet:
                 continue
             info = self._info()
             try:
-                self._registry.refresh_node(info.node_id, info.expires_at, info.connections)
+                self._registry.refresh_node(
+                    info.node_id, info.expires_at, info.connections, info.stats
+                )
             except StoreUnavailable as exc:
                 self._store_ok = False
                 self._health.failed(exc)

@@ -17,6 +17,7 @@ from typing import Any
 from pushsvc.errors import ConfigError
 
 ENV_PREFIX = "PUSHSVC_"
+ADMIN_TOKEN_MIN = 16  # characters of a configured admin token, at least
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +127,19 @@ def _int(lo: int, hi: int) -> Callable[[Any, str], Any]:
     return _number(int, lo, hi)
 
 
+def _secret(min_length: int) -> Callable[[Any, str], str | None]:
+    def parse(value: Any, name: str) -> str | None:
+        text = _opt_str(value, name)
+        if text is not None and len(text) < min_length:
+            raise ConfigError(
+                f"{name}: {len(text)} characters is too short: use at least {min_length} "
+                "random characters (e.g. the output of: openssl rand -base64 32)"
+            )
+        return text
+
+    return parse
+
+
 def _setting(default: Any, parse: Callable[[Any, str], Any], doc: str) -> Any:
     return field(default=default, metadata={"parse": parse, "doc": doc})
 
@@ -186,6 +200,13 @@ class Settings:
     )
     sweep_interval: float = _setting(60.0, _float(0.1, 86400), "expired-data sweeper period")
     demo: bool = _setting(False, _as_bool, "serve the demo page at /demo")
+    # -- the admin console (admin_console.py): off unless admin_ui --------------------
+    admin_ui: bool = _setting(False, _as_bool, "serve the admin console at /admin on admin_addr")
+    admin_token: str | None = _setting(
+        None,
+        _secret(ADMIN_TOKEN_MIN),
+        "bearer token of the admin console; unset: generated into data_dir (embedded store)",
+    )
 
     @property
     def embedded(self) -> bool:
@@ -207,19 +228,57 @@ def load_settings(
     overrides: Mapping[str, Any] | None = None,
 ) -> Settings:
     """Build Settings from defaults, then the TOML file, then the environment."""
+    settings = Settings(**_parse(config_file, environ, overrides, _raise))
+    _check_consistency(settings)
+    return settings
+
+
+def check_settings(
+    config_file: str | None = None, environ: Mapping[str, str] | None = None
+) -> tuple[Settings | None, list[str]]:
+    """Every problem ``serve`` would refuse to start with, one message each, without
+    starting anything (``pushsvc check-config``); the settings when there is none."""
+    problems: list[str] = []
+    values = _parse(config_file, environ, None, lambda exc: problems.append(str(exc)))
+    if problems:
+        return None, problems
+    settings = Settings(**values)
+    problems = consistency_problems(settings) + secure_problems(settings)
+    return (None if problems else settings), problems
+
+
+def _raise(exc: ConfigError) -> None:
+    raise exc
+
+
+def _parse(
+    config_file: str | None,
+    environ: Mapping[str, str] | None,
+    overrides: Mapping[str, Any] | None,
+    problem: Callable[[ConfigError], None],
+) -> dict[str, Any]:
+    """The parsed values given by the file, the environment and the overrides (in
+    that order of precedence, lowest first); each bad one is reported to ``problem``."""
     environ = os.environ if environ is None else environ
     raw: dict[str, tuple[Any, str]] = {}
     if config_file:
-        for key, value in _read_toml(config_file).items():
+        try:
+            data = _read_toml(config_file)
+        except ConfigError as exc:
+            problem(exc)
+            data = {}
+        for key, value in data.items():
             if key not in SETTING_NAMES:
-                raise ConfigError(f"{config_file}: unknown setting {key!r}")
+                problem(ConfigError(f"{config_file}: unknown setting {key!r}"))
+                continue
             raw[key] = (value, f"{config_file}: {key}")
     for env_key, value in environ.items():
         if not env_key.startswith(ENV_PREFIX):
             continue
         key = env_key[len(ENV_PREFIX) :].lower()
         if key not in SETTING_NAMES:
-            raise ConfigError(f"unknown setting {env_key} in the environment")
+            problem(ConfigError(f"unknown setting {env_key} in the environment"))
+            continue
         raw[key] = (value, env_key)
     for key, value in (overrides or {}).items():
         raw[key] = (value, key)
@@ -227,10 +286,11 @@ def load_settings(
     for f in fields(Settings):
         if f.name in raw:
             value, where = raw[f.name]
-            values[f.name] = f.metadata["parse"](value, where)
-    settings = Settings(**values)
-    _check_consistency(settings)
-    return settings
+            try:
+                values[f.name] = f.metadata["parse"](value, where)
+            except ConfigError as exc:
+                problem(exc)
+    return values
 
 
 def _read_toml(path: str) -> dict[str, Any]:
@@ -244,35 +304,54 @@ def _read_toml(path: str) -> dict[str, Any]:
     return data
 
 
-def _check_consistency(s: Settings) -> None:
+def consistency_problems(s: Settings) -> list[str]:
+    """Settings that are each valid but do not go together."""
+    problems = []
     if s.ping_timeout <= s.ping_interval:
-        raise ConfigError(
+        problems.append(
             f"ping_timeout ({s.ping_timeout}) must be larger than ping_interval ({s.ping_interval})"
         )
     if s.default_ttl_seconds > s.max_ttl_seconds:
-        raise ConfigError("default_ttl_seconds is larger than max_ttl_seconds")
+        problems.append("default_ttl_seconds is larger than max_ttl_seconds")
     if s.jwt_algorithm != "HS256" and not s.jwt_public_key_file:
-        raise ConfigError(
+        problems.append(
             f"jwt_algorithm {s.jwt_algorithm} needs PUSHSVC_JWT_PUBLIC_KEY_FILE (a PEM public key)"
         )
+    return problems
 
 
-def check_secure(s: Settings) -> None:
-    """The secure-by-default start-up rules of a node (DESIGN §2.3)."""
+def _check_consistency(s: Settings) -> None:
+    problems = consistency_problems(s)
+    if problems:
+        raise ConfigError(problems[0])
+
+
+def secure_problems(s: Settings) -> list[str]:
+    """The secure-by-default start-up rules of a node (DESIGN §2.3) it breaks."""
+    problems = []
     if not s.grpc_addr.is_loopback and not s.api_keys:
-        raise ConfigError(
+        problems.append(
             f"gRPC listens on {s.grpc_addr}, beyond this host, without API keys: "
             "set PUSHSVC_API_KEYS (comma-separated) or bind PUSHSVC_GRPC_ADDR to 127.0.0.1"
         )
     if not s.embedded:
         if not s.cluster_key:
-            raise ConfigError(
+            problems.append(
                 "running with MongoDB (a fleet) needs PUSHSVC_CLUSTER_KEY, the same on every node"
             )
         if s.jwt_algorithm == "HS256" and not s.jwt_secret:
-            raise ConfigError(
-                "running with MongoDB needs PUSHSVC_JWT_SECRET, the same on every node"
+            problems.append("running with MongoDB needs PUSHSVC_JWT_SECRET, the same on every node")
+        if s.admin_ui and not s.admin_token:
+            problems.append(
+                "the admin console (PUSHSVC_ADMIN_UI) of a fleet node needs PUSHSVC_ADMIN_TOKEN"
             )
+    return problems
+
+
+def check_secure(s: Settings) -> None:
+    problems = secure_problems(s)
+    if problems:
+        raise ConfigError(problems[0])
 
 
 def describe() -> list[tuple[str, str, str]]:

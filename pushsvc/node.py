@@ -27,13 +27,14 @@ from pushsvc.admission import Admission
 from pushsvc.errors import PushError, StoreUnavailable
 from pushsvc.fanout import TopicFanout
 from pushsvc.fleet import Fleet, Recipients
-from pushsvc.health import StoreHealth
+from pushsvc.health import StoreHealth, within
 from pushsvc.hub import Hub
 from pushsvc.messages import Message, PushCommand, new_message_id
 from pushsvc.metrics import Metrics
 from pushsvc.protocol import Close, UserFrame, topic_frame, wire_text
 from pushsvc.receipts import Receipts
 from pushsvc.replay import Replay
+from pushsvc.stats import SAMPLE_INTERVAL, History, Sample, published, read_sample
 from pushsvc.store.inbox import InboxStore, RecipientStatus, StoreRequest, StoreResult, UserStart
 from pushsvc.store.registry import NodeInfo
 
@@ -44,6 +45,7 @@ log = logging.getLogger("pushsvc.node")
 
 TICK_MAX = 1.0  # seconds between heartbeat passes over the connections, at most
 POSITION_BATCH = 500  # users whose latest seq one position-check read asks for
+LOOKUP_TIMEOUT = 2.0  # seconds an operator's inbox lookup waits for the store
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +120,9 @@ class Node:
         self._ticker: gevent.Greenlet | None = None
         self._position_check = position_check
         self._checker: gevent.Greenlet | None = None
+        self._sampler: gevent.Greenlet | None = None
+        self.history = History()  # the last minutes of this node's figures
+        self._published: dict[str, float] = {}
         self.accepting = True
         self.ws_addr = ""
         self.grpc_addr = ""
@@ -138,6 +143,7 @@ class Node:
         self._admission.start()
         self._ticker = gevent.spawn(self._tick_loop)
         self._checker = gevent.spawn(self._position_loop)
+        self._sampler = gevent.spawn(self._sample_loop)
         self.fleet.start()
 
     def info(self) -> NodeInfo:
@@ -149,6 +155,7 @@ class Node:
             started_at=self.started_at,
             expires_at=time.time() + 3 * self.heartbeat_interval,
             connections=self._hub.connection_count,
+            stats=self._published,
         )
 
     @property
@@ -191,7 +198,7 @@ class Node:
         """After the drain: stop the workers and flush acks and receipts."""
         self._admission.stop()
         self._replay.stop()
-        for loop in (self._ticker, self._checker):
+        for loop in (self._ticker, self._checker, self._sampler):
             if loop is not None:
                 loop.kill(block=False)
         self.receipts.stop()
@@ -432,3 +439,37 @@ class Node:
 
     def read_page(self, session: Session, after: int, later: bool = False) -> None:
         self._replay.read(session, after, later)
+
+    # -- what an operator looks at (admin console) ----------------------------------------
+
+    @property
+    def store_health(self) -> tuple[bool, str]:
+        """Whether stored writes work now, and why not."""
+        return self._health.ok, self._health.reason
+
+    def sample(self) -> Sample:
+        """This node's figures now (cumulative counts and gauges)."""
+        return read_sample(
+            self._metrics,
+            at=time.time(),
+            connections=self._hub.connection_count,
+            users=self._hub.user_count,
+            store_ok=self._health.ok,
+        )
+
+    def _sample_loop(self) -> None:
+        """A sample into the history every SAMPLE_INTERVAL; the latest figures are
+        what the node publishes in its registration."""
+        while True:
+            now = self.sample()
+            self._published = published(now, self.history.rates(now))
+            self.history.add(now)
+            gevent.sleep(SAMPLE_INTERVAL)  # the sampling period, not synchronisation
+
+    def inbox_positions(self, user_ids: Sequence[str]) -> dict[str, UserStart]:
+        """Each user's latest and acked seq (bounded wait on the store)."""
+        try:
+            return within(LOOKUP_TIMEOUT, "the inbox lookup", self._inbox.user_starts, user_ids)
+        except StoreUnavailable as exc:
+            self._health.failed(exc)
+            raise

@@ -27,6 +27,8 @@ from grpc_health.v1 import health_pb2
 
 from pushsvc import demo, edge, grpc_api
 from pushsvc.admin import AdminApp
+from pushsvc.admin_api import AdminApi, PushLimits
+from pushsvc.admin_console import AdminConsole
 from pushsvc.auth import ApiKeys, TokenVerifier, load_or_create_secret
 from pushsvc.config import Address, Settings, check_secure
 from pushsvc.errors import ConfigError, StoreUnavailable
@@ -47,6 +49,7 @@ DRAIN_BATCH = 100  # connections closed per step while draining
 DRAIN_PAUSE = 0.05  # seconds between two batches, at most (spreads the reconnects)
 DRAIN_BATCH_WAIT = 1.0  # seconds a batch's close handshakes may hold up the next batch
 GRPC_GRACE = 5.0  # seconds in-flight gRPC calls get to finish
+ADMIN_TOKEN_FILE = "admin-token"  # in the data directory, when generated
 STORE_STEP = 2.0  # seconds a store call may take while draining
 TIDY_INTERVAL = 1.0  # seconds between clean-ups of pushes that failed in an outage
 
@@ -162,6 +165,7 @@ class Server:
             s.cluster_key,
             grpc_api.CallerLimits(s.api_rate, s.api_burst),
         )
+        self.admin_console = self._admin_console() if s.admin_ui else None
         self._stop = Event()
         self._draining = False
         self._greenlets: list[gevent.Greenlet] = []
@@ -187,6 +191,20 @@ class Server:
                 log.warning("generated an API key in %s", data_dir / "api-key")
         return jwt_secret, api_keys
 
+    def _admin_console(self) -> AdminConsole:
+        """The admin console, with its token: configured, or generated into the data
+        directory (the embedded store only: check_secure refuses a fleet without one)."""
+        s = self.settings
+        token = s.admin_token
+        if token is None:
+            path = Path(s.data_dir) / ADMIN_TOKEN_FILE
+            token, created = load_or_create_secret(path)
+            if created:
+                log.warning("generated an admin token in %s", path)
+        limits = PushLimits(s.max_payload_bytes, s.default_ttl_seconds, s.max_ttl_seconds)
+        api = AdminApi(self.node, limits, self.readiness)
+        return AdminConsole(api, token, s.max_payload_bytes)
+
     # -- start ----------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -206,7 +224,9 @@ class Server:
         self.node.ws_addr = f"{s.ws_addr.host}:{self.ws_port}"
         self.node.grpc_addr = self._advertise()
         self.ws_server = edge.make_server(ws_sock, self.edge_app)
-        self.admin_server = WSGIServer(admin_sock, AdminApp(self.metrics, self.readiness), log=None)
+        self.admin_server = WSGIServer(
+            admin_sock, AdminApp(self.metrics, self.readiness, self.admin_console), log=None
+        )
         self.health.check()  # readiness reflects the store from the first answer
         self.health.start()
         self.ws_server.start()
@@ -231,6 +251,12 @@ class Server:
                 "store": "embedded" if s.embedded else "mongodb",
             },
         )
+        if self.admin_console is not None:
+            log.info(
+                "admin console on http://%s:%d/admin",
+                _dial_host(s.admin_addr.host),
+                self.admin_port,
+            )
         if self.node.fleet.registered:
             self._on_registered()
 
@@ -397,6 +423,15 @@ class Server:
         late = self.node.close_connections(Close.RESTART)  # handshakes already past
         self.node.wait_closed(late, max(0.0, until - time.monotonic()))
         return closed + len(late)
+
+
+def _dial_host(host: str) -> str:
+    """Where a browser on this host reaches a listener bound to ``host``."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
 
 
 def _listen(addr: Address, name: str, reuse_port: bool = False) -> socket.socket:

@@ -427,6 +427,27 @@ class EmbeddedStore(InboxStore):
             self._closed = True
             self._pool.kill()
 
+    def backup(self, target: str | pathlib.Path) -> None:
+        """Copy the whole database into ``target``, a new SQLite file, with SQLite's
+        online backup API on the store's thread. It is copied in one step, inside one
+        read transaction: a consistent snapshot of every committed push, taken while
+        this node (or one in another process, on the same file) goes on writing,
+        which WAL mode does not block. Raises StoreUnavailable if the copy fails."""
+
+        def copy(conn: sqlite3.Connection) -> None:
+            try:
+                dest = sqlite3.connect(str(target), isolation_level=None)
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"cannot create the backup {target}: {exc}") from None
+            try:
+                conn.backup(dest)  # pages=-1: everything in one step, one snapshot
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"backup to {target} failed: {exc}") from None
+            finally:
+                dest.close()
+
+        self._call(copy)
+
 
 # -- what runs on the store's thread ------------------------------------------------
 

@@ -44,6 +44,7 @@ def _node_doc(node: NodeInfo) -> Doc:
         "exp": node.expires_at,
         "expires_at": bson_date(node.expires_at),
         "connections": node.connections,
+        "stats": dict(node.stats),
     }
 
 
@@ -55,7 +56,19 @@ def _node_info(d: Doc) -> NodeInfo:
         started_at=d["started_at"],
         expires_at=d["exp"],
         connections=int(d.get("connections", 0)),
+        stats=_numbers(d.get("stats")),
     )
+
+
+def _numbers(raw: object) -> dict[str, float]:
+    """A registration's published figures: numbers only (it may be another version's)."""
+    if not isinstance(raw, Mapping):
+        return {}
+    return {
+        str(k): float(v)
+        for k, v in raw.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
 
 
 def _presence_id(user_id: str, node_id: str) -> str:
@@ -109,14 +122,23 @@ class MongoRegistry(NodeRegistry):
         self._registrations[node.node_id] = node
 
     @guarded
-    def refresh_node(self, node_id: str, expires_at: float, connections: int) -> None:
+    def refresh_node(
+        self,
+        node_id: str,
+        expires_at: float,
+        connections: int,
+        stats: Mapping[str, float] | None = None,
+    ) -> None:
         known = self._registrations.get(node_id)
+        fresh: Doc = {
+            "exp": expires_at,
+            "expires_at": bson_date(expires_at),
+            "connections": connections,
+        }
+        if stats is not None:
+            fresh["stats"] = dict(stats)
         update: Doc = {
-            "$set": {
-                "exp": expires_at,
-                "expires_at": bson_date(expires_at),
-                "connections": connections,
-            },
+            "$set": fresh,
             # Swept (or TTL-expired) while we were stalled: re-create it.
             "$setOnInsert": {
                 "grpc_addr": known.grpc_addr if known else "",

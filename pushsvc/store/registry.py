@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +25,9 @@ class NodeInfo:
     started_at: float
     expires_at: float
     connections: int = 0
+    # What the node publishes about itself (``stats.published``: users, rates...);
+    # numbers only, opaque to the registry.
+    stats: Mapping[str, float] = field(default_factory=dict)
 
 
 class NodeRegistry(ABC):
@@ -33,8 +36,15 @@ class NodeRegistry(ABC):
         """Upsert the registration and purge presence left by an earlier run of this id."""
 
     @abstractmethod
-    def refresh_node(self, node_id: str, expires_at: float, connections: int) -> None:
-        """Extend the registration (re-creates it if it was swept)."""
+    def refresh_node(
+        self,
+        node_id: str,
+        expires_at: float,
+        connections: int,
+        stats: Mapping[str, float] | None = None,
+    ) -> None:
+        """Extend the registration (re-creates it if it was swept); ``stats``, when
+        given, replaces the figures the node published."""
 
     @abstractmethod
     def deregister_node(self, node_id: str) -> None:
