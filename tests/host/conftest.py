@@ -26,6 +26,7 @@ from tests.host.machine import (
     package_version,
     root_tarball,
 )
+from tests.wsclient import Client
 
 PRISTINE_ETC = "/root/pushsvc-etc.shipped"
 DEB_DIR = "/root/debs"
@@ -107,6 +108,15 @@ def host(booted_host: Host, package: Path) -> Iterator[Host]:
     reset(booted_host)
     yield booted_host
     reset(booted_host)
+
+
+@pytest.fixture
+def clients() -> Iterator[list[Client]]:
+    """WebSocket clients a test opened; closed at the end."""
+    opened: list[Client] = []
+    yield opened
+    for client in opened:
+        client.close()
 
 
 @pytest.fixture(scope="session")

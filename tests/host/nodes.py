@@ -109,3 +109,39 @@ class Instance:
 
     def connect(self, user: str, since: int | None = None) -> Client:
         return connect_ws(self.ws_port, user, since=since)
+
+
+def one_client_per_node(
+    ws_port: int, node_ids: set[str], clients: list[Client], secret: str = JWT_SECRET
+) -> dict[str, tuple[str, Client]]:
+    """Connect to a WebSocket port the instances share until each of ``node_ids`` holds
+    a client: node id → (user, client). The kernel picks the instance per connection."""
+    held: dict[str, tuple[str, Client]] = {}
+    for attempt in range(200):
+        user = f"user-{attempt}"
+        client = connect_ws(ws_port, user, secret=secret)
+        clients.append(client)
+        node_id = client.welcome["node"]
+        if node_id not in held:
+            held[node_id] = (user, client)
+        if set(held) == node_ids:
+            return held
+    raise AssertionError(f"200 connections reached {sorted(held)} only, not {sorted(node_ids)}")
+
+
+def assert_restarted_one_at_a_time(entries: list[dict[str, Any]], units: list[str]) -> None:
+    """systemd's journal shows each unit stopped and started again, one unit after the
+    other: the next is stopped only once the previous has started (said READY=1), so
+    one instance of the host serves at every moment."""
+    order = []
+    for entry in entries:
+        unit = entry.get("UNIT")
+        message = str(entry.get("MESSAGE", ""))
+        if unit in units and entry.get("_TRANSPORT") == "journal":
+            if message.startswith("Stopping "):
+                order.append((unit, "stopping"))
+            elif message.startswith("Started "):
+                order.append((unit, "started"))
+    restarted = [unit for unit, event in order if event == "stopping"]
+    assert sorted(restarted) == sorted(units), order
+    assert order == [(u, e) for u in restarted for e in ("stopping", "started")], order

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,13 @@ from pushsvc.v1 import push_pb2
 from tests.ferretdb import FerretDB
 from tests.host.conftest import DEB_DIR, install
 from tests.host.machine import Host, package_version, poll
-from tests.host.nodes import Instance, configure_shared, fleet_settings
+from tests.host.nodes import (
+    Instance,
+    assert_restarted_one_at_a_time,
+    configure_shared,
+    fleet_settings,
+    one_client_per_node,
+)
 from tests.nodeproc import auth, free_port
 from tests.wsclient import Client
 
@@ -83,28 +88,6 @@ def unit_messages(entries: list[dict[str, Any]], unit: str) -> list[str]:
         for e in entries
         if e.get("UNIT") == unit and e.get("_TRANSPORT") == "journal"
     ]
-
-
-def restarts_in_order(entries: list[dict[str, Any]], units: list[str]) -> list[tuple[str, str]]:
-    """(unit, "stopping" | "started") as systemd logged them, in order."""
-    events = []
-    for e in entries:
-        unit = e.get("UNIT")
-        message = str(e.get("MESSAGE", ""))
-        if unit in units and e.get("_TRANSPORT") == "journal":
-            if message.startswith("Stopping "):
-                events.append((unit, "stopping"))
-            elif message.startswith("Started "):
-                events.append((unit, "started"))
-    return events
-
-
-@pytest.fixture
-def clients() -> Iterator[list[Client]]:
-    opened: list[Client] = []
-    yield opened
-    for client in opened:
-        client.close()
 
 
 # -- the package -------------------------------------------------------------------
@@ -397,29 +380,11 @@ def start_fleet(host: Host, db: FerretDB, names: tuple[str, ...] = ("1", "2")) -
     return nodes
 
 
-def one_client_per_node(
-    nodes: list[Instance], clients: list[Client]
-) -> dict[str, tuple[str, Client]]:
-    """Connect to the shared port until every node holds a client: node id → (user, client)."""
-    held: dict[str, tuple[str, Client]] = {}
-    want = {f"fleet-{node.name}" for node in nodes}
-    for attempt in range(200):
-        user = f"user-{attempt}"
-        client = nodes[0].connect(user)
-        clients.append(client)
-        node_id = client.welcome["node"]
-        if node_id not in held:
-            held[node_id] = (user, client)
-        if set(held) == want:
-            return held
-    raise AssertionError(f"the kernel sent 200 connections to {sorted(held)} only, not {want}")
-
-
 def test_target_runs_two_instances_sharing_the_port_on_a_fleet_store(
     host: Host, ferretdb: FerretDB, clients: list[Client]
 ) -> None:
     nodes = start_fleet(host, ferretdb)
-    held = one_client_per_node(nodes, clients)
+    held = one_client_per_node(nodes[0].ws_port, {f"fleet-{n.name}" for n in nodes}, clients)
     # Any instance takes a push for any user: one holds the user, the other forwards.
     for node in nodes:
         for node_id, (user, client) in held.items():
@@ -446,7 +411,7 @@ def test_upgrade_restarts_running_instances_one_at_a_time(
     host: Host, ferretdb: FerretDB, upgrade_package: Path, clients: list[Client]
 ) -> None:
     nodes = start_fleet(host, ferretdb)
-    held = one_client_per_node(nodes, clients)
+    held = one_client_per_node(nodes[0].ws_port, {f"fleet-{n.name}" for n in nodes}, clients)
     stored = {user: nodes[0].push(user, {"before": "upgrade"}) for user, _ in held.values()}
     for _, client in held.values():
         client.messages(1, timeout=30)
@@ -458,18 +423,7 @@ def test_upgrade_restarts_running_instances_one_at_a_time(
 
     version = host.run(["dpkg-query", "-W", "-f=${Version}", "pushsvc"]).stdout
     assert version == f"{package_version()}+upgrade1"
-    units = [node.unit for node in nodes]
-    order = restarts_in_order(host.journal(after=cursor), units)
-    # One instance at a time: the second is stopped only once the first has started
-    # again (said READY=1), so one instance of the host serves at every moment.
-    assert len(order) == 4 and order[0][0] != order[2][0], order
-    first, second = order[0][0], order[2][0]
-    assert order == [
-        (first, "stopping"),
-        (first, "started"),
-        (second, "stopping"),
-        (second, "started"),
-    ]
+    assert_restarted_one_at_a_time(host.journal(after=cursor), [node.unit for node in nodes])
     assert "restarting pushsvc@1.service" in output and "restarting pushsvc@2.service" in output
     for node in nodes:
         state = node.state()
