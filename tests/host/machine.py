@@ -8,17 +8,21 @@ in there: it starts, watches, restarts and stops the units as on a real host.
 
 The container shares the host's network namespace: a node inside listening on
 127.0.0.1:P is reached by the tests at 127.0.0.1:P, and a FerretDB the tests run
-on the host is reached from inside. Ports come from ``free_port()`` like
-everywhere else in the tests.
+on the host is reached from inside. Their ports come from ``service_ports()``:
+free, and below the kernel's ephemeral range, so that no outgoing connection of
+another process takes one between the check and the node's bind.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import random
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import tomllib
@@ -42,6 +46,7 @@ INNER_ENV = {
     "SYSTEMD_COLORS": "0",
     "DEBIAN_FRONTEND": "noninteractive",
 }
+PR_SET_PDEATHSIG = 1
 HOST_TOOLS = ("debootstrap", "systemd-nspawn", "nsenter", "zstd", "dpkg-deb")
 
 
@@ -66,6 +71,27 @@ def poll(
                 f"timed out after {timeout:.0f}s waiting for {what} (last: {value!r})"
             )
         time.sleep(interval)  # polling a condition with a deadline
+
+
+def service_ports(count: int = 1) -> int:
+    """The first of ``count`` consecutive free ports in 20000-32767, under the ephemeral
+    range (32768-60999) from which connections pick their local ports."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        first = rng.randrange(20000, 32768 - count)
+        held: list[socket.socket] = []
+        try:
+            for port in range(first, first + count):
+                sock = socket.socket()
+                held.append(sock)
+                sock.bind(("0.0.0.0", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+    raise AssertionError(f"no {count} consecutive free ports in 20000-32767")
 
 
 class HostError(AssertionError):
@@ -118,6 +144,13 @@ class Completed:
     stderr: str
 
 
+def _terminate_with_parent() -> None:
+    """In the child before exec: SIGTERM when the test run dies without its teardown
+    (killed), so that nspawn.sh still powers the container off."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
 def _children(pid: int) -> list[int]:
     try:
         text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
@@ -166,6 +199,7 @@ class Host:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_terminate_with_parent,
             )
         self.pid1 = poll(self._find_pid1, timeout, "the container's systemd (PID 1)")
         # Once systemd answers on its socket, --wait returns when start-up has finished.
@@ -291,7 +325,11 @@ class Host:
     # -- systemd --------------------------------------------------------------------
 
     def systemctl(self, *args: str, check: bool = True, timeout: float = 180.0) -> Completed:
-        return self.run(["systemctl", *args], check=check, timeout=timeout)
+        try:
+            return self.run(["systemctl", *args], check=check, timeout=timeout)
+        except HostError as exc:
+            journal = self.run(["journalctl", "-n", "60", "--no-pager"], check=False).stdout
+            raise HostError(f"{exc}\n--- the journal's last lines\n{journal}") from None
 
     def show(self, unit: str, *props: str) -> dict[str, str]:
         args = ["show", unit]

@@ -17,8 +17,8 @@ from websockets.sync.client import connect
 
 from pushsvc.auth import mint_token
 from pushsvc.v1 import push_pb2, push_pb2_grpc
-from tests.host.machine import Host
-from tests.nodeproc import API_KEY, CLUSTER_KEY, JWT_SECRET, auth, free_port
+from tests.host.machine import Host, service_ports
+from tests.nodeproc import API_KEY, CLUSTER_KEY, JWT_SECRET, auth
 from tests.wsclient import Client
 
 SHIPPED_ENV = "/root/pushsvc-etc.shipped/pushsvc.env"
@@ -64,8 +64,8 @@ class Instance:
     host: Host
     name: str
     ws_port: int
-    grpc_port: int = field(default_factory=free_port)
-    admin_port: int = field(default_factory=free_port)
+    grpc_port: int = field(default_factory=service_ports)
+    admin_port: int = field(default_factory=service_ports)
 
     @property
     def unit(self) -> str:

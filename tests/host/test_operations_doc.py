@@ -15,7 +15,6 @@ and the package files the blocks name are put in the directory the blocks run in
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 from pathlib import Path
 
@@ -23,9 +22,9 @@ import pytest
 
 from tests.ferretdb import FerretDB
 from tests.host.conftest import repack
-from tests.host.machine import Host, package_version
+from tests.host.machine import Host, package_version, service_ports
 from tests.host.nodes import assert_restarted_one_at_a_time, connect_ws, one_client_per_node
-from tests.nodeproc import API_KEY, CLUSTER_KEY, JWT_SECRET, free_port
+from tests.nodeproc import API_KEY, CLUSTER_KEY, JWT_SECRET
 from tests.wsclient import Client
 
 pytestmark = pytest.mark.timeout(900)
@@ -57,25 +56,6 @@ def deb_named(block: str) -> tuple[str, str]:
     match = DEB_NAME.search(block)
     assert match, block
     return match.group(1), match.group(2)
-
-
-def ports_free_from(count: int) -> int:
-    """A base port B with B+1 ... B+count all free (the guide numbers ports from a base)."""
-    for _ in range(100):
-        base = free_port()
-        sockets = []
-        try:
-            for port in range(base + 1, base + count + 1):
-                s = socket.socket()
-                sockets.append(s)
-                s.bind(("0.0.0.0", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise AssertionError(f"no {count} free ports in a row")
 
 
 class Guide:
@@ -134,7 +114,7 @@ def test_single_node_host_as_documented(bare_host: Host, clients: list[Client]) 
     )
     assert "active" not in units_active(host).values()  # installing starts nothing
     # The shipped ports, as the guide states them, moved to free ones for the test.
-    ws, grpc_port, admin = free_port(), free_port(), free_port()
+    ws, grpc_port, admin = service_ports(), service_ports(), service_ports()
     shared = host.read("/etc/pushsvc/pushsvc.env")
     instance = host.read("/etc/pushsvc/1.env")
     assert "\nPUSHSVC_WS_ADDR=0.0.0.0:8080\n" in shared
@@ -163,17 +143,18 @@ def test_single_node_host_as_documented(bare_host: Host, clients: list[Client]) 
     archived = host.run(["tar", "-tzf", "/var/backups/pushsvc-1.tar.gz"]).stdout.split()
     assert {"1/pushsvc.db", "1/jwt-secret", "1/api-key"} <= set(archived), archived
     # After the backup: another message, which the restore takes back.
-    host.run(
+    after = host.run(
         "set -a; . /etc/pushsvc/pushsvc.env; . /etc/pushsvc/1.env; set +a; "
         """pushsvc push --user alice --data '{"after": "backup"}'"""
-    )
+    ).stdout
+    assert after.strip().endswith("alice seq 2"), after
     guide.run("restore")
     assert units_active(host) == {"pushsvc@1.service": "active"}
     # The restored node has the same secret (old tokens work) and the backed-up inbox.
     assert host.read("/var/lib/pushsvc/1/jwt-secret").strip() == secret
     clients.append(again := connect_ws(ws, "alice", secret=secret, since=0))
-    replayed = [f for f in again.barrier(timeout=30) if f["type"] == "message"]
-    assert [m["data"] for m in replayed] == [{"hello": "world"}]
+    assert again.welcome["seq"] == 1  # alice's latest: the message pushed after is gone
+    assert [m["data"] for m in again.messages(1, timeout=30)] == [{"hello": "world"}]
 
     guide.run("remove")
     assert again.close_code(timeout=60)[0] == 1012
@@ -190,7 +171,7 @@ def test_fleet_host_as_documented(
     bare_host: Host, ferretdb: FerretDB, clients: list[Client]
 ) -> None:
     host = bare_host
-    ws = free_port()
+    ws = service_ports()
     site = {
         "MONGO_URI": ferretdb.uri,
         "JWT_SECRET": JWT_SECRET,
@@ -201,8 +182,8 @@ def test_fleet_host_as_documented(
         "ADVERTISE_HOST": "127.0.0.1",
         "INSTANCES": "2",
         "WS_PORT": str(ws),
-        "GRPC_PORT": str(ports_free_from(2)),
-        "ADMIN_PORT": str(ports_free_from(2)),
+        "GRPC_PORT": str(service_ports(2) - 1),  # instance n: GRPC_PORT + n
+        "ADMIN_PORT": str(service_ports(2) - 1),
     }
     guide = Guide(host, site)
     units = ["pushsvc@1.service", "pushsvc@2.service"]

@@ -34,7 +34,7 @@ import pytest
 from pushsvc.v1 import push_pb2
 from tests.ferretdb import FerretDB
 from tests.host.conftest import DEB_DIR, install
-from tests.host.machine import Host, package_version, poll
+from tests.host.machine import Host, package_version, poll, service_ports
 from tests.host.nodes import (
     Instance,
     assert_restarted_one_at_a_time,
@@ -42,7 +42,7 @@ from tests.host.nodes import (
     fleet_settings,
     one_client_per_node,
 )
-from tests.nodeproc import auth, free_port
+from tests.nodeproc import auth
 from tests.wsclient import Client
 
 pytestmark = pytest.mark.timeout(600)
@@ -149,7 +149,7 @@ def test_package_installs_what_it_says(host: Host) -> None:
 def test_start_returns_active_and_the_sandboxed_node_delivers(
     host: Host, clients: list[Client]
 ) -> None:
-    node = Instance(host, "1", ws_port=free_port())
+    node = Instance(host, "1", ws_port=service_ports())
     configure_shared(host, node.ws_port)
     node.configure()
     host.systemctl("start", node.unit)  # Type=notify: returns after READY=1
@@ -193,7 +193,7 @@ def test_unit_stays_activating_until_the_node_says_ready(host: Host) -> None:
     """With the fleet store down the node listens but cannot register, so it does not
     say READY=1: systemd keeps the unit activating, then active once it registers."""
     db = FerretDB()  # its port reserved, not started yet
-    node = Instance(host, "2", ws_port=free_port())
+    node = Instance(host, "2", ws_port=service_ports())
     try:
         configure_shared(
             host, node.ws_port, **fleet_settings(db.uri, f"ready_{uuid.uuid4().hex[:8]}")
@@ -260,7 +260,7 @@ def test_sandbox_refuses_what_the_unit_forbids(host: Host) -> None:
 
 
 def test_watchdog_and_kill_restart_the_node_and_keep_stored_messages(host: Host) -> None:
-    node = Instance(host, "1", ws_port=free_port())
+    node = Instance(host, "1", ws_port=service_ports())
     configure_shared(host, node.ws_port)
     node.configure()
     host.systemctl("start", node.unit)
@@ -321,7 +321,7 @@ def test_watchdog_and_kill_restart_the_node_and_keep_stored_messages(host: Host)
 
 
 def test_stop_drains_within_the_stop_timeout(host: Host) -> None:
-    node = Instance(host, "1", ws_port=free_port())
+    node = Instance(host, "1", ws_port=service_ports())
     configure_shared(host, node.ws_port)
     node.configure()
     host.systemctl("start", node.unit)
@@ -366,7 +366,7 @@ def test_stop_drains_within_the_stop_timeout(host: Host) -> None:
 
 def start_fleet(host: Host, db: FerretDB, names: tuple[str, ...] = ("1", "2")) -> list[Instance]:
     """Enabled instances sharing one WebSocket port, started with pushsvc.target."""
-    ws_port = free_port()
+    ws_port = service_ports()
     nodes = [Instance(host, name, ws_port) for name in names]
     configure_shared(host, ws_port, **fleet_settings(db.uri, f"fleet_{uuid.uuid4().hex[:8]}"))
     for node in nodes:
@@ -438,7 +438,7 @@ def test_upgrade_restarts_running_instances_one_at_a_time(
 
 
 def test_remove_stops_instances_and_purge_deletes_state(host: Host, clients: list[Client]) -> None:
-    node = Instance(host, "1", ws_port=free_port())
+    node = Instance(host, "1", ws_port=service_ports())
     configure_shared(host, node.ws_port)
     node.configure()
     host.systemctl("enable", "--now", node.unit)
@@ -467,7 +467,7 @@ def test_remove_stops_instances_and_purge_deletes_state(host: Host, clients: lis
 
 
 def test_journal_has_one_entry_per_event(host: Host) -> None:
-    node = Instance(host, "1", ws_port=free_port())
+    node = Instance(host, "1", ws_port=service_ports())
     configure_shared(host, node.ws_port)  # the shipped PUSHSVC_LOG_FORMAT=json
 
     def session() -> tuple[str, int]:
