@@ -53,6 +53,8 @@ def reset(host: Host) -> None:
         if dpkg-query -W -f='${{db:Status-Status}}' pushsvc 2>/dev/null | grep -qx installed; then
           rm -rf /etc/pushsvc/*
           cp -a {PRISTINE_ETC}/. /etc/pushsvc/
+          # As the package's statoverrides say (the group may be new since the copy).
+          chown root:pushsvc /etc/pushsvc/pushsvc.env /etc/pushsvc/1.env
         fi
         """,
         timeout=180,
