@@ -8,16 +8,25 @@ STAMP := $(VENV)/.installed
 RUN_STAMP := $(VENV)/.installed-run
 PROTOS := $(wildcard protos/pushsvc/v1/*.proto)
 CLIENT_PY := clients/python
+VERSION := $(shell cat VERSION)
+DEB := dist/pushsvc_$(VERSION)_amd64.deb
+# What goes into the package: a change to any of these rebuilds it.
+DEB_INPUTS := pyproject.toml setup.py VERSION $(PROTOS) clients/js/pushsvc.js pushsvc/py.typed \
+	$(shell find pushsvc $(CLIENT_PY)/pushsvc_client -path '*/v1' -prune -o -type f -name '*.py' -print) \
+	$(CLIENT_PY)/pyproject.toml $(CLIENT_PY)/setup.py \
+	$(filter-out pushsvc/static/pushsvc.js,$(wildcard pushsvc/static/* pushsvc/static/admin/*)) \
+	$(wildcard systemd/* deploy/env/* deploy/deb/* deploy/nginx/*) \
+	docs/operations.md docs/configuration.md
 export PATH := $(CURDIR)/.tools/bin:$(HOME)/go/bin:$(PATH)
 
-.PHONY: run test proto lint unit deps tools clean bench
+.PHONY: run test proto lint unit deps tools deb clean bench
 
 # Start one node on the embedded store, with demo credentials. Installs what
 # running needs only: no test tools.
 run: $(RUN_STAMP)
 	@$(BIN)/pushsvc serve --dev
 
-test: $(STAMP) tools lint
+test: $(STAMP) tools lint deb
 	$(BIN)/pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -50,6 +59,13 @@ $(STAMP): $(RUN_STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.suite $(ARGS)
 
+# The Debian package (deploy/deb/build.sh), which tests/host/ installs and runs
+# under systemd in a booted bookworm container.
+deb: $(DEB)
+
+$(DEB): $(STAMP) $(DEB_INPUTS)
+	bash deploy/deb/build.sh
+
 # Servers the integration tests run for real (FerretDB for the MongoDB wire).
 tools:
 	@bash deploy/dev/install-tools.sh
@@ -61,5 +77,5 @@ ferretdb:
 	@bash deploy/dev/install-ferretdb.sh
 
 clean:
-	rm -rf $(VENV) build *.egg-info pushsvc/v1 .tools \
+	rm -rf $(VENV) build dist *.egg-info pushsvc/v1 .tools \
 	  $(CLIENT_PY)/build $(CLIENT_PY)/*.egg-info $(CLIENT_PY)/pushsvc_client/v1

@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from pushsvc.config import Settings, load_settings
+from pushsvc.config import Settings, check_secure, load_settings
 from pushsvc.systemd import Notifier, watchdog_interval
 from pushsvc_client.v1 import push_pb2
 from tests.nodeproc import NodeProcess, auth
@@ -223,15 +223,39 @@ def test_unit_settings() -> None:
     assert parse_unit(TARGET)["Install"]["WantedBy"] == ["multi-user.target"]
 
 
+def commented_settings(path: Path) -> dict[str, str]:
+    """The ``#PUSHSVC_NAME=value`` lines an operator uncomments."""
+    env: dict[str, str] = {}
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if line.startswith("#PUSHSVC_") and "=" in line:
+            key, _, value = line[1:].partition("=")
+            env[key.strip()] = value.strip()
+    return env
+
+
 def test_env_examples_are_valid_settings() -> None:
+    """The files the package ships as /etc/pushsvc/pushsvc.env and 1.env run one node
+    on the embedded store as they are, and a fleet member with the fleet lines set."""
     common = read_env_file(ENV_DIR / "pushsvc.env.example")
     instance = read_env_file(ENV_DIR / "1.env.example")
-    for key in ("PUSHSVC_GRPC_ADDR", "PUSHSVC_ADMIN_ADDR", "PUSHSVC_NODE_ID"):
+    for key in ("PUSHSVC_GRPC_ADDR", "PUSHSVC_ADMIN_ADDR", "PUSHSVC_DATA_DIR"):
         assert key in instance, key
+    assert instance["PUSHSVC_DATA_DIR"] == "/var/lib/pushsvc/1"  # the unit's StateDirectory=
     settings = load_settings(environ={**common, **instance})
-    assert not settings.embedded  # the example is a fleet member
-    assert settings.cluster_key and settings.api_keys
+    check_secure(settings)
+    assert settings.embedded
     assert settings.log_format == "json"
+
+    fleet = {
+        k: v or "x" * 32 for k, v in commented_settings(ENV_DIR / "pushsvc.env.example").items()
+    }
+    fleet_instance = commented_settings(ENV_DIR / "1.env.example")
+    settings = load_settings(environ={**common, **fleet, **instance, **fleet_instance})
+    check_secure(settings)
+    assert not settings.embedded
+    assert settings.cluster_key and settings.api_keys and settings.jwt_secret
+    assert not settings.grpc_addr.is_loopback and settings.advertise_addr
 
 
 # -- sd_notify ------------------------------------------------------------------------

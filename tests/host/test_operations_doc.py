@@ -1,0 +1,238 @@
+"""docs/operations.md, run: every ``sh`` block of the guide is a command the test runs
+in the booted bookworm host, checking after each step that it did what the guide
+says.
+
+Each block carries a name (``<!-- test: NAME -->`` on the line above it). The guide
+is run twice from a host without the package: as a single-node host (install, one
+node, back up and restore, uninstall) and as a fleet host (install, configure and
+start two instances on FerretDB, logs, upgrade and roll back, uninstall). Only
+the site's own values differ from what an operator types: the ``fleet-site`` block
+is replaced by the test's values (same variable names), the shipped ports of the
+single node are moved to free ones (the guide says to edit them to change them),
+and the package files the blocks name are put in the directory the blocks run in.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.ferretdb import FerretDB
+from tests.host.conftest import repack
+from tests.host.machine import Host, package_version, service_ports
+from tests.host.nodes import assert_restarted_one_at_a_time, connect_ws, one_client_per_node
+from tests.nodeproc import API_KEY, CLUSTER_KEY, JWT_SECRET
+from tests.wsclient import Client
+
+pytestmark = pytest.mark.timeout(900)
+
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
+WORKDIR = "/root/doc"  # where the operator downloaded the packages; the blocks run here
+SINGLE = ["install", "single-start", "single-try", "backup", "restore", "remove", "purge"]
+FLEET = ["install", "fleet-configure", "fleet-start", "logs", "upgrade", "rollback"]
+FLEET += ["remove", "purge"]
+SITE = "fleet-site"
+BLOCK = re.compile(r"<!-- test: ([\w-]+)[^>]*-->\n```sh\n(.*?)\n```", re.S)
+DEB_NAME = re.compile(r"\./(pushsvc_([^_\s]+)_amd64\.deb)")
+
+
+def guide_blocks() -> dict[str, str]:
+    text = GUIDE.read_text()
+    blocks: dict[str, str] = {}
+    for name, body in BLOCK.findall(text):
+        assert name not in blocks, f"two blocks named {name} in {GUIDE.name}"
+        blocks[name] = body
+    # No command escapes the test: every sh block is named and run.
+    assert text.count("```sh\n") == len(blocks), f"an sh block of {GUIDE.name} has no test name"
+    assert set(blocks) == {SITE, *SINGLE, *FLEET}, sorted(blocks)
+    return blocks
+
+
+def deb_named(block: str) -> tuple[str, str]:
+    """The package file a block installs: (file name, version)."""
+    match = DEB_NAME.search(block)
+    assert match, block
+    return match.group(1), match.group(2)
+
+
+class Guide:
+    """The guide's blocks, run in the host as root from WORKDIR."""
+
+    def __init__(self, host: Host, site: dict[str, str] | None = None) -> None:
+        self.host = host
+        self.blocks = guide_blocks()
+        self.prefix = "".join(f"{k}={v}\n" for k, v in (site or {}).items())
+        if site is not None:
+            assigned = set(re.findall(r"^([A-Z_]+)=", self.blocks[SITE], re.M))
+            assert assigned == set(site), f"the guide's site values are {sorted(assigned)}"
+
+    def run(self, name: str) -> str:
+        return self.host.run(self.prefix + self.blocks[name], cwd=WORKDIR, timeout=600).stdout
+
+
+@pytest.fixture
+def bare_host(host: Host, package: Path, tmp_path: Path) -> Host:
+    """The host without the package, and in WORKDIR the packages the guide names: the
+    one built, and the same under the version the upgrade block names."""
+    blocks = guide_blocks()
+    installed, version = deb_named(blocks["install"])
+    assert installed == package.name, (
+        f"{GUIDE.name} installs {installed}, but make deb built {package.name}: "
+        "update the guide's package names"
+    )
+    assert deb_named(blocks["rollback"])[0] == package.name
+    newer, newer_version = deb_named(blocks["upgrade"])
+    subprocess.run(["dpkg", "--compare-versions", newer_version, "gt", version], check=True)
+    host.copy_in(package, WORKDIR)
+    host.copy_in(repack(package, newer_version, tmp_path), WORKDIR)
+    assert newer in host.run(["ls", WORKDIR]).stdout
+    host.run("apt purge -y pushsvc", timeout=300)
+    return host
+
+
+def units_active(host: Host) -> dict[str, str]:
+    out = host.run(
+        ["systemctl", "list-units", "--plain", "--no-legend", "--all", "pushsvc@*.service"]
+    ).stdout
+    return {line.split()[0]: line.split()[2] for line in out.splitlines() if line.strip()}
+
+
+def gone(host: Host, *paths: str) -> bool:
+    return all(host.run(["test", "-e", path], check=False).returncode == 1 for path in paths)
+
+
+def test_single_node_host_as_documented(bare_host: Host, clients: list[Client]) -> None:
+    host = bare_host
+    guide = Guide(host)
+
+    guide.run("install")
+    assert host.run(["dpkg-query", "-W", "-f=${db:Status-Status}", "pushsvc"]).stdout == (
+        "installed"
+    )
+    assert "active" not in units_active(host).values()  # installing starts nothing
+    # The shipped ports, as the guide states them, moved to free ones for the test.
+    ws, grpc_port, admin = service_ports(), service_ports(), service_ports()
+    shared = host.read("/etc/pushsvc/pushsvc.env")
+    instance = host.read("/etc/pushsvc/1.env")
+    assert "\nPUSHSVC_WS_ADDR=0.0.0.0:8080\n" in shared
+    assert "\nPUSHSVC_GRPC_ADDR=127.0.0.1:50051\n" in instance
+    assert "\nPUSHSVC_ADMIN_ADDR=127.0.0.1:9091\n" in instance
+    host.run(
+        f"sed -i 's/^PUSHSVC_WS_ADDR=.*/PUSHSVC_WS_ADDR=127.0.0.1:{ws}/' /etc/pushsvc/pushsvc.env\n"
+        f"sed -i -e 's/:50051$/:{grpc_port}/' -e 's/:9091$/:{admin}/' /etc/pushsvc/1.env"
+    )
+
+    guide.run("single-start")
+    assert units_active(host) == {"pushsvc@1.service": "active"}
+    assert host.run(["systemctl", "is-enabled", "pushsvc@1"]).stdout.strip() == "enabled"
+    # The node generated its secret; a client of alice's connects with a token from it.
+    secret = host.read("/var/lib/pushsvc/1/jwt-secret").strip()
+    clients.append(alice := connect_ws(ws, "alice", secret=secret))
+
+    out = guide.run("single-try")
+    assert out.startswith("pushed ") and "alice: online" in out, out
+    [message] = alice.messages(1, timeout=30)
+    assert message["data"] == {"hello": "world"}
+
+    out = guide.run("backup")
+    assert out.startswith("backed up /var/lib/pushsvc/1"), out
+    assert alice.barrier() == []  # the node kept serving: its client is still there
+    assert units_active(host) == {"pushsvc@1.service": "active"}
+    copied = host.run(["ls", "/var/backups/pushsvc-1"]).stdout.split()
+    assert {"pushsvc.db", "jwt-secret", "api-key"} <= set(copied), copied
+    # After the backup: another message, which the restore takes back.
+    after = host.run(
+        "set -a; . /etc/pushsvc/pushsvc.env; . /etc/pushsvc/1.env; set +a; "
+        """pushsvc push --user alice --data '{"after": "backup"}'"""
+    ).stdout
+    assert after.strip().endswith("alice seq 2"), after
+    guide.run("restore")
+    assert alice.close_code(timeout=60)[0] == 1012  # the stop drained it
+    assert units_active(host) == {"pushsvc@1.service": "active"}
+    # The restored node has the same secret (old tokens work) and the backed-up inbox.
+    assert host.read("/var/lib/pushsvc/1/jwt-secret").strip() == secret
+    clients.append(again := connect_ws(ws, "alice", secret=secret, since=0))
+    assert again.welcome["seq"] == 1  # alice's latest: the message pushed after is gone
+    assert [m["data"] for m in again.messages(1, timeout=30)] == [{"hello": "world"}]
+
+    guide.run("remove")
+    assert again.close_code(timeout=60)[0] == 1012
+    assert host.prop("pushsvc@1.service", "ActiveState") == "inactive"
+    assert not gone(host, "/etc/pushsvc/pushsvc.env", "/var/lib/pushsvc/1/pushsvc.db")
+    assert host.run(["id", "pushsvc"], check=False).returncode == 0
+
+    guide.run("purge")
+    assert gone(host, "/etc/pushsvc", "/var/lib/pushsvc", "/opt/pushsvc", "/usr/bin/pushsvc")
+    assert host.run(["id", "pushsvc"], check=False).returncode != 0
+
+
+def test_fleet_host_as_documented(
+    bare_host: Host, ferretdb: FerretDB, clients: list[Client]
+) -> None:
+    host = bare_host
+    ws = service_ports()
+    site = {
+        "MONGO_URI": ferretdb.uri,
+        "JWT_SECRET": JWT_SECRET,
+        "API_KEY": API_KEY,
+        "CLUSTER_KEY": CLUSTER_KEY,
+        "ALLOWED_ORIGINS": "https://app.example.com",
+        "HOST": "doc-host",
+        "ADVERTISE_HOST": "127.0.0.1",
+        "INSTANCES": "2",
+        "WS_PORT": str(ws),
+        "GRPC_PORT": str(service_ports(2) - 1),  # instance n: GRPC_PORT + n
+        "ADMIN_PORT": str(service_ports(2) - 1),
+    }
+    guide = Guide(host, site)
+    units = ["pushsvc@1.service", "pushsvc@2.service"]
+    node_ids = {"doc-host-1", "doc-host-2"}
+    built = package_version()
+
+    guide.run("install")
+    guide.run("fleet-configure")
+    out = guide.run("fleet-start")
+    assert units_active(host) == dict.fromkeys(units, "active")
+    assert host.prop("pushsvc.target", "ActiveState") == "active"
+    for node_id in node_ids:
+        assert node_id in out, out  # pushsvc nodes lists both
+    held = one_client_per_node(ws, node_ids, clients)
+    # Pushed through instance 1 with the fleet's key, delivered by whichever holds the user.
+    for user, client in held.values():
+        host.run(
+            "set -a; . /etc/pushsvc/pushsvc.env; . /etc/pushsvc/1.env; set +a; "
+            f"""pushsvc push --user {user} --data '{{"to": "{user}"}}'"""
+        )
+        [message] = client.messages(1, timeout=30)
+        assert message["data"] == {"to": user}
+
+    out = guide.run("logs")
+    assert '"msg":"node ready"' in out or '"msg": "node ready"' in out, out
+
+    live = list(held.values())
+    for name, version in (("upgrade", deb_named(guide.blocks["upgrade"])[1]), ("rollback", built)):
+        cursor = host.cursor()
+        guide.run(name)
+        assert host.run(["dpkg-query", "-W", "-f=${Version}", "pushsvc"]).stdout == version
+        assert units_active(host) == dict.fromkeys(units, "active")
+        assert_restarted_one_at_a_time(host.journal(after=cursor), units)
+        # Every client was asked to reconnect, and what was stored for it is replayed.
+        reconnected = []
+        for user, client in live:
+            assert client.close_code(timeout=60)[0] == 1012
+            clients.append(again := connect_ws(ws, user, since=0))
+            assert [m["data"] for m in again.messages(1, timeout=30)] == [{"to": user}]
+            reconnected.append((user, again))
+        live = reconnected
+
+    guide.run("remove")
+    assert "active" not in units_active(host).values()
+    for _, client in live:
+        assert client.close_code(timeout=60)[0] == 1012
+    guide.run("purge")
+    assert gone(
+        host, "/etc/pushsvc", "/var/lib/pushsvc", "/etc/systemd/system/pushsvc.target.wants"
+    )
