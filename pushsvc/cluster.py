@@ -69,8 +69,9 @@ class PresenceWriter:
         with self._lock:
             users = set(user_ids)
             self._dirty -= users
+            counts = {u: self._hub.connections_of(u) for u in users}
             try:
-                self._write(users)
+                self._registry.arrive(self._node_id, counts)
             except StoreUnavailable:
                 self._dirty |= users
                 raise

@@ -17,15 +17,16 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 
-from pymongo import UpdateOne
+from pymongo import DeleteOne, UpdateOne
 from pymongo.collection import Collection
-from pymongo.errors import ConnectionFailure
+from pymongo.errors import BulkWriteError, ConnectionFailure
 
 from pushsvc.store.mongo_database import (
     Doc,
     MongoDatabase,
     bson_date,
     guarded,
+    only_duplicate_keys,
     retry_duplicate,
     short,
 )
@@ -162,20 +163,53 @@ class MongoRegistry(NodeRegistry):
     def set_presence(self, node_id: str, counts: Mapping[str, int]) -> None:
         """A count of 0 (or less) removes the user's presence on the node."""
         gone = [u for u, c in counts.items() if c <= 0]
-        if gone:
-            self._presence.delete_many({"node_id": node_id, "user_id": {"$in": gone}})
+        for leaving in self.database.batches(gone):
+            # By _id, one document each: the one filter FerretDB does not scan for.
+            self._presence.bulk_write(
+                [DeleteOne({"_id": _presence_id(u, node_id)}) for u in leaving], ordered=False
+            )
         held = [(u, int(c)) for u, c in counts.items() if c > 0]
         for part in self.database.batches(held):
             ops = [
                 UpdateOne(
-                    # user_id in the filter too: presence can be sharded on it.
-                    {"_id": _presence_id(u, node_id), "user_id": u},
-                    {"$set": {"node_id": node_id, "connections": c}},
+                    self._presence_filter(u, node_id),
+                    {"$set": {"user_id": u, "node_id": node_id, "connections": c}},
                     upsert=True,
                 )
                 for u, c in part
             ]
             retry_duplicate(functools.partial(self._presence.bulk_write, ops, ordered=False))
+
+    def _presence_filter(self, user_id: str, node_id: str) -> Doc:
+        """One presence document. On MongoDB the filter names user_id too (presence
+        can be sharded on it); FerretDB scans the collection for any filter but a
+        lone _id (measured: 100 ms an upsert at 2,000 documents, against 6 ms for
+        50 inserts)."""
+        if self.database.ferretdb:
+            return {"_id": _presence_id(user_id, node_id)}
+        return {"_id": _presence_id(user_id, node_id), "user_id": user_id}
+
+    @guarded
+    def arrive(self, node_id: str, counts: Mapping[str, int]) -> None:
+        """Users who just connected here: inserted in one command (most have no
+        presence here yet); those that had one are updated."""
+        docs = [
+            {"_id": _presence_id(u, node_id), "user_id": u, "node_id": node_id, "connections": c}
+            for u, c in counts.items()
+            if c > 0
+        ]
+        there: dict[str, int] = {}
+        for part in self.database.batches(docs):
+            try:
+                self._presence.insert_many(list(part), ordered=False)
+            except BulkWriteError as exc:
+                if not only_duplicate_keys(exc):
+                    raise
+                for error in exc.details.get("writeErrors", []):
+                    doc = part[error["index"]]
+                    there[doc["user_id"]] = doc["connections"]
+        if there:
+            self.set_presence(node_id, there)
 
     @guarded
     def presence(self, user_ids: Sequence[str], now: float) -> dict[str, dict[str, int]]:

@@ -59,6 +59,11 @@ class NodeRegistry(ABC):
         """Record how many connections of each user the node holds; 0 removes the
         (user, node) record. Users not named are left as they are."""
 
+    def arrive(self, node_id: str, counts: Mapping[str, int]) -> None:
+        """``set_presence`` for users who just connected to the node: most have no
+        record there yet, which a store may write faster than an update."""
+        self.set_presence(node_id, counts)
+
     @abstractmethod
     def presence(self, user_ids: Sequence[str], now: float) -> dict[str, dict[str, int]]:
         """For each user with presence on a live (unexpired) node: {node_id: connections}.

@@ -180,3 +180,17 @@ def test_inbox_and_registry_share_one_connection(database: MongoDatabase) -> Non
     assert database.round_trips >= inbox.round_trips + registry.round_trips
     assert inbox.round_trips > 0 and registry.round_trips > 0
     inbox.close()
+
+
+def test_arrivals_insert_new_presence_and_update_what_was_there(registry: MongoRegistry) -> None:
+    registry.register_node(node("n1", T0 + 30))
+    registry.set_presence("n1", {"alice": 1})
+    registry.arrive("n1", {"alice": 2, "bob": 1, "carol": 3})  # alice had one already
+    users = ["alice", "bob", "carol"]
+    assert registry.presence(users, T0) == {
+        "alice": {"n1": 2},
+        "bob": {"n1": 1},
+        "carol": {"n1": 3},
+    }
+    registry.arrive("n1", {"bob": 1})  # arriving again changes nothing
+    assert registry.presence(["bob"], T0) == {"bob": {"n1": 1}}
