@@ -54,8 +54,8 @@ mkdir -p "$wheels" "$root" "$stage/opt/pushsvc" "$out"
 echo "deb: wheels for CPython 3.11 (manylinux x86_64)"
 # pushsvc-client (the generated protos and the Python client) is on no index:
 # its wheel is built here beside the server's, and found among them.
-"$VENV_PY" -m pip wheel -q --no-deps --no-build-isolation -w "$wheels" clients/python
-"$VENV_PY" -m pip wheel -q --no-deps --no-build-isolation -w "$wheels" .
+"$VENV_PY" -m pip wheel -q --no-deps -w "$wheels" clients/python
+"$VENV_PY" -m pip wheel -q --no-deps -w "$wheels" .
 "$VENV_PY" -m pip freeze --exclude-editable | grep -v -e '^-e ' -e ' @ ' >"$work/constraints.txt"
 platform_args=()
 for tag in manylinux1 manylinux2010 manylinux2014 $(seq -f 'manylinux_2_%g' 5 36); do

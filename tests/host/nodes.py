@@ -16,7 +16,7 @@ import grpc
 from websockets.sync.client import connect
 
 from pushsvc.auth import mint_token
-from pushsvc.v1 import push_pb2, push_pb2_grpc
+from pushsvc_client.v1 import push_pb2, push_pb2_grpc
 from tests.host.machine import Host, service_ports
 from tests.nodeproc import API_KEY, CLUSTER_KEY, JWT_SECRET, auth
 from tests.wsclient import Client

@@ -31,7 +31,7 @@ from typing import Any
 import grpc
 import pytest
 
-from pushsvc.v1 import push_pb2
+from pushsvc_client.v1 import push_pb2
 from tests.ferretdb import FerretDB
 from tests.host.conftest import DEB_DIR, install
 from tests.host.machine import Host, package_version, poll, service_ports
