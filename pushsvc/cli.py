@@ -180,6 +180,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     # gRPC switches to its gevent mode before anything of the node is imported.
     from gevent import monkey
 
+    # gRPC's core writes its own lines to stderr, past the log formatter (at INFO,
+    # one per failed TLS handshake): errors only.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     monkey.patch_all()
     from grpc.experimental import gevent as grpc_gevent  # type: ignore[attr-defined]
 

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import gevent
+import grpc
 from gevent.event import Event
 from gevent.pywsgi import WSGIServer
 from grpc_health.v1 import health_pb2
@@ -213,11 +214,7 @@ class Server:
             self._watchdog = gevent.spawn(self._watchdog_loop, self.notifier.watchdog_interval)
         ws_sock = _listen(s.ws_addr, "PUSHSVC_WS_ADDR", reuse_port=True)
         admin_sock = _listen(s.admin_addr, "PUSHSVC_ADMIN_ADDR")
-        grpc_port = self.grpc_server.add_insecure_port(str(s.grpc_addr))
-        if grpc_port == 0:
-            raise ConfigError(
-                f"cannot listen on PUSHSVC_GRPC_ADDR {s.grpc_addr}: address in use or not local"
-            )
+        grpc_port = _listen_grpc(self.grpc_server, s.grpc_addr, "PUSHSVC_GRPC_ADDR")
         self.ws_port = ws_sock.getsockname()[1]
         self.grpc_port = grpc_port
         self.admin_port = admin_sock.getsockname()[1]
@@ -439,6 +436,20 @@ def _listen(addr: Address, name: str, reuse_port: bool = False) -> socket.socket
         return edge.listen_socket(addr, reuse_port=reuse_port)
     except OSError as exc:
         raise ConfigError(f"cannot listen on {name} {addr}: {exc.strerror}") from None
+
+
+def _listen_grpc(server: grpc.Server, addr: Address, name: str) -> int:
+    """Add a port to the gRPC server; the bound port. gRPC says only that binding
+    failed (and prints its own line), so the address is tried with a plain socket
+    first, which gives the reason in the words the other listeners use."""
+    _listen(addr, name).close()
+    try:
+        port = server.add_insecure_port(str(addr))
+    except RuntimeError:
+        port = 0  # grpcio >= 1.60 raises where older releases returned 0
+    if port == 0:
+        raise ConfigError(f"cannot listen on {name} {addr}: address in use or not local")
+    return port
 
 
 def run_server(settings: Settings, announce: Callable[[Server], None] | None = None) -> int:
