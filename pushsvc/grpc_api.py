@@ -1,7 +1,8 @@
 """The gRPC servicers: thin translations between protobuf and the node.
 
 Authentication is an interceptor: PushService calls need an API key,
-NodeService calls the cluster key; health and reflection are open so load
+NodeService calls the cluster key (and, with mutual TLS, a client certificate
+the cluster listener verified); health and reflection are open so load
 balancers and grpcurl work. The interceptor also answers a request that cannot
 be decoded with INVALID_ARGUMENT, for every service (grpcio's own answer is
 INTERNAL, as if the server had failed).
@@ -407,6 +408,17 @@ def _guarded(handler: grpc.RpcMethodHandler, method: str, guard: Guard | None) -
     return grpc.unary_unary_rpc_method_handler(unary_in, parse, serialize)
 
 
+def _peer_certificate_required(context: grpc.ServicerContext) -> None:
+    """NodeService under mutual TLS: only calls through the cluster listener, whose
+    handshake required and verified a client certificate, carry one."""
+    if not context.auth_context().get("x509_pem_cert"):
+        context.abort(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "NodeService needs mutual TLS: call PUSHSVC_CLUSTER_ADDR with a client "
+            "certificate issued by PUSHSVC_CLUSTER_CA",
+        )
+
+
 def _abort_handler(
     like: grpc.RpcMethodHandler | None, code: grpc.StatusCode, message: str
 ) -> grpc.RpcMethodHandler:
@@ -430,10 +442,12 @@ class AuthInterceptor(grpc.ServerInterceptor):
         api_keys: ApiKeys,
         cluster_key: str | None,
         limits: CallerLimits,
+        mutual_tls: bool = False,
     ) -> None:
         self._api_keys = api_keys
         self._cluster_key = cluster_key.encode() if cluster_key else None
         self._limits = limits
+        self._mutual_tls = mutual_tls
 
     def intercept_service(
         self,
@@ -443,7 +457,10 @@ class AuthInterceptor(grpc.ServerInterceptor):
         handler = self._authorize(continuation, details)
         if handler is None:
             return None  # an unknown method: UNIMPLEMENTED
-        guarded: grpc.RpcMethodHandler = _guarded(handler, details.method.lstrip("/"), None)
+        rpc = details.method.lstrip("/")
+        service = rpc.partition("/")[0]
+        guard = _peer_certificate_required if self._mutual_tls and service == NODE_SERVICE else None
+        guarded: grpc.RpcMethodHandler = _guarded(handler, rpc, guard)
         return guarded
 
     def _authorize(
@@ -485,10 +502,13 @@ def make_server(
     cluster_key: str | None,
     callers: CallerLimits,
     max_workers: int = 256,
+    mutual_tls: bool = False,
 ) -> tuple[grpc.Server, health.HealthServicer]:
+    """The gRPC server, its ports not added yet. ``mutual_tls``: NodeService answers
+    only calls that came with a verified client certificate (the cluster listener)."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
-        interceptors=[AuthInterceptor(api_keys, cluster_key, callers)],
+        interceptors=[AuthInterceptor(api_keys, cluster_key, callers, mutual_tls)],
         options=[
             ("grpc.max_receive_message_length", limits.max_payload + 1024 * 1024),
             ("grpc.so_reuseport", 0),
