@@ -122,7 +122,8 @@ def deliver(
 def cluster_addr_of(node: NodeProcess) -> str:
     """The address the node advertises to its peers (ListNodes): its cluster listener."""
     with node.stub() as stub:
-        (me,) = stub.ListNodes(push_pb2.ListNodesRequest(), metadata=auth(), timeout=10).nodes
+        nodes = stub.ListNodes(push_pb2.ListNodesRequest(), metadata=auth(), timeout=10).nodes
+    (me,) = [n for n in nodes if n.node_id == node.node_id]
     return str(me.grpc_addr)
 
 
@@ -557,13 +558,16 @@ def test_node_service_needs_a_client_certificate_of_the_cluster_ca(
     no_error_lines(node)
 
 
-def test_a_fleet_of_tls_nodes_forwards_over_mutual_tls(
+@pytest.mark.parametrize("mutual", [True, False], ids=["mutual-tls", "tls"])
+def test_a_fleet_of_tls_nodes_forwards_pushes(
+    mutual: bool,
     ferretdb: FerretDB,  # noqa: F811
     node_factory: Callable[..., NodeProcess],
     pki: Pki,
     tmp_path: Path,
 ) -> None:
-    """Two nodes dial each other's cluster listener with their own certificates; after
+    """Two nodes dial each other over TLS: the cluster listener with their own
+    certificates (mutual TLS), or the gRPC port verified with PUSHSVC_TLS_CA. After
     both reload new certificates (SIGHUP), forwarding goes on with the new ones."""
     db = f"tls_{uuid.uuid4().hex[:10]}"
     nodes = []
@@ -571,8 +575,11 @@ def test_a_fleet_of_tls_nodes_forwards_over_mutual_tls(
         issued = pki.issue(f"fleet-{name}")
         cert, key = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
         replace_files(issued, cert, key)
+        tls = mtls_env(pki, issued)
+        if not mutual:
+            del tls["PUSHSVC_CLUSTER_CA"], tls["PUSHSVC_CLUSTER_ADDR"]
         env = {
-            **mtls_env(pki, issued),
+            **tls,
             "PUSHSVC_TLS_CERT": str(cert),
             "PUSHSVC_TLS_KEY": str(key),
             "PUSHSVC_MONGO_URI": ferretdb.uri,
@@ -583,6 +590,8 @@ def test_a_fleet_of_tls_nodes_forwards_over_mutual_tls(
         }
         nodes.append(node_factory(env=env))
     a, b = nodes
+    advertised = cluster_addr_of(b)  # the address a dials to reach b
+    assert (advertised != b.grpc_addr) if mutual else (advertised == b.grpc_addr)
 
     def push_via_a(data: dict[str, str]) -> None:
         with a.stub() as stub:
