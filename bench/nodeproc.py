@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -63,8 +64,24 @@ class NodeProcess:
         self._log: Any = None
 
     @property
+    def tls(self) -> bool:
+        """The node serves wss:// and gRPC over TLS (PUSHSVC_TLS_CERT is set)."""
+        return bool(self.env.get("PUSHSVC_TLS_CERT"))
+
+    @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.ws_port}/ws"
+        return f"{'wss' if self.tls else 'ws'}://127.0.0.1:{self.ws_port}/ws"
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client context trusting the CA the TLS node names in PUSHSVC_TLS_CA."""
+        return ssl.create_default_context(cafile=self.env["PUSHSVC_TLS_CA"])
+
+    def channel(self) -> grpc.Channel:
+        """A gRPC channel to the node: over TLS (trusting PUSHSVC_TLS_CA) for a TLS node."""
+        if not self.tls:
+            return grpc.insecure_channel(self.grpc_addr)
+        ca = Path(self.env["PUSHSVC_TLS_CA"]).read_bytes()
+        return grpc.secure_channel(self.grpc_addr, grpc.ssl_channel_credentials(ca))
 
     @property
     def grpc_addr(self) -> str:
@@ -165,7 +182,7 @@ class NodeProcess:
 
     @contextlib.contextmanager
     def stub(self, api_key: str | None = API_KEY) -> Iterator[push_pb2_grpc.PushServiceStub]:
-        channel = grpc.insecure_channel(self.grpc_addr)
+        channel = self.channel()
         try:
             yield push_pb2_grpc.PushServiceStub(channel)
         finally:

@@ -15,7 +15,9 @@
 Client commands reach ``--addr`` or ``PUSHSVC_GRPC_ADDR`` (default 127.0.0.1:50051)
 with ``--api-key``, else ``PUSHSVC_API_KEY``, else the first of ``PUSHSVC_API_KEYS``
 (as every pushsvc client does), else the key a node generated into
-``<PUSHSVC_DATA_DIR>/api-key``. They read only those variables, so an
+``<PUSHSVC_DATA_DIR>/api-key``. They dial with TLS when ``PUSHSVC_TLS_CA`` (the
+CA file to verify the node with), ``PUSHSVC_TLS=1`` (the system's roots) or the
+node's own ``PUSHSVC_TLS_CERT`` is set. They read only those variables, so an
 environment file meant for the node does not trip them up.
 
 Exit status: 0 success, 1 the call failed, 2 bad arguments or configuration,
@@ -126,6 +128,21 @@ def _client_target(args: argparse.Namespace) -> _Target:
     return _Target(addr, key, source if key else "")
 
 
+def _client_tls(args: argparse.Namespace) -> tuple[bool, str | None]:
+    """(TLS or not, CA file) for the client commands: the node's settings with
+    --config; else the client's variables, or the node's own certificate setting
+    (an environment file of a TLS node: dial it with TLS)."""
+    if args.config:
+        from pushsvc.config import load_settings
+
+        settings = load_settings(args.config)
+        return bool(settings.tls_cert or settings.tls_ca), settings.tls_ca
+    from pushsvc_client import tls_from_env
+
+    tls, ca = tls_from_env()
+    return tls or bool(_env("PUSHSVC_TLS_CERT")), ca
+
+
 # -- output ------------------------------------------------------------------------
 
 
@@ -180,6 +197,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     # gRPC switches to its gevent mode before anything of the node is imported.
     from gevent import monkey
 
+    # gRPC's core writes its own lines to stderr, past the log formatter (at INFO,
+    # one per failed TLS handshake): errors only.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     monkey.patch_all()
     from grpc.experimental import gevent as grpc_gevent  # type: ignore[attr-defined]
 
@@ -203,6 +223,11 @@ def _banner(server: Any) -> None:
         env = f"PUSHSVC_GRPC_ADDR={s.grpc_addr.host}:{server.grpc_port} "
     if s.embedded and s.data_dir != DEFAULT_DATA_DIR:
         env += f"PUSHSVC_DATA_DIR={s.data_dir} "
+    ws, http, trust = "ws", "http", ""
+    if s.tls_cert:  # the client commands and the WebSocket client verify the node's certificate
+        ws, http = "wss", "https"
+        env += f"PUSHSVC_TLS_CA={s.tls_ca} " if s.tls_ca else "PUSHSVC_TLS=1 "
+        trust = f"SSL_CERT_FILE={s.tls_ca} " if s.tls_ca else ""
     argv0 = sys.argv[0]
     cli = PROG
     if os.path.basename(argv0) == PROG and shutil.which(PROG) != argv0:
@@ -213,11 +238,11 @@ def _banner(server: Any) -> None:
     lines = [
         f"pushsvc node {server.node_id} is up. Try it:",
         f"  mint a token:  TOKEN=$({env}{cli} token --user alice)",
-        f'  connect:       {connect}"ws://{ws_host}:{server.ws_port}/ws?token=$TOKEN"',
+        f'  connect:       {trust}{connect}"{ws}://{ws_host}:{server.ws_port}/ws?token=$TOKEN"',
         f"  push:          {env}{cli} push --user alice --data '{{\"hello\": 1}}'",
     ]
     if s.demo:
-        lines.append(f"  or open http://{ws_host}:{server.ws_port}/demo?token=$TOKEN")
+        lines.append(f"  or open {http}://{ws_host}:{server.ws_port}/demo?token=$TOKEN")
     if server.admin_console is not None:
         admin_host = "127.0.0.1" if s.admin_addr.host in ("0.0.0.0", "::") else s.admin_addr.host
         where = "PUSHSVC_ADMIN_TOKEN"
@@ -453,8 +478,15 @@ def _run_client(command: Callable[[argparse.Namespace, Any], int]) -> Callable[.
         from pushsvc_client import PushClient, PushClientError, UnavailableError
 
         target = _client_target(args)
+        tls, tls_ca = _client_tls(args)
         try:
-            with PushClient(target.addr, target.api_key, timeout=args.timeout) as client:
+            client = PushClient(
+                target.addr, target.api_key, timeout=args.timeout, tls=tls, tls_ca=tls_ca
+            )
+        except ValueError as exc:  # the CA file cannot be read
+            raise ConfigError(f"PUSHSVC_TLS_CA: {exc}") from None
+        try:
+            with client:
                 return command(args, client)
         except UnavailableError as exc:
             if exc.unreachable:
@@ -483,6 +515,10 @@ def _run_client(command: Callable[[argparse.Namespace, Any], int]) -> Callable[.
 
 def _why(details: str) -> str:
     text = details.lower()
+    if "certificate" in text or "handshake" in text or "ssl" in text:
+        return "TLS handshake failed: is PUSHSVC_TLS_CA the CA of the node's certificate?"
+    if "socket closed" in text:
+        return "the connection was closed: if the node serves TLS, set PUSHSVC_TLS_CA"
     if "refused" in text:
         return "connection refused"
     if "resolv" in text or "dns" in text or "not known" in text:

@@ -12,9 +12,11 @@
   down (its age is a metric).
 - Forwarding is batched per destination node: each peer has an outbox drained
   by its own greenlet into ``NodeService.Deliver`` calls with a deadline, over
-  one channel kept per peer. A slow or stopped peer delays only its own outbox;
-  a failed forward leaves the message in the inbox (it is already stored) and
-  is counted in ``pushsvc_forward_total{result}``.
+  one channel kept per peer (TLS, with this node's client certificate under
+  mutual TLS, when the node has a certificate; renewed when it is reloaded).
+  A slow or stopped peer delays only its own outbox; a failed forward leaves
+  the message in the inbox (it is already stored) and is counted in
+  ``pushsvc_forward_total{result}``.
 """
 
 from __future__ import annotations
@@ -157,17 +159,37 @@ class PresenceCache:
 class Peer:
     """One destination node: a channel and an outbox drained by one greenlet."""
 
-    def __init__(self, info: NodeInfo, cluster_key: str, timeout: float, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        info: NodeInfo,
+        cluster_key: str,
+        timeout: float,
+        metrics: Metrics,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self.info = info
         self._metadata = (("authorization", f"Bearer {cluster_key}"),)
         self._timeout = timeout
         self._metrics = metrics
-        self._channel = grpc.insecure_channel(info.grpc_addr)
+        self._channel = self._open(credentials)
         self._stub = node_pb2_grpc.NodeServiceStub(self._channel)
         # (delivery, set when the Deliver call carrying it has finished)
         self._outbox: deque[tuple[node_pb2.Delivery, Event | None]] = deque()
         self._wakeup = Event()
         self._greenlet = gevent.spawn(self._run)
+
+    def _open(self, credentials: grpc.ChannelCredentials | None) -> grpc.Channel:
+        if credentials is None:
+            return grpc.insecure_channel(self.info.grpc_addr)
+        return grpc.secure_channel(self.info.grpc_addr, credentials)
+
+    def renew(self, credentials: grpc.ChannelCredentials | None) -> None:
+        """A new channel with new credentials (a reloaded client certificate). Calls
+        in flight on the old one finish within their deadline; then it is closed."""
+        old = self._channel
+        self._channel = self._open(credentials)
+        self._stub = node_pb2_grpc.NodeServiceStub(self._channel)
+        gevent.spawn_later(self._timeout + 1.0, old.close)
 
     def send(self, delivery: node_pb2.Delivery, done: Event | None = None) -> None:
         if len(self._outbox) >= OUTBOX_LIMIT:
@@ -228,6 +250,7 @@ class ClusterFleet:
         metrics: Metrics,
         health: StoreHealth,
         on_registered: Callable[[], None],
+        peer_credentials: Callable[[], grpc.ChannelCredentials] | None = None,
     ) -> None:
         self._registry = registry
         self._hub = hub
@@ -239,6 +262,7 @@ class ClusterFleet:
         self._metrics = metrics
         self._health = health
         self._on_registered = on_registered
+        self._credentials = peer_credentials  # None: cleartext between nodes
         self._peers: dict[str, Peer] = {}
         self._nodes: list[NodeInfo] = []
         self._nodes_at = -NODES_CACHE
@@ -375,8 +399,18 @@ class ClusterFleet:
         if peer is None or peer.info.grpc_addr != info.grpc_addr:
             if peer is not None:
                 peer.close()
-            peer = self._peers[info.node_id] = Peer(info, self._key, self._timeout, self._metrics)
+            credentials = self._credentials() if self._credentials is not None else None
+            peer = Peer(info, self._key, self._timeout, self._metrics, credentials)
+            self._peers[info.node_id] = peer
         return peer
+
+    def renew_channels(self) -> None:
+        """This node's certificate was reloaded: dial peers with it from now on."""
+        if self._credentials is None:
+            return
+        credentials = self._credentials()
+        for peer in self._peers.values():
+            peer.renew(credentials)
 
     def _remote_nodes(self) -> dict[str, NodeInfo]:
         return {n.node_id: n for n in self.nodes() if n.node_id != self._node_id}

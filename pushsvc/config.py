@@ -119,6 +119,11 @@ def _opt_str(value: Any, name: str) -> str | None:
     return text or None
 
 
+def _opt_addr(value: Any, name: str) -> Address | None:
+    text = _as_str(value, name).strip()
+    return parse_address(text, name) if text else None
+
+
 def _float(lo: float, hi: float) -> Callable[[Any, str], Any]:
     return _number(float, lo, hi)
 
@@ -206,6 +211,21 @@ class Settings:
         None,
         _secret(ADMIN_TOKEN_MIN),
         "bearer token of the admin console; unset: generated into data_dir (embedded store)",
+    )
+    # TLS (pushsvc/tls.py; docs/operations.md "TLS"). Files are read at start-up and
+    # again on SIGHUP; a bad file stops the start, or keeps the current ones on SIGHUP.
+    tls_cert: str | None = _setting(
+        None, _opt_str, "PEM certificate chain: wss:// and gRPC over TLS (with tls_key)"
+    )
+    tls_key: str | None = _setting(None, _opt_str, "PEM private key of tls_cert, unencrypted")
+    tls_ca: str | None = _setting(
+        None, _opt_str, "PEM CA bundle that issued the nodes' certificates (peers, pushsvc CLI)"
+    )
+    cluster_ca: str | None = _setting(
+        None, _opt_str, "PEM CA of mutual TLS between nodes: NodeService on cluster_addr"
+    )
+    cluster_addr: Address | None = _setting(
+        None, _opt_addr, "mutual-TLS listener peers dial for NodeService (with cluster_ca)"
     )
 
     @property
@@ -316,6 +336,32 @@ def consistency_problems(s: Settings) -> list[str]:
     if s.jwt_algorithm != "HS256" and not s.jwt_public_key_file:
         problems.append(
             f"jwt_algorithm {s.jwt_algorithm} needs PUSHSVC_JWT_PUBLIC_KEY_FILE (a PEM public key)"
+        )
+    return problems + tls_problems(s)
+
+
+def tls_problems(s: Settings) -> list[str]:
+    """TLS settings that do not go together (the files themselves: pushsvc.tls.load)."""
+    problems = []
+    if bool(s.tls_cert) != bool(s.tls_key):
+        problems.append(
+            "PUSHSVC_TLS_CERT and PUSHSVC_TLS_KEY go together: set both (the certificate "
+            "chain and its private key) or neither"
+        )
+    if s.cluster_ca and not s.tls_cert:
+        problems.append(
+            "PUSHSVC_CLUSTER_CA (mutual TLS between nodes) needs PUSHSVC_TLS_CERT and "
+            "PUSHSVC_TLS_KEY: this node's certificate, issued by that CA"
+        )
+    if s.cluster_ca and s.cluster_addr is None:
+        problems.append(
+            "PUSHSVC_CLUSTER_CA needs PUSHSVC_CLUSTER_ADDR: the listener where peers call "
+            "NodeService with their client certificates (example: 10.0.0.5:50052)"
+        )
+    if s.cluster_addr is not None and not s.cluster_ca:
+        problems.append(
+            "PUSHSVC_CLUSTER_ADDR is the mutual-TLS listener between nodes: set "
+            "PUSHSVC_CLUSTER_CA (and PUSHSVC_TLS_CERT, PUSHSVC_TLS_KEY) too, or unset it"
         )
     return problems
 

@@ -3,7 +3,8 @@
 Everything ``serve`` would refuse at start-up is a problem: a value that does
 not parse, an unknown setting, settings that contradict each other, the
 secure-by-default rules, a JWT public key file that is missing or not a PEM
-public key, a data directory that is a file. What depends on the user the
+public key, TLS files that ``serve`` would refuse (``pushsvc.tls.load``), a data
+directory that is a file. What depends on the user the
 check runs as (a file this user may not read, a directory it may not write) is
 a warning only: the node's own user may well have the access.
 
@@ -79,6 +80,7 @@ def read_env_file(path: str) -> dict[str, str]:
 def _check_files(s: Settings, report: Report) -> None:
     if s.jwt_algorithm != "HS256" and s.jwt_public_key_file:
         _check_public_key(s.jwt_public_key_file, report)
+    _check_tls(s, report)
     data_dir = Path(s.data_dir)
     if data_dir.exists() and not data_dir.is_dir():
         report.problems.append(f"data_dir {data_dir} is not a directory")
@@ -87,6 +89,25 @@ def _check_files(s: Settings, report: Report) -> None:
             f"data_dir {data_dir} is not writable by uid {os.getuid()}: "
             "make sure the node's user may write it"
         )
+
+
+def _check_tls(s: Settings, report: Report) -> None:
+    from pushsvc.tls import TLSFiles, load
+
+    files = TLSFiles.from_settings(s)
+    if files is None:
+        return
+    paths = [p for p in (files.cert, files.key, files.ca, files.cluster_ca) if p]
+    hidden = [p for p in paths if Path(p).is_file() and not os.access(p, os.R_OK)]
+    if hidden:
+        report.warnings.append(
+            f"{', '.join(hidden)} not readable by uid {os.getuid()}: TLS files not checked"
+        )
+        return
+    try:
+        load(files)
+    except ConfigError as exc:
+        report.problems.append(str(exc))
 
 
 def _check_public_key(path: str, report: Report) -> None:

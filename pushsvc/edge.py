@@ -336,5 +336,10 @@ def listen_socket(addr: Address, reuse_port: bool = False, backlog: int = 2048) 
     return sock
 
 
-def make_server(listener: socket.socket, app: EdgeApp) -> WSGIServer:
-    return WSGIServer(listener, app, handler_class=EdgeHandler, log=None, error_log=log)
+def make_server(
+    listener: socket.socket,
+    app: EdgeApp,
+    server_class: Callable[..., WSGIServer] = WSGIServer,
+) -> WSGIServer:
+    """The WebSocket listener's server; ``server_class`` is e.g. ``tls.TLSServer``."""
+    return server_class(listener, app, handler_class=EdgeHandler, log=None, error_log=log)

@@ -1,8 +1,11 @@
 """The gRPC servicers: thin translations between protobuf and the node.
 
 Authentication is an interceptor: PushService calls need an API key,
-NodeService calls the cluster key; health and reflection are open so load
-balancers and grpcurl work.
+NodeService calls the cluster key (and, with mutual TLS, a client certificate
+the cluster listener verified); health and reflection are open so load
+balancers and grpcurl work. The interceptor also answers a request that cannot
+be decoded with INVALID_ARGUMENT, for every service (grpcio's own answer is
+INTERNAL, as if the server had failed).
 """
 
 from __future__ import annotations
@@ -328,6 +331,94 @@ def bearer_of(metadata: Any) -> str | None:
     return None
 
 
+class _Undecodable:
+    """Stands in for a request whose bytes are not the expected message."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """``deserializer`` that returns ``_Undecodable`` instead of raising (grpcio turns
+    a raising deserializer into INTERNAL before any handler runs)."""
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:
+            return _Undecodable(str(exc)[:200] or type(exc).__name__)
+
+    return parse
+
+
+def _refuse_undecodable(method: str, request: _Undecodable, context: grpc.ServicerContext) -> None:
+    log.info("rpc refused", extra={"rpc": method, "code": "INVALID_ARGUMENT", "why": "decode"})
+    context.abort(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"the request to {method} is not a valid protobuf message of its type ({request.reason})",
+    )
+
+
+Guard = Callable[[grpc.ServicerContext], None]
+
+
+def _guarded(handler: grpc.RpcMethodHandler, method: str, guard: Guard | None) -> Any:
+    """``handler`` with tolerant decoding (undecodable → INVALID_ARGUMENT) and, when
+    given, ``guard(context)`` run before the behaviour (it aborts to refuse)."""
+    parse = _tolerant(handler.request_deserializer)
+    serialize = handler.response_serializer
+
+    def check_one(request: Any, context: grpc.ServicerContext) -> None:
+        if guard is not None:
+            guard(context)
+        if isinstance(request, _Undecodable):
+            _refuse_undecodable(method, request, context)
+
+    def checked(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+        for request in requests:
+            if isinstance(request, _Undecodable):
+                _refuse_undecodable(method, request, context)
+            yield request
+
+    if handler.request_streaming:
+        inner_stream = handler.stream_stream or handler.stream_unary
+        assert inner_stream is not None
+
+        def stream_in(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+            if guard is not None:
+                guard(context)
+            return inner_stream(checked(requests, context), context)
+
+        if handler.response_streaming:
+            return grpc.stream_stream_rpc_method_handler(stream_in, parse, serialize)
+        return grpc.stream_unary_rpc_method_handler(stream_in, parse, serialize)
+    inner_unary = handler.unary_stream or handler.unary_unary
+    assert inner_unary is not None
+
+    def unary_in(request: Any, context: grpc.ServicerContext) -> Any:
+        check_one(request, context)
+        return inner_unary(request, context)
+
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(unary_in, parse, serialize)
+    return grpc.unary_unary_rpc_method_handler(unary_in, parse, serialize)
+
+
+def _peer_certificate_required(context: grpc.ServicerContext) -> None:
+    """NodeService under mutual TLS: only calls through the cluster listener, whose
+    handshake required and verified a client certificate, carry one."""
+    if not context.auth_context().get("x509_pem_cert"):
+        context.abort(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "NodeService needs mutual TLS: call PUSHSVC_CLUSTER_ADDR with a client "
+            "certificate issued by PUSHSVC_CLUSTER_CA",
+        )
+
+
 def _abort_handler(
     like: grpc.RpcMethodHandler | None, code: grpc.StatusCode, message: str
 ) -> grpc.RpcMethodHandler:
@@ -346,12 +437,33 @@ def _abort_handler(
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
-    def __init__(self, api_keys: ApiKeys, cluster_key: str | None, limits: CallerLimits) -> None:
+    def __init__(
+        self,
+        api_keys: ApiKeys,
+        cluster_key: str | None,
+        limits: CallerLimits,
+        mutual_tls: bool = False,
+    ) -> None:
         self._api_keys = api_keys
         self._cluster_key = cluster_key.encode() if cluster_key else None
         self._limits = limits
+        self._mutual_tls = mutual_tls
 
     def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = self._authorize(continuation, details)
+        if handler is None:
+            return None  # an unknown method: UNIMPLEMENTED
+        rpc = details.method.lstrip("/")
+        service = rpc.partition("/")[0]
+        guard = _peer_certificate_required if self._mutual_tls and service == NODE_SERVICE else None
+        guarded: grpc.RpcMethodHandler = _guarded(handler, rpc, guard)
+        return guarded
+
+    def _authorize(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
         details: grpc.HandlerCallDetails,
@@ -390,10 +502,13 @@ def make_server(
     cluster_key: str | None,
     callers: CallerLimits,
     max_workers: int = 256,
+    mutual_tls: bool = False,
 ) -> tuple[grpc.Server, health.HealthServicer]:
+    """The gRPC server, its ports not added yet. ``mutual_tls``: NodeService answers
+    only calls that came with a verified client certificate (the cluster listener)."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
-        interceptors=[AuthInterceptor(api_keys, cluster_key, callers)],
+        interceptors=[AuthInterceptor(api_keys, cluster_key, callers, mutual_tls)],
         options=[
             ("grpc.max_receive_message_length", limits.max_payload + 1024 * 1024),
             ("grpc.so_reuseport", 0),

@@ -2,7 +2,8 @@
 
 ``build`` wires the parts from ``Settings`` (the store, the fleet, the node,
 the WebSocket edge, the gRPC server, the admin listener); ``Server`` binds the
-listeners, starts the housekeeping (store probe, sweeper, systemd watchdog),
+listeners (with TLS when a certificate is set), starts the housekeeping (store
+probe, sweeper, systemd watchdog), reloads the TLS certificate on ``SIGHUP``
 and drains on ``SIGTERM``. The process must be cooperative before anything here
 runs: ``cli.serve`` monkey-patches the standard library with gevent and switches
 gRPC to its gevent mode first.
@@ -10,6 +11,7 @@ gRPC to its gevent mode first.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import secrets
@@ -21,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import gevent
+import grpc
 from gevent.event import Event
 from gevent.pywsgi import WSGIServer
 from grpc_health.v1 import health_pb2
@@ -42,6 +45,7 @@ from pushsvc.protocol import Close
 from pushsvc.session import SessionLimits
 from pushsvc.store.inbox import InboxStore
 from pushsvc.systemd import Notifier
+from pushsvc.tls import NodeTLS, TLSFiles, TLSServer, cleartext_warnings
 
 log = logging.getLogger("pushsvc.server")
 
@@ -80,6 +84,7 @@ def _fleet_factory(
     metrics: Metrics,
     health: StoreHealth,
     ready: Callable[[], None],
+    tls: NodeTLS | None,
 ) -> Callable[[Node], Fleet]:
     def make(node: Node) -> Fleet:
         if s.embedded:
@@ -89,7 +94,7 @@ def _fleet_factory(
         from pushsvc.store.mongo_registry import MongoRegistry
 
         assert isinstance(inbox, MongoInbox) and s.cluster_key is not None
-        return ClusterFleet(
+        fleet = ClusterFleet(
             MongoRegistry(inbox.database),
             hub,
             node.info,
@@ -99,7 +104,11 @@ def _fleet_factory(
             metrics=metrics,
             health=health,
             on_registered=ready,
+            peer_credentials=tls.peer_credentials if tls is not None else None,
         )
+        if tls is not None:
+            tls.on_reload(fleet.renew_channels)  # peers see the new client certificate
+        return fleet
 
     return make
 
@@ -110,8 +119,17 @@ class Server:
     def __init__(self, settings: Settings) -> None:
         check_secure(settings)
         self.settings = s = settings
+        files = TLSFiles.from_settings(s)
+        self.tls = NodeTLS(files) if files is not None else None  # ConfigError: bad files
         self.node_id = s.resolved_node_id()
         self.metrics = Metrics()
+        tls = self.tls
+        if tls is not None:
+            self.metrics.gauge(
+                "pushsvc_tls_cert_expiry_timestamp_seconds",
+                "When the certificate in use expires (Unix time); it changes on a reload",
+                lambda: tls.material.not_after.timestamp(),
+            )
         self.notifier = Notifier()
         self.hub = Hub()
         inbox = self.inbox = _open_inbox(s)
@@ -130,7 +148,9 @@ class Server:
             self.node_id,
             inbox,
             self.hub,
-            _fleet_factory(s, inbox, self.hub, self.metrics, self.health, self._on_registered),
+            _fleet_factory(
+                s, inbox, self.hub, self.metrics, self.health, self._on_registered, self.tls
+            ),
             self.metrics,
             self.health,
             AdmissionLimits(s.connect_rate, s.connect_queue, s.welcome_timeout),
@@ -164,6 +184,7 @@ class Server:
             ApiKeys(api_keys),
             s.cluster_key,
             grpc_api.CallerLimits(s.api_rate, s.api_burst),
+            mutual_tls=self.tls is not None and self.tls.mutual,
         )
         self.admin_console = self._admin_console() if s.admin_ui else None
         self._stop = Event()
@@ -172,7 +193,7 @@ class Server:
         self._watchdog: gevent.Greenlet | None = None
         self.ws_server: WSGIServer | None = None
         self.admin_server: WSGIServer | None = None
-        self.ws_port = self.grpc_port = self.admin_port = 0
+        self.ws_port = self.grpc_port = self.admin_port = self.cluster_port = 0
 
     def _secrets(self) -> tuple[str | None, tuple[str, ...]]:
         """The JWT secret and API keys; generated into the data directory when unset
@@ -211,19 +232,32 @@ class Server:
         s = self.settings
         if self.notifier.watchdog_interval is not None:
             self._watchdog = gevent.spawn(self._watchdog_loop, self.notifier.watchdog_interval)
+        tls = self.tls
         ws_sock = _listen(s.ws_addr, "PUSHSVC_WS_ADDR", reuse_port=True)
         admin_sock = _listen(s.admin_addr, "PUSHSVC_ADMIN_ADDR")
-        grpc_port = self.grpc_server.add_insecure_port(str(s.grpc_addr))
-        if grpc_port == 0:
-            raise ConfigError(
-                f"cannot listen on PUSHSVC_GRPC_ADDR {s.grpc_addr}: address in use or not local"
+        self.grpc_port = _listen_grpc(
+            self.grpc_server,
+            s.grpc_addr,
+            "PUSHSVC_GRPC_ADDR",
+            tls.grpc_credentials() if tls is not None else None,
+        )
+        if s.cluster_addr is not None and tls is not None:
+            self.cluster_port = _listen_grpc(
+                self.grpc_server,
+                s.cluster_addr,
+                "PUSHSVC_CLUSTER_ADDR",
+                tls.grpc_credentials(require_client_cert=True),
             )
+        self._warn_cleartext()
         self.ws_port = ws_sock.getsockname()[1]
-        self.grpc_port = grpc_port
         self.admin_port = admin_sock.getsockname()[1]
         self.node.ws_addr = f"{s.ws_addr.host}:{self.ws_port}"
         self.node.grpc_addr = self._advertise()
-        self.ws_server = edge.make_server(ws_sock, self.edge_app)
+        self.ws_server = edge.make_server(
+            ws_sock,
+            self.edge_app,
+            functools.partial(TLSServer, tls=tls) if tls is not None else WSGIServer,
+        )
         self.admin_server = WSGIServer(
             admin_sock, AdminApp(self.metrics, self.readiness, self.admin_console), log=None
         )
@@ -249,6 +283,8 @@ class Server:
                 "grpc": f"{s.grpc_addr.host}:{self.grpc_port}",
                 "admin": f"{s.admin_addr.host}:{self.admin_port}",
                 "store": "embedded" if s.embedded else "mongodb",
+                "tls": "off" if tls is None else "mutual" if tls.mutual else "on",
+                "cluster": f"{s.cluster_addr.host}:{self.cluster_port}" if s.cluster_addr else "",
             },
         )
         if self.admin_console is not None:
@@ -257,6 +293,8 @@ class Server:
                 _dial_host(s.admin_addr.host),
                 self.admin_port,
             )
+        if tls is not None:
+            log.info("TLS certificate loaded", extra=tls.material.describe())
         if self.node.fleet.registered:
             self._on_registered()
 
@@ -268,13 +306,40 @@ class Server:
             self.notifier.ready(self._status())
 
     def _advertise(self) -> str:
+        """The address peers dial for NodeService: the cluster listener under mutual
+        TLS, else the gRPC listener."""
         s = self.settings
         if s.advertise_addr:
             return s.advertise_addr
-        host = s.grpc_addr.host
+        addr, port = (
+            (s.cluster_addr, self.cluster_port)
+            if s.cluster_addr is not None
+            else (s.grpc_addr, self.grpc_port)
+        )
+        host = addr.host
         if host in ("0.0.0.0", "::", ""):
             host = socket.gethostname()
-        return f"{host}:{self.grpc_port}"
+        return f"{host}:{port}"
+
+    def _warn_cleartext(self) -> None:
+        for warning in cleartext_warnings(self.settings):
+            log.warning(warning)
+
+    # -- reload ------------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """SIGHUP (``systemctl reload``): read the TLS certificate and key again. New
+        handshakes use them; open connections keep theirs. Files that fail a check
+        change nothing (logged)."""
+        ready = self._ready_sent  # systemd hears of a reload only once it heard READY=1
+        if ready:
+            self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        if self.tls is None:
+            log.info("SIGHUP: nothing to reload (no TLS certificate configured)")
+        else:
+            self.tls.reload()
+        if ready:
+            self.notifier.ready(self._status())
 
     # -- housekeeping -----------------------------------------------------------------------
 
@@ -441,6 +506,25 @@ def _listen(addr: Address, name: str, reuse_port: bool = False) -> socket.socket
         raise ConfigError(f"cannot listen on {name} {addr}: {exc.strerror}") from None
 
 
+def _listen_grpc(
+    server: grpc.Server, addr: Address, name: str, credentials: grpc.ServerCredentials | None
+) -> int:
+    """Add a port to the gRPC server; the bound port. gRPC says only that binding
+    failed (and prints its own line), so the address is tried with a plain socket
+    first, which gives the reason in the words the other listeners use."""
+    _listen(addr, name).close()
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(str(addr))
+        else:
+            port = server.add_secure_port(str(addr), credentials)
+    except RuntimeError:
+        port = 0  # grpcio >= 1.60 raises where older releases returned 0
+    if port == 0:
+        raise ConfigError(f"cannot listen on {name} {addr}: address in use or not local")
+    return port
+
+
 def run_server(settings: Settings, announce: Callable[[Server], None] | None = None) -> int:
     """Run a node until SIGTERM/SIGINT, then drain. Returns the exit code."""
     configure_logging(settings.log_level, settings.log_format)
@@ -461,6 +545,7 @@ def run_server(settings: Settings, announce: Callable[[Server], None] | None = N
         announce(server)
     for sig in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(sig, server.request_stop)
+    gevent.signal_handler(signal.SIGHUP, server.reload)
     server.wait()
     server.drain()
     return 0

@@ -15,14 +15,18 @@ A close is written after the frame in progress (a frame cut in the middle
 would corrupt the stream), ahead of everything still queued when the queue is
 dropped (a slow consumer sees its 4008 at once); if the close cannot be written
 within a grace period, the socket is shut down so the peer sees the end anyway.
+
+On a TLS connection (wss://) the non-blocking write goes through the TLS
+session (``TLSSender``), never to the socket under it.
 """
 
 from __future__ import annotations
 
 import itertools
 import socket
+import ssl
 from collections import deque
-from typing import Protocol
+from typing import Any, Protocol
 
 import gevent
 from gevent.socket import wait_write
@@ -41,6 +45,63 @@ class Owner(Protocol):
         """The queue that built up while the socket would block is empty again."""
 
 
+class Sender(Protocol):
+    def send(self, data: bytes, /) -> int: ...
+
+    def fileno(self) -> int: ...
+
+
+class TLSSender:
+    """Non-blocking writes through a TLS session, with a socket's ``send()`` contract.
+
+    OpenSSL writes a buffer whole or raises "want write"; in the second case it may
+    already have encrypted and sent part of it, and the next write must start with
+    the same bytes (it goes on from where it was). A plain socket's ``send()``
+    instead says how much it took. So when a write would block, this reports all of
+    ``data`` but its last byte as taken and keeps ``data``: the writer's next call
+    starts with that last byte, and this writes the kept buffer again, unchanged,
+    before anything new. At most one buffer (one flush chunk) is kept.
+    """
+
+    __slots__ = ("_fd", "_kept", "_tls")
+
+    def __init__(self, sock: Any) -> None:
+        self._tls = sock._sslobj  # gevent's SSLSocket: the session under the wrapper
+        self._fd: int = sock.fileno()
+        self._kept: bytes | None = None
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def send(self, data: bytes, /) -> int:
+        kept = self._kept
+        if kept is not None:
+            # ``data`` starts with the last byte of ``kept``, the one not reported yet.
+            try:
+                self._tls.write(kept)
+            except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                raise BlockingIOError from None
+            self._kept = None
+            return 1
+        try:
+            written: int = self._tls.write(data)
+            return written
+        except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            if len(data) < 2:
+                raise BlockingIOError from None  # retried with this byte first anyway
+            self._kept = bytes(data)
+            return len(data) - 1
+
+
+def sender_of(sock: socket.socket) -> Sender:
+    """What a non-blocking ``send()`` goes to: the TLS session of a wss:// connection,
+    else the real socket under gevent's wrapper (its send() never waits)."""
+    if getattr(sock, "_sslobj", None) is not None:
+        return TLSSender(sock)
+    raw: Sender = getattr(sock, "_sock", sock)
+    return raw
+
+
 class Writer:
     __slots__ = (
         "_closing",
@@ -57,8 +118,7 @@ class Writer:
 
     def __init__(self, sock: socket.socket, limit: int, owner: Owner) -> None:
         self._sock = sock
-        # The real socket under gevent's wrapper: its send() never waits.
-        self._raw = getattr(sock, "_sock", sock)
+        self._raw = sender_of(sock)
         self._limit = limit
         self._owner = owner
         # Queued while the socket would block: (bytes, message ids of its frames).

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 
 from pushsvc_client.v1 import push_pb2_grpc
 from tests.nodeproc import NodeProcess
+from tests.pki import Issued, Pki
 from tests.wsclient import Client
 
 
@@ -38,7 +38,7 @@ def node(node_factory: Callable[..., NodeProcess]) -> NodeProcess:
 
 @pytest.fixture
 def stub(node: NodeProcess) -> Iterator[push_pb2_grpc.PushServiceStub]:
-    channel = grpc.insecure_channel(node.grpc_addr)
+    channel = node.channel()
     yield push_pb2_grpc.PushServiceStub(channel)
     channel.close()
 
@@ -50,3 +50,25 @@ def clients() -> Iterator[list[Client]]:
     yield opened
     for c in opened:
         c.close()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """The test CA (made once per session): it issues every node's certificate."""
+    return Pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="session")
+def node_cert(pki: Pki) -> Issued:
+    """A certificate for 127.0.0.1 and localhost, issued by ``pki``."""
+    return pki.issue("node")
+
+
+@pytest.fixture
+def tls_env(pki: Pki, node_cert: Issued) -> dict[str, str]:
+    """The settings of a TLS node (wss:// and gRPC over TLS) with the test CA."""
+    return {
+        "PUSHSVC_TLS_CERT": str(node_cert.cert),
+        "PUSHSVC_TLS_KEY": str(node_cert.key),
+        "PUSHSVC_TLS_CA": str(pki.ca),
+    }

@@ -43,6 +43,15 @@ def live_env(node: NodeProcess) -> dict[str, str]:
     }
 
 
+def tls_client_env(node: NodeProcess, *, with_ca: bool = True) -> dict[str, str]:
+    """What a client's environment holds to reach a TLS node: its address, an API key
+    and the CA file that issued its certificate (unless ``with_ca`` is off)."""
+    env = {"PUSHSVC_GRPC_ADDR": node.grpc_addr, "PUSHSVC_API_KEY": API_KEY}
+    if with_ca:
+        env["PUSHSVC_TLS_CA"] = node.env["PUSHSVC_TLS_CA"]
+    return env
+
+
 def run(
     cmd: list[str],
     *,

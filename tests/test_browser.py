@@ -32,6 +32,7 @@ import pytest
 from pushsvc.auth import mint_token
 from pushsvc_client.v1 import push_pb2, push_pb2_grpc
 from tests.nodeproc import JWT_SECRET, NodeProcess, auth
+from tests.pki import Pki
 
 ROOT = Path(__file__).resolve().parent.parent
 BROWSER_DIR = Path(__file__).resolve().parent / "browser"
@@ -65,14 +66,16 @@ class Control:
     def __init__(self, node: NodeProcess) -> None:
         self.node = node
         self._lock = threading.Lock()
-        self._channel = grpc.insecure_channel(
-            node.grpc_addr,
-            options=[
-                ("grpc.initial_reconnect_backoff_ms", 100),
-                ("grpc.min_reconnect_backoff_ms", 100),
-                ("grpc.max_reconnect_backoff_ms", 500),
-            ],
-        )
+        options = [
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 500),
+        ]
+        if node.tls:
+            ca = grpc.ssl_channel_credentials(Path(node.env["PUSHSVC_TLS_CA"]).read_bytes())
+            self._channel = grpc.secure_channel(node.grpc_addr, ca, options=options)
+        else:
+            self._channel = grpc.insecure_channel(node.grpc_addr, options=options)
         self._stub = push_pb2_grpc.PushServiceStub(self._channel)
         self._keys = iter(range(1, 1 << 62))
 
@@ -236,15 +239,33 @@ def demo_node(node_factory: Callable[..., NodeProcess]) -> NodeProcess:
 @pytest.mark.timeout(NODE_TIMEOUT + 40)
 @pytest.mark.parametrize("script", ["client.test.js", "demo.test.js"])
 def test_browser(script: str, demo_node: NodeProcess, tmp_path: Path) -> None:
+    run_scenarios(script, demo_node, tmp_path)
+
+
+@pytest.mark.timeout(NODE_TIMEOUT + 40)
+def test_browser_over_tls(
+    node_factory: Callable[..., NodeProcess], tls_env: dict[str, str], pki: Pki, tmp_path: Path
+) -> None:
+    """The page over https:// and the client over wss://, Chromium trusting the test CA."""
+    node = node_factory(env={**NODE_ENV, **tls_env})
+    run_scenarios("tls.test.js", node, tmp_path, {"PUSHSVC_TLS_SPKI": pki.spki})
+
+
+def run_scenarios(
+    script: str, demo_node: NodeProcess, tmp_path: Path, extra: dict[str, str] | None = None
+) -> None:
+    """``node --test script`` against ``demo_node``, with the control server."""
     node_bin = _require_tools()
     control = Control(demo_node)
+    scheme = "https" if demo_node.tls else "http"
     with control_server(control) as control_url:
         env = {
             **os.environ,
-            "PUSHSVC_HTTP_URL": f"http://127.0.0.1:{demo_node.ws_port}",
+            "PUSHSVC_HTTP_URL": f"{scheme}://127.0.0.1:{demo_node.ws_port}",
             "PUSHSVC_CONTROL_URL": control_url,
             "PUSHSVC_CHROMIUM": CHROMIUM,
             "PUSHSVC_ARTIFACTS": str(tmp_path),
+            **(extra or {}),
         }
         try:
             proc = subprocess.run(

@@ -25,7 +25,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.langtest import NO_API_KEY, live_env, run, run_ok, suite_env, tracked_files
+from tests.langtest import (
+    NO_API_KEY,
+    live_env,
+    run,
+    run_ok,
+    suite_env,
+    tls_client_env,
+    tracked_files,
+)
 from tests.nodeproc import API_KEY, NodeProcess
 from tests.outage import outage_env, outage_node, run_through_outage
 from tests.wsclient import open_ws
@@ -160,9 +168,14 @@ def test_go_example_command(node: NodeProcess, go_env: dict[str, str]) -> None:
 
 
 def test_readme_example_runs_as_written(
-    node: NodeProcess, go_env: dict[str, str], tmp_path: Path
+    node: NodeProcess,
+    go_env: dict[str, str],
+    tmp_path: Path,
+    node_factory: Callable[..., NodeProcess],
+    tls_env: dict[str, str],
 ) -> None:
-    """The README's program, verbatim, in a scratch module that replaces the module path."""
+    """The README's program, verbatim, in a scratch module that replaces the module path;
+    and, unchanged, over TLS with PUSHSVC_TLS_CA."""
     readme = (GO_DIR / "README.md").read_text()
     match = re.search(r"^## Ten-line example\n\n```go\n(.*?)^```$", readme, re.S | re.M)
     assert match, "no ```go block under '## Ten-line example' in clients/go/README.md"
@@ -194,3 +207,16 @@ def test_readme_example_runs_as_written(
     )
     assert bare.returncode == 1, bare.stdout
     assert bare.stdout.count(NO_API_KEY) == 1 and len(bare.stdout.splitlines()) == 1, bare.stdout
+
+    # Over TLS: the CA file in PUSHSVC_TLS_CA is all it takes; the system's roots do not
+    # know the test CA, so the certificate is really checked.
+    tls_node = node_factory(env=tls_env)
+    env = {**go_env, **tls_client_env(tls_node)}
+    with open_ws(tls_node, "alice") as ws:
+        output = _run([str(hello / "hello")], env, cwd=hello)
+        (frame,) = ws.messages(1)
+    assert output.strip() == f"pushed {frame['id']} seqs [1]"
+    untrusted = {**go_env, **tls_client_env(tls_node, with_ca=False), "PUSHSVC_TLS": "1"}
+    refused = run([str(hello / "hello")], cwd=hello, env=untrusted)
+    assert refused.returncode == 1, refused.stdout
+    assert "certificate signed by unknown authority" in refused.stdout, refused.stdout

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -15,7 +19,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 from pushsvc_client.v1 import push_pb2, push_pb2_grpc
-from tests.nodeproc import NodeProcess, auth
+from tests.nodeproc import API_KEY, JWT_SECRET, NodeProcess, auth
 from tests.waiting import wait_for
 from tests.wsclient import open_ws
 
@@ -418,3 +422,93 @@ def test_rate_limit(node_factory: Callable[..., NodeProcess]) -> None:
         got = client.messages(len(ok))
         assert [m["id"] for m in got] == [r.message_id for r in ok]
         assert client.barrier() == []
+
+
+# -- requests that are not their message, and a port that cannot be bound ------------------
+
+# Raw request bytes, sent as they are (a generic call with the identity serializer).
+UNDECODABLE = {
+    # user_ids (field 1, a string) holding bytes that are not UTF-8
+    "invalid UTF-8 in a string": b"\x0a\x05u-raw\x0a\x02\xff\xfe",
+    # payload (field 2) announces 16 bytes and carries 2
+    "truncated": b"\x0a\x05u-raw\x12\x10{}",
+    "garbage": b"\xff\xff\xff\xff\xff\xff",
+}
+
+
+def _raw_unary(channel: grpc.Channel, method: str) -> Callable[..., bytes]:
+    call: Callable[..., bytes] = channel.unary_unary(
+        method, request_serializer=None, response_deserializer=None
+    )
+    return call
+
+
+def test_undecodable_requests_answer_invalid_argument(
+    node: NodeProcess, stub: push_pb2_grpc.PushServiceStub
+) -> None:
+    """Not INTERNAL (grpcio's default, as if the node had failed): the caller's mistake."""
+    with grpc.insecure_channel(node.grpc_addr) as channel:
+        for case, data in UNDECODABLE.items():
+            for method in ("/pushsvc.v1.PushService/Push", "/pushsvc.v1.PushService/GetPresence"):
+                call = _raw_unary(channel, method)
+                err = rpc_error(lambda c=call, d=data: c(d, metadata=AUTH, timeout=10))  # type: ignore[misc]
+                assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (case, method, err)
+                assert "not a valid protobuf message" in str(err.details()), err.details()
+        # Health (no key needed) decodes the same way.
+        health_check = _raw_unary(channel, "/grpc.health.v1.Health/Check")
+        err = rpc_error(lambda: health_check(UNDECODABLE["garbage"], timeout=10))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        # Without a key, the answer is about the key.
+        push_raw = _raw_unary(channel, "/pushsvc.v1.PushService/Push")
+        err = rpc_error(lambda: push_raw(UNDECODABLE["garbage"], timeout=10))
+        assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+        # A stream: the good request is answered, the bad one ends the stream.
+        stream = channel.stream_stream(
+            "/pushsvc.v1.PushService/PushStream",
+            request_serializer=None,
+            response_deserializer=push_pb2.PushResponse.FromString,
+        )
+        good = push_pb2.PushRequest(user_ids=["u-stream"], payload=b"{}").SerializeToString()
+        requests = iter([good, UNDECODABLE["garbage"]])
+        responses = iter(stream(requests, metadata=tuple(AUTH), timeout=10))
+        first = next(responses)
+        assert list(first.seqs) == [1] and not first.HasField("error")
+        err = rpc_error(lambda: next(responses))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
+    assert_nothing_stored(node, stub, "u-raw")
+    log = node.log()
+    assert "Exception deserializing" not in log and "rpc failed" not in log
+
+
+def _serve_with(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSVC_")}
+    full.update(
+        PUSHSVC_WS_ADDR="127.0.0.1:0",
+        PUSHSVC_ADMIN_ADDR="127.0.0.1:0",
+        PUSHSVC_DATA_DIR=str(tmp_path / "data"),
+        PUSHSVC_API_KEYS=API_KEY,
+        PUSHSVC_JWT_SECRET=JWT_SECRET,
+        **env,
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "pushsvc", "serve"],
+        env=full,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_grpc_port_that_cannot_be_bound_stops_the_node(node: NodeProcess, tmp_path: Path) -> None:
+    """The same one line and exit code 2 as the other listeners, without gRPC's own
+    line: the port in use (by the running node), and an address not on this host."""
+    cases = {
+        node.grpc_addr: "Address already in use",
+        "192.0.2.1:50051": "Cannot assign requested address",  # TEST-NET-1: not on this host
+    }
+    for addr, why in cases.items():
+        proc = _serve_with({"PUSHSVC_GRPC_ADDR": addr}, tmp_path)
+        assert proc.returncode == 2, (addr, proc.stdout, proc.stderr)
+        line = f"pushsvc: error: cannot listen on PUSHSVC_GRPC_ADDR {addr}: {why}"
+        assert proc.stderr.splitlines() == [line], proc.stderr

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.langtest import NO_API_KEY, live_env, run, run_ok, suite_env
+from tests.langtest import NO_API_KEY, live_env, run, run_ok, suite_env, tls_client_env
 from tests.nodeproc import API_KEY, NodeProcess
 from tests.outage import outage_env, outage_node, run_through_outage
 from tests.wsclient import open_ws
@@ -186,8 +186,13 @@ def java_installed(java_ready: None) -> Path:
 
 
 def test_java_readme_example_in_a_fresh_project(
-    java_installed: Path, node: NodeProcess, tmp_path: Path
+    java_installed: Path,
+    node: NodeProcess,
+    tmp_path: Path,
+    node_factory: Callable[..., NodeProcess],
+    tls_env: dict[str, str],
 ) -> None:
+    """The README's example as written; then, unchanged, over TLS with PUSHSVC_TLS_CA."""
     readme = (JAVA_DIR / "README.md").read_text()
     dependency = re.search(r"```xml\n(<dependency>.*?</dependency>)\n```", readme, re.S)
     assert dependency, "README.md has no ```xml <dependency> block"
@@ -225,6 +230,18 @@ def test_java_readme_example_in_a_fresh_project(
     bare = run(java, cwd=project, env=suite_env(), timeout=120)
     assert bare.returncode == 1, bare.stdout
     assert bare.stdout.count(NO_API_KEY) == 1, bare.stdout
+
+    # Over TLS: the CA file in PUSHSVC_TLS_CA is all it takes; the JVM's trust store
+    # does not know the test CA, so the certificate is really checked.
+    tls_node = node_factory(env=tls_env)
+    with open_ws(tls_node, "alice") as alice:
+        out = run_ok(java, cwd=project, env=suite_env(tls_client_env(tls_node)), timeout=120)
+        (frame,) = alice.messages(1, timeout=10)
+    assert out.strip() == f"pushed {frame['id']} seqs [1]", out
+    untrusted = suite_env({**tls_client_env(tls_node, with_ca=False), "PUSHSVC_TLS": "1"})
+    refused = run(java, cwd=project, env=untrusted, timeout=120)
+    assert refused.returncode == 1, refused.stdout
+    assert "UnavailableException" in refused.stdout, refused.stdout
 
 
 def test_java_tests_fail_without_a_node(java_ready: None) -> None:

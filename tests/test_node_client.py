@@ -30,6 +30,7 @@ from tests.langtest import (
     run_ok,
     suite_env,
     tarball_files,
+    tls_client_env,
 )
 from tests.nodeproc import API_KEY, NodeProcess
 from tests.outage import outage_env, outage_node, run_through_outage
@@ -120,8 +121,13 @@ def test_tarball_carries_the_protos_and_no_tests(node_tarball: Path) -> None:
 
 
 def test_readme_example_from_the_installed_tarball(
-    node: NodeProcess, node_tarball: Path, tmp_path: Path
+    node: NodeProcess,
+    node_tarball: Path,
+    tmp_path: Path,
+    node_factory: Callable[..., NodeProcess],
+    tls_env: dict[str, str],
 ) -> None:
+    """The README's example as written; then, unchanged, over TLS with PUSHSVC_TLS_CA."""
     readme = (NODE_CLIENT / "README.md").read_text()
     match = re.search(r"^## Example\n.*?```js\n(.*?)^```$", readme, re.S | re.M)
     assert match, "no ```js block under '## Example' in clients/node/README.md"
@@ -145,3 +151,18 @@ def test_readme_example_from_the_installed_tarball(
     bare = run([node_bin, "example.mjs"], cwd=project, env=suite_env(), timeout=120)
     assert bare.returncode == 1, bare.stdout
     assert bare.stdout.count(NO_API_KEY) == 1, bare.stdout
+
+    # Over TLS: the CA file in PUSHSVC_TLS_CA is all it takes; the system's roots do not
+    # know the test CA, so the certificate is really checked.
+    tls_node = node_factory(env=tls_env)
+    with open_ws(tls_node, "alice") as ws:
+        env = suite_env(tls_client_env(tls_node))
+        # (stderr apart: Node warns that grpc-js sends an IP address as the TLS server name)
+        done = run([node_bin, "example.mjs"], cwd=project, env=env, merge_stderr=False)
+        (frame,) = ws.messages(1)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith(f"stored {frame['id']} as alice's seq 1\n"), done.stdout
+    untrusted = suite_env({**tls_client_env(tls_node, with_ca=False), "PUSHSVC_TLS": "1"})
+    refused = run([node_bin, "example.mjs"], cwd=project, env=untrusted, timeout=120)
+    assert refused.returncode == 1, refused.stdout
+    assert "UNAVAILABLE" in refused.stdout, refused.stdout

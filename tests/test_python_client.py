@@ -15,12 +15,13 @@ import subprocess
 import sys
 import venv
 import zipfile
+from collections.abc import Callable
 from email.parser import Parser
 from pathlib import Path
 
 import pytest
 
-from tests.langtest import NO_API_KEY, ROOT, run, run_ok, suite_env
+from tests.langtest import NO_API_KEY, ROOT, run, run_ok, suite_env, tls_client_env
 from tests.nodeproc import API_KEY, NodeProcess
 from tests.wsclient import open_ws
 
@@ -109,8 +110,13 @@ def test_fresh_venv_has_no_server_dependencies(fresh_venv: Path) -> None:
 
 
 def test_readme_example_in_a_fresh_venv(
-    node: NodeProcess, fresh_venv: Path, tmp_path: Path
+    node: NodeProcess,
+    fresh_venv: Path,
+    tmp_path: Path,
+    node_factory: Callable[..., NodeProcess],
+    tls_env: dict[str, str],
 ) -> None:
+    """The README's example as written; then, unchanged, over TLS with PUSHSVC_TLS_CA."""
     readme = (CLIENT_PY / "README.md").read_text()
     match = re.search(r"^## Example\n.*?```python\n(.*?)^```$", readme, re.S | re.M)
     assert match, "no ```python block under '## Example' in clients/python/README.md"
@@ -135,6 +141,18 @@ def test_readme_example_in_a_fresh_venv(
     assert bare.returncode == 1, bare.stdout
     assert bare.stdout.count(NO_API_KEY) == 1, bare.stdout
     assert "MissingAPIKeyError" in bare.stdout
+
+    # Over TLS: the CA file in PUSHSVC_TLS_CA is all it takes; the system's roots do not
+    # know the test CA, so the certificate is really checked.
+    tls_node = node_factory(env=tls_env)
+    with open_ws(tls_node, "alice") as ws:
+        out = run_ok(python, cwd=tmp_path, env=suite_env(tls_client_env(tls_node)), timeout=120)
+        (frame,) = ws.messages(1)
+    assert out.splitlines()[0] == f"pushed {frame['id']} seqs [1]"
+    untrusted = suite_env({**tls_client_env(tls_node, with_ca=False), "PUSHSVC_TLS": "1"})
+    refused = run(python, cwd=tmp_path, env=untrusted, timeout=120)
+    assert refused.returncode == 1, refused.stdout
+    assert "UnavailableError" in refused.stdout and "CERTIFICATE_VERIFY_FAILED" in refused.stdout
 
 
 def test_the_server_uses_the_clients_generated_modules_only() -> None:

@@ -8,14 +8,17 @@ client would see, frame boundaries included.
 from __future__ import annotations
 
 import socket
+import ssl
 from collections.abc import Iterator
 
 import gevent
 import gevent.socket
+import gevent.ssl
 import pytest
 
 from pushsvc.protocol import OP_CLOSE, OP_PING, OP_TEXT, wire_close, wire_frame, wire_text
 from pushsvc.writer import Writer
+from tests.pki import Issued, Pki
 
 
 class Owner:
@@ -178,3 +181,60 @@ def test_a_close_that_cannot_go_out_cuts_the_socket(
         while not w.dead:
             gevent.sleep(0.05)  # the grace period runs out; the socket is shut down
     assert w.dead
+
+
+# -- over TLS (wss://): the same stream through the TLS session ----------------------------
+
+
+@pytest.fixture
+def tls_pair(pair: Pair, node_cert: Issued, pki: Pki) -> Iterator[Pair]:
+    """The socket pair with TLS on top: the node's side and a client's, handshake done."""
+    a, b = pair
+    server = gevent.ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(node_cert.cert, node_cert.key)
+    client = gevent.ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.load_verify_locations(cafile=str(pki.ca))
+    accept = gevent.spawn(server.wrap_socket, a, server_side=True)
+    tls_b = client.wrap_socket(b, server_hostname="127.0.0.1")
+    tls_a = accept.get(timeout=10)
+    yield tls_a, tls_b
+    tls_a.close()
+    tls_b.close()
+
+
+def test_over_tls_a_full_socket_queues_then_drains_whole_frames(tls_pair: Pair) -> None:
+    """A write the TLS session cannot finish is taken up again with the same bytes
+    first; the client reads every frame whole and in order."""
+    a, b = tls_pair
+    owner = Owner()
+    w = Writer(a, 10_000, owner)
+    w.release(wire_text("{}"))
+    payloads = [f'{{"n":{i},"pad":"{"x" * 700}"}}'.encode() for i in range(300)]
+    for i, p in enumerate(payloads):
+        assert w.write(wire_frame(OP_TEXT, p), f"m{i}")
+    assert w.backlog > 0  # the client has not read: the rest waits
+    reader = gevent.spawn(read_all, b)
+    with gevent.Timeout(10):
+        while w.backlog:
+            gevent.sleep(0.01)  # the flusher drains as the reader reads
+    a.shutdown(socket.SHUT_WR)
+    got = frames(reader.get(timeout=10))
+    assert [p for _, p in got[1:]] == payloads
+    assert owner.written == [f"m{i}" for i in range(300)]
+
+
+def test_over_tls_the_close_goes_ahead_of_the_queue_in_whole_frames(tls_pair: Pair) -> None:
+    a, b = tls_pair
+    w = Writer(a, 5, Owner())
+    w.release(wire_text("{}"))
+    big = wire_frame(OP_TEXT, b"y" * 3000)
+    accepted = 0
+    while w.write(big):
+        accepted += 1
+        assert accepted < 1000
+    w.close(wire_close(4008, "slow consumer"), drop_queued=True)
+    got = frames(read_all_after_close(b))
+    assert got[-1][0] == OP_CLOSE
+    assert int.from_bytes(got[-1][1][:2], "big") == 4008
+    assert all(payload == b"y" * 3000 for _, payload in got[1:-1])
+    assert len(got) - 2 < accepted

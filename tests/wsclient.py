@@ -92,4 +92,6 @@ def open_ws(
     url = node.ws_url + f"?token={token(user, topics=topics)}"
     if since is not None:
         url += f"&since={since}"
+    if node.tls:
+        kwargs.setdefault("ssl", node.ssl_context())
     return Client(connect(url, open_timeout=10, legacy=True, **kwargs))

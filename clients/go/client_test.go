@@ -8,6 +8,9 @@ import (
 	"context"
 	"errors"
 	"net"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -233,6 +236,29 @@ func TestNewFromEnvReadsTheNodesNames(t *testing.T) {
 	t.Setenv("PUSHSVC_API_KEY", "mine")
 	if k, _ := pushsvc.APIKeyFromEnv(); k != "mine" {
 		t.Fatalf("PUSHSVC_API_KEY: %q", k)
+	}
+
+	// TLS: nothing set is plaintext; a CA file that cannot be used stops New.
+	t.Setenv("PUSHSVC_TLS_CA", "")
+	t.Setenv("PUSHSVC_TLS", "")
+	if pushsvc.TLSFromEnv() != nil {
+		t.Fatal("TLS without PUSHSVC_TLS_CA or PUSHSVC_TLS")
+	}
+	t.Setenv("PUSHSVC_TLS", "true")
+	if pushsvc.TLSFromEnv() == nil {
+		t.Fatal("PUSHSVC_TLS=true is not TLS")
+	}
+	missing := filepath.Join(t.TempDir(), "missing.pem")
+	t.Setenv("PUSHSVC_TLS_CA", missing)
+	if _, err := pushsvc.NewFromEnv(); err == nil || !strings.Contains(err.Error(), "cannot read the TLS CA file") {
+		t.Fatalf("missing CA file: %v", err)
+	}
+	notPEM := filepath.Join(t.TempDir(), "not.pem")
+	if err := os.WriteFile(notPEM, []byte("not a certificate"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pushsvc.New("127.0.0.1:1", pushsvc.WithTLS(notPEM)); err == nil || !strings.Contains(err.Error(), "holds no PEM certificate") {
+		t.Fatalf("CA file without a certificate: %v", err)
 	}
 
 }

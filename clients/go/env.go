@@ -21,6 +21,12 @@ const (
 	EnvAPIKeys = "PUSHSVC_API_KEYS"
 	// DefaultAddr is the address used when EnvGRPCAddr is unset.
 	DefaultAddr = "127.0.0.1:50051"
+	// EnvTLSCA names a PEM file of CA certificates: dial with TLS and verify the
+	// node's certificate against them (the node reads the same name).
+	EnvTLSCA = "PUSHSVC_TLS_CA"
+	// EnvTLS set to 1/true/yes/on: dial with TLS, verified against the
+	// system's trusted roots (ignored when EnvTLSCA is set).
+	EnvTLS = "PUSHSVC_TLS"
 )
 
 // ErrNoAPIKey is what NewFromEnv returns when neither PUSHSVC_API_KEY nor
@@ -49,9 +55,23 @@ func APIKeyFromEnv() (string, error) {
 	return "", ErrNoAPIKey
 }
 
-// NewFromEnv creates a client for AddrFromEnv() with APIKeyFromEnv(); opts
-// come after those, so WithAPIKey in opts wins. It fails with ErrNoAPIKey when
-// the environment holds no key and opts give none either.
+// TLSFromEnv is WithTLS($PUSHSVC_TLS_CA) when that is set, WithTLS("") when
+// $PUSHSVC_TLS is 1, true, yes or on, else nil (plaintext).
+func TLSFromEnv() Option {
+	if ca := strings.TrimSpace(os.Getenv(EnvTLSCA)); ca != "" {
+		return WithTLS(ca)
+	}
+	switch strings.ToLower(strings.TrimSpace(os.Getenv(EnvTLS))) {
+	case "1", "true", "yes", "on":
+		return WithTLS("")
+	}
+	return nil
+}
+
+// NewFromEnv creates a client for AddrFromEnv() with APIKeyFromEnv() and, when
+// the environment asks for it, TLSFromEnv(); opts come after those, so
+// WithAPIKey or WithTLS in opts win. It fails with ErrNoAPIKey when the
+// environment holds no key and opts give none either.
 func NewFromEnv(opts ...Option) (*Client, error) {
 	key, err := APIKeyFromEnv()
 	probe := config{}
@@ -61,5 +81,9 @@ func NewFromEnv(opts ...Option) (*Client, error) {
 	if err != nil && probe.apiKey == "" {
 		return nil, err
 	}
-	return New(AddrFromEnv(), append([]Option{WithAPIKey(key)}, opts...)...)
+	base := []Option{WithAPIKey(key)}
+	if tlsOpt := TLSFromEnv(); tlsOpt != nil {
+		base = append(base, tlsOpt)
+	}
+	return New(AddrFromEnv(), append(base, opts...)...)
 }

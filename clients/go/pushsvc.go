@@ -20,12 +20,15 @@ package pushsvc
 import (
 	"context"
 	crand "crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"math"
 	"math/rand/v2"
+	"os"
 	"time"
 
 	"google.golang.org/grpc"
@@ -185,8 +188,31 @@ func WithBackoff(base, maxDelay time.Duration) Option {
 	}
 }
 
-// WithTransportCredentials switches from plaintext to e.g. TLS:
-// WithTransportCredentials(credentials.NewTLS(&tls.Config{})).
+// WithTLS dials the node over TLS (1.2 or later), verifying its certificate
+// against the PEM CA certificates in caFile (a private CA's, for example); ""
+// verifies it against the system's trusted roots. NewFromEnv applies it from
+// PUSHSVC_TLS_CA or PUSHSVC_TLS (TLSFromEnv).
+func WithTLS(caFile string) Option {
+	return func(c *config) error {
+		conf := &tls.Config{MinVersion: tls.VersionTLS12}
+		if caFile != "" {
+			pem, err := os.ReadFile(caFile)
+			if err != nil {
+				return fmt.Errorf("pushsvc: cannot read the TLS CA file: %w", err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return fmt.Errorf("pushsvc: the TLS CA file %s holds no PEM certificate", caFile)
+			}
+			conf.RootCAs = pool
+		}
+		c.creds = credentials.NewTLS(conf)
+		return nil
+	}
+}
+
+// WithTransportCredentials switches from plaintext to any transport security,
+// e.g. WithTransportCredentials(credentials.NewTLS(&tls.Config{...})).
 func WithTransportCredentials(creds credentials.TransportCredentials) Option {
 	return func(c *config) error { c.creds = creds; return nil }
 }

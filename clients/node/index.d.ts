@@ -105,7 +105,11 @@ export interface PushClientOptions {
   backoffMs?: number;
   /** Cap of the backoff, in ms. Default 5000. */
   maxBackoffMs?: number;
-  /** Channel credentials; default insecure (plaintext). grpc.credentials.createSsl() for TLS. */
+  /** Dial over TLS (1.2+), verifying the node against the system's trusted roots or `tlsCa`. */
+  tls?: boolean;
+  /** CA certificates to verify the node with (a PEM file's path, or its bytes); implies TLS. */
+  tlsCa?: string | Buffer;
+  /** Channel credentials, for full control (they win over tls/tlsCa); default plaintext. */
   credentials?: ChannelCredentials;
   /** Extra grpc-js channel options. */
   channelOptions?: ChannelOptions;
@@ -140,12 +144,17 @@ export declare const NO_API_KEY_MESSAGE: string;
 export declare function addressFromEnv(env?: Record<string, string | undefined>): string;
 /** $PUSHSVC_API_KEY, else the first key of $PUSHSVC_API_KEYS, else undefined. */
 export declare function apiKeyFromEnv(env?: Record<string, string | undefined>): string | undefined;
+/** `{tls: true, tlsCa}` from $PUSHSVC_TLS_CA, `{tls: true}` from $PUSHSVC_TLS=1, else `{}`. */
+export declare function tlsFromEnv(
+  env?: Record<string, string | undefined>,
+): { tls?: boolean; tlsCa?: string };
 
 export declare class PushClient {
   constructor(address: string, options?: PushClientOptions);
   /**
    * A client for $PUSHSVC_GRPC_ADDR with $PUSHSVC_API_KEY (else the first of
-   * $PUSHSVC_API_KEYS); throws an Error with NO_API_KEY_MESSAGE when there is no key.
+   * $PUSHSVC_API_KEYS), over TLS with $PUSHSVC_TLS_CA or $PUSHSVC_TLS (tlsFromEnv);
+   * throws an Error with NO_API_KEY_MESSAGE when there is no key.
    */
   static fromEnv(options?: PushClientOptions, env?: Record<string, string | undefined>): PushClient;
   readonly address: string;

@@ -15,9 +15,17 @@ function need(name) {
 }
 
 export function launch() {
+  // A TLS node's test CA, trusted by the hash of its public key (tls.test.js).
+  const spki = process.env.PUSHSVC_TLS_SPKI;
   return chromium.launch({
     executablePath: process.env.PUSHSVC_CHROMIUM || "/usr/bin/chromium",
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-background-networking",
+      ...(spki ? [`--ignore-certificate-errors-spki-list=${spki}`] : []),
+    ],
     timeout: 30000,
   });
 }

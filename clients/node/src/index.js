@@ -7,6 +7,7 @@
 // never delivers a message twice. Failures reject with a PushsvcError.
 import { randomUUID } from "node:crypto";
 import { once } from "node:events";
+import { readFileSync } from "node:fs";
 import * as grpc from "@grpc/grpc-js";
 import { loadPushService } from "./proto.js";
 import { Status, errorFromStatus, toPushsvcError } from "./errors.js";
@@ -36,6 +37,27 @@ export function apiKeyFromEnv(env = process.env) {
     .split(",")
     .map((k) => k.trim())
     .find((k) => k);
+}
+
+/**
+ * TLS from the environment: `{ tls: true, tlsCa: path }` when $PUSHSVC_TLS_CA names
+ * the CA file to verify the node with, `{ tls: true }` when $PUSHSVC_TLS is
+ * 1/true/yes/on (the system's trusted roots), else `{}` (plaintext).
+ */
+export function tlsFromEnv(env = process.env) {
+  const tlsCa = env.PUSHSVC_TLS_CA?.trim();
+  if (tlsCa) return { tls: true, tlsCa };
+  const flag = (env.PUSHSVC_TLS ?? "").trim().toLowerCase();
+  return ["1", "true", "yes", "on"].includes(flag) ? { tls: true } : {};
+}
+
+function readCa(tlsCa) {
+  if (Buffer.isBuffer(tlsCa)) return tlsCa;
+  try {
+    return readFileSync(tlsCa);
+  } catch (err) {
+    throw new Error(`pushsvc: cannot read the TLS CA file ${tlsCa}: ${err.message}`, { cause: err });
+  }
 }
 
 /** bytes as they are, strings as UTF-8, anything else (object, array, number...) as JSON. */
@@ -129,6 +151,8 @@ export class PushClient {
       backoffMs = 200,
       maxBackoffMs = 5000,
       credentials,
+      tls = false,
+      tlsCa,
       channelOptions,
       protoDir,
       onRetry,
@@ -144,7 +168,10 @@ export class PushClient {
     this.maxBackoffMs = maxBackoffMs;
     this.onRetry = onRetry;
 
-    const channelCredentials = credentials ?? grpc.credentials.createInsecure();
+    // TLS with tlsCa (a CA file's path, or its PEM bytes) or the system's roots.
+    const channelCredentials =
+      credentials ??
+      (tls || tlsCa ? grpc.credentials.createSsl(tlsCa ? readCa(tlsCa) : null) : grpc.credentials.createInsecure());
     // The API key travels as call credentials. grpc-js refuses to compose call
     // credentials into insecure channel credentials, so on a plaintext channel
     // they go with each call instead.
@@ -173,13 +200,14 @@ export class PushClient {
   /**
    * A client for $PUSHSVC_GRPC_ADDR (default 127.0.0.1:50051) with $PUSHSVC_API_KEY,
    * else the first key of $PUSHSVC_API_KEYS: the names the node and the `pushsvc`
-   * command read. `options` as for the constructor; `options.apiKey` wins. Throws
-   * an Error with NO_API_KEY_MESSAGE when there is no key at all.
+   * command read; over TLS with $PUSHSVC_TLS_CA or $PUSHSVC_TLS (tlsFromEnv).
+   * `options` as for the constructor; they win over the environment. Throws an
+   * Error with NO_API_KEY_MESSAGE when there is no key at all.
    */
   static fromEnv(options = {}, env = process.env) {
     const apiKey = options.apiKey || apiKeyFromEnv(env);
     if (!apiKey) throw new Error(NO_API_KEY_MESSAGE);
-    return new PushClient(addressFromEnv(env), { ...options, apiKey });
+    return new PushClient(addressFromEnv(env), { ...tlsFromEnv(env), ...options, apiKey });
   }
 
   /** Closes the channel; calls in flight are cancelled. */

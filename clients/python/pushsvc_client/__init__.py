@@ -34,6 +34,7 @@ from pushsvc_client.env import (
     MissingAPIKeyError,
     api_key_from_env,
     grpc_addr_from_env,
+    tls_from_env,
 )
 
 try:
@@ -61,4 +62,5 @@ __all__ = [
     "api_key_from_env",
     "encode_payload",
     "grpc_addr_from_env",
+    "tls_from_env",
 ]

@@ -16,6 +16,7 @@ caller gives none), so a retry can never deliver a message twice. Failures raise
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 import uuid
@@ -24,7 +25,12 @@ from typing import Any, TypeVar
 
 import grpc
 
-from pushsvc_client.env import MissingAPIKeyError, api_key_from_env, grpc_addr_from_env
+from pushsvc_client.env import (
+    MissingAPIKeyError,
+    api_key_from_env,
+    grpc_addr_from_env,
+    tls_from_env,
+)
 from pushsvc_client.v1 import push_pb2, push_pb2_grpc
 
 __all__ = [
@@ -160,6 +166,14 @@ def encode_payload(payload: bytes | bytearray | memoryview | str | Any) -> bytes
         raise TypeError(f"payload is not bytes, str or JSON-serializable: {exc}") from None
 
 
+def _read_ca(path: str | os.PathLike[str]) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise ValueError(f"cannot read the TLS CA file {path}: {exc.strerror}") from None
+
+
 def _user_list(user_ids: str | Iterable[str]) -> list[str]:
     return [user_ids] if isinstance(user_ids, str) else list(user_ids)
 
@@ -170,7 +184,11 @@ class PushClient:
     ``addr`` is ``host:port``; ``api_key`` is one of the node's API keys (None sends
     no key). ``timeout`` is the deadline of each call in seconds; ``retries`` is how
     many times a call failing with UNAVAILABLE is tried again. Thread-safe.
-    ``credentials`` (grpc.ssl_channel_credentials(...)) switches to TLS.
+
+    TLS: ``tls_ca`` (a PEM file of CA certificates, e.g. a private CA's) verifies the
+    node with those; ``tls=True`` alone verifies it with the system's trusted roots.
+    ``credentials`` (``grpc.ssl_channel_credentials(...)``) gives full control.
+    Plaintext when none is given.
     """
 
     def __init__(
@@ -183,6 +201,8 @@ class PushClient:
         backoff: float = 0.2,
         max_backoff: float = 5.0,
         credentials: grpc.ChannelCredentials | None = None,
+        tls: bool = False,
+        tls_ca: str | os.PathLike[str] | None = None,
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
@@ -203,6 +223,8 @@ class PushClient:
             ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 2000),
         ]
+        if credentials is None and (tls or tls_ca):
+            credentials = grpc.ssl_channel_credentials(_read_ca(tls_ca) if tls_ca else None)
         if credentials is None:
             self._channel = grpc.insecure_channel(addr, options=options)
         else:
@@ -213,13 +235,18 @@ class PushClient:
     def from_env(cls, **options: Any) -> PushClient:
         """A client for ``$PUSHSVC_GRPC_ADDR`` (default 127.0.0.1:50051) with
         ``$PUSHSVC_API_KEY``, else the first key of ``$PUSHSVC_API_KEYS``: the names the
-        node and the ``pushsvc`` command read. ``options`` as for the constructor.
+        node and the ``pushsvc`` command read; over TLS with ``$PUSHSVC_TLS_CA`` (the CA
+        file to verify the node with) or ``$PUSHSVC_TLS=1`` (the system's roots).
+        ``options`` as for the constructor; they win over the environment.
 
         Raises ``MissingAPIKeyError`` (``NO_API_KEY_MESSAGE``) when there is no key.
         """
         key = api_key_from_env()
         if key is None:
             raise MissingAPIKeyError()
+        tls, tls_ca = tls_from_env()
+        options.setdefault("tls", tls)
+        options.setdefault("tls_ca", tls_ca)
         return cls(grpc_addr_from_env(), key, **options)
 
     # -- lifecycle ---------------------------------------------------------------

@@ -35,3 +35,17 @@ def api_key_from_env(env: Mapping[str, str] | None = None) -> str | None:
         return own
     keys = [k.strip() for k in env.get("PUSHSVC_API_KEYS", "").split(",")]
     return next((k for k in keys if k), None)
+
+
+_TRUE = ("1", "true", "yes", "on")
+
+
+def tls_from_env(env: Mapping[str, str] | None = None) -> tuple[bool, str | None]:
+    """(TLS or not, CA file): ``$PUSHSVC_TLS_CA`` names a PEM file of the CA
+    certificates to verify the node with (and means TLS); else ``$PUSHSVC_TLS`` set
+    to ``1``/``true`` means TLS verified with the system's trusted roots."""
+    env = os.environ if env is None else env
+    ca = env.get("PUSHSVC_TLS_CA", "").strip()
+    if ca:
+        return True, ca
+    return env.get("PUSHSVC_TLS", "").strip().lower() in _TRUE, None

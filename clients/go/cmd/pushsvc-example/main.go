@@ -6,7 +6,8 @@
 // The node is -addr (default $PUSHSVC_GRPC_ADDR, else 127.0.0.1:50051); the
 // API key is -api-key (default $PUSHSVC_API_KEY, else the first of
 // $PUSHSVC_API_KEYS, else the key a `make run` node generated in
-// ./pushsvc-data/api-key).
+// ./pushsvc-data/api-key). With $PUSHSVC_TLS_CA (a CA file) or $PUSHSVC_TLS=1
+// it dials over TLS.
 package main
 
 import (
@@ -63,7 +64,11 @@ func main() {
 }
 
 func run(addr, key, user, data string, ttl time.Duration) error {
-	c, err := pushsvc.New(addr, pushsvc.WithAPIKey(key))
+	opts := []pushsvc.Option{pushsvc.WithAPIKey(key)}
+	if tlsOpt := pushsvc.TLSFromEnv(); tlsOpt != nil { // $PUSHSVC_TLS_CA or $PUSHSVC_TLS
+		opts = append(opts, tlsOpt)
+	}
+	c, err := pushsvc.New(addr, opts...)
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@ import {
   Status,
   UnauthenticatedError,
   isUnauthenticated,
+  tlsFromEnv,
   type PushRequest,
   type PushResult,
   type UserPresence,
@@ -19,6 +20,11 @@ const client = new PushClient("127.0.0.1:50051", {
 
 const fromEnv: PushClient = PushClient.fromEnv({ timeoutMs: 1000 }, { PUSHSVC_API_KEYS: "k" });
 fromEnv.close();
+
+const overTls = new PushClient("push.example.com:443", { apiKey: "k", tlsCa: "/etc/pushsvc/ca.pem" });
+const systemRoots = new PushClient("push.example.com:443", { apiKey: "k", tls: true });
+const envTls: { tls?: boolean; tlsCa?: string } = tlsFromEnv({ PUSHSVC_TLS_CA: "/ca.pem" });
+console.log(overTls, systemRoots, envTls);
 
 async function main(): Promise<void> {
   const r: PushResult = await client.push({ userIds: ["a"], payload: { x: 1 }, ttlSeconds: 0 });

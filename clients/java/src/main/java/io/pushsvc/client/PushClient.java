@@ -2,12 +2,15 @@ package io.pushsvc.client;
 
 import com.google.protobuf.ByteString;
 import io.grpc.CallCredentials;
+import io.grpc.ChannelCredentials;
 import io.grpc.ClientInterceptor;
+import io.grpc.Grpc;
 import io.grpc.ManagedChannel;
 import io.grpc.ManagedChannelBuilder;
 import io.grpc.Metadata;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
+import io.grpc.TlsChannelCredentials;
 import io.grpc.stub.ClientCallStreamObserver;
 import io.grpc.stub.ClientResponseObserver;
 import io.pushsvc.v1.DisconnectRequest;
@@ -23,11 +26,18 @@ import io.pushsvc.v1.PublishResponse;
 import io.pushsvc.v1.PushRequest;
 import io.pushsvc.v1.PushResponse;
 import io.pushsvc.v1.PushServiceGrpc;
+import java.io.ByteArrayInputStream;
+import java.io.IOException;
 import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.security.cert.CertificateException;
+import java.security.cert.CertificateFactory;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.Collection;
 import java.util.List;
+import java.util.Locale;
 import java.util.Map;
 import java.util.Objects;
 import java.util.UUID;
@@ -66,11 +76,25 @@ public final class PushClient implements AutoCloseable {
   private final Duration maxBackoff;
 
   private PushClient(Builder b) {
-    ManagedChannelBuilder<?> cb = ManagedChannelBuilder.forTarget(b.address);
-    if (b.tls) {
-      cb.useTransportSecurity();
+    ManagedChannelBuilder<?> cb;
+    if (b.tlsCa != null) {
+      ChannelCredentials creds;
+      try {
+        creds =
+            TlsChannelCredentials.newBuilder()
+                .trustManager(new ByteArrayInputStream(b.tlsCaPem))
+                .build();
+      } catch (IOException e) { // from memory: not expected once readCa parsed the file
+        throw new IllegalArgumentException("pushsvc: the TLS CA file " + b.tlsCa + ": " + e, e);
+      }
+      cb = Grpc.newChannelBuilder(b.address, creds);
     } else {
-      cb.usePlaintext();
+      cb = ManagedChannelBuilder.forTarget(b.address);
+      if (b.tls) {
+        cb.useTransportSecurity();
+      } else {
+        cb.usePlaintext();
+      }
     }
     cb.intercept(b.interceptors);
     this.channel = cb.build();
@@ -403,6 +427,28 @@ public final class PushClient implements AutoCloseable {
     }
   }
 
+  /** The PEM bytes of a CA file, checked to hold at least one certificate. */
+  private static byte[] readCa(Path caFile) {
+    byte[] pem;
+    try {
+      pem = Files.readAllBytes(caFile);
+    } catch (IOException e) {
+      throw new IllegalArgumentException(
+          "pushsvc: cannot read the TLS CA file " + caFile + ": " + e, e);
+    }
+    try {
+      if (CertificateFactory.getInstance("X.509")
+          .generateCertificates(new ByteArrayInputStream(pem))
+          .isEmpty()) {
+        throw new CertificateException("no certificate");
+      }
+    } catch (CertificateException e) {
+      throw new IllegalArgumentException(
+          "pushsvc: the TLS CA file " + caFile + " holds no PEM certificate", e);
+    }
+    return pem;
+  }
+
   /** Settings of a {@link PushClient}; only the address is required. */
   public static final class Builder {
     private String address;
@@ -412,6 +458,8 @@ public final class PushClient implements AutoCloseable {
     private Duration initialBackoff = Duration.ofMillis(200);
     private Duration maxBackoff = Duration.ofSeconds(5);
     private boolean tls;
+    private Path tlsCa;
+    private byte[] tlsCaPem;
     private final List<ClientInterceptor> interceptors = new ArrayList<>();
 
     private Builder() {}
@@ -423,7 +471,8 @@ public final class PushClient implements AutoCloseable {
 
     /**
      * Address and API key from {@code env} (PUSHSVC_GRPC_ADDR, PUSHSVC_API_KEY, else the first
-     * of PUSHSVC_API_KEYS).
+     * of PUSHSVC_API_KEYS); TLS verified against the CA file PUSHSVC_TLS_CA names, else with
+     * the JVM's trust store when PUSHSVC_TLS is 1, true, yes or on.
      *
      * @throws IllegalStateException with {@link #NO_API_KEY_MESSAGE} when there is no key
      */
@@ -431,6 +480,13 @@ public final class PushClient implements AutoCloseable {
       this.address = addressFromEnv(env);
       this.apiKey =
           apiKeyFromEnv(env).orElseThrow(() -> new IllegalStateException(NO_API_KEY_MESSAGE));
+      String ca = env.getOrDefault("PUSHSVC_TLS_CA", "").trim();
+      String flag = env.getOrDefault("PUSHSVC_TLS", "").trim().toLowerCase(Locale.ROOT);
+      if (!ca.isEmpty()) {
+        tlsCa(Path.of(ca));
+      } else if (List.of("1", "true", "yes", "on").contains(flag)) {
+        useTls(true);
+      }
       return this;
     }
 
@@ -483,6 +539,16 @@ public final class PushClient implements AutoCloseable {
       return this;
     }
 
+    /**
+     * Use TLS and verify the node's certificate against the CA certificates in this PEM file
+     * (a private CA's, for example) instead of the JVM's trust store. Read by {@link #build()}.
+     */
+    public Builder tlsCa(Path caFile) {
+      this.tlsCa = caFile;
+      this.tls = caFile != null || this.tls;
+      return this;
+    }
+
     /** Interceptors for every call (tracing, metrics...), in gRPC's order. */
     public Builder intercept(ClientInterceptor... interceptors) {
       this.interceptors.addAll(List.of(interceptors));
@@ -492,6 +558,9 @@ public final class PushClient implements AutoCloseable {
     public PushClient build() {
       if (address == null || address.isEmpty()) {
         throw new IllegalArgumentException("address is required (host:port)");
+      }
+      if (tlsCa != null) {
+        tlsCaPem = readCa(tlsCa);
       }
       return new PushClient(this);
     }
