@@ -297,6 +297,8 @@ class Server:
             log.info("TLS certificate loaded", extra=tls.material.describe())
         if self.node.fleet.registered:
             self._on_registered()
+        else:
+            self.notifier.status(self._status())
 
     def _on_registered(self) -> None:
         """READY=1 once the listeners are bound and the node is registered."""
@@ -344,7 +346,14 @@ class Server:
     # -- housekeeping -----------------------------------------------------------------------
 
     def _status(self) -> str:
-        state = "draining" if self._draining else "ready" if self._ready_sent else "starting"
+        if self._draining:
+            state = "draining"
+        elif self._ready_sent:
+            state = "ready"
+        elif not self.node.fleet.registered:
+            state = "starting, waiting for the store to register"
+        else:
+            state = "starting"
         return (
             f"{state}: {self.node.connection_count} connections, "
             f"{self.node.user_count} users (node {self.node_id})"
