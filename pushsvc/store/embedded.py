@@ -265,22 +265,10 @@ class EmbeddedStore(InboxStore):
 
     # -- messages and inboxes ---------------------------------------------------
 
-    def store_messages(
-        self, requests: Sequence[StoreRequest], now: float
+    def _store_checked(
+        self, requests: list[StoreRequest], now: float
     ) -> list[StoreResult | PushError]:
-        outcomes: list[Outcome | None] = []
-        valid: list[StoreRequest] = []
-        for request in requests:
-            try:
-                check_request(request)
-                valid.append(request)
-                outcomes.append(None)
-            except PushError as exc:
-                outcomes.append(exc)
-        if valid:
-            stored = iter(self._batcher.submit(valid, now))
-            outcomes = [o if o is not None else next(stored) for o in outcomes]
-        return [o for o in outcomes if o is not None]
+        return self._batcher.submit(requests, now)
 
     def _write_batch(self, calls: list[Call]) -> None:
         """Write the requests of concurrent callers in one transaction (one fsync)."""

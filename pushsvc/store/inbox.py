@@ -110,7 +110,6 @@ def check_request(request: StoreRequest) -> float:
 class InboxStore(ABC):
     """Everything a node keeps of messages outside its own memory."""
 
-    @abstractmethod
     def store_messages(
         self, requests: Sequence[StoreRequest], now: float
     ) -> list[StoreResult | PushError]:
@@ -118,13 +117,34 @@ class InboxStore(ABC):
 
         One outcome per request, in order: a ``StoreResult``, or the
         ``PushError`` that request failed with (``InvalidArgument`` for a
-        message id already stored, ``StoreUnavailable`` ...). A failed request
-        leaves nothing visible. Requests of one call that name the same user get
-        that user's seqs in list order. With an idempotency key seen within
-        ``IDEMPOTENCY_WINDOW``, a request stores nothing and returns the first
-        push's id and seqs with ``duplicate=True``. Durable when it returns.
-        Raises ``StoreUnavailable`` only when no request could be attempted.
+        malformed request or a message id already stored, ``StoreUnavailable``
+        ...). A failed request leaves nothing visible. Requests of one call that
+        name the same user get that user's seqs in list order. With an
+        idempotency key seen within ``IDEMPOTENCY_WINDOW``, a request stores
+        nothing and returns the first push's id and seqs with
+        ``duplicate=True``. Durable when it returns.
         """
+        outcomes: list[StoreResult | PushError | None] = []
+        valid: list[StoreRequest] = []
+        for request in requests:
+            try:
+                check_request(request)
+            except PushError as exc:
+                outcomes.append(exc)
+                continue
+            valid.append(request)
+            outcomes.append(None)
+        if valid:
+            stored = iter(self._store_checked(valid, now))
+            outcomes = [o if o is not None else next(stored) for o in outcomes]
+        return [o for o in outcomes if o is not None]
+
+    @abstractmethod
+    def _store_checked(
+        self, requests: list[StoreRequest], now: float
+    ) -> list[StoreResult | PushError]:
+        """``store_messages`` for requests ``check_request`` passed: concurrent callers
+        share one group commit. One outcome per request, in order."""
 
     def store_message(
         self, message: Message, user_ids: Sequence[str], idempotency_key: str, now: float

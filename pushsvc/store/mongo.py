@@ -132,7 +132,6 @@ from pushsvc.store.inbox import (
     StoreRequest,
     StoreResult,
     UserStart,
-    check_request,
 )
 from pushsvc.store.mongo_database import (
     DUPLICATE_KEY,
@@ -270,22 +269,10 @@ class MongoInbox(InboxStore):
 
     # -- writing: group commit ---------------------------------------------------
 
-    def store_messages(
-        self, requests: Sequence[StoreRequest], now: float
+    def _store_checked(
+        self, requests: list[StoreRequest], now: float
     ) -> list[StoreResult | PushError]:
-        outcomes: list[Outcome | None] = []
-        valid: list[StoreRequest] = []
-        for request in requests:
-            try:
-                check_request(request)
-                valid.append(request)
-                outcomes.append(None)
-            except PushError as exc:
-                outcomes.append(exc)
-        if valid:
-            stored = iter(self._batcher.submit(valid, now))
-            outcomes = [o if o is not None else next(stored) for o in outcomes]
-        return [o for o in outcomes if o is not None]
+        return self._batcher.submit(requests, now)
 
     def _write_batch(self, calls: list[Call]) -> None:
         pushes = [_Push(r, c.now, self.writer) for c in calls for r in c.requests]
