@@ -128,7 +128,7 @@ def test_check_config_reads_environment_files_like_systemd(tmp_path: Path) -> No
     proc = run_cli("check-config", "--env-file", str(shared), "--env-file", str(instance))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"config ok (defaults, {shared}, {instance}, ")
-    assert "MongoDB database" in proc.stdout
+    assert "embedded store in /var/lib/pushsvc/1" in proc.stdout  # as shipped: one node
 
     env_file = tmp_path / "1.env"
     env_file.write_text(
