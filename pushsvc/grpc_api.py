@@ -14,11 +14,14 @@ import functools
 import hmac
 import logging
 import secrets
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from typing import Any, TypeVar
 
+import gevent
 import grpc
+from gevent.event import Event
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -152,32 +155,45 @@ class PushServicer(push_pb2_grpc.PushServiceServicer):
     def PushStream(
         self, request_iterator: Iterator[push_pb2.PushRequest], context: grpc.ServicerContext
     ) -> Iterator[push_pb2.PushResponse]:
+        """Pipelined: a reader takes requests off the stream as they come, and
+        every request waiting when the node is free is pushed in one group (one
+        durable write for the stored ones); responses go out in request order."""
         key = caller_key(context.invocation_metadata())
-        for request in request_iterator:
-            try:
-                if not self._callers.take(key):
-                    raise RateLimited("over the API key's rate limit")
-                yield self._push(request)
-            except PushError as exc:
-                yield _error_response(exc)
-            except Exception:
-                request_id = secrets.token_hex(6)
-                log.exception("rpc failed", extra={"rpc": "PushStream", "request": request_id})
-                yield push_pb2.PushResponse(
-                    error=push_pb2.Error(
-                        code=grpc.StatusCode.INTERNAL.value[0],
-                        message=f"internal error (request id {request_id} in the log)",
-                    )
-                )
+        waiting: deque[push_pb2.PushRequest] = deque()
+        arrived = Event()
+        ended: list[BaseException | None] = []
 
-    @_domain_errors
-    def PushBatch(
-        self, request: push_pb2.PushBatchRequest, context: grpc.ServicerContext
-    ) -> push_pb2.PushBatchResponse:
-        pushes = request.pushes
-        if not 1 <= len(pushes) <= MAX_BATCH:
-            raise InvalidArgument(f"pushes has {len(pushes)} entries: send 1 to {MAX_BATCH}")
-        key = caller_key(context.invocation_metadata())
+        def read() -> None:
+            try:
+                for request in request_iterator:
+                    waiting.append(request)
+                    arrived.set()
+                ended.append(None)
+            except BaseException as exc:  # the stream broke: the responder ends it
+                ended.append(exc)
+            finally:
+                arrived.set()
+
+        reader = gevent.spawn(read)
+        try:
+            while True:
+                while not waiting and not ended:
+                    arrived.clear()
+                    arrived.wait()
+                if not waiting:
+                    if ended and ended[0] is not None:
+                        raise ended[0]
+                    return
+                group = [waiting.popleft() for _ in range(min(len(waiting), MAX_BATCH))]
+                yield from self._answer(group, key, "PushStream")
+        finally:
+            reader.kill(block=False)
+
+    def _answer(
+        self, pushes: Sequence[push_pb2.PushRequest], key: str, rpc: str
+    ) -> list[push_pb2.PushResponse]:
+        """Push each request (charged one by one against the key's limit), all in one
+        group; one response per request, in order, failures as responses."""
         responses: list[push_pb2.PushResponse] = [_error_response(_NOT_RUN)] * len(pushes)
         accepted: list[tuple[int, PushCommand]] = []
         for i, push in enumerate(pushes):
@@ -187,13 +203,36 @@ class PushServicer(push_pb2_grpc.PushServiceServicer):
                 accepted.append((i, self._command(push)))
             except PushError as exc:
                 responses[i] = _error_response(exc)
-        outcomes = self._node.push_many([cmd for _, cmd in accepted])
+        try:
+            outcomes = self._node.push_many([cmd for _, cmd in accepted])
+        except Exception:
+            request_id = secrets.token_hex(6)
+            log.exception("rpc failed", extra={"rpc": rpc, "request": request_id})
+            failed = push_pb2.PushResponse(
+                error=push_pb2.Error(
+                    code=grpc.StatusCode.INTERNAL.value[0],
+                    message=f"internal error (request id {request_id} in the log)",
+                )
+            )
+            for i, _ in accepted:
+                responses[i] = failed
+            return responses
         for (i, cmd), out in zip(accepted, outcomes, strict=True):
             if isinstance(out, PushError):
                 responses[i] = _error_response(out)
             else:
                 responses[i] = self._response(pushes[i], cmd, out)
-        return push_pb2.PushBatchResponse(responses=responses)
+        return responses
+
+    @_domain_errors
+    def PushBatch(
+        self, request: push_pb2.PushBatchRequest, context: grpc.ServicerContext
+    ) -> push_pb2.PushBatchResponse:
+        pushes = request.pushes
+        if not 1 <= len(pushes) <= MAX_BATCH:
+            raise InvalidArgument(f"pushes has {len(pushes)} entries: send 1 to {MAX_BATCH}")
+        key = caller_key(context.invocation_metadata())
+        return push_pb2.PushBatchResponse(responses=self._answer(pushes, key, "PushBatch"))
 
     @_domain_errors
     def Publish(
