@@ -77,8 +77,10 @@ def encode_frame(
     rsv: int = 0,
     mask: bool = True,
     length: int | None = None,
+    key: bytes | None = None,
 ) -> bytes:
-    """One frame as a client sends it; ``length`` may lie about the payload's size."""
+    """One frame as a client sends it; ``length`` may lie about the payload's size,
+    ``key`` fixes the masking key (random otherwise)."""
     n = len(payload) if length is None else length
     first = (0x80 if fin else 0) | (rsv & 0x70) | (opcode & 0x0F)
     mask_bit = 0x80 if mask else 0
@@ -90,7 +92,8 @@ def encode_frame(
         header = bytes((first, mask_bit | 127)) + n.to_bytes(8, "big")
     if not mask:
         return header + payload
-    key = os.urandom(4)
+    if key is None:
+        key = os.urandom(4)
     masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
     return header + key + masked
 
