@@ -227,6 +227,29 @@ class Settings:
     cluster_addr: Address | None = _setting(
         None, _opt_addr, "mutual-TLS listener peers dial for NodeService (with cluster_ca)"
     )
+    # -- hostile input: the WebSocket port's budgets and limits, client tokens
+    handshake_timeout: float = _setting(
+        10.0, _float(0.1, 600), "seconds from accept to a complete request head; then 408"
+    )
+    first_frame_timeout: float = _setting(
+        30.0, _float(0.2, 3600), "seconds after the upgrade for the first frame; then 1001"
+    )
+    max_connections: int = _setting(
+        100_000, _int(1, 10_000_000), "sockets on the WebSocket port; beyond, 503"
+    )
+    max_connections_per_ip: int = _setting(
+        10_000, _int(0, 10_000_000), "sockets per IPv4 address or IPv6 /64; beyond, 429; 0 = off"
+    )
+    max_header_bytes: int = _setting(
+        16384, _int(1024, 1_048_576), "request line and header fields; beyond, 431 (414)"
+    )
+    max_header_fields: int = _setting(100, _int(1, 10_000), "header fields; beyond, 431")
+    max_token_lifetime: int = _setting(
+        30 * 86400, _int(0, 100 * 365 * 86400), "longest validity of a client token; 0 = any"
+    )
+    ws_reuse_port: bool = _setting(
+        False, _as_bool, "share ws_addr with other nodes (SO_REUSEPORT); MongoDB only"
+    )
 
     @property
     def embedded(self) -> bool:
@@ -333,6 +356,12 @@ def consistency_problems(s: Settings) -> list[str]:
         )
     if s.default_ttl_seconds > s.max_ttl_seconds:
         problems.append("default_ttl_seconds is larger than max_ttl_seconds")
+    if s.ws_reuse_port and s.embedded:
+        problems.append(
+            "ws_reuse_port needs MongoDB: nodes with embedded stores sharing one port would "
+            "split a user's connections between stores that do not know each other; "
+            "unset PUSHSVC_WS_REUSE_PORT or set PUSHSVC_MONGO_URI"
+        )
     if s.jwt_algorithm != "HS256" and not s.jwt_public_key_file:
         problems.append(
             f"jwt_algorithm {s.jwt_algorithm} needs PUSHSVC_JWT_PUBLIC_KEY_FILE (a PEM public key)"

@@ -35,8 +35,16 @@ from urllib.parse import unquote, urlsplit
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# What the start of a request line can look like, checked while it arrives so that
+# a stranger's binary (a TLS hello on the cleartext port) is refused at once.
+_LINE_START = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]*(?: [\x21-\x7e]*(?: [HTP/0-9.]*)?)?\r?")
 _TARGET = re.compile(rb"[\x21-\x7e]+")
 _VERSION = re.compile(rb"HTTP/([0-9])\.([0-9])")
+_VERSION_START = re.compile(rb"[HTP/0-9.]*")
+_BAD_LINE = "the request line must be 'METHOD /path HTTP/1.1'"
+_BAD_METHOD = "the request method is not a token"
+_BAD_TARGET = "the request target has characters that must be percent-encoded"
+_BAD_VERSION = "the HTTP version must look like HTTP/1.1"
 # A field value without its surrounding white space: visible ASCII, obs-text, and
 # spaces or tabs between them (RFC 9110 5.5); no other control character.
 _FIELD_VALUE = re.compile(rb"[\t \x21-\x7e\x80-\xff]*")
@@ -122,6 +130,7 @@ class HeadReader:
         if end is None:
             if len(buf) > limit:
                 raise self._too_large(buf)
+            self._check_line_start(buf)
             return None
         head_len, body_start = end
         if head_len > limit:
@@ -129,8 +138,26 @@ class HeadReader:
         self.rest = bytes(buf[body_start:])
         return parse_head(bytes(buf[:head_len]), self._limits)
 
+    @staticmethod
+    def _check_line_start(buf: bytearray) -> None:
+        lead = len(buf) - len(buf.lstrip(b"\r\n"))
+        line_end = buf.find(b"\n", lead)
+        line = bytes(buf[lead : line_end if line_end >= 0 else len(buf)])
+        if _LINE_START.fullmatch(line):
+            return
+        parts = line.rstrip(b"\r").split(b" ")
+        if parts[0] and not _TOKEN.fullmatch(parts[0]):
+            raise HttpError(400, _BAD_METHOD)
+        if len(parts) > 1 and parts[1] and not _TARGET.fullmatch(parts[1]):
+            raise HttpError(400, _BAD_TARGET)
+        if len(parts) > 2 and not _VERSION_START.fullmatch(parts[2]):
+            raise HttpError(400, _BAD_VERSION)
+        raise HttpError(400, _BAD_LINE)
+
     def _too_large(self, buf: bytearray) -> HttpError:
-        if b"\n" not in buf.lstrip(b"\r\n"):
+        lead = len(buf) - len(buf.lstrip(b"\r\n"))
+        line_end = buf.find(b"\n", lead)
+        if line_end < 0 or line_end - lead > self._limits.max_bytes:
             return HttpError(414, f"the request line is over {self._limits.max_bytes} bytes")
         return HttpError(
             431,
@@ -190,16 +217,16 @@ def _strip_cr(line: bytes) -> bytes:
 
 def _request_line(line: bytes) -> tuple[str, str, tuple[int, int]]:
     parts = line.split(b" ")
+    if not _TOKEN.fullmatch(parts[0]):
+        raise HttpError(400, _BAD_METHOD)
     if len(parts) != 3 or not all(parts):
-        raise HttpError(400, "the request line must be 'METHOD /path HTTP/1.1'")
+        raise HttpError(400, _BAD_LINE)
     raw_method, raw_target, raw_version = parts
-    if not _TOKEN.fullmatch(raw_method):
-        raise HttpError(400, "the request method is not a token")
     if not _TARGET.fullmatch(raw_target):
-        raise HttpError(400, "the request target has characters that must be percent-encoded")
+        raise HttpError(400, _BAD_TARGET)
     match = _VERSION.fullmatch(raw_version)
     if match is None:
-        raise HttpError(400, "the HTTP version must look like HTTP/1.1")
+        raise HttpError(400, _BAD_VERSION)
     version = (int(match[1]), int(match[2]))
     if version[0] != 1:
         raise HttpError(505, "only HTTP/1.1 and HTTP/1.0 are served here")

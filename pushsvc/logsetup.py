@@ -22,6 +22,7 @@ environ, query string included) go through logging instead.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
@@ -36,9 +37,12 @@ from pushsvc.errors import ConfigError
 __all__ = [
     "REDACTED",
     "RedactFilter",
+    "StrayOutput",
+    "capture_stray_output",
     "configure_logging",
     "is_sensitive",
     "log_event",
+    "release_stray_output",
     "route_gevent_errors",
     "scrub",
 ]
@@ -195,7 +199,8 @@ class _StderrHandler(logging.StreamHandler[TextIO]):
 
     @property
     def stream(self) -> TextIO:
-        return sys.stderr
+        current = sys.stderr
+        return current.real if isinstance(current, StrayOutput) else current
 
     @stream.setter
     def stream(self, value: TextIO) -> None:
@@ -269,6 +274,51 @@ def route_gevent_errors(hub: Any) -> None:
 
     hook: Callable[..., None] = print_exception
     hub.print_exception = hook
+
+
+class StrayOutput(io.TextIOBase):
+    """``sys.stderr`` while a node runs: text a library writes there directly (gevent's
+    server printing a failure, a ``traceback.print_exc()``) becomes one log event per
+    burst of writes, so every line on the real stderr is a formatted event."""
+
+    def __init__(self, real: TextIO, schedule: Callable[[Callable[[], None]], Any]) -> None:
+        super().__init__()
+        self.real = real
+        self._schedule = schedule
+        self._pending: list[str] = []
+        self._logger = logging.getLogger("pushsvc.stderr")
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if not self._pending:
+            self._schedule(self.flush)  # once the writer is done: one event for it all
+        self._pending.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        text, self._pending = "".join(self._pending).strip(), []
+        if text:
+            self._logger.error("unformatted output", extra={"text": text[:20000]})
+
+    def fileno(self) -> int:
+        return self.real.fileno()
+
+
+def capture_stray_output(schedule: Callable[[Callable[[], None]], Any]) -> None:
+    """Route direct writes to ``sys.stderr`` through logging (see ``StrayOutput``);
+    ``schedule`` runs a callback soon after (the event loop's ``run_callback``)."""
+    if not isinstance(sys.stderr, StrayOutput):
+        sys.stderr = StrayOutput(sys.stderr, schedule)
+
+
+def release_stray_output() -> None:
+    """Put the real ``sys.stderr`` back, after logging what was still pending."""
+    current = sys.stderr
+    if isinstance(current, StrayOutput):
+        current.flush()
+        sys.stderr = current.real
 
 
 def log_event(logger: logging.Logger, level: str | int, msg: str, **fields: Any) -> None:

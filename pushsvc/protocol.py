@@ -28,6 +28,7 @@ class Close(Enum):
     NORMAL = (1000, "normal closure", True)
     GOING_AWAY = (1001, "going away", True)
     PING_TIMEOUT = (1001, "ping timeout", True)
+    SILENT = (1001, "no frame from the client in time", True)
     PROTOCOL_ERROR = (1002, "protocol error", True)
     BAD_DATA = (1007, "invalid UTF-8 in a text frame", True)
     TOO_BIG = (1009, "frame too big", True)

@@ -11,9 +11,9 @@ gRPC to its gevent mode first.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
+import resource
 import secrets
 import signal
 import socket
@@ -25,7 +25,6 @@ from pathlib import Path
 import gevent
 import grpc
 from gevent.event import Event
-from gevent.pywsgi import WSGIServer
 from grpc_health.v1 import health_pb2
 
 from pushsvc import demo, edge, grpc_api
@@ -37,15 +36,22 @@ from pushsvc.config import Address, Settings, check_secure
 from pushsvc.errors import ConfigError, StoreUnavailable
 from pushsvc.fleet import Fleet, LocalFleet
 from pushsvc.health import StoreHealth, within
+from pushsvc.httpwire import HeadLimits
 from pushsvc.hub import Hub
-from pushsvc.logsetup import configure_logging, route_gevent_errors
+from pushsvc.logsetup import (
+    capture_stray_output,
+    configure_logging,
+    release_stray_output,
+    route_gevent_errors,
+)
 from pushsvc.metrics import Metrics
 from pushsvc.node import AdmissionLimits, Node
 from pushsvc.protocol import Close
 from pushsvc.session import SessionLimits
 from pushsvc.store.inbox import InboxStore
 from pushsvc.systemd import Notifier
-from pushsvc.tls import NodeTLS, TLSFiles, TLSServer, cleartext_warnings
+from pushsvc.tls import NodeTLS, TLSFiles, cleartext_warnings
+from pushsvc.wsgi import BoundedWSGIServer
 
 log = logging.getLogger("pushsvc.server")
 
@@ -56,6 +62,7 @@ GRPC_GRACE = 5.0  # seconds in-flight gRPC calls get to finish
 ADMIN_TOKEN_FILE = "admin-token"  # in the data directory, when generated
 STORE_STEP = 2.0  # seconds a store call may take while draining
 TIDY_INTERVAL = 1.0  # seconds between clean-ups of pushes that failed in an outage
+_DEFAULT_MAX_CONNECTIONS = Settings.__dataclass_fields__["max_connections"].default
 
 
 def _open_inbox(s: Settings) -> InboxStore:
@@ -120,7 +127,9 @@ class Server:
         check_secure(settings)
         self.settings = s = settings
         files = TLSFiles.from_settings(s)
-        self.tls = NodeTLS(files) if files is not None else None  # ConfigError: bad files
+        self.tls = (  # ConfigError: bad files
+            NodeTLS(files, handshake_timeout=s.handshake_timeout) if files is not None else None
+        )
         self.node_id = s.resolved_node_id()
         self.metrics = Metrics()
         tls = self.tls
@@ -163,6 +172,11 @@ class Server:
                 node_id=self.node_id,
                 allowed_origins=s.allowed_origins,
                 max_frame_bytes=s.max_frame_bytes,
+                handshake_timeout=s.handshake_timeout,
+                first_frame_timeout=s.first_frame_timeout,
+                head_limits=HeadLimits(s.max_header_bytes, s.max_header_fields),
+                max_connections=s.max_connections,
+                max_connections_per_ip=s.max_connections_per_ip,
                 limits=SessionLimits(
                     send_queue_size=s.send_queue_size,
                     max_replay=s.max_replay,
@@ -191,8 +205,8 @@ class Server:
         self._draining = False
         self._greenlets: list[gevent.Greenlet] = []
         self._watchdog: gevent.Greenlet | None = None
-        self.ws_server: WSGIServer | None = None
-        self.admin_server: WSGIServer | None = None
+        self.ws_server: edge.EdgeServer | None = None
+        self.admin_server: BoundedWSGIServer | None = None
         self.ws_port = self.grpc_port = self.admin_port = self.cluster_port = 0
 
     def _secrets(self) -> tuple[str | None, tuple[str, ...]]:
@@ -233,7 +247,7 @@ class Server:
         if self.notifier.watchdog_interval is not None:
             self._watchdog = gevent.spawn(self._watchdog_loop, self.notifier.watchdog_interval)
         tls = self.tls
-        ws_sock = _listen(s.ws_addr, "PUSHSVC_WS_ADDR", reuse_port=True)
+        ws_sock = _listen(s.ws_addr, "PUSHSVC_WS_ADDR", reuse_port=s.ws_reuse_port)
         admin_sock = _listen(s.admin_addr, "PUSHSVC_ADMIN_ADDR")
         self.grpc_port = _listen_grpc(
             self.grpc_server,
@@ -253,13 +267,12 @@ class Server:
         self.admin_port = admin_sock.getsockname()[1]
         self.node.ws_addr = f"{s.ws_addr.host}:{self.ws_port}"
         self.node.grpc_addr = self._advertise()
-        self.ws_server = edge.make_server(
-            ws_sock,
-            self.edge_app,
-            functools.partial(TLSServer, tls=tls) if tls is not None else WSGIServer,
-        )
-        self.admin_server = WSGIServer(
-            admin_sock, AdminApp(self.metrics, self.readiness, self.admin_console), log=None
+        self._fit_connections_to_open_files()
+        self.ws_server = edge.make_server(ws_sock, self.edge_app, tls)
+        self.admin_server = BoundedWSGIServer(
+            admin_sock,
+            AdminApp(self.metrics, self.readiness, self.admin_console),
+            s.handshake_timeout,
         )
         self.health.check()  # readiness reflects the store from the first answer
         self.health.start()
@@ -285,6 +298,7 @@ class Server:
                 "store": "embedded" if s.embedded else "mongodb",
                 "tls": "off" if tls is None else "mutual" if tls.mutual else "on",
                 "cluster": f"{s.cluster_addr.host}:{self.cluster_port}" if s.cluster_addr else "",
+                "max_connections": self.edge_app.config.max_connections,
             },
         )
         if self.admin_console is not None:
@@ -299,6 +313,30 @@ class Server:
             self._on_registered()
         else:
             self.notifier.status(self._status())
+
+    def _fit_connections_to_open_files(self) -> None:
+        """max_connections within the open-files limit, with room for everything else
+        (listeners, gRPC peers and callers, the store): a node out of descriptors
+        fails its accepts instead of answering 503."""
+        files = _raise_open_files_limit()
+        room = files - max(256, files // 10)
+        config = self.edge_app.config
+        if room < config.max_connections:
+            # Said only when the lowered value was asked for explicitly; the
+            # "node listening" line always says the value in force.
+            if self.settings.max_connections == _DEFAULT_MAX_CONNECTIONS:
+                config.max_connections = max(1, room)
+                return
+            log.warning(
+                "max_connections lowered to fit the open-files limit: raise LimitNOFILE= "
+                "(or ulimit -n) to hold more",
+                extra={
+                    "max_connections": max(1, room),
+                    "configured": config.max_connections,
+                    "open_files_limit": files,
+                },
+            )
+            config.max_connections = max(1, room)
 
     def _on_registered(self) -> None:
         """READY=1 once the listeners are bound and the node is registered."""
@@ -508,6 +546,20 @@ def _dial_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def _raise_open_files_limit() -> int:
+    """Every socket is a file: take the hard limit the service manager allows
+    (``LimitNOFILE=``), as Go programs do, instead of the soft 1024 of a shell.
+    Returns the limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (OSError, ValueError):
+            pass  # keep the soft limit
+    return 1 << 30 if soft == resource.RLIM_INFINITY else soft
+
+
 def _listen(addr: Address, name: str, reuse_port: bool = False) -> socket.socket:
     try:
         return edge.listen_socket(addr, reuse_port=reuse_port)
@@ -550,11 +602,16 @@ def run_server(settings: Settings, announce: Callable[[Server], None] | None = N
     except StoreUnavailable as exc:
         print(f"pushsvc: error: {exc}", file=sys.stderr)
         return 1
-    if announce is not None:
-        announce(server)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        gevent.signal_handler(sig, server.request_stop)
-    gevent.signal_handler(signal.SIGHUP, server.reload)
-    server.wait()
-    server.drain()
+    # From here on, whatever a library prints to stderr is logged as an event.
+    capture_stray_output(gevent.get_hub().loop.run_callback_threadsafe)
+    try:
+        if announce is not None:
+            announce(server)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            gevent.signal_handler(sig, server.request_stop)
+        gevent.signal_handler(signal.SIGHUP, server.reload)
+        server.wait()
+        server.drain()
+    finally:
+        release_stray_output()
     return 0

@@ -225,6 +225,11 @@ class Session:
     def touch(self) -> None:
         self.last_seen = time.monotonic()
 
+    def ping(self) -> None:
+        """A ping now (the edge asks a client that has not said anything yet)."""
+        self._last_ping = time.monotonic()
+        self.writer.control(WIRE_PING)
+
     def on_ping(self, payload: bytes) -> None:
         self.touch()
         self.writer.control(wire_frame(OP_PONG, payload))

@@ -8,9 +8,10 @@ code 2 and never a traceback.
 
 ``NodeTLS`` holds what was loaded and serves it to:
 
-- the WebSocket listener (``TLSServer``): each handshake uses the current
-  ``ssl.SSLContext`` (TLS 1.2 or later, no renegotiation), is bounded in time,
-  and a failed one is logged at debug level, not as an error;
+- the WebSocket listener (``edge.EdgeServer`` calls ``accept``): each handshake
+  uses the current ``ssl.SSLContext`` (TLS 1.2 or later, no renegotiation), is
+  bounded in time (within the edge's ``handshake_timeout``, which it counts
+  against), and a failed one is logged at debug level, not as an error;
 - the gRPC listeners (``grpc_credentials``): dynamic server credentials whose
   fetcher hands a newly loaded certificate to the next handshake;
 - the node's calls to its peers (``peer_credentials``): the cluster CA and this
@@ -25,7 +26,6 @@ handshakes see the new one.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import hashlib
 import logging
@@ -40,7 +40,6 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from gevent import ssl as gevent_ssl
-from gevent.pywsgi import WSGIServer
 
 from pushsvc.config import Settings
 from pushsvc.errors import ConfigError
@@ -261,10 +260,6 @@ class NodeTLS:
         tls_sock.settimeout(before)
         return tls_sock
 
-    def wrap_socket(self, sock: socket.socket, **_: Any) -> ssl.SSLSocket:
-        """What gevent's server calls (as ``ssl_context.wrap_socket``)."""
-        return self.accept(sock)
-
     # -- gRPC -------------------------------------------------------------------------
 
     def _grpc_config(self, verify_clients: bool) -> grpc.ServerCertificateConfiguration:
@@ -302,27 +297,3 @@ class NodeTLS:
                 root_certificates=m.cluster_ca, private_key=m.key, certificate_chain=m.chain
             )
         return grpc.ssl_channel_credentials(root_certificates=m.ca)
-
-
-class TLSServer(WSGIServer):
-    """gevent's WSGI server with every accepted connection's TLS handshake done by
-    ``NodeTLS``: the current certificate, a deadline, and a failure that is only a
-    debug line (scanners and clients that distrust the certificate are not errors)."""
-
-    def __init__(self, listener: Any, application: Any, *, tls: NodeTLS, **kwargs: Any) -> None:
-        super().__init__(listener, application, ssl_context=tls, **kwargs)
-        self._tls = tls
-
-    def wrap_socket_and_handle(self, client_socket: socket.socket, address: Any) -> Any:
-        try:
-            tls_sock = self._tls.accept(client_socket)
-        except (OSError, ValueError) as exc:
-            log.debug(
-                "TLS handshake failed",
-                extra={"peer": address[0] if address else "", "error": str(exc)[:200]},
-            )
-            with contextlib.suppress(OSError):
-                client_socket.close()
-            return None
-        with contextlib.closing(tls_sock):
-            return self.handle(tls_sock, address)

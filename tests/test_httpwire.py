@@ -240,3 +240,8 @@ def test_answers_are_complete() -> None:
     }
     head_only = response(200, b"12345", "text/plain", head_only=True)
     assert head_only.endswith(b"Content-Length: 5\r\nConnection: close\r\n\r\n")
+
+
+def test_a_long_request_line_is_414_even_when_the_head_ends() -> None:
+    data = b"GET /ws?token=" + b"t" * 3000 + b" HTTP/1.1\r\nHost: h\r\n\r\n"
+    assert refused(data).status == 414

@@ -5,12 +5,21 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator
+import sys
+import traceback
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from pushsvc.errors import ConfigError
-from pushsvc.logsetup import REDACTED, configure_logging, is_sensitive, log_event
+from pushsvc.logsetup import (
+    REDACTED,
+    capture_stray_output,
+    configure_logging,
+    is_sensitive,
+    log_event,
+    release_stray_output,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -118,3 +127,30 @@ def test_bad_level_or_format() -> None:
         configure_logging("loud", "text")
     with pytest.raises(ConfigError):
         configure_logging("info", "xml")
+
+
+def test_stray_output_becomes_one_event(capsys: pytest.CaptureFixture[str]) -> None:
+    """What a library writes to sys.stderr itself (gevent printing a failure, a
+    traceback.print_exc()) comes out as one formatted event per burst."""
+    configure_logging("info", "json")
+    pending: list[Callable[[], None]] = []
+    capture_stray_output(pending.append)
+    try:
+        try:
+            raise ValueError("boom with token=abc.def.ghi")
+        except ValueError:
+            traceback.print_exc()
+        sys.stderr.write("ERROR: <StreamServer> failed with EBADF\n")
+        assert capsys.readouterr().err == ""  # nothing until the loop runs the callback
+        for callback in pending:
+            callback()
+        logging.getLogger("pushsvc.edge").info("after")
+    finally:
+        release_stray_output()
+    lines = capsys.readouterr().err.splitlines()
+    events = [json.loads(line) for line in lines]
+    assert [e["msg"] for e in events] == ["unformatted output", "after"], lines
+    text = events[0]["text"]
+    assert text.startswith("Traceback") and "ValueError" in text and "EBADF" in text
+    assert "abc.def.ghi" not in lines[0]  # scrubbed like any other field
+    assert not hasattr(sys.stderr, "real")
