@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import fnmatch
 import hmac
+import os
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -12,8 +15,9 @@ from typing import Any
 
 import jwt
 
-from pushsvc.errors import ConfigError, Unauthenticated
-from pushsvc.messages import MAX_USER_ID_LEN
+from pushsvc import jsontext
+from pushsvc.errors import ConfigError, InvalidArgument, Unauthenticated
+from pushsvc.messages import MAX_TOPIC_LEN, first_forbidden, validate_user_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,25 +33,43 @@ class Identity:
 
 
 class TokenVerifier:
-    """Checks client tokens: signature, algorithm, ``sub`` and ``exp``.
+    """Checks client tokens: signature, algorithm, and every claim pushsvc reads.
 
     Only the configured algorithm is accepted, so ``alg: none`` and algorithm
-    confusion (an HS256 token signed with a public key) are refused.
+    confusion (an HS256 token signed with a public key) are refused. The header and
+    the claims are parsed as strict JSON (``jsontext``) before PyJWT verifies the
+    signature, and the claims are checked here, not by PyJWT: ``exp`` (required),
+    ``nbf`` and ``iat`` must be JSON numbers between 0 and the year 9999, ``exp``
+    at most ``max_lifetime`` seconds after ``iat`` (or after now, without ``iat``),
+    ``sub`` a user id (``messages.validate_user_id``), ``topics`` a list of
+    patterns. Whatever a token holds, a bad one is ``Unauthenticated`` (401).
     """
 
-    def __init__(self, algorithm: str, key: str | bytes, leeway: float = 5.0) -> None:
+    def __init__(
+        self,
+        algorithm: str,
+        key: str | bytes,
+        leeway: float = 5.0,
+        max_lifetime: float = 0.0,
+    ) -> None:
         self._algorithm = algorithm
         self._key = key
         self._leeway = leeway
+        self._max_lifetime = max_lifetime
+        self._jws = jwt.PyJWS()
 
     @classmethod
     def from_settings(
-        cls, algorithm: str, secret: str | None, public_key_file: str | None
+        cls,
+        algorithm: str,
+        secret: str | None,
+        public_key_file: str | None,
+        max_lifetime: float = 0.0,
     ) -> TokenVerifier:
         if algorithm == "HS256":
             if not secret:
                 raise ConfigError("no JWT secret: set PUSHSVC_JWT_SECRET")
-            return cls(algorithm, secret)
+            return cls(algorithm, secret, max_lifetime=max_lifetime)
         assert public_key_file
         try:
             key = Path(public_key_file).read_bytes()
@@ -55,36 +77,110 @@ class TokenVerifier:
             raise ConfigError(
                 f"cannot read PUSHSVC_JWT_PUBLIC_KEY_FILE {public_key_file}: {exc.strerror}"
             ) from None
-        return cls(algorithm, key)
+        return cls(algorithm, key, max_lifetime=max_lifetime)
 
-    def verify(self, token: str) -> Identity:
+    def verify(self, token: str, now: float | None = None) -> Identity:
         if not token:
             raise Unauthenticated("missing token: send Authorization: Bearer <jwt> or ?token=")
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise Unauthenticated(f"token is over {MAX_TOKEN_LENGTH} characters")
+        parts = token.split(".")
+        if len(parts) != 3:
+            raise Unauthenticated("token is malformed: not three dot-separated parts")
+        _segment(parts[0], "header")
+        claims = _segment(parts[1], "claims")
+        self._check_signature(token)
+        return self._identity(claims, time.time() if now is None else now)
+
+    def _check_signature(self, token: str) -> None:
         try:
-            claims: dict[str, Any] = jwt.decode(
-                token,
-                self._key,
-                algorithms=[self._algorithm],
-                options={"require": ["sub", "exp"]},
-                leeway=self._leeway,
-            )
-        except jwt.ExpiredSignatureError:
-            raise Unauthenticated("token expired") from None
+            self._jws.decode_complete(token, self._key, algorithms=[self._algorithm])
         except jwt.InvalidSignatureError:
             raise Unauthenticated("token signature is wrong") from None
-        except jwt.MissingRequiredClaimError as exc:
-            raise Unauthenticated(f"token has no {exc.claim!r} claim") from None
         except jwt.InvalidAlgorithmError:
             raise Unauthenticated(f"token algorithm is not {self._algorithm}") from None
         except jwt.PyJWTError as exc:
             raise Unauthenticated(f"token is malformed: {exc}") from None
-        sub = claims.get("sub")
-        if not isinstance(sub, str) or not sub or len(sub) > MAX_USER_ID_LEN:
+        except Exception as exc:  # a key or a library that chokes on odd input: still a 401
+            raise Unauthenticated(f"token is malformed: {type(exc).__name__}") from None
+
+    def _identity(self, claims: dict[str, Any], now: float) -> Identity:
+        leeway = self._leeway
+        if "sub" not in claims:
+            raise Unauthenticated("token has no 'sub' claim")
+        sub = claims["sub"]
+        if not isinstance(sub, str) or not sub:
             raise Unauthenticated("token 'sub' must be a non-empty string (the user id)")
+        try:
+            validate_user_id(sub)
+        except InvalidArgument as exc:
+            raise Unauthenticated(f"token 'sub': {exc}") from None
+        if "exp" not in claims:
+            raise Unauthenticated("token has no 'exp' claim")
+        exp = _time_claim(claims, "exp")
+        assert exp is not None
+        nbf = _time_claim(claims, "nbf")
+        iat = _time_claim(claims, "iat")
+        if exp <= now - leeway:
+            raise Unauthenticated("token expired")
+        if nbf is not None and nbf > now + leeway:
+            raise Unauthenticated("token is not valid yet ('nbf' is in the future)")
+        if iat is not None and iat > now + leeway:
+            raise Unauthenticated("token was issued in the future ('iat')")
+        if self._max_lifetime:
+            lifetime = exp - (iat if iat is not None else now)
+            if lifetime > self._max_lifetime + leeway:
+                raise Unauthenticated(
+                    f"token is valid for {lifetime:.0f} s, over the maximum of "
+                    f"{self._max_lifetime:.0f} s: mint shorter-lived tokens"
+                )
         topics = claims.get("topics", [])
-        if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
-            raise Unauthenticated("token 'topics' must be a list of strings")
-        return Identity(sub, float(claims["exp"]), tuple(topics))
+        if (
+            not isinstance(topics, list)
+            or len(topics) > MAX_TOPIC_PATTERNS
+            or not all(isinstance(t, str) and 0 < len(t) <= MAX_TOPIC_LEN for t in topics)
+            or any(first_forbidden(t) is not None for t in topics)
+        ):
+            raise Unauthenticated(
+                f"token 'topics' must be a list of at most {MAX_TOPIC_PATTERNS} patterns "
+                f"of 1 to {MAX_TOPIC_LEN} characters"
+            )
+        return Identity(sub, exp, tuple(topics))
+
+
+MAX_TOKEN_LENGTH = 8192
+MAX_TOPIC_PATTERNS = 100
+LATEST_TIME = 253402300799  # 9999-12-31T23:59:59Z: the largest time a claim may hold
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+
+def _segment(part: str, what: str) -> dict[str, Any]:
+    """A token's header or claims: base64url of a strict JSON object."""
+    if not _BASE64URL.fullmatch(part) or len(part) % 4 == 1:
+        raise Unauthenticated(f"token is malformed: its {what} is not base64url")
+    try:
+        raw = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+    except ValueError:
+        raise Unauthenticated(f"token is malformed: its {what} is not base64url") from None
+    try:
+        value = jsontext.loads(raw, max_depth=16)
+    except jsontext.JsonError as exc:
+        raise Unauthenticated(f"token is malformed: its {what} is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise Unauthenticated(f"token is malformed: its {what} is not a JSON object")
+    return value
+
+
+def _time_claim(claims: dict[str, Any], name: str) -> float | None:
+    """A NumericDate (RFC 7519 2): a JSON number of seconds, here between 0 and 9999."""
+    if name not in claims:
+        return None
+    value = claims[name]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise Unauthenticated(f"token {name!r} must be a number of seconds since 1970")
+    if not 0 <= value <= LATEST_TIME:
+        raise Unauthenticated(f"token {name!r} is out of range (0 to {LATEST_TIME})")
+    return float(value)
 
 
 def mint_token(secret: str, user_id: str, ttl: int = 3600, topics: list[str] | None = None) -> str:
@@ -119,7 +215,8 @@ class ApiKeys:
 
 
 def load_or_create_secret(path: Path) -> tuple[str, bool]:
-    """Read a generated secret file, or create it (mode 0600). Returns (secret, created)."""
+    """Read a generated secret file, or create it: mode 0600, in a directory created
+    0700. Returns (secret, created)."""
     try:
         text = path.read_text().strip()
         if text:
@@ -130,11 +227,12 @@ def load_or_create_secret(path: Path) -> tuple[str, bool]:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
     secret = secrets.token_urlsafe(32)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = path.open("x") if not path.exists() else path.open("w")
-        with fd:
-            fd.write(secret + "\n")
-        path.chmod(0o600)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Created with its final mode: never readable by others, not even for a moment.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secret + "\n")
+        path.chmod(0o600)  # an existing empty file keeps its mode through O_CREAT
     except OSError as exc:
         raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
     return secret, True

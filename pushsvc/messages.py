@@ -6,13 +6,14 @@ translate to and from these types.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
 import time
+import unicodedata
 from dataclasses import dataclass
 
+from pushsvc import jsontext
 from pushsvc.errors import InvalidArgument
 
 MAX_RECIPIENTS = 1000
@@ -22,8 +23,14 @@ MAX_TOPIC_LEN = 200
 MAX_REASON_BYTES = 120  # a disconnect reason travels in a close frame (at most 123 bytes)
 MAX_MESSAGE_ID_LEN = 64
 DEFAULT_CONTENT_TYPE = "application/json"
-_TOPIC_RE = re.compile(r"^[A-Za-z0-9._:/-]{1,200}$")
-_CONTENT_TYPE_RE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(\s*;.*)?$")
+# Matched against the whole string (fullmatch): a trailing newline is not allowed.
+_TOPIC_RE = re.compile(r"[A-Za-z0-9._:/-]{1,200}")
+_CONTENT_TYPE_RE = re.compile(
+    r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(?:[ \t]*;[\t\x20-\x7e]*)?"
+)
+# What a name (user id, token sub) must not contain: control characters (C0, DEL,
+# C1), line and paragraph separators, and lone surrogates (not encodable as UTF-8).
+_FORBIDDEN_IN_NAMES = frozenset({"Cc", "Cs", "Zl", "Zp"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +77,8 @@ def is_text_type(content_type: str) -> bool:
 
 def validate_payload(payload: bytes, content_type: str, max_payload: int) -> str:
     """Check a payload against its content type; returns the normalised type."""
-    content_type = content_type.strip() or DEFAULT_CONTENT_TYPE
-    if len(content_type) > 200 or not _CONTENT_TYPE_RE.match(content_type):
+    content_type = content_type.strip(" \t") or DEFAULT_CONTENT_TYPE
+    if len(content_type) > 200 or not _CONTENT_TYPE_RE.fullmatch(content_type):
         raise InvalidArgument(f"content_type {content_type[:50]!r} is not a MIME type")
     if len(payload) > max_payload:
         raise InvalidArgument(
@@ -79,10 +86,10 @@ def validate_payload(payload: bytes, content_type: str, max_payload: int) -> str
         )
     if is_json_type(content_type):
         try:
-            json.loads(payload)
-        except (ValueError, UnicodeDecodeError) as exc:
+            jsontext.loads(payload)
+        except jsontext.JsonError as exc:
             raise InvalidArgument(
-                f"content_type is {content_type} but the payload is not valid JSON: {exc}"
+                f"content_type is {content_type} but the payload is not RFC 8259 JSON: {exc}"
             ) from None
     elif is_text_type(content_type):
         try:
@@ -113,15 +120,26 @@ def validate_user_id(uid: str) -> str:
         raise InvalidArgument("a user id is empty")
     if len(uid) > MAX_USER_ID_LEN:
         raise InvalidArgument(f"user id is over {MAX_USER_ID_LEN} characters")
-    if any(ord(c) < 32 for c in uid):
-        raise InvalidArgument("a user id contains control characters")
+    bad = first_forbidden(uid)
+    if bad is not None:
+        raise InvalidArgument(f"a user id contains the control character U+{ord(bad):04X}")
     return uid
+
+
+def first_forbidden(name: str) -> str | None:
+    """The first character a name must not contain, or None."""
+    if name.isprintable() and name.isascii():
+        return None  # the common case, without a lookup per character
+    for c in name:
+        if unicodedata.category(c) in _FORBIDDEN_IN_NAMES:
+            return c
+    return None
 
 
 def validate_topic(topic: str) -> str:
     if not topic:
         raise InvalidArgument("topic is empty")
-    if not _TOPIC_RE.match(topic):
+    if not _TOPIC_RE.fullmatch(topic):
         raise InvalidArgument(
             f"topic {topic[:50]!r} is malformed: use 1 to {MAX_TOPIC_LEN} letters, digits "
             "or . _ : / -"

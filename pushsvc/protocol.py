@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from enum import Enum
 
+from pushsvc import jsontext
 from pushsvc.errors import InvalidArgument
 from pushsvc.messages import is_json_type, is_text_type, validate_topic
 
@@ -141,6 +142,7 @@ class ClientFrame:
 
 
 CLIENT_TYPES = ("ack", "subscribe", "unsubscribe", "ping")
+MAX_SEQ = 2**63 - 1  # seqs are 64-bit signed integers in both stores
 
 
 def parse_client_frame(text: str | bytes) -> ClientFrame:
@@ -148,9 +150,9 @@ def parse_client_frame(text: str | bytes) -> ClientFrame:
     if isinstance(text, bytes | bytearray):
         raise FrameError("bad_request", "binary frames are not accepted: send JSON text")
     try:
-        obj = json.loads(text)
-    except ValueError:
-        raise FrameError("bad_request", "frame is not JSON") from None
+        obj = jsontext.loads(text)
+    except jsontext.JsonError as exc:
+        raise FrameError("bad_request", str(exc)) from None
     if not isinstance(obj, dict):
         raise FrameError("bad_request", "frame must be a JSON object")
     kind = obj.get("type")
@@ -160,8 +162,8 @@ def parse_client_frame(text: str | bytes) -> ClientFrame:
         return ClientFrame("ping")
     if kind == "ack":
         seq = obj.get("seq")
-        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-            raise FrameError("bad_request", 'ack needs "seq": a non-negative integer')
+        if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= MAX_SEQ:
+            raise FrameError("bad_request", 'ack needs "seq": a non-negative 64-bit integer')
         return ClientFrame("ack", seq=seq)
     if kind in ("subscribe", "unsubscribe"):
         topic = obj.get("topic")

@@ -150,7 +150,7 @@ class Server:
         )
         jwt_secret, api_keys = self._secrets()
         self.verifier = TokenVerifier.from_settings(
-            s.jwt_algorithm, jwt_secret, s.jwt_public_key_file
+            s.jwt_algorithm, jwt_secret, s.jwt_public_key_file, s.max_token_lifetime
         )
         self._ready_sent = False
         self.node = Node(

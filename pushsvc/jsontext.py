@@ -1,0 +1,83 @@
+"""JSON as RFC 8259 defines it, with bounded nesting: what pushsvc accepts from outside.
+
+Python's ``json.loads`` takes more than RFC 8259 allows (``NaN``, ``Infinity``,
+numbers that overflow to infinity, UTF-16 and UTF-32 byte strings) and raises
+``RecursionError`` on deeply nested input. ``loads`` here accepts exactly JSON
+text: UTF-8 without a byte order mark, finite numbers, at most ``max_depth``
+nested arrays and objects; anything else raises ``JsonError`` (a ``ValueError``)
+with a message a client can act on. Push and publish payloads, client frames and
+token claims all go through it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+MAX_DEPTH = 64
+
+# A JSON string (RFC 8259 7), unrolled so that it never backtracks.
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+class JsonError(ValueError):
+    """Not JSON text as RFC 8259 defines it, or nested too deep."""
+
+
+def _constant(name: str) -> Any:
+    raise JsonError(f"{name} is not a JSON value (RFC 8259 allows only finite numbers)")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise JsonError(f"the number {text[:40]} is out of range")
+    return value
+
+
+_decoder = json.JSONDecoder(parse_constant=_constant, parse_float=_finite)
+
+
+def depth_within(text: str, max_depth: int) -> bool:
+    """Whether arrays and objects nest at most ``max_depth`` deep (brackets inside
+    strings do not count)."""
+    if text.count("[") + text.count("{") <= max_depth:
+        return True
+    depth = 0
+    for match in _BRACKET.finditer(_STRING.sub("", text)):
+        if match[0] in "[{":
+            depth += 1
+            if depth > max_depth:
+                return False
+        else:
+            depth -= 1
+    return True
+
+
+def decode_utf8(data: bytes | bytearray | memoryview) -> str:
+    """JSON bytes as text: UTF-8 only (RFC 8259 8.1), no byte order mark."""
+    raw = bytes(data)
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raise JsonError("JSON text must not start with a byte order mark")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise JsonError(f"JSON text must be UTF-8 (invalid byte at {exc.start})") from None
+
+
+def loads(data: str | bytes | bytearray | memoryview, max_depth: int = MAX_DEPTH) -> Any:
+    """Parse JSON text strictly; ``JsonError`` says what is wrong."""
+    text = data if isinstance(data, str) else decode_utf8(data)
+    if not depth_within(text, max_depth):
+        raise JsonError(f"JSON nested more than {max_depth} levels deep")
+    try:
+        return _decoder.decode(text)
+    except JsonError:
+        raise
+    except ValueError as exc:  # json.JSONDecodeError, and ints over 4300 digits
+        raise JsonError(f"not valid JSON: {exc}") from None
+    except RecursionError:  # cannot happen within max_depth; never let it out
+        raise JsonError(f"JSON nested more than {max_depth} levels deep") from None
