@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import pathlib
 import sqlite3
 import time
@@ -149,7 +150,7 @@ class EmbeddedStore(InboxStore):
         self.data_dir = pathlib.Path(data_dir)
         self.path = self.data_dir / DB_FILENAME
         try:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise ConfigError(
@@ -180,6 +181,8 @@ class EmbeddedStore(InboxStore):
 
     def _open(self) -> sqlite3.Connection:
         """Open (or reopen) the connection; runs on the store's thread."""
+        # Created 0600 before SQLite opens it; its -wal and -shm files take its mode.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600))
         conn = sqlite3.connect(
             str(self.path),
             isolation_level=None,  # explicit BEGIN/COMMIT only
