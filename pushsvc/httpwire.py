@@ -35,10 +35,9 @@ from urllib.parse import unquote, urlsplit
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-# What the start of a request line can look like, checked while it arrives so that
-# a stranger's binary (a TLS hello on the cleartext port) is refused at once.
-_LINE_START = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]*(?: [\x21-\x7e]*(?: [HTP/0-9.]*)?)?\r?")
 _TARGET = re.compile(rb"[\x21-\x7e]+")
+# What a request line may be made of, checked as it arrives (CR only before its LF).
+_LINE_BYTES = re.compile(rb"[\x20-\x7e]*\r?")
 _VERSION = re.compile(rb"HTTP/([0-9])\.([0-9])")
 _VERSION_START = re.compile(rb"[HTP/0-9.]*")
 _BAD_LINE = "the request line must be 'METHOD /path HTTP/1.1'"
@@ -110,13 +109,20 @@ class Request:
 
 
 class HeadReader:
-    """Accumulates the bytes of one request head; ``rest`` is what came after it."""
+    """Accumulates the bytes of one request head; ``rest`` is what came after it.
 
-    __slots__ = ("_buf", "_limits", "rest")
+    Each ``feed`` looks only at the bytes it brings (and the three before them), so
+    a client sending its head a byte at a time costs linear, not quadratic, work.
+    """
+
+    __slots__ = ("_buf", "_lead", "_limits", "_line_end", "_scanned", "rest")
 
     def __init__(self, limits: HeadLimits) -> None:
         self._limits = limits
         self._buf = bytearray()
+        self._lead = -1  # where the request line starts, once known
+        self._line_end = -1  # where it ends (its LF), once known
+        self._scanned = 0  # how far the request line has been checked
         self.rest = b""
 
     def feed(self, data: bytes) -> Request | None:
@@ -124,58 +130,71 @@ class HeadReader:
         buf = self._buf
         start = len(buf)
         buf += data
-        # Only the newly arrived bytes (and the three before them) can complete the head.
-        end = _head_end(buf, max(0, start - 3))
         limit = self._limits.max_bytes
+        if self._lead < 0:
+            # Empty lines before the request line are skipped (RFC 9112 2.2).
+            i = start
+            while i < len(buf) and buf[i] in b"\r\n":
+                i += 1
+            if i == len(buf):
+                if len(buf) > limit:
+                    raise HttpError(400, "expected a request line")
+                return None
+            self._lead = self._scanned = i
+        if self._line_end < 0:
+            # The request line as it arrives: a stranger's binary (a TLS hello on
+            # the cleartext port) is refused at once, not at the deadline.
+            newline = buf.find(b"\n", self._scanned)
+            line_end = newline if newline >= 0 else len(buf)
+            if not _LINE_BYTES.fullmatch(buf, self._scanned, line_end):
+                _diagnose(bytes(buf[self._lead : line_end]))
+            self._scanned = line_end
+            if newline < 0:
+                if len(buf) - self._lead > limit:
+                    raise HttpError(414, f"the request line is over {limit} bytes")
+                return None
+            self._line_end = newline
+        # Only the newly arrived bytes (and the three before them) can end the head.
+        end = _head_end(buf, max(start - 3, self._line_end))
         if end is None:
-            if len(buf) > limit:
-                raise self._too_large(buf)
-            self._check_line_start(buf)
+            if len(buf) - self._lead > limit:
+                raise self._too_large()
             return None
         head_len, body_start = end
-        if head_len > limit:
-            raise self._too_large(buf)
+        if head_len - self._lead > limit:
+            raise self._too_large()
         self.rest = bytes(buf[body_start:])
         return parse_head(bytes(buf[:head_len]), self._limits)
 
-    @staticmethod
-    def _check_line_start(buf: bytearray) -> None:
-        lead = len(buf) - len(buf.lstrip(b"\r\n"))
-        line_end = buf.find(b"\n", lead)
-        line = bytes(buf[lead : line_end if line_end >= 0 else len(buf)])
-        if _LINE_START.fullmatch(line):
-            return
-        parts = line.rstrip(b"\r").split(b" ")
-        if parts[0] and not _TOKEN.fullmatch(parts[0]):
-            raise HttpError(400, _BAD_METHOD)
-        if len(parts) > 1 and parts[1] and not _TARGET.fullmatch(parts[1]):
-            raise HttpError(400, _BAD_TARGET)
-        if len(parts) > 2 and not _VERSION_START.fullmatch(parts[2]):
-            raise HttpError(400, _BAD_VERSION)
-        raise HttpError(400, _BAD_LINE)
-
-    def _too_large(self, buf: bytearray) -> HttpError:
-        lead = len(buf) - len(buf.lstrip(b"\r\n"))
-        line_end = buf.find(b"\n", lead)
-        if line_end < 0 or line_end - lead > self._limits.max_bytes:
-            return HttpError(414, f"the request line is over {self._limits.max_bytes} bytes")
+    def _too_large(self) -> HttpError:
+        limit = self._limits.max_bytes
+        if self._line_end - self._lead > limit:
+            return HttpError(414, f"the request line is over {limit} bytes")
         return HttpError(
-            431,
-            f"the request head is over {self._limits.max_bytes} bytes: send fewer or "
-            "smaller header fields",
+            431, f"the request head is over {limit} bytes: send fewer or smaller header fields"
         )
+
+
+def _diagnose(line: bytes) -> None:
+    """Raise the 400 that says what is wrong with a request line (or its start)."""
+    parts = line.rstrip(b"\r").split(b" ")
+    if parts[0] and not _TOKEN.fullmatch(parts[0]):
+        raise HttpError(400, _BAD_METHOD)
+    if len(parts) > 1 and parts[1] and not _TARGET.fullmatch(parts[1]):
+        raise HttpError(400, _BAD_TARGET)
+    if len(parts) > 2 and not _VERSION_START.fullmatch(parts[2]):
+        raise HttpError(400, _BAD_VERSION)
+    raise HttpError(400, _BAD_LINE)
 
 
 def _head_end(buf: bytearray, search_from: int) -> tuple[int, int] | None:
     """(length of the head, offset of what follows it): the head ends at an empty line."""
-    # Leading empty lines before the request line are skipped (RFC 9112 2.2).
-    lead = len(buf) - len(buf.lstrip(b"\r\n"))
-    i = max(search_from, lead)
+    i = search_from
     while True:
         j = buf.find(b"\n", i)
         if j < 0:
             return None
-        if j + 1 < len(buf) and buf[j + 1 : j + 2] == b"\n":
+        if buf[j + 1 : j + 2] == b"\n":
             return j + 1, j + 2
         if buf[j + 1 : j + 3] == b"\r\n":
             return j + 1, j + 3
