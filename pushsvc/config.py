@@ -229,7 +229,9 @@ class Settings:
     )
     # -- hostile input: the WebSocket port's budgets and limits, client tokens
     handshake_timeout: float = _setting(
-        10.0, _float(0.1, 600), "seconds from accept to a complete request head; then 408"
+        10.0,
+        _float(0.1, 600),
+        "seconds from accept to a complete request head, TLS included; then 408",
     )
     first_frame_timeout: float = _setting(
         30.0, _float(0.2, 3600), "seconds after the upgrade for the first frame; then 1001"

@@ -1,6 +1,6 @@
 """One WebSocket connection, driven on gevent: reader → ordering → writer.
 
-The session owns no greenlet of its own. The WSGI handler's greenlet reads the
+The session owns no greenlet of its own. The socket's greenlet in the edge reads the
 client's frames (``edge.py``) and calls in here from the first moment, so pings
 are answered before the store has said anything; the node's admission worker
 calls ``welcome`` once the store answered (or ``close`` with 1013 when it
