@@ -43,6 +43,9 @@ def fleet_env(uri: str, db: str, node_id: str) -> dict[str, str]:
         "PUSHSVC_FORWARD_TIMEOUT": "1",
         "PUSHSVC_DRAIN_TIMEOUT": str(DRAIN_TIMEOUT),
         "PUSHSVC_LOG_LEVEL": "info",
+        # The raw clients never answer pings: however long a busy machine takes to
+        # open all 200, none may be closed for silence before the drain.
+        "PUSHSVC_FIRST_FRAME_TIMEOUT": "600",
     }
 
 

@@ -49,6 +49,23 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     assert " ERROR " not in log and " CRITICAL " not in log, log[-3000:]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def bystander(node: NodeProcess) -> Iterator[None]:
+    """A connection open through every test of the module: it must notice nothing."""
+    client = open_ws(node, new_user("bystander"), proxy=None)
+    yield
+    user = client.welcome["user"]
+    with node.stub() as stub:
+        stub.Push(
+            push_pb2.PushRequest(user_ids=[user], payload=b'{"still":"here"}'),
+            metadata=auth(),
+            timeout=20,
+        )
+    assert client.messages(1, timeout=30)[0]["data"] == {"still": "here"}
+    assert client.barrier(timeout=30) == []
+    client.close()
+
+
 @pytest.fixture(scope="module")
 def stub(node: NodeProcess) -> Iterator[push_pb2_grpc.PushServiceStub]:
     channel = grpc.insecure_channel(node.grpc_addr)
