@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from pushsvc import jsontext
 from pushsvc.admin_api import AdminApi, Json
 from pushsvc.errors import InvalidArgument, NotFound, PushError, RateLimited, StoreUnavailable
 
@@ -191,8 +192,8 @@ class AdminConsole:
             raise HttpError(413, f"the body is over {self._max_body} bytes")
         raw = environ["wsgi.input"].read(length)
         try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
+            body = jsontext.loads(raw)
+        except jsontext.JsonError as exc:
             raise InvalidArgument(f"the body is not valid JSON: {exc}") from None
         if not isinstance(body, dict):
             raise InvalidArgument("the body must be a JSON object")

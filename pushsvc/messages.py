@@ -122,7 +122,7 @@ def validate_user_id(uid: str) -> str:
         raise InvalidArgument(f"user id is over {MAX_USER_ID_LEN} characters")
     bad = first_forbidden(uid)
     if bad is not None:
-        raise InvalidArgument(f"a user id contains the control character U+{ord(bad):04X}")
+        raise InvalidArgument(f"a user id contains control characters (U+{ord(bad):04X})")
     return uid
 
 

@@ -362,6 +362,8 @@ def test_bad_input_gets_a_json_error(console: NodeProcess) -> None:
         refused(call(console, "POST", path, body), status, match)
     refused(call(console, "POST", push, raw=b"{nope", headers=_JSON), 400, "not valid JSON")
     refused(call(console, "POST", push, raw=b"\xff\xfe", headers=_JSON), 400, "not valid JSON")
+    refused(call(console, "POST", push, raw=b"[" * 5000, headers=_JSON), 400, "nested more than")
+    refused(call(console, "POST", push, raw=b'{"x": NaN}', headers=_JSON), 400, "not a JSON value")
     refused(call(console, "POST", push, raw=b"user_ids=a", headers=_FORM), 415, "application/json")
     refused(call(console, "POST", push, raw=b"{}"), 415, "application/json")
     big = b'{"user_ids":["a"],"payload":"' + b"x" * 600_000 + b'"}'
