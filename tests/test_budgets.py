@@ -13,6 +13,7 @@ import re
 import secrets
 import select
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ import pytest
 from pushsvc.budget import ConnectionBudget, source_key
 from pushsvc_client.v1 import push_pb2
 from tests.nodeproc import NodeProcess, auth
+from tests.pki import Pki
 from tests.rawws import OP_CLOSE, OP_PING, Closed, HandshakeRefused, RawWS, http_request
 from tests.waiting import wait_for
 from tests.wsclient import Client, open_ws, token
@@ -449,3 +451,42 @@ def test_ipv6_counts_by_64_and_mapped_ipv4_as_ipv4() -> None:
     assert source_key("::ffff:10.1.2.3") == "10.1.2.3"
     assert source_key("fe80::1%eth0") == source_key("fe80::2")
     assert source_key("not an address") == "not an address"
+
+
+# -- the same budgets with TLS (wss://) ------------------------------------------------------
+
+
+def test_tls_handshakes_count_against_the_budget_and_get_their_503(
+    node_factory: Callable[..., NodeProcess], tls_env: dict[str, str], pki: Pki
+) -> None:
+    """A socket still in its TLS handshake holds a place in max_connections; one over
+    the budget gets its 503 (and Retry-After) inside TLS, not in clear."""
+    node = node_factory(env={**tls_env, "PUSHSVC_MAX_CONNECTIONS": "2"})
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    silent = [socket.create_connection((HOST, node.ws_port), timeout=30) for _ in range(2)]
+    try:
+
+        def refused() -> bytes | None:
+            with (
+                socket.create_connection((HOST, node.ws_port), timeout=30) as raw,
+                context.wrap_socket(raw, server_hostname=HOST) as tls,
+            ):
+                tls.sendall(upgrade_head([], user=new_user()))
+                answer = b""
+                try:
+                    while chunk := tls.recv(65536):
+                        answer += chunk
+                except (ConnectionResetError, ssl.SSLError):
+                    pass
+                return answer if answer.startswith(b"HTTP/1.1 503 ") else None
+
+        answer = wait_for(refused, timeout=30, what="a 503 over TLS")
+        status, fields, body = parse_answer(answer)
+        assert status == 503 and 1 <= int(fields["retry-after"]) <= 60, fields
+        assert "maximum of 2 connections" in body["message"], body
+    finally:
+        for sock in silent:
+            sock.close()
+    # The places are given back: a wss:// client connects.
+    with open_ws(node, new_user("after"), proxy=None) as client:
+        assert client.barrier(timeout=30) == []
