@@ -45,6 +45,8 @@ def fleet_settings(mongo_uri: str, database: str) -> dict[str, str]:
         "PUSHSVC_MONGO_DB": database,
         "PUSHSVC_CLUSTER_KEY": CLUSTER_KEY,
         "PUSHSVC_HEARTBEAT_INTERVAL": "1",
+        # The instances of a fleet host share the WebSocket port: asked for explicitly.
+        "PUSHSVC_WS_REUSE_PORT": "true",
     }
 
 
