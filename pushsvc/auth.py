@@ -23,6 +23,7 @@ class Identity:
     user_id: str
     expires_at: float
     topics: tuple[str, ...] = ()
+    jti: str = ""  # the token's id, for the revocation list ("" when it has none)
 
     def may_subscribe(self, topic: str) -> bool:
         return any(fnmatch.fnmatchcase(topic, pattern) for pattern in self.topics)
@@ -84,15 +85,26 @@ class TokenVerifier:
         topics = claims.get("topics", [])
         if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
             raise Unauthenticated("token 'topics' must be a list of strings")
-        return Identity(sub, float(claims["exp"]), tuple(topics))
+        jti = claims.get("jti", "")
+        if not isinstance(jti, str) or len(jti) > 256:
+            raise Unauthenticated("token 'jti' must be a string of at most 256 characters")
+        return Identity(sub, float(claims["exp"]), tuple(topics), jti)
 
 
-def mint_token(secret: str, user_id: str, ttl: int = 3600, topics: list[str] | None = None) -> str:
+def mint_token(
+    secret: str,
+    user_id: str,
+    ttl: int = 3600,
+    topics: list[str] | None = None,
+    jti: str | None = None,
+) -> str:
     """An HS256 client token, as `pushsvc token` prints it."""
     now = int(time.time())
     claims: dict[str, Any] = {"sub": user_id, "iat": now, "exp": now + ttl}
     if topics:
         claims["topics"] = topics
+    if jti:
+        claims["jti"] = jti
     return jwt.encode(claims, secret, algorithm="HS256")
 
 

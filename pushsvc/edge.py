@@ -25,6 +25,7 @@ from geventwebsocket.handler import WebSocketHandler
 from geventwebsocket.websocket import Header, Stream, WebSocket
 
 from pushsvc.auth import Identity, TokenVerifier
+from pushsvc.authhook import AuthHook, HookUnavailable, credential_of
 from pushsvc.config import Address
 from pushsvc.errors import Unauthenticated
 from pushsvc.metrics import Metrics
@@ -142,9 +143,11 @@ class EdgeApp:
         metrics: Metrics,
         extra_routes: dict[str, Callable[[WSGIEnviron, StartResponse], Iterable[bytes]]]
         | None = None,
+        auth_hook: AuthHook | None = None,
     ) -> None:
         self.config = config
         self.verifier = verifier
+        self.auth_hook = auth_hook  # when set, it decides who connects (not the JWT)
         self.node = node
         self.metrics = metrics
         self.routes = dict(extra_routes or {})
@@ -180,10 +183,23 @@ class EdgeApp:
             token = value.strip()
         elif "token" in query:
             token = query["token"][-1]
+        hook = self.auth_hook
         try:
-            identity = self.verifier.verify(token)
+            if hook is None:
+                identity = self.verifier.verify(token)
+            else:
+                credential = credential_of(
+                    token, bool(header), environ.get("HTTP_COOKIE", ""), hook.cookie
+                )
+                identity = hook.authenticate(
+                    credential, environ.get("REMOTE_ADDR", ""), environ.get("HTTP_ORIGIN", "")
+                )
         except Unauthenticated as exc:
             raise Refusal("401 Unauthorized", str(exc)) from None
+        except HookUnavailable as exc:
+            raise Refusal("503 Service Unavailable", str(exc)) from None
+        if identity.jti and self.node.revoked(identity.jti):
+            raise Refusal("401 Unauthorized", "token revoked")
         since: int | None = None
         if "since" in query:
             text = query["since"][-1]
