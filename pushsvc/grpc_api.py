@@ -361,9 +361,12 @@ class PushServicer(push_pb2_grpc.PushServiceServicer):
         return push_pb2.RevokeTokenResponse(connections_closed=self._node.revoke(revocation))
 
 
+_KINDS = {Kind.DELIVERED: push_pb2.RECEIPT_KIND_DELIVERED, Kind.ACKED: push_pb2.RECEIPT_KIND_ACKED}
+
+
 def _receipt_event(event: ReceiptEvent, cursor: str) -> push_pb2.ReceiptEvent:
     return push_pb2.ReceiptEvent(
-        kind=int(event.kind),
+        kind=_KINDS[event.kind],
         message_id=event.message_id,
         user_id=event.user_id,
         seq=event.seq,

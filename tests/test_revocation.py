@@ -58,7 +58,7 @@ def test_revoked_tokens_are_closed_refused_and_stay_refused_after_a_restart(
 
 
 def test_bad_revocations_get_a_clear_error(node: NodeProcess) -> None:
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"jti": "", "expires_at": int(time.time()) + 60}, "jti must be"),
         ({"jti": "x" * 257, "expires_at": int(time.time()) + 60}, "jti must be"),
         ({"jti": "j", "expires_at": int(time.time()) - 1}, "expires_at must be in the future"),
