@@ -148,7 +148,7 @@ class AuthHook:
         pending = self._inflight[key] = AsyncResult()
         try:
             identity = self._ask(credential, remote_addr, origin)
-        except (Unauthenticated, HookUnavailable) as exc:
+        except BaseException as exc:  # whatever it is, the waiters get it too
             pending.set_exception(exc)
             raise
         finally:

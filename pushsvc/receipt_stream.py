@@ -34,6 +34,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import gevent
 from gevent.event import Event
@@ -103,7 +104,14 @@ def decode_cursor(text: str) -> Cursor:
     return Cursor({str(s): int(n) for s, n in positions.items()}, float(issued))
 
 
-Item = ReceiptEvent | tuple[str, int]  # an event, or "the cursor moves to n of source"
+class _Moved(NamedTuple):
+    """In a queue: the cursor moves to ``n`` of ``source`` (past events not queued)."""
+
+    source: str
+    n: int
+
+
+Item = ReceiptEvent | _Moved
 
 
 class Subscription:
@@ -153,10 +161,10 @@ class Subscription:
     def _advance(self, source: str, n: int) -> None:
         self._queued[source] = n
         last = self._queue[-1] if self._queue else None
-        if isinstance(last, tuple) and last[0] == source:
-            self._queue[-1] = (source, n)  # one marker per source in a row
+        if isinstance(last, _Moved) and last.source == source:
+            self._queue[-1] = _Moved(source, n)  # one marker per source in a row
         else:
-            self._queue.append((source, n))
+            self._queue.append(_Moved(source, n))
 
     def fail(self, error: PushError) -> None:
         if self._error is None:
@@ -201,9 +209,8 @@ class Subscription:
         now = time.time()
         while self._queue and len(out) < RESPONSE_EVENTS:
             item = self._queue.popleft()
-            if isinstance(item, tuple):
-                source, n = item
-                self._sent[source] = max(self._sent.get(source, 0), n)
+            if isinstance(item, _Moved):
+                self._sent[item.source] = max(self._sent.get(item.source, 0), item.n)
             else:
                 self._sent[item.source] = item.n
                 out.append((item, encode_cursor(self._sent, now)))

@@ -82,12 +82,13 @@ class Receipts:
         delivered, self._delivered = self._delivered, {}
         acks, self._acks = self._acks, {}
         batch: ReceiptBatch | None = None
+        now = time.time()
         try:
-            events = self._events(list(delivered), acks) if self._log is not None else []
+            events = self._events(list(delivered), acks, now) if self._log is not None else []
             if delivered:
                 self._inbox.mark_delivered(list(delivered))
             if events and self._log is not None:
-                batch = self._log.append(events)
+                batch = self._log.append(events, now)
             if acks:
                 self._inbox.ack_many(acks)
         except StoreUnavailable as exc:
@@ -103,10 +104,11 @@ class Receipts:
         if batch is not None and batch.events and self._on_batch is not None:
             self._on_batch(batch)
 
-    def _events(self, delivered: list[tuple[str, str]], acks: dict[str, int]) -> list[Receipt]:
+    def _events(
+        self, delivered: list[tuple[str, str]], acks: dict[str, int], now: float
+    ) -> list[Receipt]:
         """The events of this flush, resolved against the inbox."""
         assert self._log is not None
-        now = time.time()
         events: list[Receipt] = []
         if delivered:
             seqs = self._log.delivered_seqs(delivered, now)

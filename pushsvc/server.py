@@ -85,19 +85,21 @@ def _open_side_stores(
     s: Settings, inbox: InboxStore, node_id: str
 ) -> tuple[ReceiptLog | None, RevocationStore]:
     """The receipt log (None when receipt streaming is off) and the revocation list,
-    beside the inbox: in its SQLite file, or in its MongoDB database."""
+    beside the inbox: SQLite files in its data directory, or its MongoDB database."""
     if s.embedded:
         from pushsvc.store.embedded import EmbeddedStore
-        from pushsvc.store.receipt_log import SqliteReceiptLog
+        from pushsvc.store.receipt_log import RECEIPTS_DB, SqliteReceiptLog
         from pushsvc.store.revocation import SqliteRevocationStore
         from pushsvc.store.sqlite_side import SideDatabase
 
         assert isinstance(inbox, EmbeddedStore)
-        side = SideDatabase(inbox.path)
-        revocations: RevocationStore = SqliteRevocationStore(side)
+        revocations: RevocationStore = SqliteRevocationStore(SideDatabase(inbox.path))
         if not s.receipt_retention:
             return None, revocations
-        return SqliteReceiptLog(side, node_id, s.receipt_retention), revocations
+        # A file of its own: its writes never hold the inbox's write lock; it reads
+        # the inbox (attached) to resolve seqs and acks.
+        events = SideDatabase(inbox.data_dir / RECEIPTS_DB, attach={"inbox_db": inbox.path})
+        return SqliteReceiptLog(events, node_id, s.receipt_retention), revocations
     from pushsvc.store.mongo import MongoInbox
     from pushsvc.store.receipt_log import MongoReceiptLog
     from pushsvc.store.revocation import MongoRevocationStore

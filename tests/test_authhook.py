@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 
@@ -9,6 +10,8 @@ import grpc
 import pytest
 from websockets.sync.client import connect
 
+from pushsvc.auth import Identity
+from pushsvc.authhook import AnswerCache
 from pushsvc_client.v1 import auth_pb2, push_pb2
 from tests.authhookserver import Hook, hook_server, refusal
 from tests.nodeproc import NodeProcess, auth
@@ -117,3 +120,16 @@ def test_a_hook_identity_can_be_revoked_by_its_jti(
     assert resp.connections_closed == 1
     assert alice.close_code() == (4001, "token revoked")
     assert refusal(node, "token=tok-alice") == (401, "token revoked")  # cached, yet refused
+
+
+def test_the_answer_cache_is_bounded_and_forgets_expired_answers() -> None:
+    cache = AnswerCache(2)
+    alice, bob, carol = (Identity(u, math.inf) for u in ("alice", "bob", "carol"))
+    cache.put(b"a", alice, until=100.0)
+    cache.put(b"b", bob, until=100.0)
+    assert cache.get(b"a", now=0.0) == alice  # now the most recently used
+    cache.put(b"c", carol, until=50.0)  # over the bound: the least recently used goes
+    assert (cache.get(b"b", 0.0), len(cache)) == (None, 2)
+    assert cache.get(b"c", now=49.0) == carol
+    assert cache.get(b"c", now=50.0) is None  # expired: dropped
+    assert (cache.get(b"a", 60.0), len(cache)) == (alice, 1)

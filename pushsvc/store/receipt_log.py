@@ -13,9 +13,9 @@ stream's cursor is therefore a vector: for each source, the last ``n`` it has
 seen. Resuming reads, per source, the events above the cursor's entry: nothing
 recorded after the cursor is missed, and nothing at or before it comes again.
 
-- The counter starts, for each run of a node, above both the highest ``n`` the
-  source ever stored and the current time in microseconds, so it never goes
-  back even if the source's records were swept while the node was away.
+- ``n`` is the time of the batch in microseconds, or one above the source's
+  last ``n`` when that is later: it never goes back, even for a node that comes
+  back after its records were swept, and old events are found by ``n`` alone.
 - A batch that failed half-way leaves its ``n`` values used: the events it did
   write become visible with the next commit (they are below its mark), and
   ``ReceiptBatch.prev`` of the next batch says where the gap starts, so a node
@@ -38,12 +38,12 @@ from __future__ import annotations
 
 import json
 import logging
-import time
+import sqlite3
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.collection import Collection
@@ -61,6 +61,7 @@ from pushsvc.store.sqlite_side import SideDatabase
 
 log = logging.getLogger(__name__)
 
+RECEIPTS_DB = "receipts.db"  # the embedded store's receipt log, beside pushsvc.db
 LOOKUP_CHUNK = 200  # (message, user) pairs or ack ranges per inbox query
 
 
@@ -71,9 +72,8 @@ class Kind(IntEnum):
     ACKED = 2
 
 
-@dataclass(frozen=True, slots=True)
-class Receipt:
-    """An event to record."""
+class Receipt(NamedTuple):
+    """An event to record (tuples: a flush makes thousands)."""
 
     kind: Kind
     message_id: str
@@ -87,8 +87,7 @@ class Receipt:
         return f"{'d' if self.kind is Kind.DELIVERED else 'a'}:{self.message_id}:{self.user_id}"
 
 
-@dataclass(frozen=True, slots=True)
-class ReceiptEvent:
+class ReceiptEvent(NamedTuple):
     """A recorded event: ``n`` is its place in its source's counter."""
 
     source: str
@@ -144,35 +143,27 @@ class ReceiptLog(ABC):
         self.retention = retention
         self._last: int | None = None  # the last n handed out (None: not read yet)
 
-    def _allocate(self, count: int) -> int:
-        """Reserve ``count`` values of n; returns the one before the first."""
-        if self._last is None:
-            self._last = max(self._stored_max(), int(time.time() * 1_000_000))
-        prev = self._last
-        self._last = prev + count
-        return prev
-
-    def append(self, receipts: Sequence[Receipt]) -> ReceiptBatch:
+    def append(self, receipts: Sequence[Receipt], now: float) -> ReceiptBatch:
         """Record and commit ``receipts`` (durable when it returns); the batch holds
         the events actually added (repeats of recorded events are left out).
         Raises ``StoreUnavailable``; the events may then be recorded in part, and
         appending them again records the rest."""
-        prev = self._allocate(len(receipts))
-        events = tuple(
-            ReceiptEvent(
-                self.source, prev + 1 + i, r.kind, r.message_id, r.user_id, r.seq, r.owner, r.at
-            )
-            for i, r in enumerate(receipts)
-        )
-        added = self._write(events, [r.key for r in receipts]) if events else ()
-        return ReceiptBatch(self.source, prev, prev + len(events), tuple(added))
+        if self._last is None:
+            self._last = self._stored_max()
+        prev = self._last
+        # n is the time in microseconds, or one above the last if that is later.
+        first = max(prev + 1, int(now * 1_000_000))
+        events = [ReceiptEvent(self.source, first + i, *r) for i, r in enumerate(receipts)]
+        self._last = first + len(events) - 1 if events else prev
+        added = self._write(events, [r.key for r in receipts]) if events else []
+        return ReceiptBatch(self.source, prev, self._last, tuple(added))
 
     @abstractmethod
     def _stored_max(self) -> int:
         """The highest n this source has in the log or in its mark (0 if none)."""
 
     @abstractmethod
-    def _write(self, events: tuple[ReceiptEvent, ...], keys: list[str]) -> list[ReceiptEvent]:
+    def _write(self, events: list[ReceiptEvent], keys: list[str]) -> list[ReceiptEvent]:
         """Insert the events (skipping taken keys), then raise the committed mark to
         the last n; returns the events inserted."""
 
@@ -266,7 +257,6 @@ class MongoReceiptLog(ReceiptLog):
         if not self._ready:
             self.database.detect()
             self._events.create_index([("source", ASCENDING), ("n", ASCENDING)])
-            self._events.create_index([("source", ASCENDING), ("at", ASCENDING)])
             self._ready = True
 
     @guarded
@@ -276,7 +266,7 @@ class MongoReceiptLog(ReceiptLog):
         return max(int(top["n"]) if top else 0, int(mark["committed"]) if mark else 0)
 
     @guarded
-    def _write(self, events: tuple[ReceiptEvent, ...], keys: list[str]) -> list[ReceiptEvent]:
+    def _write(self, events: list[ReceiptEvent], keys: list[str]) -> list[ReceiptEvent]:
         docs = [
             {
                 "_id": key,
@@ -362,13 +352,13 @@ class MongoReceiptLog(ReceiptLog):
 
     @guarded
     def sweep(self, now: float) -> int:
-        cutoff = now - self.retention
+        cutoff = int((now - self.retention) * 1_000_000)  # n is a time in microseconds
         removed = 0
         ops = []
         for d in self._sources.find({}, {"swept": 1, "at": 1}):
             source = d["_id"]
             last_old = self._events.find_one(
-                {"source": source, "at": {"$lt": cutoff}}, {"n": 1}, sort=[("at", DESCENDING)]
+                {"source": source, "n": {"$lt": cutoff}}, {"n": 1}, sort=[("n", DESCENDING)]
             )
             if last_old is not None:
                 boundary = int(last_old["n"])
@@ -407,7 +397,6 @@ CREATE TABLE IF NOT EXISTS receipt_events (
     at         REAL NOT NULL,
     PRIMARY KEY (source, n)
 );
-CREATE INDEX IF NOT EXISTS receipt_events_at ON receipt_events (source, at);
 CREATE TABLE IF NOT EXISTS receipt_sources (
     source    TEXT PRIMARY KEY,
     committed INTEGER NOT NULL,
@@ -417,6 +406,22 @@ CREATE TABLE IF NOT EXISTS receipt_sources (
 """
 
 _EVENT_COLUMNS = "source, n, kind, message_id, user_id, seq, owner, at"
+
+
+def _values_statements(
+    conn: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]]
+) -> Iterator[tuple[str, list[Any]]]:
+    """``head`` + ``(?,…),(?,…)…`` statements with as many rows as SQLite takes at once:
+    one call into sqlite3 per few thousand rows (each call hands the GIL back and
+    forth), and nothing to parse, unlike JSON."""
+    if not rows:
+        return
+    width = len(rows[0])
+    per_statement = max(1, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width)
+    one = "(" + ",".join("?" * width) + ")"
+    for i in range(0, len(rows), per_statement):
+        chunk = rows[i : i + per_statement]
+        yield head + ",".join([one] * len(chunk)), [v for row in chunk for v in row]
 
 
 def _item(i: int, table: str = "") -> str:
@@ -430,7 +435,9 @@ def _event_row(row: tuple[Any, ...]) -> ReceiptEvent:
 
 
 class SqliteReceiptLog(ReceiptLog):
-    """Tables ``receipt_events`` and ``receipt_sources`` beside the embedded inbox.
+    """Tables ``receipt_events`` and ``receipt_sources``, in a database from which the
+    embedded inbox's ``inbox`` table can be read (``receipts.db`` with ``pushsvc.db``
+    attached, see ``sqlite_side``).
 
     A batch and its mark are one transaction here, so every event is visible
     with its commit; the marks work as on MongoDB all the same.
@@ -453,36 +460,42 @@ class SqliteReceiptLog(ReceiptLog):
 
         return self.database.run(top)
 
-    def _write(self, events: tuple[ReceiptEvent, ...], keys: list[str]) -> list[ReceiptEvent]:
-        rows = json.dumps(
-            [
-                [e.n, key, int(e.kind), e.message_id, e.user_id, e.seq, e.owner, e.at]
-                for e, key in zip(events, keys, strict=True)
-            ]
-        )
+    def _write(self, events: list[ReceiptEvent], keys: list[str]) -> list[ReceiptEvent]:
         first, last = events[0].n, events[-1].n
 
-        def write(conn: Any) -> set[int]:
-            conn.execute(
+        def write(conn: sqlite3.Connection) -> set[int] | None:
+            before = conn.total_changes
+            rows = [
+                (self.source, e.n, key, int(e.kind), e.message_id, e.user_id, e.seq, e.owner, e.at)
+                for e, key in zip(events, keys, strict=True)
+            ]
+            for sql, params in _values_statements(
+                conn,
                 "INSERT OR IGNORE INTO receipt_events"
-                " (source, n, key, kind, message_id, user_id, seq, owner, at)"
-                f" SELECT ?, {', '.join(_item(i) for i in range(8))} FROM json_each(?)",
-                (self.source, rows),
-            )
+                " (source, n, key, kind, message_id, user_id, seq, owner, at) VALUES ",
+                rows,
+            ):
+                conn.execute(sql, params)
+            if conn.total_changes - before == len(rows):
+                everything = None  # no repeats: every event was inserted
+            else:
+                everything = {
+                    int(r[0])
+                    for r in conn.execute(
+                        "SELECT n FROM receipt_events WHERE source = ? AND n BETWEEN ? AND ?",
+                        (self.source, first, last),
+                    ).fetchall()
+                }
             conn.execute(
                 "INSERT INTO receipt_sources (source, committed, at) VALUES (?, ?, ?)"
                 " ON CONFLICT (source) DO UPDATE SET committed = excluded.committed,"
                 " at = excluded.at",
                 (self.source, last, events[-1].at),
             )
-            found = conn.execute(
-                "SELECT n FROM receipt_events WHERE source = ? AND n BETWEEN ? AND ?",
-                (self.source, first, last),
-            ).fetchall()
-            return {int(r[0]) for r in found}
+            return everything
 
         inserted = self.database.run(write, write=True)
-        return [e for e in events if e.n in inserted]
+        return events if inserted is None else [e for e in events if e.n in inserted]
 
     def marks(self) -> dict[str, SourceMark]:
         rows = self.database.run(
@@ -519,15 +532,20 @@ class SqliteReceiptLog(ReceiptLog):
     ) -> dict[tuple[str, str], int]:
         if not pairs:
             return {}
-        rows = self.database.run(
-            lambda conn: conn.execute(
-                "SELECT i.message_id, i.user_id, i.seq FROM json_each(?) j JOIN inbox i"
-                f" ON i.message_id = {_item(0, 'j')} AND i.user_id = {_item(1, 'j')}"
-                " WHERE i.expires_at > ?",
-                (json.dumps([list(p) for p in pairs]), now),
-            ).fetchall()
-        )
-        return {(m, u): int(s) for m, u, s in rows}
+
+        def lookup(conn: sqlite3.Connection) -> list[Any]:
+            found: list[Any] = []
+            for sql, params in _values_statements(
+                conn, "WITH p (m, u) AS (VALUES ", [tuple(p) for p in pairs]
+            ):
+                found += conn.execute(
+                    sql + ") SELECT i.message_id, i.user_id, i.seq FROM p JOIN inbox i"
+                    " ON i.message_id = p.m AND i.user_id = p.u WHERE i.expires_at > ?",
+                    [*params, now],
+                ).fetchall()
+            return found
+
+        return {(m, u): int(s) for m, u, s in self.database.run(lookup)}
 
     def acked_messages(
         self, ranges: Mapping[str, tuple[int, int]], now: float
@@ -547,13 +565,13 @@ class SqliteReceiptLog(ReceiptLog):
         return [(u, int(s), m) for u, s, m in rows]
 
     def sweep(self, now: float) -> int:
-        cutoff = now - self.retention
+        cutoff = int((now - self.retention) * 1_000_000)  # n is a time in microseconds
 
         def sweep(conn: Any) -> int:
             removed = 0
             for (source,) in conn.execute("SELECT source FROM receipt_sources").fetchall():
                 row = conn.execute(
-                    "SELECT max(n) FROM receipt_events WHERE source = ? AND at < ?",
+                    "SELECT max(n) FROM receipt_events WHERE source = ? AND n < ?",
                     (source, cutoff),
                 ).fetchone()
                 if row[0] is not None:

@@ -1,15 +1,17 @@
-"""Tables kept beside the embedded inbox: the receipt log and the revocation list.
+"""Tables kept beside the embedded inbox: the revocation list and the receipt log.
 
-They live in the inbox's own file (``pushsvc.db``, so a backup holds them too)
-but are written through a connection and an OS thread of their own, so the
-inbox's group commit is never held up by them, and they can read the inbox's
-tables (the receipt log resolves acked seqs to message ids there). SQLite in WAL
-mode lets both connections read at once; writes take turns (``busy_timeout``).
+Each ``SideDatabase`` is a connection and an OS thread of its own, so the
+inbox's group commit never waits behind them in Python. The revocation list
+lives in the inbox's own file (``pushsvc.db``: a backup holds it; its writes are
+rare). The receipt log, written on every flush of receipts, has a file of its
+own (``receipts.db``), so its writes never hold the inbox's write lock; it
+attaches ``pushsvc.db`` to read the inbox (to resolve acked seqs to message
+ids). SQLite in WAL mode lets readers and a writer work at once.
 
 Writes are ``synchronous = NORMAL`` unless a caller asks for a durable one: a
-committed write survives a crash of the process, and is on disk at the next
-sync of the file (every push's commit syncs it); a revocation, which must
-survive a power cut as well, asks for ``durable``.
+committed write survives a crash of the process, and reaches the disk with the
+next sync; a revocation, which must survive a power cut as well, asks for
+``durable``.
 """
 
 from __future__ import annotations
@@ -35,8 +37,11 @@ class SideDatabase:
     ``detach`` when closed; the connection closes with the last one.
     """
 
-    def __init__(self, path: str | pathlib.Path) -> None:
+    def __init__(
+        self, path: str | pathlib.Path, attach: dict[str, pathlib.Path] | None = None
+    ) -> None:
         self.path = pathlib.Path(path)
+        self._attach = dict(attach or {})  # schema name -> another database file, to read
         self._conn: sqlite3.Connection | None = None
         self._lock = get_original("_thread", "allocate_lock")()
         self._pool = ThreadPool(1)
@@ -49,6 +54,8 @@ class SideDatabase:
             conn.execute("PRAGMA busy_timeout = 5000")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
+            for name, other in self._attach.items():
+                conn.execute("ATTACH DATABASE ? AS " + name, (str(other),))
             self._conn = conn
         return self._conn
 

@@ -19,6 +19,7 @@ from pushsvc.store.inbox import InboxStore
 from pushsvc.store.mongo import MongoInbox
 from pushsvc.store.mongo_database import MongoDatabase
 from pushsvc.store.receipt_log import (
+    RECEIPTS_DB,
     Kind,
     MongoReceiptLog,
     Receipt,
@@ -58,11 +59,14 @@ def side(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[Sid
     inbox: InboxStore
     if request.param == "embedded":
         inbox = EmbeddedStore(tmp_path / "data")
+        # As the server wires them: the log in a file of its own, reading the inbox's.
+        events = SideDatabase(tmp_path / "data" / RECEIPTS_DB, attach={"inbox_db": inbox.path})
         sdb = SideDatabase(inbox.path)
-        sdb.attach()  # held by the fixture: logs come and go
+        events.attach()  # held by the fixture: logs come and go
+        sdb.attach()
         s = Side(
             inbox,
-            lambda source: keep(SqliteReceiptLog(sdb, source, RETENTION)),
+            lambda source: keep(SqliteReceiptLog(events, source, RETENTION)),
             lambda: keep(SqliteRevocationStore(sdb)),
         )
     else:
@@ -80,6 +84,7 @@ def side(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[Sid
         for store in opened:
             store.close()
         if request.param == "embedded":
+            events.detach()
             sdb.detach()
         inbox.close()
 
@@ -94,13 +99,12 @@ def acked(message_id: str, user: str, seq: int, at: float = T0) -> Receipt:
 
 def test_batches_are_committed_in_order_and_read_back_by_range_and_filter(side: Side) -> None:
     log = side.log("node-a")
-    first = log.append([delivered("m1", "alice", 1, owner="k1"), delivered("m1", "bob", 1)])
-    second = log.append([acked("m1", "alice", 1)])
-    assert first.upto - first.prev == 2 and [e.n for e in first.events] == [
-        first.prev + 1,
-        first.upto,
-    ]
-    assert second.prev == first.upto and second.upto == first.upto + 1
+    first = log.append([delivered("m1", "alice", 1, owner="k1"), delivered("m1", "bob", 1)], T0)
+    second = log.append([acked("m1", "alice", 1)], T0)
+    # n is the batch's time in microseconds, then one more per event; batches chain.
+    assert [e.n for e in first.events] == [int(T0 * 1_000_000), first.upto]
+    assert first.upto == first.events[0].n + 1 and first.prev == 0
+    assert second.prev == first.upto and second.upto == first.upto + 1  # same time: n goes on
     assert log.marks()["node-a"].committed == second.upto
 
     everything = log.read("node-a", 0, second.upto, 100, None)
@@ -119,18 +123,18 @@ def test_batches_are_committed_in_order_and_read_back_by_range_and_filter(side: 
 
 def test_an_event_is_recorded_once_whichever_node_reports_it(side: Side) -> None:
     a, b = side.log("node-a"), side.log("node-b")
-    a.append([delivered("m1", "alice", 1)])
-    again = b.append([delivered("m1", "alice", 1), acked("m1", "alice", 1)])
+    a.append([delivered("m1", "alice", 1)], T0)
+    again = b.append([delivered("m1", "alice", 1), acked("m1", "alice", 1)], T0)
     assert [e.kind for e in again.events] == [Kind.ACKED]  # the repeat is left out
-    assert again.upto - again.prev == 2  # its n stays used: a gap, never a reuse
+    assert again.events[0].n == again.upto  # the repeat's n stays used: a gap, never a reuse
     marks = a.marks()
     assert set(marks) == {"node-a", "node-b"}
     assert len(b.read("node-b", 0, marks["node-b"].committed, 10, None)) == 1
 
 
 def test_the_counter_of_a_source_never_goes_back(side: Side) -> None:
-    first = side.log("node-a").append([delivered("m1", "alice", 1)])
-    restarted = side.log("node-a").append([delivered("m2", "alice", 2)])
+    first = side.log("node-a").append([delivered("m1", "alice", 1)], T0)
+    restarted = side.log("node-a").append([delivered("m2", "alice", 2)], T0)
     assert restarted.prev >= first.upto and restarted.events[0].n > first.upto
 
 
@@ -155,14 +159,14 @@ def test_seqs_and_acked_ranges_are_resolved_from_the_inbox(side: Side) -> None:
 
 def test_sweep_removes_old_events_and_remembers_how_far(side: Side) -> None:
     log = side.log("node-a")
-    old = log.append([delivered("m1", "alice", 1, at=T0)])
-    new = log.append([delivered("m2", "alice", 2, at=T0 + RETENTION)])
+    old = log.append([delivered("m1", "alice", 1, at=T0)], T0)
+    new = log.append([delivered("m2", "alice", 2, at=T0 + RETENTION)], T0 + RETENTION)
     assert log.sweep(T0 + RETENTION + 1) == 1
     assert log.marks()["node-a"].swept == old.upto
     assert log.read("node-a", 0, new.upto, 10, None) == list(new.events)
 
     idle = side.log("node-gone")
-    idle.append([delivered("m3", "bob", 1, at=T0)])
+    idle.append([delivered("m3", "bob", 1, at=T0)], T0)
     log.sweep(T0 + 2 * RETENTION + 10)  # its events go first...
     log.sweep(T0 + 2 * RETENTION + 20)  # ...then the source itself
     assert "node-gone" not in log.marks()
