@@ -51,7 +51,7 @@ class HookUnavailable(Exception):
 @dataclass(frozen=True, slots=True)
 class Credential:
     value: str
-    source: int  # auth_pb2.CredentialSource
+    source: auth_pb2.CredentialSource
 
 
 def credential_of(

@@ -38,12 +38,14 @@ from pushsvc.health import StoreHealth, within
 from pushsvc.hub import Hub
 from pushsvc.messages import Message
 from pushsvc.metrics import Metrics
-from pushsvc.store.receipt_log import ReceiptBatch
+from pushsvc.store.receipt_log import Kind, ReceiptBatch
 from pushsvc.store.registry import NodeInfo, NodeRegistry
 from pushsvc.store.revocation import Revocation
-from pushsvc_client.v1 import node_pb2, node_pb2_grpc
+from pushsvc_client.v1 import node_pb2, node_pb2_grpc, push_pb2
 
 log = logging.getLogger("pushsvc.cluster")
+
+_KINDS = {Kind.DELIVERED: push_pb2.RECEIPT_KIND_DELIVERED, Kind.ACKED: push_pb2.RECEIPT_KIND_ACKED}
 
 BATCH = 500  # deliveries per Deliver call
 OUTBOX_LIMIT = 100_000  # deliveries queued per peer before the oldest are dropped
@@ -538,7 +540,7 @@ class ClusterFleet:
                 events=[
                     node_pb2.LoggedReceipt(
                         n=e.n,
-                        kind=int(e.kind),
+                        kind=_KINDS[e.kind],
                         message_id=e.message_id,
                         user_id=e.user_id,
                         seq=e.seq,

@@ -31,7 +31,9 @@ missed events. Sources idle for twice the retention are forgotten.
 
 The log also resolves what the inbox knows, in one query per batch: the seq of
 a delivered (message, recipient), and the messages an ack range covers. It
-reads the inbox's ``user_id``, ``seq`` and ``message_id`` for that.
+reads the inbox's ``user_id``, ``seq`` and ``message_id`` for that (on MongoDB
+also the entry's write attempt ``w`` and its body's ``w`` and ``pending``, to
+count only entries of committed pushes, as the inbox's own readers do).
 """
 
 from __future__ import annotations
@@ -245,6 +247,7 @@ class MongoReceiptLog(ReceiptLog):
         self._events: Collection[Doc] = database.collection("receipts")
         self._sources: Collection[Doc] = database.collection("receipt_sources")
         self._inbox: Collection[Doc] = database.collection("inbox")
+        self._messages: Collection[Doc] = database.collection("messages")
         self._ready = False
         self._closed = False
         database.attach()
@@ -328,7 +331,8 @@ class MongoReceiptLog(ReceiptLog):
                 "$or": [{"message_id": m, "user_id": {"$in": us}} for m, us in chunk],
                 "exp": {"$gt": now},
             }
-            for d in self._inbox.find(query, {"message_id": 1, "user_id": 1, "seq": 1}):
+            docs = list(self._inbox.find(query, {"message_id": 1, "user_id": 1, "seq": 1, "w": 1}))
+            for d in self._committed(docs):
                 out[(d["message_id"], d["user_id"])] = int(d["seq"])
         return out
 
@@ -343,11 +347,32 @@ class MongoReceiptLog(ReceiptLog):
                 "$or": [{"user_id": u, "seq": {"$gt": a, "$lte": b}} for u, a, b in chunk],
                 "exp": {"$gt": now},
             }
+            docs = list(self._inbox.find(query, {"user_id": 1, "seq": 1, "message_id": 1, "w": 1}))
             out.extend(
-                (d["user_id"], int(d["seq"]), d["message_id"])
-                for d in self._inbox.find(query, {"user_id": 1, "seq": 1, "message_id": 1})
+                (d["user_id"], int(d["seq"]), d["message_id"]) for d in self._committed(docs)
             )
         out.sort(key=lambda t: (t[0], t[1]))
+        return out
+
+    def _committed(self, entries: list[Doc]) -> list[Doc]:
+        """The entries whose push committed: an entry belongs to the body of its
+        message id written by the same attempt (``w``), once that body is no longer
+        pending; the others are what failed or abandoned pushes left (see
+        ``mongo.MongoInbox``), never a message a caller was told about."""
+        if not entries:
+            return []
+        bodies = {
+            b["_id"]: b
+            for b in self._messages.find(
+                {"_id": {"$in": list({e["message_id"] for e in entries})}},
+                {"w": 1, "pending": 1},
+            )
+        }
+        out = []
+        for e in entries:
+            body = bodies.get(e["message_id"])
+            if body is not None and body.get("w") == e.get("w") and not body.get("pending", True):
+                out.append(e)
         return out
 
     @guarded

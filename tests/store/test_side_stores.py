@@ -185,3 +185,23 @@ def test_revocations_are_kept_until_they_expire_and_read_by_time(side: Side) -> 
     assert [r.jti for r in store.since(0, T0 + 60)] == ["jti-1"]  # jti-2 expired
     assert store.sweep(T0 + 60) == 1
     assert [r.jti for r in side.revocations().since(0, T0)] == ["jti-1"]  # durable, shared
+
+
+def test_what_failed_pushes_left_in_the_inbox_is_not_resolved(side: Side) -> None:
+    side.inbox.store_message(
+        Message("m-ok", b"{}", "application/json", T0, T0 + 3600), ["alice"], "", T0
+    )
+    if isinstance(side.inbox, MongoInbox):
+        # A push whose attempt failed leaves its entry with no committed body of its
+        # own attempt (a tombstone): one with no body, one of an older attempt.
+        side.inbox.database.collection("inbox").insert_many(
+            [
+                {"user_id": "alice", "seq": 2, "message_id": "m-gone", "w": "w1", "exp": T0 + 3600},
+                {"user_id": "alice", "seq": 3, "message_id": "m-ok", "w": "old", "exp": T0 + 3600},
+            ]
+        )
+    log = side.log("node-a")
+    assert log.acked_messages({"alice": (0, 3)}, T0) == [("alice", 1, "m-ok")]
+    assert log.delivered_seqs([("m-gone", "alice"), ("m-ok", "alice")], T0) == {
+        ("m-ok", "alice"): 1
+    }
