@@ -16,8 +16,11 @@ cursor says). A live batch that starts where the subscription stands is queued
 at once; otherwise the subscription reads the log from its position up to the
 hub's mark, a page at a time, whenever its queue is empty -- the same path a
 resumed cursor takes. So each event is queued at most once, in order per source.
-The queue is bounded: a caller that does not keep up is cut off with
-``ConsumerTooSlow`` naming its cursor, and resuming from it reads the log.
+The bound is on how far a subscription is behind what this node saw recorded:
+events queued from live batches plus those of batches that came while it was
+reading the log. Past ``buffer``, the caller is cut off with ``ConsumerTooSlow``
+naming its cursor, and resuming from it reads the log at the caller's pace
+(pages of at most ``buffer`` events, read only when its queue is empty).
 
 The cursor is ``r1.`` + base64url(JSON ``{"p": {source: n}, "t": issued at}``).
 A cursor older than the retention window may have missed swept events and is
@@ -111,7 +114,13 @@ class _Moved(NamedTuple):
     n: int
 
 
-Item = ReceiptEvent | _Moved
+class _Live(NamedTuple):
+    """In a queue: an event queued from a live batch (what the bound counts)."""
+
+    event: ReceiptEvent
+
+
+Item = ReceiptEvent | _Live | _Moved
 
 
 class Subscription:
@@ -127,6 +136,13 @@ class Subscription:
         self._sent = dict(positions)
         self._queue: deque[Item] = deque()
         self._buffer = buffer
+        self._page = max(1, min(PAGE, buffer))
+        # The bound: events this subscription is behind by, as far as this node saw
+        # them come -- live ones queued, and those of batches that came while it was
+        # behind (to be read from the log). A page read from the log for it is
+        # bounded by the page size, and read only once its queue is empty.
+        self._live = 0
+        self._unread = 0
         self._wakeup = Event()
         self._error: PushError | None = None
         self.cancelled = False
@@ -134,25 +150,26 @@ class Subscription:
     # -- from the hub ---------------------------------------------------------------------
 
     def offer(self, batch: ReceiptBatch) -> None:
-        """A committed batch: queued if it starts where this subscription stands."""
+        """A committed batch: queued if it starts where this subscription stands,
+        else left for ``next`` to read from the log."""
         if self._error is not None or self.cancelled:
             return
         source = batch.source
         at = self._queued.get(source, 0)
         if batch.upto <= at:
             return  # seen already
+        matching = [e for e in batch.events if e.n > at and self.filter.matches(e)]
         if at < batch.prev:
-            self._wakeup.set()  # a gap: read from the log by ``next``
-            return
-        for event in batch.events:
-            if event.n > at and self.filter.matches(event):
-                self._queue.append(event)
-        self._advance(source, batch.upto)
-        if len(self._queue) > self._buffer:
+            self._unread += len(matching)  # a gap: read from the log by ``next``
+        else:
+            self._queue.extend(_Live(e) for e in matching)
+            self._live += len(matching)
+            self._advance(source, batch.upto)
+        if self._live + self._unread > self._buffer:
             self._queue.clear()
             self.fail(
                 ConsumerTooSlow(
-                    f"consumer fell too far behind (over {self._buffer} events queued):"
+                    f"consumer fell too far behind (over {self._buffer} events waiting):"
                     f" resume from cursor {self.cursor()}"
                 )
             )
@@ -211,9 +228,12 @@ class Subscription:
             item = self._queue.popleft()
             if isinstance(item, _Moved):
                 self._sent[item.source] = max(self._sent.get(item.source, 0), item.n)
-            else:
-                self._sent[item.source] = item.n
-                out.append((item, encode_cursor(self._sent, now)))
+                continue
+            if isinstance(item, _Live):
+                self._live -= 1
+                item = item.event
+            self._sent[item.source] = item.n
+            out.append((item, encode_cursor(self._sent, now)))
         return out
 
     def _catch_up(self) -> bool:
@@ -228,15 +248,17 @@ class Subscription:
                     f"the stream fell behind the receipt retention window: events of node"
                     f" {source} up to {swept} were removed; start again without a cursor"
                 )
-            events = self._hub.read(source, at, mark, self.filter)
+            events = self._hub.read(source, at, mark, self.filter, self._page)
             now_at = self._queued.get(source, 0)  # a live batch may have come meanwhile
             for event in events:
                 if event.n > now_at:
                     self._queue.append(event)
-            reached = mark if len(events) < PAGE else events[-1].n
+            self._unread = max(0, self._unread - len(events))
+            reached = mark if len(events) < self._page else events[-1].n
             if reached > now_at:
                 self._advance(source, reached)
             return True
+        self._unread = 0  # caught up with everything this node knows of
         return False
 
 
@@ -320,12 +342,14 @@ class ReceiptHub:
     def unsubscribe(self, sub: Subscription) -> None:
         self._subs.pop(sub, None)
 
-    def read(self, source: str, after: int, upto: int, flt: ReceiptFilter) -> list[ReceiptEvent]:
+    def read(
+        self, source: str, after: int, upto: int, flt: ReceiptFilter, limit: int
+    ) -> list[ReceiptEvent]:
         """A page of the log, for a subscription catching up (bounded wait)."""
         assert self._log is not None
         try:
             return within(
-                LOG_TIMEOUT, "the receipt log", self._log.read, source, after, upto, PAGE, flt
+                LOG_TIMEOUT, "the receipt log", self._log.read, source, after, upto, limit, flt
             )
         except StoreUnavailable as exc:
             self._health.failed(exc)

@@ -154,7 +154,14 @@ def test_a_consumer_too_slow_is_cut_off_with_its_cursor(
         ]
         for response in stub.PushStream(iter(requests), metadata=auth(), timeout=120):
             assert not response.HasField("error"), response.error
-    receive_and_ack(dave, 1500)  # 3,000 events
+        receive_and_ack(dave, 1500)  # 3,000 events
+        # Events are recorded before the ack is stored: once it is, all 3,000 are.
+        status = push_pb2.GetMessageStatusRequest(message_id=response.message_id)
+        wait_for(
+            lambda: stub.GetMessageStatus(status, metadata=auth(), timeout=10).recipients[0].acked,
+            30,
+            "the last ack stored",
+        )
 
     read: list[push_pb2.ReceiptEvent] = []
     with pytest.raises(grpc.RpcError) as info:
@@ -169,10 +176,16 @@ def test_a_consumer_too_slow_is_cut_off_with_its_cursor(
     assert decode_cursor(cursor).positions == decode_cursor(last).positions
     channel.close()
 
-    # Resuming from it reads the rest from the log: every event, once.
+    # Resuming from it reads the rest from the log at the reader's pace (pages of at
+    # most the buffer's size): every event, once.
     resumed = ReceiptReader(node, users=["dave"], cursor=cursor)
     try:
-        wait_for(lambda: len(read) + len(resumed.events) >= 3000, 60, "all 3,000 events")
+        wait_for(
+            lambda: len(read) + len(resumed.events) >= 3000 or resumed.error,
+            60,
+            "all 3,000 events",
+        )
+        assert resumed.error is None, resumed.error
         keys = [(e.kind, e.seq) for e in read + resumed.events]
         assert sorted(keys) == sorted(
             [(DELIVERED, s) for s in range(1, 1501)] + [(ACKED, s) for s in range(1, 1501)]
