@@ -174,8 +174,10 @@ class Node:
     # -- lifecycle ----------------------------------------------------------------------
 
     def prepare(self) -> None:
-        """Before the first connection: read the revocation list (bounded)."""
-        if self._revocations is not None:
+        """Before the first connection: read the revocation list, if the store answers
+        (a store down at start delays the list, not the listeners: it is read as soon
+        as the store answers)."""
+        if self._revocations is not None and self._health.ok:
             self._revocations.refresh()
 
     def start(self) -> None:

@@ -26,6 +26,7 @@ MAX_JTI_LEN = 256
 MAX_REASON_BYTES = 100  # "token revoked: <reason>" fits a close frame
 MAX_AHEAD = 366 * 86400.0  # the furthest expiry a revocation may have
 REFRESH = 5.0  # seconds between reads of what changed
+RETRY = 1.0  # seconds between attempts while the whole list has not been read yet
 SKEW = 60.0  # seconds of clock difference between nodes tolerated by those reads
 READ_TIMEOUT = 5.0
 
@@ -61,6 +62,9 @@ class Revocations:
         self._health = health
         self._on_revoked = on_revoked
         self._entries: dict[str, float] = {}  # jti -> expires_at
+        # Connections a refresh closed, not yet counted in an answer to the revoking
+        # node (whose hand-over may arrive after this node read the list itself).
+        self._unreported: dict[str, int] = {}
         self._read_at: float | None = None  # the last read covered what was recorded since
         self._greenlet: gevent.Greenlet | None = None
 
@@ -82,8 +86,13 @@ class Revocations:
         return self.apply(revocation)
 
     def apply(self, revocation: Revocation) -> int:
-        """An entry from anywhere: refuse its token from now on and close its
-        connections (``on_revoked``); how many were closed."""
+        """An entry handed over by a call: refuse its token from now on and close its
+        connections (``on_revoked``); how many were closed for it here and not yet
+        reported (a refresh may have closed them first)."""
+        closed = self._apply(revocation)
+        return closed + self._unreported.pop(revocation.jti, 0)
+
+    def _apply(self, revocation: Revocation) -> int:
         if revocation.expires_at <= time.time():
             return 0
         known = self._entries.get(revocation.jti)
@@ -91,24 +100,33 @@ class Revocations:
         # Known already: its connections were closed, and no new ones were let in.
         return self._on_revoked(revocation) if known is None else 0
 
-    def refresh(self) -> None:
+    @property
+    def loaded(self) -> bool:
+        """The whole list was read at least once."""
+        return self._read_at is not None
+
+    def refresh(self, timeout: float = READ_TIMEOUT) -> None:
         now = time.time()
         since = -1.0 if self._read_at is None else self._read_at - SKEW
         try:
-            found = within(READ_TIMEOUT, "the revocation list", self._store.since, since, now)
+            found = within(timeout, "the revocation list", self._store.since, since, now)
         except StoreUnavailable as exc:
             self._health.failed(exc)
             return
         self._read_at = now
         for revocation in found:
-            self.apply(revocation)
+            closed = self._apply(revocation)
+            if closed:
+                self._unreported[revocation.jti] = closed
         for jti in [j for j, exp in self._entries.items() if exp <= now]:
             del self._entries[jti]
+            self._unreported.pop(jti, None)
 
     def sweep(self, now: float) -> int:
         return self._store.sweep(now)
 
     def _run(self) -> None:
         while True:
-            gevent.sleep(REFRESH)  # the refresh's period, not synchronisation
+            # The refresh's period (sooner while the list was never read), not synchronisation.
+            gevent.sleep(REFRESH if self.loaded else RETRY)
             self.refresh()

@@ -49,7 +49,7 @@ from typing import Any, NamedTuple
 
 from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError, ConnectionFailure
+from pymongo.errors import BulkWriteError
 
 from pushsvc.store.mongo_database import (
     DUPLICATE_KEY,
@@ -57,7 +57,6 @@ from pushsvc.store.mongo_database import (
     MongoDatabase,
     guarded,
     retry_duplicate,
-    short,
 )
 from pushsvc.store.sqlite_side import SideDatabase
 
@@ -248,13 +247,9 @@ class MongoReceiptLog(ReceiptLog):
         self._sources: Collection[Doc] = database.collection("receipt_sources")
         self._inbox: Collection[Doc] = database.collection("inbox")
         self._messages: Collection[Doc] = database.collection("messages")
-        self._ready = False
-        self._closed = False
+        self._ready = False  # indexes are made by the first call (a store down at start
+        self._closed = False  # must not hold the node's start-up up)
         database.attach()
-        try:
-            self._ensure_ready()
-        except ConnectionFailure as exc:
-            log.warning("receipt log unreachable at start-up: %s", short(exc))
 
     def _ensure_ready(self) -> None:
         if not self._ready:

@@ -15,7 +15,6 @@ from typing import Any
 
 from pymongo import ASCENDING
 from pymongo.collection import Collection
-from pymongo.errors import ConnectionFailure
 
 from pushsvc.store.mongo_database import (
     Doc,
@@ -24,7 +23,6 @@ from pushsvc.store.mongo_database import (
     expired,
     guarded,
     retry_duplicate,
-    short,
 )
 from pushsvc.store.sqlite_side import SideDatabase
 
@@ -63,13 +61,9 @@ class MongoRevocationStore(RevocationStore):
     def __init__(self, database: MongoDatabase) -> None:
         self.database = database
         self._coll: Collection[Doc] = database.collection("revocations")
-        self._ready = False
-        self._closed = False
+        self._ready = False  # indexes are made by the first call (a store down at start
+        self._closed = False  # must not hold the node's start-up up)
         database.attach()
-        try:
-            self._ensure_ready()
-        except ConnectionFailure as exc:
-            log.warning("revocation list unreachable at start-up: %s", short(exc))
 
     def _ensure_ready(self) -> None:
         if not self._ready:
