@@ -495,7 +495,10 @@ class ClusterFleet:
         return sum(self._pool.map(call, peers))
 
     def forward_revocation(self, revocation: Revocation) -> int:
-        """Hand a revocation to every other live node; wait (bounded) for their counts."""
+        """Hand a revocation to every other live node; wait (bounded) for their counts.
+        The list of nodes is read afresh (revocations are rare): a node that joined
+        within the cache's second is reached too."""
+        self._nodes_at = -NODES_CACHE
         delivery = node_pb2.Delivery(
             revocation=node_pb2.TokenRevocation(
                 jti=revocation.jti, expires_at=revocation.expires_at, reason=revocation.reason
