@@ -27,6 +27,7 @@ class Identity:
     user_id: str
     expires_at: float
     topics: tuple[str, ...] = ()
+    jti: str = ""  # the token's id, for the revocation list ("" when it has none)
 
     def may_subscribe(self, topic: str) -> bool:
         return any(fnmatch.fnmatchcase(topic, pattern) for pattern in self.topics)
@@ -145,7 +146,10 @@ class TokenVerifier:
                 f"token 'topics' must be a list of at most {MAX_TOPIC_PATTERNS} patterns "
                 f"of 1 to {MAX_TOPIC_LEN} characters"
             )
-        return Identity(sub, exp, tuple(topics))
+        jti = claims.get("jti", "")
+        if not isinstance(jti, str) or len(jti) > 256 or first_forbidden(jti) is not None:
+            raise Unauthenticated("token 'jti' must be a string of at most 256 characters")
+        return Identity(sub, exp, tuple(topics), jti)
 
 
 MAX_TOKEN_LENGTH = 8192
@@ -183,12 +187,22 @@ def _time_claim(claims: dict[str, Any], name: str) -> float | None:
     return float(value)
 
 
-def mint_token(secret: str, user_id: str, ttl: int = 3600, topics: list[str] | None = None) -> str:
+
+
+def mint_token(
+    secret: str,
+    user_id: str,
+    ttl: int = 3600,
+    topics: list[str] | None = None,
+    jti: str | None = None,
+) -> str:
     """An HS256 client token, as `pushsvc token` prints it."""
     now = int(time.time())
     claims: dict[str, Any] = {"sub": user_id, "iat": now, "exp": now + ttl}
     if topics:
         claims["topics"] = topics
+    if jti:
+        claims["jti"] = jti
     return jwt.encode(claims, secret, algorithm="HS256")
 
 

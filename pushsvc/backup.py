@@ -5,9 +5,9 @@ The database is copied with SQLite's online backup API (``EmbeddedStore.backup``
 one consistent snapshot, taken while the node goes on serving. The copy is
 checked (``PRAGMA quick_check``) before it is given its final name, so a
 ``pushsvc.db`` in the backup directory is always complete. The secrets the
-node generated into its data directory (JWT secret, API key, admin token) are
-copied along, so a node started on the backup accepts the tokens and keys
-issued before it.
+node generated into its data directory (JWT secret, API key, admin token, the
+owner-tag secret) are copied along, so a node started on the backup accepts the
+tokens and keys issued before it, and knows which key pushed which message.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 from pushsvc.errors import ConfigError, StoreUnavailable
 from pushsvc.store.embedded import DB_FILENAME, EmbeddedStore
 
-GENERATED_SECRETS = ("jwt-secret", "api-key", "admin-token")
+GENERATED_SECRETS = ("jwt-secret", "api-key", "admin-token", "owner-secret")
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,10 +38,14 @@ from pushsvc.health import StoreHealth, within
 from pushsvc.hub import Hub
 from pushsvc.messages import Message
 from pushsvc.metrics import Metrics
+from pushsvc.store.receipt_log import Kind, ReceiptBatch
 from pushsvc.store.registry import NodeInfo, NodeRegistry
-from pushsvc_client.v1 import node_pb2, node_pb2_grpc
+from pushsvc.store.revocation import Revocation
+from pushsvc_client.v1 import node_pb2, node_pb2_grpc, push_pb2
 
 log = logging.getLogger("pushsvc.cluster")
+
+_KINDS = {Kind.DELIVERED: push_pb2.RECEIPT_KIND_DELIVERED, Kind.ACKED: push_pb2.RECEIPT_KIND_ACKED}
 
 BATCH = 500  # deliveries per Deliver call
 OUTBOX_LIMIT = 100_000  # deliveries queued per peer before the oldest are dropped
@@ -275,6 +279,8 @@ class ClusterFleet:
         self._heartbeat: gevent.Greenlet | None = None
         self._store_ok = True
         self.registered = False
+        # Peers with StreamReceipts subscribers: node id -> until (monotonic).
+        self._receipt_peers: dict[str, float] = {}
 
     # -- membership -----------------------------------------------------------------------
 
@@ -487,3 +493,66 @@ class ClusterFleet:
             return response.connections[0] if response is not None and response.connections else 0
 
         return sum(self._pool.map(call, peers))
+
+    def forward_revocation(self, revocation: Revocation) -> int:
+        """Hand a revocation to every other live node; wait (bounded) for their counts.
+        The list of nodes is read afresh (revocations are rare): a node that joined
+        within the cache's second is reached too."""
+        self._nodes_at = -NODES_CACHE
+        delivery = node_pb2.Delivery(
+            revocation=node_pb2.TokenRevocation(
+                jti=revocation.jti, expires_at=revocation.expires_at, reason=revocation.reason
+            )
+        )
+        peers = [self._peer(n) for n in self._remote_nodes().values()]
+
+        def call(peer: Peer) -> int:
+            response = peer.call([delivery])
+            return response.connections[0] if response is not None and response.connections else 0
+
+        return sum(self._pool.map(call, peers))
+
+    # -- receipt batches for the peers' StreamReceipts subscribers ------------------------
+
+    def ask_for_receipts(self, seconds: float) -> None:
+        delivery = node_pb2.Delivery(
+            receipt_interest=node_pb2.ReceiptInterest(node_id=self._node_id, seconds=seconds)
+        )
+        for info in self._remote_nodes().values():
+            self._peer(info).send(delivery)
+
+    def send_receipts_to(self, node_id: str, seconds: float) -> None:
+        if node_id != self._node_id:
+            self._receipt_peers[node_id] = time.monotonic() + max(0.0, min(seconds, 300.0))
+
+    def forward_receipts(self, batch: ReceiptBatch) -> None:
+        if not self._receipt_peers:
+            return
+        now = time.monotonic()
+        for node_id in [n for n, until in self._receipt_peers.items() if until <= now]:
+            del self._receipt_peers[node_id]
+        nodes = self._remote_nodes()
+        wanted = [nodes[n] for n in self._receipt_peers if n in nodes]
+        if not wanted:
+            return
+        delivery = node_pb2.Delivery(
+            receipts=node_pb2.ReceiptBatch(
+                source=batch.source,
+                prev=batch.prev,
+                upto=batch.upto,
+                events=[
+                    node_pb2.LoggedReceipt(
+                        n=e.n,
+                        kind=_KINDS[e.kind],
+                        message_id=e.message_id,
+                        user_id=e.user_id,
+                        seq=e.seq,
+                        owner=e.owner,
+                        recorded_at=e.at,
+                    )
+                    for e in batch.events
+                ],
+            )
+        )
+        for info in wanted:
+            self._peer(info).send(delivery)

@@ -204,6 +204,29 @@ class Settings:
         10.0, _float(0.1, 600), "seconds a connection waits for the store before 1013"
     )
     sweep_interval: float = _setting(60.0, _float(0.1, 86400), "expired-data sweeper period")
+    receipt_retention: float = _setting(
+        3600.0, _float(0, 30 * 86400), "seconds receipt events are kept for StreamReceipts; 0 = off"
+    )
+    receipt_buffer: int = _setting(
+        10000, _int(10, 10_000_000), "receipt events queued per StreamReceipts call"
+    )
+    receipt_subscribers: int = _setting(
+        64, _int(1, 200), "StreamReceipts calls a node serves at once"
+    )
+    auth_hook_addr: str | None = _setting(
+        None, _opt_str, "gRPC AuthService asked at connect; unset = JWTs"
+    )
+    auth_hook_timeout: float = _setting(2.0, _float(0.01, 60), "deadline of one AuthService call")
+    auth_hook_cache_ttl: float = _setting(
+        30.0, _float(0, 86400), "seconds an AuthService answer is reused"
+    )
+    auth_hook_cache_size: int = _setting(10000, _int(0, 10_000_000), "AuthService answers kept")
+    auth_hook_cookie: str | None = _setting(
+        None, _opt_str, "cookie sent to the AuthService when a client sends no token"
+    )
+    auth_hook_key: str | None = _setting(
+        None, _opt_str, "sent to the AuthService as authorization: Bearer <key>"
+    )
     demo: bool = _setting(False, _as_bool, "serve the demo page at /demo")
     # -- the admin console (admin_console.py): off unless admin_ui --------------------
     admin_ui: bool = _setting(False, _as_bool, "serve the admin console at /admin on admin_addr")

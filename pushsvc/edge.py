@@ -43,6 +43,7 @@ from gevent.server import StreamServer
 from pushsvc import wsframes
 from pushsvc.auth import Identity, TokenVerifier
 from pushsvc.budget import ConnectionBudget
+from pushsvc.authhook import AuthHook, HookUnavailable, credential_of
 from pushsvc.config import Address
 from pushsvc.errors import Unauthenticated
 from pushsvc.httpwire import (
@@ -115,9 +116,11 @@ class EdgeApp:
         node: Node,
         metrics: Metrics,
         extra_routes: dict[str, WSGIApp] | None = None,
+        auth_hook: AuthHook | None = None,
     ) -> None:
         self.config = config
         self.verifier = verifier
+        self.auth_hook = auth_hook  # when set, it decides who connects (not the JWT)
         self.node = node
         self.metrics = metrics
         self.routes = dict(extra_routes or {})
@@ -142,7 +145,7 @@ class EdgeApp:
 
     # -- the handshake ----------------------------------------------------------------
 
-    def authorize(self, request: Request) -> tuple[Identity, int | None]:
+    def authorize(self, request: Request, peer: str = "") -> tuple[Identity, int | None]:
         if not self.accepting:
             raise HttpError(503, "node is draining: connect to another node")
         self._check_origin(request)
@@ -156,10 +159,21 @@ class EdgeApp:
             token = value.strip()
         elif "token" in query:
             token = query["token"][-1]
+        hook = self.auth_hook
         try:
-            identity = self.verifier.verify(token)
+            if hook is None:
+                identity = self.verifier.verify(token)
+            else:
+                credential = credential_of(
+                    token, header is not None, request.header("cookie") or "", hook.cookie
+                )
+                identity = hook.authenticate(credential, peer, request.header("origin") or "")
         except Unauthenticated as exc:
             raise HttpError(401, str(exc)) from None
+        except HookUnavailable as exc:
+            raise HttpError(503, str(exc)) from None
+        if identity.jti and self.node.revoked(identity.jti):
+            raise HttpError(401, "token revoked")
         since: int | None = None
         if "since" in query:
             text = query["since"][-1]
@@ -336,7 +350,7 @@ class EdgeServer(StreamServer):
             return
         try:
             accept = check_upgrade(request)
-            identity, since = app.authorize(request)
+            identity, since = app.authorize(request, peer)
         except HttpError as err:
             self._refused(err.status, err.message, peer)
             _finish(sock, err.response())

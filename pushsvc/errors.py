@@ -32,3 +32,11 @@ class RateLimited(PushError):
 
 class ConfigError(PushError):
     """A setting is unknown or has a bad value. The message says which and why."""
+
+
+class FailedPrecondition(PushError):
+    """The request cannot be served in the state things are in (e.g. a cursor too old)."""
+
+
+class Unavailable(PushError):
+    """This node cannot serve the call now (draining, a dependency down); try again."""

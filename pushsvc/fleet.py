@@ -14,7 +14,9 @@ from typing import Protocol
 
 from pushsvc.hub import Hub
 from pushsvc.messages import Message
+from pushsvc.store.receipt_log import ReceiptBatch
 from pushsvc.store.registry import NodeInfo
+from pushsvc.store.revocation import Revocation
 
 #: (user, seq) pairs; seq 0 for an online-only message.
 Recipients = list[tuple[str, int]]
@@ -47,6 +49,18 @@ class Fleet(Protocol):
 
     def forward_disconnect(self, user_id: str, reason: str) -> int:
         """Close the user's connections on other nodes; how many were closed."""
+
+    def forward_revocation(self, revocation: Revocation) -> int:
+        """Hand a revocation to every other node; how many connections they closed."""
+
+    def ask_for_receipts(self, seconds: float) -> None:
+        """Ask every other node to send its receipt batches here for ``seconds``."""
+
+    def send_receipts_to(self, node_id: str, seconds: float) -> None:
+        """A peer asked for this node's receipt batches for ``seconds``."""
+
+    def forward_receipts(self, batch: ReceiptBatch) -> None:
+        """Hand this node's committed receipt batch to the peers that asked (no wait)."""
 
     def presence(self, user_ids: Sequence[str]) -> dict[str, dict[str, int]]:
         """{user: {node: connections}} for users with connections somewhere."""
@@ -90,6 +104,18 @@ class LocalFleet:
 
     def forward_disconnect(self, user_id: str, reason: str) -> int:
         return 0
+
+    def forward_revocation(self, revocation: Revocation) -> int:
+        return 0
+
+    def ask_for_receipts(self, seconds: float) -> None:
+        pass
+
+    def send_receipts_to(self, node_id: str, seconds: float) -> None:
+        pass
+
+    def forward_receipts(self, batch: ReceiptBatch) -> None:
+        pass
 
     def presence(self, user_ids: Sequence[str]) -> dict[str, dict[str, int]]:
         node_id = self._info().node_id

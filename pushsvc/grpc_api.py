@@ -27,12 +27,14 @@ from grpc_reflection.v1alpha import reflection
 
 from pushsvc.auth import ApiKeys
 from pushsvc.errors import (
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     PushError,
     RateLimited,
     StoreUnavailable,
     Unauthenticated,
+    Unavailable,
 )
 from pushsvc.messages import (
     Message,
@@ -47,7 +49,12 @@ from pushsvc.messages import (
     validate_user_ids,
 )
 from pushsvc.node import Node, PushOutcome
+from pushsvc.owners import OwnerTags
 from pushsvc.ratelimit import TokenBucket
+from pushsvc.receipt_stream import decode_cursor
+from pushsvc.revocations import revocation_from_request
+from pushsvc.store.receipt_log import Kind, ReceiptBatch, ReceiptEvent, ReceiptFilter
+from pushsvc.store.revocation import Revocation
 from pushsvc_client.v1 import node_pb2, node_pb2_grpc, push_pb2, push_pb2_grpc
 
 log = logging.getLogger("pushsvc.grpc")
@@ -64,6 +71,8 @@ _STATUS: dict[type[PushError], grpc.StatusCode] = {
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
     RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
 
 
@@ -117,12 +126,19 @@ class Limits:
 
 
 class PushServicer(push_pb2_grpc.PushServiceServicer):
-    def __init__(self, node: Node, limits: Limits, callers: CallerLimits) -> None:
+    def __init__(
+        self, node: Node, limits: Limits, callers: CallerLimits, owners: OwnerTags
+    ) -> None:
         self._node = node
         self._limits = limits
         self._callers = callers
+        self._owners = owners
 
-    def _command(self, request: push_pb2.PushRequest) -> PushCommand:
+    def _owner(self, context: grpc.ServicerContext) -> str:
+        """The owner tag of the caller's API key: what its messages' ids end with."""
+        return self._owners.of_key(caller_key(context.invocation_metadata()))
+
+    def _command(self, request: push_pb2.PushRequest, owner: str) -> PushCommand:
         lim = self._limits
         return build_push(
             list(request.user_ids),
@@ -133,6 +149,7 @@ class PushServicer(push_pb2_grpc.PushServiceServicer):
             max_payload=lim.max_payload,
             default_ttl=lim.default_ttl,
             max_ttl=lim.max_ttl,
+            owner=owner,
         )
 
     @staticmethod
@@ -142,15 +159,15 @@ class PushServicer(push_pb2_grpc.PushServiceServicer):
         seqs = unfold_seqs(list(request.user_ids), cmd.user_ids, out.seqs)
         return push_pb2.PushResponse(message_id=out.message_id, seqs=seqs, duplicate=out.duplicate)
 
-    def _push(self, request: push_pb2.PushRequest) -> push_pb2.PushResponse:
-        cmd = self._command(request)
+    def _push(self, request: push_pb2.PushRequest, owner: str) -> push_pb2.PushResponse:
+        cmd = self._command(request, owner)
         return self._response(request, cmd, self._node.push(cmd))
 
     @_domain_errors
     def Push(
         self, request: push_pb2.PushRequest, context: grpc.ServicerContext
     ) -> push_pb2.PushResponse:
-        return self._push(request)
+        return self._push(request, self._owner(context))
 
     def PushStream(
         self, request_iterator: Iterator[push_pb2.PushRequest], context: grpc.ServicerContext
@@ -196,11 +213,12 @@ class PushServicer(push_pb2_grpc.PushServiceServicer):
         group; one response per request, in order, failures as responses."""
         responses: list[push_pb2.PushResponse] = [_error_response(_NOT_RUN)] * len(pushes)
         accepted: list[tuple[int, PushCommand]] = []
+        owner = self._owners.of_key(key)
         for i, push in enumerate(pushes):
             try:
                 if not self._callers.take(key):
                     raise RateLimited("over the API key's rate limit")
-                accepted.append((i, self._command(push)))
+                accepted.append((i, self._command(push, owner)))
             except PushError as exc:
                 responses[i] = _error_response(exc)
         try:
@@ -303,6 +321,75 @@ class PushServicer(push_pb2_grpc.PushServiceServicer):
             ]
         )
 
+    def StreamReceipts(
+        self, request: push_pb2.StreamReceiptsRequest, context: grpc.ServicerContext
+    ) -> Iterator[push_pb2.StreamReceiptsResponse]:
+        try:
+            users = validate_user_ids(list(request.user_ids)) if request.user_ids else ()
+            flt = ReceiptFilter(frozenset(users), "" if users else self._owner(context))
+            cursor = decode_cursor(request.cursor) if request.cursor else None
+            sub = self._node.stream_receipts(flt, cursor)
+        except PushError as exc:
+            context.abort(status_of(exc), str(exc))
+        context.add_callback(sub.cancel)
+        try:
+            yield push_pb2.StreamReceiptsResponse(cursor=sub.cursor())
+            while True:
+                events = sub.next()
+                if events is None:
+                    return  # the caller went away
+                yield push_pb2.StreamReceiptsResponse(
+                    events=[_receipt_event(e, c) for e, c in events],
+                    cursor=events[-1][1] if events else sub.cursor(),
+                )
+        except PushError as exc:
+            context.abort(status_of(exc), str(exc))
+        except Exception:
+            request_id = secrets.token_hex(6)
+            log.exception("rpc failed", extra={"rpc": "StreamReceipts", "request": request_id})
+            context.abort(
+                grpc.StatusCode.INTERNAL, f"internal error (request id {request_id} in the log)"
+            )
+        finally:
+            self._node.end_stream(sub)
+
+    @_domain_errors
+    def RevokeToken(
+        self, request: push_pb2.RevokeTokenRequest, context: grpc.ServicerContext
+    ) -> push_pb2.RevokeTokenResponse:
+        revocation = revocation_from_request(request.jti, request.expires_at, request.reason)
+        return push_pb2.RevokeTokenResponse(connections_closed=self._node.revoke(revocation))
+
+
+_KINDS = {Kind.DELIVERED: push_pb2.RECEIPT_KIND_DELIVERED, Kind.ACKED: push_pb2.RECEIPT_KIND_ACKED}
+
+
+def _receipt_event(event: ReceiptEvent, cursor: str) -> push_pb2.ReceiptEvent:
+    return push_pb2.ReceiptEvent(
+        kind=_KINDS[event.kind],
+        message_id=event.message_id,
+        user_id=event.user_id,
+        seq=event.seq,
+        recorded_at=event.at,
+        node_id=event.source,
+        cursor=cursor,
+    )
+
+
+def _receipt_batch(r: node_pb2.ReceiptBatch) -> ReceiptBatch:
+    return ReceiptBatch(
+        r.source,
+        r.prev,
+        r.upto,
+        tuple(
+            ReceiptEvent(
+                r.source, e.n, Kind(e.kind), e.message_id, e.user_id, e.seq, e.owner, e.recorded_at
+            )
+            for e in r.events
+            if e.kind in (Kind.DELIVERED, Kind.ACKED)
+        ),
+    )
+
 
 class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     def __init__(self, node: Node) -> None:
@@ -333,6 +420,18 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                 counts.append(
                     self._node.disconnect_local(d.disconnect.user_id, d.disconnect.reason)
                 )
+            elif kind == "revocation":
+                r = d.revocation
+                counts.append(
+                    self._node.apply_revocation(Revocation(r.jti, r.expires_at, r.reason))
+                )
+            elif kind == "receipts":
+                self._node.receipts_from_peer(_receipt_batch(d.receipts))
+                counts.append(0)
+            elif kind == "receipt_interest":
+                interest = d.receipt_interest
+                self._node.peer_wants_receipts(interest.node_id, interest.seconds)
+                counts.append(0)
             else:
                 counts.append(0)
         return node_pb2.DeliverResponse(connections=counts)
@@ -540,6 +639,7 @@ def make_server(
     api_keys: ApiKeys,
     cluster_key: str | None,
     callers: CallerLimits,
+    owners: OwnerTags,
     max_workers: int = 256,
     mutual_tls: bool = False,
 ) -> tuple[grpc.Server, health.HealthServicer]:
@@ -553,7 +653,9 @@ def make_server(
             ("grpc.so_reuseport", 0),
         ],
     )
-    push_pb2_grpc.add_PushServiceServicer_to_server(PushServicer(node, limits, callers), server)
+    push_pb2_grpc.add_PushServiceServicer_to_server(
+        PushServicer(node, limits, callers, owners), server
+    )
     node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(node), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

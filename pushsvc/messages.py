@@ -54,16 +54,18 @@ class PushCommand:
     content_type: str
     ttl_seconds: int  # 0 = online-only
     idempotency_key: str
+    owner: str = ""  # the pushing API key's owner tag (owners.py); "" when unknown
 
 
 # Ids need uniqueness, not secrecy: a PRNG seeded from the OS, with no system call per id.
 _random = random.Random(os.urandom(16))
 
 
-def new_message_id(now: float | None = None) -> str:
-    """A 26-character id, sortable by creation time (ms) then random."""
+def new_message_id(now: float | None = None, owner: str = "") -> str:
+    """A 26-character id, sortable by creation time (ms) then random, followed by
+    the owner tag of the API key that pushed it, if any (``owners.owner_of``)."""
     ms = int((time.time() if now is None else now) * 1000)
-    return f"{ms:012x}{_random.getrandbits(56):014x}"
+    return f"{ms:012x}{_random.getrandbits(56):014x}{owner}"
 
 
 def is_json_type(content_type: str) -> bool:
@@ -157,6 +159,7 @@ def build_push(
     max_payload: int,
     default_ttl: int,
     max_ttl: int,
+    owner: str = "",
 ) -> PushCommand:
     """Validate a push request; raise InvalidArgument with a human reason."""
     users = validate_user_ids(user_ids)
@@ -166,7 +169,7 @@ def build_push(
         raise InvalidArgument(f"ttl_seconds must be between 0 and {max_ttl}")
     if len(idempotency_key) > MAX_IDEMPOTENCY_KEY_LEN:
         raise InvalidArgument(f"idempotency_key is over {MAX_IDEMPOTENCY_KEY_LEN} characters")
-    return PushCommand(users, payload, ctype, ttl, idempotency_key)
+    return PushCommand(users, payload, ctype, ttl, idempotency_key, owner)
 
 
 def unfold_seqs(

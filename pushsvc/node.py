@@ -24,7 +24,7 @@ import gevent
 from gevent.event import Event
 
 from pushsvc.admission import Admission
-from pushsvc.errors import PushError, StoreUnavailable
+from pushsvc.errors import FailedPrecondition, PushError, StoreUnavailable
 from pushsvc.fanout import TopicFanout
 from pushsvc.fleet import Fleet, Recipients
 from pushsvc.health import StoreHealth, within
@@ -32,11 +32,15 @@ from pushsvc.hub import Hub
 from pushsvc.messages import Message, PushCommand, new_message_id
 from pushsvc.metrics import Metrics
 from pushsvc.protocol import Close, UserFrame, topic_frame, wire_text
+from pushsvc.receipt_stream import Cursor, ReceiptHub, Subscription
 from pushsvc.receipts import Receipts
 from pushsvc.replay import Replay
+from pushsvc.revocations import Revocations
 from pushsvc.stats import SAMPLE_INTERVAL, History, Sample, published, read_sample
 from pushsvc.store.inbox import InboxStore, RecipientStatus, StoreRequest, StoreResult, UserStart
+from pushsvc.store.receipt_log import ReceiptBatch, ReceiptFilter, ReceiptLog
 from pushsvc.store.registry import NodeInfo
+from pushsvc.store.revocation import Revocation, RevocationStore
 
 if TYPE_CHECKING:
     from pushsvc.session import Session
@@ -74,6 +78,15 @@ class Presence:
 
 
 @dataclass(frozen=True, slots=True)
+class ReceiptStreaming:
+    """The receipt log (None: StreamReceipts is off) and the bounds of its streams."""
+
+    log: ReceiptLog | None = None
+    buffer: int = 10_000  # events queued per subscriber
+    subscribers: int = 64  # StreamReceipts calls at once
+
+
+@dataclass(frozen=True, slots=True)
 class AdmissionLimits:
     rate: float  # connections welcomed per second
     queue_size: int  # connections waiting for their welcome
@@ -94,6 +107,8 @@ class Node:
         ping_interval: float,
         heartbeat_interval: float,
         position_check: float = 30.0,
+        receipt_streaming: ReceiptStreaming | None = None,
+        revocation_store: RevocationStore | None = None,
     ) -> None:
         self.node_id = node_id
         self.started_at = time.time()
@@ -103,7 +118,22 @@ class Node:
         self._metrics = metrics
         self.counters = metrics.counters
         self._health = health
-        self.receipts = Receipts(inbox, health)
+        streaming = receipt_streaming or ReceiptStreaming()
+        self._receipt_hub = ReceiptHub(
+            streaming.log,
+            health,
+            buffer=streaming.buffer,
+            max_subscribers=streaming.subscribers,
+            ask_peers=lambda seconds: self.fleet.ask_for_receipts(seconds),
+        )
+        self.receipts = Receipts(
+            inbox, health, receipt_log=streaming.log, on_batch=self._receipts_recorded
+        )
+        self._revocations = (
+            Revocations(revocation_store, health, self._close_revoked)
+            if revocation_store is not None
+            else None
+        )
         self._fanout = TopicFanout(hub, metrics)
         self._replay = Replay(inbox, health)
         self._admission = Admission(
@@ -135,10 +165,24 @@ class Node:
         metrics.gauge(
             "pushsvc_users", "Distinct users connected to this node", lambda: float(hub.user_count)
         )
+        metrics.gauge(
+            "pushsvc_receipt_streams",
+            "StreamReceipts calls open on this node",
+            lambda: float(self._receipt_hub.subscribers),
+        )
 
     # -- lifecycle ----------------------------------------------------------------------
 
+    def prepare(self) -> None:
+        """Before the first connection: read the revocation list, if the store answers
+        (a store down at start delays the list, not the listeners: it is read as soon
+        as the store answers)."""
+        if self._revocations is not None and self._health.ok:
+            self._revocations.refresh()
+
     def start(self) -> None:
+        if self._revocations is not None:
+            self._revocations.start()
         self.receipts.start()
         self._admission.start()
         self._ticker = gevent.spawn(self._tick_loop)
@@ -169,6 +213,10 @@ class Node:
     def stop_fleet(self) -> None:
         """Leave the fleet: no more routing here (part of a drain)."""
         self.fleet.stop()
+
+    def end_streams(self) -> None:
+        """Draining: end the StreamReceipts calls, each with its cursor to resume from."""
+        self._receipt_hub.close()
 
     def close_connections(self, reason: Close, limit: int | None = None) -> list[Session]:
         """Close up to ``limit`` open connections with ``reason``; returns them."""
@@ -201,11 +249,17 @@ class Node:
         for loop in (self._ticker, self._checker, self._sampler):
             if loop is not None:
                 loop.kill(block=False)
+        if self._revocations is not None:
+            self._revocations.stop()
         self.receipts.stop()
 
     def sweep(self, now: float) -> int:
         live = {n.node_id for n in self.fleet.nodes()}
         removed = self._inbox.sweep(now, live_writers=live)
+        if self._receipt_hub.log is not None:
+            removed += self._receipt_hub.log.sweep(now)
+        if self._revocations is not None:
+            removed += self._revocations.sweep(now)
         return removed + self.fleet.sweep(now)
 
     def _tick_loop(self) -> None:
@@ -259,7 +313,7 @@ class Node:
         now = time.time()
         messages: list[tuple[Message, UserFrame]] = []
         for cmd in cmds:
-            message_id = new_message_id(now)
+            message_id = new_message_id(now, cmd.owner)
             expires = now + cmd.ttl_seconds if cmd.ttl_seconds else None
             messages.append(
                 (
@@ -407,6 +461,60 @@ class Node:
 
     def nodes(self) -> list[NodeInfo]:
         return self.fleet.nodes()
+
+    # -- receipts as a stream --------------------------------------------------------------
+
+    def stream_receipts(self, flt: ReceiptFilter, cursor: Cursor | None) -> Subscription:
+        """A StreamReceipts call: from ``cursor`` (else from now), matching ``flt``.
+        Call ``end_stream`` when it ends."""
+        return self._receipt_hub.subscribe(flt, cursor)
+
+    def end_stream(self, subscription: Subscription) -> None:
+        self._receipt_hub.unsubscribe(subscription)
+
+    def _receipts_recorded(self, batch: ReceiptBatch) -> None:
+        """This node's receipts committed to the log: local streams, and peers with streams."""
+        self._receipt_hub.on_batch(batch)
+        self.fleet.forward_receipts(batch)
+
+    def receipts_from_peer(self, batch: ReceiptBatch) -> None:
+        self._receipt_hub.on_batch(batch)
+
+    def peer_wants_receipts(self, node_id: str, seconds: float) -> None:
+        self.fleet.send_receipts_to(node_id, seconds)
+
+    # -- token revocation --------------------------------------------------------------------
+
+    def revoke(self, revocation: Revocation) -> int:
+        """Record a revocation for the fleet, close its connections here and on every
+        peer; how many were closed. Raises StoreUnavailable (nothing recorded)."""
+        if self._revocations is None:
+            raise FailedPrecondition("this node has no revocation list")
+        closed = self._revocations.add(revocation)  # closes the local connections
+        return closed + self.fleet.forward_revocation(revocation)
+
+    def apply_revocation(self, revocation: Revocation) -> int:
+        """A peer recorded a revocation: close its connections here; how many."""
+        if self._revocations is None:
+            return 0
+        return self._revocations.apply(revocation)
+
+    def revoked(self, jti: str) -> bool:
+        return self._revocations is not None and self._revocations.revoked(jti)
+
+    def _close_revoked(self, revocation: Revocation) -> int:
+        reason = Close.REVOKED.reason
+        if revocation.reason:
+            reason = f"{reason}: {revocation.reason}"
+        closed = 0
+        for conn in self._hub.connections():
+            session: Session = conn  # type: ignore[assignment]
+            if session.identity.jti == revocation.jti and not session.closing:
+                session.close(Close.REVOKED, reason)
+                closed += 1
+        if closed:
+            log.info("closed revoked connections", extra={"connections": closed})
+        return closed
 
     # -- WebSocket sessions ---------------------------------------------------------------
 

@@ -36,6 +36,7 @@ class Close(Enum):
     RESTART = (1012, "node draining: reconnect to another node", True)
     TRY_AGAIN = (1013, "try again later: reconnect after a random pause of 1 to 5 s", True)
     DISCONNECTED = (4000, "disconnected", False)
+    REVOKED = (4001, "token revoked", False)
     RATE_LIMITED = (4008, "rate limit exceeded", True)
     ABUSE = (4008, "too many bad frames", True)
     SLOW_CONSUMER = (4008, "slow consumer: send queue overflow", True)

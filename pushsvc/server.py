@@ -32,6 +32,7 @@ from pushsvc.admin import AdminApp
 from pushsvc.admin_api import AdminApi, PushLimits
 from pushsvc.admin_console import AdminConsole
 from pushsvc.auth import ApiKeys, TokenVerifier, load_or_create_secret
+from pushsvc.authhook import AuthHook
 from pushsvc.config import Address, Settings, check_secure
 from pushsvc.errors import ConfigError, StoreUnavailable
 from pushsvc.fleet import Fleet, LocalFleet
@@ -45,10 +46,13 @@ from pushsvc.logsetup import (
     route_gevent_errors,
 )
 from pushsvc.metrics import Metrics
-from pushsvc.node import AdmissionLimits, Node
+from pushsvc.node import AdmissionLimits, Node, ReceiptStreaming
+from pushsvc.owners import OwnerTags
 from pushsvc.protocol import Close
 from pushsvc.session import SessionLimits
 from pushsvc.store.inbox import InboxStore
+from pushsvc.store.receipt_log import ReceiptLog
+from pushsvc.store.revocation import RevocationStore
 from pushsvc.systemd import Notifier
 from pushsvc.tls import NodeTLS, TLSFiles, cleartext_warnings
 from pushsvc.wsgi import BoundedWSGIServer
@@ -82,6 +86,36 @@ def _round_trips(inbox: InboxStore) -> int:
     """Every call to the database: the inbox's and, in a fleet, the registry's."""
     database = getattr(inbox, "database", None)
     return int(database.round_trips) if database is not None else inbox.round_trips
+
+
+def _open_side_stores(
+    s: Settings, inbox: InboxStore, node_id: str
+) -> tuple[ReceiptLog | None, RevocationStore]:
+    """The receipt log (None when receipt streaming is off) and the revocation list,
+    beside the inbox: SQLite files in its data directory, or its MongoDB database."""
+    if s.embedded:
+        from pushsvc.store.embedded import EmbeddedStore
+        from pushsvc.store.receipt_log import RECEIPTS_DB, SqliteReceiptLog
+        from pushsvc.store.revocation import SqliteRevocationStore
+        from pushsvc.store.sqlite_side import SideDatabase
+
+        assert isinstance(inbox, EmbeddedStore)
+        revocations: RevocationStore = SqliteRevocationStore(SideDatabase(inbox.path))
+        if not s.receipt_retention:
+            return None, revocations
+        # A file of its own: its writes never hold the inbox's write lock; it reads
+        # the inbox (attached) to resolve seqs and acks.
+        events = SideDatabase(inbox.data_dir / RECEIPTS_DB, attach={"inbox_db": inbox.path})
+        return SqliteReceiptLog(events, node_id, s.receipt_retention), revocations
+    from pushsvc.store.mongo import MongoInbox
+    from pushsvc.store.receipt_log import MongoReceiptLog
+    from pushsvc.store.revocation import MongoRevocationStore
+
+    assert isinstance(inbox, MongoInbox)
+    revocations = MongoRevocationStore(inbox.database)
+    if not s.receipt_retention:
+        return None, revocations
+    return MongoReceiptLog(inbox.database, node_id, s.receipt_retention), revocations
 
 
 def _fleet_factory(
@@ -152,6 +186,21 @@ class Server:
         self.verifier = TokenVerifier.from_settings(
             s.jwt_algorithm, jwt_secret, s.jwt_public_key_file, s.max_token_lifetime
         )
+        self.receipt_log, self.revocation_store = _open_side_stores(s, inbox, self.node_id)
+        self.auth_hook = (
+            AuthHook(
+                s.auth_hook_addr,
+                timeout=s.auth_hook_timeout,
+                cache_ttl=s.auth_hook_cache_ttl,
+                cache_size=s.auth_hook_cache_size,
+                key=s.auth_hook_key,
+                node_id=self.node_id,
+                cookie=s.auth_hook_cookie,
+                registry=self.metrics.registry,
+            )
+            if s.auth_hook_addr
+            else None
+        )
         self._ready_sent = False
         self.node = Node(
             self.node_id,
@@ -166,6 +215,10 @@ class Server:
             ping_interval=s.ping_interval,
             heartbeat_interval=s.heartbeat_interval,
             position_check=s.position_check,
+            receipt_streaming=ReceiptStreaming(
+                self.receipt_log, s.receipt_buffer, s.receipt_subscribers
+            ),
+            revocation_store=self.revocation_store,
         )
         self.edge_app = edge.EdgeApp(
             edge.EdgeConfig(
@@ -191,6 +244,7 @@ class Server:
             self.node,
             self.metrics,
             extra_routes=demo.routes() if s.demo else None,
+            auth_hook=self.auth_hook,
         )
         self.grpc_server, self.grpc_health = grpc_api.make_server(
             self.node,
@@ -198,6 +252,7 @@ class Server:
             ApiKeys(api_keys),
             s.cluster_key,
             grpc_api.CallerLimits(s.api_rate, s.api_burst),
+            OwnerTags(self._owner_secret()),
             mutual_tls=self.tls is not None and self.tls.mutual,
         )
         self.admin_console = self._admin_console() if s.admin_ui else None
@@ -240,6 +295,14 @@ class Server:
         api = AdminApi(self.node, limits, self.readiness)
         return AdminConsole(api, token, s.max_payload_bytes)
 
+    def _owner_secret(self) -> str:
+        """What owner tags of API keys are derived with: the cluster key (the same on
+        every node), or a secret generated into the data directory of a node alone."""
+        if self.settings.cluster_key:
+            return self.settings.cluster_key
+        secret, _ = load_or_create_secret(Path(self.settings.data_dir) / "owner-secret")
+        return secret
+
     # -- start ----------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -276,6 +339,7 @@ class Server:
         )
         self.health.check()  # readiness reflects the store from the first answer
         self.health.start()
+        self.node.prepare()  # the revocation list, before the first connect
         self.ws_server.start()
         self.admin_server.start()
         self.grpc_server.start()
@@ -487,6 +551,7 @@ class Server:
             within(min(STORE_STEP, left()), "leaving the fleet", self.node.stop_fleet)
         except StoreUnavailable as exc:
             log.warning("leaving the fleet: %s (the registration expires by itself)", exc)
+        self.node.end_streams()  # StreamReceipts callers resume elsewhere, from their cursor
         # Keep time for the in-flight RPCs and the last flush after the connections.
         tail = min(GRPC_GRACE + 1.0, 0.3 * budget)
         closed = self._close_connections(deadline - tail)
@@ -504,6 +569,11 @@ class Server:
         if self.admin_server is not None:
             self.admin_server.stop(timeout=min(1.0, left()))
         self.node.fleet.close()
+        if self.receipt_log is not None:
+            self.receipt_log.close()
+        self.revocation_store.close()
+        if self.auth_hook is not None:
+            self.auth_hook.close()
         self.inbox.close()
         self.notifier.status(f"stopped: {closed} connections handed over (node {self.node_id})")
         if self._watchdog is not None:

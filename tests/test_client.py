@@ -8,7 +8,9 @@ from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
+from websockets.sync.client import connect
 
+from pushsvc.auth import mint_token
 from pushsvc_client import (
     InvalidArgumentError,
     NotFoundError,
@@ -20,7 +22,7 @@ from pushsvc_client import (
     encode_payload,
 )
 from pushsvc_client.v1 import push_pb2
-from tests.nodeproc import API_KEY, NodeProcess, closed_port
+from tests.nodeproc import API_KEY, JWT_SECRET, NodeProcess, closed_port
 from tests.waiting import wait_for
 from tests.wsclient import Client, open_ws
 
@@ -206,6 +208,48 @@ def test_message_status(node: NodeProcess, client: PushClient, clients: list[Cli
     ws.send({"type": "ack", "seq": msg["seq"]})
     final = wait_for(lambda: (s := states())["erin"] == (1, True, True) and s, what="erin acked")
     assert final == {"erin": (1, True, True), "frank": (1, False, False)}
+
+
+def test_stream_receipts_and_resume(
+    node: NodeProcess, client: PushClient, clients: list[Client]
+) -> None:
+    ws = open_ws(node, "gina")
+    clients.append(ws)
+    DELIVERED, ACKED = push_pb2.RECEIPT_KIND_DELIVERED, push_pb2.RECEIPT_KIND_ACKED
+    with client.stream_receipts() as stream:  # this API key's messages
+        start = stream.wait_started()
+        assert start.startswith("r1.") and stream.cursor == start
+        first = client.push("gina", {"n": 1})
+        (msg,) = ws.messages(1)
+        ws.send({"type": "ack", "seq": msg["seq"]})
+        got = [next(stream), next(stream)]
+        assert [(e.kind, e.message_id, e.user_id, e.seq) for e in got] == [
+            (DELIVERED, first.message_id, "gina", 1),
+            (ACKED, first.message_id, "gina", 1),
+        ]
+        cursor = stream.cursor
+        assert cursor == got[-1].cursor
+
+    second = client.push("gina", {"n": 2})  # while no stream is open
+    ws.messages(1)
+    ws.send({"type": "ack", "seq": 2})
+    with client.stream_receipts("gina", cursor=cursor) as resumed:
+        assert [(e.kind, e.message_id) for e in (next(resumed), next(resumed))] == [
+            (DELIVERED, second.message_id),
+            (ACKED, second.message_id),
+        ]
+    with pytest.raises(InvalidArgumentError, match="cursor is malformed"):
+        client.stream_receipts(cursor="nope").wait_started()
+
+
+def test_revoke_token(node: NodeProcess, client: PushClient) -> None:
+    token = mint_token(JWT_SECRET, "hal", 3600, jti="jti-hal")
+    ws = Client(connect(f"{node.ws_url}?token={token}", open_timeout=10, legacy=True))
+    resp = client.revoke_token("jti-hal", time.time() + 3600, reason="bye")
+    assert resp.connections_closed == 1
+    assert ws.close_code() == (4001, "token revoked: bye")
+    with pytest.raises(InvalidArgumentError, match="expires_at must be in the future"):
+        client.revoke_token("jti-hal", time.time() - 10)
 
 
 def test_list_nodes_and_health(node: NodeProcess, client: PushClient) -> None:

@@ -117,6 +117,8 @@ def test_go_tests_pass_against_a_live_node(node: NodeProcess, go_env: dict[str, 
     output = _run(["go", "test", "-count=1", "-v", "-skip", OUTAGE_TESTS, "./..."], env)
     assert "--- PASS: TestLivePushArrivesOnWebSocket" in output
     assert "--- PASS: TestUnreachableNodeIsRetriedWithBackoffThenUnavailable" in output
+    assert "--- PASS: TestLiveStreamReceiptsAndResume" in output
+    assert "--- PASS: TestLiveRevokeToken" in output
     assert "--- SKIP" not in output
     assert "TestOutage" not in output
 

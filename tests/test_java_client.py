@@ -119,7 +119,7 @@ def test_java_client_against_live_node(java_ready: None, node: NodeProcess) -> N
         for key in ("tests", "failures", "errors", "skipped")
     }
     print(out, f"JUnit: {counts}")
-    assert counts["tests"] >= 12 and counts["skipped"] == 0, f"{counts}\n{out}"
+    assert counts["tests"] >= 14 and counts["skipped"] == 0, f"{counts}\n{out}"
     assert counts["failures"] == counts["errors"] == 0, f"{counts}\n{out}"
     assert not any(OUTAGE_TEST in name for name in per_class), per_class  # run below only
 

@@ -246,10 +246,16 @@ def test_backup_of_a_serving_node_replays_on_a_new_node(
     (line,) = proc.stdout.splitlines()
     assert line.startswith(f"backed up {node.data_dir} to {target}: ")
     assert line.endswith(
-        f", with api-key, admin-token; start a node on it with PUSHSVC_DATA_DIR={target}"
+        f", with api-key, admin-token, owner-secret; start a node on it with"
+        f" PUSHSVC_DATA_DIR={target}"
     )
     copied = int(re.search(r" (\d+) messages,", line).group(1))  # type: ignore[union-attr]
-    assert sorted(p.name for p in target.iterdir()) == ["admin-token", "api-key", "pushsvc.db"]
+    assert sorted(p.name for p in target.iterdir()) == [
+        "admin-token",
+        "api-key",
+        "owner-secret",
+        "pushsvc.db",
+    ]
     assert all(p.stat().st_mode & 0o077 == 0 for p in [target, *target.iterdir()])
     assert (target / "api-key").read_text().strip() == key
     assert node.stop() == 0  # the node kept serving through the backup, and stops cleanly

@@ -488,3 +488,105 @@ func TestLiveEmptyUserIDsIsInvalidArgument(t *testing.T) {
 		t.Fatalf("Push of a non-JSON payload: %v, want ErrInvalidArgument", err)
 	}
 }
+
+func TestLiveStreamReceiptsAndResume(t *testing.T) {
+	env := live(t)
+	c := newClient(t, env, env.apiKey)
+	ctx := ctxFor(t)
+	user := uniqueUser(t)
+	ws := openWS(t, env, user, nil)
+
+	sctx, cancel := context.WithCancel(ctx)
+	stream, err := c.StreamReceipts(sctx, "") // this API key's messages, from now
+	if err != nil {
+		t.Fatalf("StreamReceipts: %v", err)
+	}
+	if !strings.HasPrefix(stream.Cursor(), "r1.") {
+		t.Fatalf("start cursor %q", stream.Cursor())
+	}
+	first, err := c.Push(ctx, pushsvc.Message{UserIDs: []string{user}, Payload: []byte(`{"n":1}`)})
+	if err != nil {
+		t.Fatalf("Push: %v", err)
+	}
+	f := ws.message()
+	ws.send(map[string]any{"type": "ack", "seq": f["seq"]})
+	for _, want := range []pushsvc.ReceiptKind{pushsvc.Delivered, pushsvc.Acked} {
+		r, err := stream.Recv()
+		if err != nil {
+			t.Fatalf("Recv: %v", err)
+		}
+		if r.Kind != want || r.MessageID != first.MessageID || r.UserID != user || r.Seq != 1 || r.NodeID == "" {
+			t.Fatalf("receipt %+v, want %v of %s", r, want, first.MessageID)
+		}
+		if r.Cursor != stream.Cursor() {
+			t.Fatalf("cursor %q != stream cursor %q", r.Cursor, stream.Cursor())
+		}
+	}
+	cursor := stream.Cursor()
+	cancel()
+
+	second, err := c.Push(ctx, pushsvc.Message{UserIDs: []string{user}, Payload: []byte(`{"n":2}`)})
+	if err != nil {
+		t.Fatalf("Push: %v", err)
+	}
+	f = ws.message()
+	ws.send(map[string]any{"type": "ack", "seq": f["seq"]})
+	resumed, err := c.StreamReceipts(ctx, cursor, user)
+	if err != nil {
+		t.Fatalf("StreamReceipts from cursor: %v", err)
+	}
+	for _, want := range []pushsvc.ReceiptKind{pushsvc.Delivered, pushsvc.Acked} {
+		r, err := resumed.Recv()
+		if err != nil {
+			t.Fatalf("Recv: %v", err)
+		}
+		if r.Kind != want || r.MessageID != second.MessageID || r.Seq != 2 {
+			t.Fatalf("resumed receipt %+v, want %v of %s", r, want, second.MessageID)
+		}
+	}
+
+	if _, err := c.StreamReceipts(ctx, "not-a-cursor"); !errors.Is(err, pushsvc.ErrInvalidArgument) {
+		t.Fatalf("bad cursor: err = %v, want ErrInvalidArgument", err)
+	}
+}
+
+func TestLiveRevokeToken(t *testing.T) {
+	env := live(t)
+	c := newClient(t, env, env.apiKey)
+	ctx := ctxFor(t)
+	user := uniqueUser(t)
+	jti := "jti-" + user
+	claims := jwt.MapClaims{"sub": user, "exp": time.Now().Add(time.Hour).Unix(), "jti": jti}
+	tok, err := jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString([]byte(env.jwtSecret))
+	if err != nil {
+		t.Fatalf("sign token: %v", err)
+	}
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	hdr := http.Header{"Authorization": []string{"Bearer " + tok}}
+	conn, _, err := websocket.Dial(dctx, env.wsURL, &websocket.DialOptions{HTTPHeader: hdr})
+	if err != nil {
+		t.Fatalf("websocket dial: %v", err)
+	}
+	defer conn.CloseNow()
+	ws := &wsConn{t: t, c: conn}
+	if w := ws.recv(5 * time.Second); w["type"] != "welcome" {
+		t.Fatalf("first frame %v", w)
+	}
+
+	closed, err := c.RevokeToken(ctx, jti, time.Now().Add(time.Hour), "signed out")
+	if err != nil || closed != 1 {
+		t.Fatalf("RevokeToken = %d, %v; want 1 connection closed", closed, err)
+	}
+	_, _, err = conn.Read(dctx)
+	var ce websocket.CloseError
+	if !errors.As(err, &ce) || ce.Code != 4001 || ce.Reason != "token revoked: signed out" {
+		t.Fatalf("read after revoke: %v, want close 4001 \"token revoked: signed out\"", err)
+	}
+	if _, resp, err := websocket.Dial(dctx, env.wsURL, &websocket.DialOptions{HTTPHeader: hdr}); err == nil || resp == nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("a revoked token: err %v, want HTTP 401", err)
+	}
+	if _, err := c.RevokeToken(ctx, jti, time.Now().Add(-time.Minute), ""); !errors.Is(err, pushsvc.ErrInvalidArgument) {
+		t.Fatalf("past expiry: err = %v, want ErrInvalidArgument", err)
+	}
+}

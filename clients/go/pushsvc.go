@@ -603,3 +603,111 @@ func (c *Client) ListNodes(ctx context.Context) ([]Node, error) {
 	}
 	return out, nil
 }
+
+// ---------------------------------------------------------------------------
+// Receipts as a stream, token revocation
+
+// ReceiptKind says what happened to a stored message for one recipient.
+type ReceiptKind int
+
+const (
+	// Delivered: the message was written to a live WebSocket of the recipient.
+	Delivered = ReceiptKind(pb.ReceiptKind_RECEIPT_KIND_DELIVERED)
+	// Acked: the recipient acknowledged the message (its seq or a later one).
+	Acked = ReceiptKind(pb.ReceiptKind_RECEIPT_KIND_ACKED)
+)
+
+func (k ReceiptKind) String() string {
+	switch k {
+	case Delivered:
+		return "delivered"
+	case Acked:
+		return "acked"
+	}
+	return fmt.Sprintf("ReceiptKind(%d)", int(k))
+}
+
+// Receipt is one event of StreamReceipts.
+type Receipt struct {
+	Kind      ReceiptKind
+	MessageID string
+	UserID    string
+	Seq       uint64
+	// RecordedAt is when the node that recorded it (NodeID) did so.
+	RecordedAt time.Time
+	NodeID     string
+	// Cursor resumes right after this receipt.
+	Cursor string
+}
+
+// ReceiptStream is an open StreamReceipts call. Recv from one goroutine.
+type ReceiptStream struct {
+	stream  grpc.ServerStreamingClient[pb.StreamReceiptsResponse]
+	pending []*pb.ReceiptEvent
+	cursor  string
+}
+
+// StreamReceipts opens a stream of delivered and acked receipts, recorded on
+// any node of the fleet: of the given recipients, or with none of the
+// messages pushed with this client's API key. cursor resumes after an earlier
+// stream's Cursor ("" = from now on). It returns once the node has accepted
+// the stream, so a bad cursor is reported here. The stream has no deadline
+// and is not retried: ctx bounds it (cancel ctx to end it).
+func (c *Client) StreamReceipts(ctx context.Context, cursor string, userIDs ...string) (*ReceiptStream, error) {
+	req := &pb.StreamReceiptsRequest{UserIds: userIDs, Cursor: cursor}
+	stream, err := c.stub.StreamReceipts(ctx, req)
+	if err != nil {
+		return nil, asError(err)
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		return nil, asError(err)
+	}
+	return &ReceiptStream{stream: stream, pending: first.GetEvents(), cursor: first.GetCursor()}, nil
+}
+
+// Recv returns the next receipt. An error ends the stream: ErrResourceExhausted
+// (the consumer fell too far behind) or ErrUnavailable (the node drains) mean
+// "open a new stream from Cursor()".
+func (s *ReceiptStream) Recv() (*Receipt, error) {
+	for len(s.pending) == 0 {
+		r, err := s.stream.Recv()
+		if err != nil {
+			return nil, asError(err)
+		}
+		s.pending = r.GetEvents()
+		if len(s.pending) == 0 {
+			s.cursor = r.GetCursor() // a keep-alive
+		}
+	}
+	e := s.pending[0]
+	s.pending = s.pending[1:]
+	s.cursor = e.GetCursor()
+	secs, frac := math.Modf(e.GetRecordedAt())
+	return &Receipt{
+		Kind:       ReceiptKind(e.GetKind()),
+		MessageID:  e.GetMessageId(),
+		UserID:     e.GetUserId(),
+		Seq:        e.GetSeq(),
+		RecordedAt: time.Unix(int64(secs), int64(frac*1e9)).UTC(),
+		NodeID:     e.GetNodeId(),
+		Cursor:     e.GetCursor(),
+	}, nil
+}
+
+// Cursor is where to resume after the last receipt Recv returned (before any,
+// where the stream started).
+func (s *ReceiptStream) Cursor() string { return s.cursor }
+
+// RevokeToken adds a token id (the JWT jti, or the jti an AuthService hook
+// returned) to the fleet's revocation list until expiresAt (the token's own
+// expiry): its connections are closed with WebSocket code 4001 on every node,
+// and it is refused at connect. It returns how many connections were closed.
+func (c *Client) RevokeToken(ctx context.Context, jti string, expiresAt time.Time, reason string) (int, error) {
+	req := &pb.RevokeTokenRequest{Jti: jti, ExpiresAt: expiresAt.Unix(), Reason: reason}
+	resp, err := call(ctx, c, c.stub.RevokeToken, req)
+	if err != nil {
+		return 0, err
+	}
+	return int(resp.GetConnectionsClosed()), nil
+}

@@ -25,6 +25,7 @@ export const DEFAULTS = Object.freeze({
 
 const OPEN = 1;
 const CLOSE_DISCONNECTED = 4000; // the Disconnect API: do not come back
+const CLOSE_REVOKED = 4001; // the token was revoked: it would be refused (401)
 const CLOSE_RESTART = 1012; // node draining: come back at once (to another node)
 const CLOSE_TRY_AGAIN = 1013; // the node is busy (store slow, reconnect storm): 1 to 5 s later
 const CLOSE_ABNORMAL = 1006;
@@ -386,7 +387,7 @@ export class PushClient {
       this._handshakeFailed(conn.gen, code, reason, this._opts.probe);
       return;
     }
-    if (code === CLOSE_DISCONNECTED) {
+    if (code === CLOSE_DISCONNECTED || code === CLOSE_REVOKED) {
       this._halt();
       this._setState("closed", { code, reason });
       return;

@@ -185,6 +185,46 @@ export declare class PushClient {
   getMessageStatus(messageId: string, options?: CallOptions): Promise<RecipientStatus[]>;
   /** The live nodes of the fleet, ordered by node id. */
   listNodes(options?: CallOptions): Promise<NodeStatus[]>;
+  /** Delivered and acked receipts, from any node; for `userIds`, else this key's messages. */
+  streamReceipts(request?: StreamReceiptsRequest, options?: { metadata?: Record<string, string> }): ReceiptStream;
+  /** Revokes a token id until `expiresAt` (Date or unix seconds): its connections close with 4001. */
+  revokeToken(request: RevokeTokenRequest, options?: CallOptions): Promise<{ connectionsClosed: number }>;
+}
+
+export interface StreamReceiptsRequest {
+  /** Recipients to follow (0 to 1,000); none: the messages pushed with this API key. */
+  userIds?: string | Iterable<string>;
+  /** Resume after this cursor; "" or absent: from now on. */
+  cursor?: string;
+}
+
+export interface Receipt {
+  kind: "delivered" | "acked";
+  messageId: string;
+  userId: string;
+  seq: number;
+  recordedAt: Date;
+  /** The node that recorded it. */
+  nodeId: string;
+  /** Resumes right after this receipt. */
+  cursor: string;
+}
+
+export declare class ReceiptStream implements AsyncIterable<Receipt> {
+  /** Where to resume after the last receipt the iteration returned. */
+  readonly cursor: string;
+  /** Resolves with the start cursor once the node accepted the stream. */
+  started(): Promise<string>;
+  [Symbol.asyncIterator](): AsyncIterator<Receipt>;
+  cancel(): void;
+}
+
+export interface RevokeTokenRequest {
+  jti: string;
+  /** The token's own expiry: a Date, or unix seconds. */
+  expiresAt: Date | number;
+  /** Sent in the close frame ("token revoked: <reason>"), at most 100 bytes. */
+  reason?: string;
 }
 
 export declare class PushStreamSession {

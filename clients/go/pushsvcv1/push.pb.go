@@ -26,6 +26,57 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type ReceiptKind int32
+
+const (
+	ReceiptKind_RECEIPT_KIND_UNSPECIFIED ReceiptKind = 0
+	// The message was written to a live WebSocket of the recipient.
+	ReceiptKind_RECEIPT_KIND_DELIVERED ReceiptKind = 1
+	// The recipient acknowledged the message (an ack of its seq or a later one).
+	ReceiptKind_RECEIPT_KIND_ACKED ReceiptKind = 2
+)
+
+// Enum value maps for ReceiptKind.
+var (
+	ReceiptKind_name = map[int32]string{
+		0: "RECEIPT_KIND_UNSPECIFIED",
+		1: "RECEIPT_KIND_DELIVERED",
+		2: "RECEIPT_KIND_ACKED",
+	}
+	ReceiptKind_value = map[string]int32{
+		"RECEIPT_KIND_UNSPECIFIED": 0,
+		"RECEIPT_KIND_DELIVERED":   1,
+		"RECEIPT_KIND_ACKED":       2,
+	}
+)
+
+func (x ReceiptKind) Enum() *ReceiptKind {
+	p := new(ReceiptKind)
+	*p = x
+	return p
+}
+
+func (x ReceiptKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ReceiptKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_pushsvc_v1_push_proto_enumTypes[0].Descriptor()
+}
+
+func (ReceiptKind) Type() protoreflect.EnumType {
+	return &file_pushsvc_v1_push_proto_enumTypes[0]
+}
+
+func (x ReceiptKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ReceiptKind.Descriptor instead.
+func (ReceiptKind) EnumDescriptor() ([]byte, []int) {
+	return file_pushsvc_v1_push_proto_rawDescGZIP(), []int{0}
+}
+
 type PushRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Recipients: 1 to 1,000 user ids, each 1 to 256 characters.
@@ -1033,6 +1084,327 @@ func (x *NodeStatus) GetStartedAt() float64 {
 	return 0
 }
 
+type StreamReceiptsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Receipts of these recipients only: 0 to 1,000 user ids. Empty: receipts
+	// of the messages pushed with the API key of this call.
+	UserIds []string `protobuf:"bytes,1,rep,name=user_ids,json=userIds,proto3" json:"user_ids,omitempty"`
+	// Where to resume: a cursor from an earlier response or event of any
+	// stream (the filter may differ). Empty: from now on.
+	Cursor        string `protobuf:"bytes,2,opt,name=cursor,proto3" json:"cursor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamReceiptsRequest) Reset() {
+	*x = StreamReceiptsRequest{}
+	mi := &file_pushsvc_v1_push_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamReceiptsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamReceiptsRequest) ProtoMessage() {}
+
+func (x *StreamReceiptsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pushsvc_v1_push_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamReceiptsRequest.ProtoReflect.Descriptor instead.
+func (*StreamReceiptsRequest) Descriptor() ([]byte, []int) {
+	return file_pushsvc_v1_push_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *StreamReceiptsRequest) GetUserIds() []string {
+	if x != nil {
+		return x.UserIds
+	}
+	return nil
+}
+
+func (x *StreamReceiptsRequest) GetCursor() string {
+	if x != nil {
+		return x.Cursor
+	}
+	return ""
+}
+
+type StreamReceiptsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Events in the order they were recorded (per recording node). Empty in
+	// the first response and in keep-alive responses.
+	Events []*ReceiptEvent `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	// The position just after the last event of this response (or, with no
+	// events, the position of the stream now): resume from it.
+	Cursor        string `protobuf:"bytes,2,opt,name=cursor,proto3" json:"cursor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamReceiptsResponse) Reset() {
+	*x = StreamReceiptsResponse{}
+	mi := &file_pushsvc_v1_push_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamReceiptsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamReceiptsResponse) ProtoMessage() {}
+
+func (x *StreamReceiptsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pushsvc_v1_push_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamReceiptsResponse.ProtoReflect.Descriptor instead.
+func (*StreamReceiptsResponse) Descriptor() ([]byte, []int) {
+	return file_pushsvc_v1_push_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *StreamReceiptsResponse) GetEvents() []*ReceiptEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+func (x *StreamReceiptsResponse) GetCursor() string {
+	if x != nil {
+		return x.Cursor
+	}
+	return ""
+}
+
+type ReceiptEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Kind  ReceiptKind            `protobuf:"varint,1,opt,name=kind,proto3,enum=pushsvc.v1.ReceiptKind" json:"kind,omitempty"`
+	// The message id Push returned.
+	MessageId string `protobuf:"bytes,2,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	// The recipient.
+	UserId string `protobuf:"bytes,3,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// The recipient's seq of the message.
+	Seq uint64 `protobuf:"varint,4,opt,name=seq,proto3" json:"seq,omitempty"`
+	// When the node recorded the event, in seconds since the Unix epoch (UTC).
+	RecordedAt float64 `protobuf:"fixed64,5,opt,name=recorded_at,json=recordedAt,proto3" json:"recorded_at,omitempty"`
+	// The node that recorded the event.
+	NodeId string `protobuf:"bytes,6,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// The position just after this event: resume from it.
+	Cursor        string `protobuf:"bytes,7,opt,name=cursor,proto3" json:"cursor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReceiptEvent) Reset() {
+	*x = ReceiptEvent{}
+	mi := &file_pushsvc_v1_push_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReceiptEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReceiptEvent) ProtoMessage() {}
+
+func (x *ReceiptEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_pushsvc_v1_push_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReceiptEvent.ProtoReflect.Descriptor instead.
+func (*ReceiptEvent) Descriptor() ([]byte, []int) {
+	return file_pushsvc_v1_push_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ReceiptEvent) GetKind() ReceiptKind {
+	if x != nil {
+		return x.Kind
+	}
+	return ReceiptKind_RECEIPT_KIND_UNSPECIFIED
+}
+
+func (x *ReceiptEvent) GetMessageId() string {
+	if x != nil {
+		return x.MessageId
+	}
+	return ""
+}
+
+func (x *ReceiptEvent) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *ReceiptEvent) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *ReceiptEvent) GetRecordedAt() float64 {
+	if x != nil {
+		return x.RecordedAt
+	}
+	return 0
+}
+
+func (x *ReceiptEvent) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *ReceiptEvent) GetCursor() string {
+	if x != nil {
+		return x.Cursor
+	}
+	return ""
+}
+
+type RevokeTokenRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The token id: the JWT `jti` claim, or the `jti` an AuthService returned.
+	// 1 to 256 characters.
+	Jti string `protobuf:"bytes,1,opt,name=jti,proto3" json:"jti,omitempty"`
+	// Until when the revocation is kept, in seconds since the Unix epoch: the
+	// token's own expiry (its `exp`). In the future, at most a year ahead.
+	ExpiresAt int64 `protobuf:"varint,2,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// Why, sent in the close frame ("token revoked: <reason>"); at most 100 bytes.
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeTokenRequest) Reset() {
+	*x = RevokeTokenRequest{}
+	mi := &file_pushsvc_v1_push_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeTokenRequest) ProtoMessage() {}
+
+func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pushsvc_v1_push_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeTokenRequest.ProtoReflect.Descriptor instead.
+func (*RevokeTokenRequest) Descriptor() ([]byte, []int) {
+	return file_pushsvc_v1_push_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *RevokeTokenRequest) GetJti() string {
+	if x != nil {
+		return x.Jti
+	}
+	return ""
+}
+
+func (x *RevokeTokenRequest) GetExpiresAt() int64 {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return 0
+}
+
+func (x *RevokeTokenRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type RevokeTokenResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Connections closed (on the node that took the call, plus those reported
+	// by peers).
+	ConnectionsClosed uint32 `protobuf:"varint,1,opt,name=connections_closed,json=connectionsClosed,proto3" json:"connections_closed,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *RevokeTokenResponse) Reset() {
+	*x = RevokeTokenResponse{}
+	mi := &file_pushsvc_v1_push_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeTokenResponse) ProtoMessage() {}
+
+func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pushsvc_v1_push_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeTokenResponse.ProtoReflect.Descriptor instead.
+func (*RevokeTokenResponse) Descriptor() ([]byte, []int) {
+	return file_pushsvc_v1_push_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *RevokeTokenResponse) GetConnectionsClosed() uint32 {
+	if x != nil {
+		return x.ConnectionsClosed
+	}
+	return 0
+}
+
 var File_pushsvc_v1_push_proto protoreflect.FileDescriptor
 
 const file_pushsvc_v1_push_proto_rawDesc = "" +
@@ -1104,7 +1476,34 @@ const file_pushsvc_v1_push_proto_rawDesc = "" +
 	"\aws_addr\x18\x03 \x01(\tR\x06wsAddr\x12 \n" +
 	"\vconnections\x18\x04 \x01(\rR\vconnections\x12\x1d\n" +
 	"\n" +
-	"started_at\x18\x05 \x01(\x01R\tstartedAt2\xe1\x04\n" +
+	"started_at\x18\x05 \x01(\x01R\tstartedAt\"J\n" +
+	"\x15StreamReceiptsRequest\x12\x19\n" +
+	"\buser_ids\x18\x01 \x03(\tR\auserIds\x12\x16\n" +
+	"\x06cursor\x18\x02 \x01(\tR\x06cursor\"b\n" +
+	"\x16StreamReceiptsResponse\x120\n" +
+	"\x06events\x18\x01 \x03(\v2\x18.pushsvc.v1.ReceiptEventR\x06events\x12\x16\n" +
+	"\x06cursor\x18\x02 \x01(\tR\x06cursor\"\xd7\x01\n" +
+	"\fReceiptEvent\x12+\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x17.pushsvc.v1.ReceiptKindR\x04kind\x12\x1d\n" +
+	"\n" +
+	"message_id\x18\x02 \x01(\tR\tmessageId\x12\x17\n" +
+	"\auser_id\x18\x03 \x01(\tR\x06userId\x12\x10\n" +
+	"\x03seq\x18\x04 \x01(\x04R\x03seq\x12\x1f\n" +
+	"\vrecorded_at\x18\x05 \x01(\x01R\n" +
+	"recordedAt\x12\x17\n" +
+	"\anode_id\x18\x06 \x01(\tR\x06nodeId\x12\x16\n" +
+	"\x06cursor\x18\a \x01(\tR\x06cursor\"]\n" +
+	"\x12RevokeTokenRequest\x12\x10\n" +
+	"\x03jti\x18\x01 \x01(\tR\x03jti\x12\x1d\n" +
+	"\n" +
+	"expires_at\x18\x02 \x01(\x03R\texpiresAt\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"D\n" +
+	"\x13RevokeTokenResponse\x12-\n" +
+	"\x12connections_closed\x18\x01 \x01(\rR\x11connectionsClosed*_\n" +
+	"\vReceiptKind\x12\x1c\n" +
+	"\x18RECEIPT_KIND_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16RECEIPT_KIND_DELIVERED\x10\x01\x12\x16\n" +
+	"\x12RECEIPT_KIND_ACKED\x10\x022\x8c\x06\n" +
 	"\vPushService\x129\n" +
 	"\x04Push\x12\x17.pushsvc.v1.PushRequest\x1a\x18.pushsvc.v1.PushResponse\x12C\n" +
 	"\n" +
@@ -1115,7 +1514,9 @@ const file_pushsvc_v1_push_proto_rawDesc = "" +
 	"\n" +
 	"Disconnect\x12\x1d.pushsvc.v1.DisconnectRequest\x1a\x1e.pushsvc.v1.DisconnectResponse\x12]\n" +
 	"\x10GetMessageStatus\x12#.pushsvc.v1.GetMessageStatusRequest\x1a$.pushsvc.v1.GetMessageStatusResponse\x12H\n" +
-	"\tListNodes\x12\x1c.pushsvc.v1.ListNodesRequest\x1a\x1d.pushsvc.v1.ListNodesResponseBW\n" +
+	"\tListNodes\x12\x1c.pushsvc.v1.ListNodesRequest\x1a\x1d.pushsvc.v1.ListNodesResponse\x12Y\n" +
+	"\x0eStreamReceipts\x12!.pushsvc.v1.StreamReceiptsRequest\x1a\".pushsvc.v1.StreamReceiptsResponse0\x01\x12N\n" +
+	"\vRevokeToken\x12\x1e.pushsvc.v1.RevokeTokenRequest\x1a\x1f.pushsvc.v1.RevokeTokenResponseBW\n" +
 	"\rio.pushsvc.v1B\tPushProtoP\x01Z9github.com/pushsvc/pushsvc/clients/go/pushsvcv1;pushsvcv1b\x06proto3"
 
 var (
@@ -1130,55 +1531,68 @@ func file_pushsvc_v1_push_proto_rawDescGZIP() []byte {
 	return file_pushsvc_v1_push_proto_rawDescData
 }
 
-var file_pushsvc_v1_push_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_pushsvc_v1_push_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_pushsvc_v1_push_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_pushsvc_v1_push_proto_goTypes = []any{
-	(*PushRequest)(nil),              // 0: pushsvc.v1.PushRequest
-	(*PushResponse)(nil),             // 1: pushsvc.v1.PushResponse
-	(*PushBatchRequest)(nil),         // 2: pushsvc.v1.PushBatchRequest
-	(*PushBatchResponse)(nil),        // 3: pushsvc.v1.PushBatchResponse
-	(*Error)(nil),                    // 4: pushsvc.v1.Error
-	(*PublishRequest)(nil),           // 5: pushsvc.v1.PublishRequest
-	(*PublishResponse)(nil),          // 6: pushsvc.v1.PublishResponse
-	(*GetPresenceRequest)(nil),       // 7: pushsvc.v1.GetPresenceRequest
-	(*GetPresenceResponse)(nil),      // 8: pushsvc.v1.GetPresenceResponse
-	(*UserPresence)(nil),             // 9: pushsvc.v1.UserPresence
-	(*DisconnectRequest)(nil),        // 10: pushsvc.v1.DisconnectRequest
-	(*DisconnectResponse)(nil),       // 11: pushsvc.v1.DisconnectResponse
-	(*GetMessageStatusRequest)(nil),  // 12: pushsvc.v1.GetMessageStatusRequest
-	(*GetMessageStatusResponse)(nil), // 13: pushsvc.v1.GetMessageStatusResponse
-	(*RecipientStatus)(nil),          // 14: pushsvc.v1.RecipientStatus
-	(*ListNodesRequest)(nil),         // 15: pushsvc.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),        // 16: pushsvc.v1.ListNodesResponse
-	(*NodeStatus)(nil),               // 17: pushsvc.v1.NodeStatus
+	(ReceiptKind)(0),                 // 0: pushsvc.v1.ReceiptKind
+	(*PushRequest)(nil),              // 1: pushsvc.v1.PushRequest
+	(*PushResponse)(nil),             // 2: pushsvc.v1.PushResponse
+	(*PushBatchRequest)(nil),         // 3: pushsvc.v1.PushBatchRequest
+	(*PushBatchResponse)(nil),        // 4: pushsvc.v1.PushBatchResponse
+	(*Error)(nil),                    // 5: pushsvc.v1.Error
+	(*PublishRequest)(nil),           // 6: pushsvc.v1.PublishRequest
+	(*PublishResponse)(nil),          // 7: pushsvc.v1.PublishResponse
+	(*GetPresenceRequest)(nil),       // 8: pushsvc.v1.GetPresenceRequest
+	(*GetPresenceResponse)(nil),      // 9: pushsvc.v1.GetPresenceResponse
+	(*UserPresence)(nil),             // 10: pushsvc.v1.UserPresence
+	(*DisconnectRequest)(nil),        // 11: pushsvc.v1.DisconnectRequest
+	(*DisconnectResponse)(nil),       // 12: pushsvc.v1.DisconnectResponse
+	(*GetMessageStatusRequest)(nil),  // 13: pushsvc.v1.GetMessageStatusRequest
+	(*GetMessageStatusResponse)(nil), // 14: pushsvc.v1.GetMessageStatusResponse
+	(*RecipientStatus)(nil),          // 15: pushsvc.v1.RecipientStatus
+	(*ListNodesRequest)(nil),         // 16: pushsvc.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),        // 17: pushsvc.v1.ListNodesResponse
+	(*NodeStatus)(nil),               // 18: pushsvc.v1.NodeStatus
+	(*StreamReceiptsRequest)(nil),    // 19: pushsvc.v1.StreamReceiptsRequest
+	(*StreamReceiptsResponse)(nil),   // 20: pushsvc.v1.StreamReceiptsResponse
+	(*ReceiptEvent)(nil),             // 21: pushsvc.v1.ReceiptEvent
+	(*RevokeTokenRequest)(nil),       // 22: pushsvc.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),      // 23: pushsvc.v1.RevokeTokenResponse
 }
 var file_pushsvc_v1_push_proto_depIdxs = []int32{
-	4,  // 0: pushsvc.v1.PushResponse.error:type_name -> pushsvc.v1.Error
-	0,  // 1: pushsvc.v1.PushBatchRequest.pushes:type_name -> pushsvc.v1.PushRequest
-	1,  // 2: pushsvc.v1.PushBatchResponse.responses:type_name -> pushsvc.v1.PushResponse
-	9,  // 3: pushsvc.v1.GetPresenceResponse.presence:type_name -> pushsvc.v1.UserPresence
-	14, // 4: pushsvc.v1.GetMessageStatusResponse.recipients:type_name -> pushsvc.v1.RecipientStatus
-	17, // 5: pushsvc.v1.ListNodesResponse.nodes:type_name -> pushsvc.v1.NodeStatus
-	0,  // 6: pushsvc.v1.PushService.Push:input_type -> pushsvc.v1.PushRequest
-	0,  // 7: pushsvc.v1.PushService.PushStream:input_type -> pushsvc.v1.PushRequest
-	2,  // 8: pushsvc.v1.PushService.PushBatch:input_type -> pushsvc.v1.PushBatchRequest
-	5,  // 9: pushsvc.v1.PushService.Publish:input_type -> pushsvc.v1.PublishRequest
-	7,  // 10: pushsvc.v1.PushService.GetPresence:input_type -> pushsvc.v1.GetPresenceRequest
-	10, // 11: pushsvc.v1.PushService.Disconnect:input_type -> pushsvc.v1.DisconnectRequest
-	12, // 12: pushsvc.v1.PushService.GetMessageStatus:input_type -> pushsvc.v1.GetMessageStatusRequest
-	15, // 13: pushsvc.v1.PushService.ListNodes:input_type -> pushsvc.v1.ListNodesRequest
-	1,  // 14: pushsvc.v1.PushService.Push:output_type -> pushsvc.v1.PushResponse
-	1,  // 15: pushsvc.v1.PushService.PushStream:output_type -> pushsvc.v1.PushResponse
-	3,  // 16: pushsvc.v1.PushService.PushBatch:output_type -> pushsvc.v1.PushBatchResponse
-	6,  // 17: pushsvc.v1.PushService.Publish:output_type -> pushsvc.v1.PublishResponse
-	8,  // 18: pushsvc.v1.PushService.GetPresence:output_type -> pushsvc.v1.GetPresenceResponse
-	11, // 19: pushsvc.v1.PushService.Disconnect:output_type -> pushsvc.v1.DisconnectResponse
-	13, // 20: pushsvc.v1.PushService.GetMessageStatus:output_type -> pushsvc.v1.GetMessageStatusResponse
-	16, // 21: pushsvc.v1.PushService.ListNodes:output_type -> pushsvc.v1.ListNodesResponse
-	14, // [14:22] is the sub-list for method output_type
-	6,  // [6:14] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	5,  // 0: pushsvc.v1.PushResponse.error:type_name -> pushsvc.v1.Error
+	1,  // 1: pushsvc.v1.PushBatchRequest.pushes:type_name -> pushsvc.v1.PushRequest
+	2,  // 2: pushsvc.v1.PushBatchResponse.responses:type_name -> pushsvc.v1.PushResponse
+	10, // 3: pushsvc.v1.GetPresenceResponse.presence:type_name -> pushsvc.v1.UserPresence
+	15, // 4: pushsvc.v1.GetMessageStatusResponse.recipients:type_name -> pushsvc.v1.RecipientStatus
+	18, // 5: pushsvc.v1.ListNodesResponse.nodes:type_name -> pushsvc.v1.NodeStatus
+	21, // 6: pushsvc.v1.StreamReceiptsResponse.events:type_name -> pushsvc.v1.ReceiptEvent
+	0,  // 7: pushsvc.v1.ReceiptEvent.kind:type_name -> pushsvc.v1.ReceiptKind
+	1,  // 8: pushsvc.v1.PushService.Push:input_type -> pushsvc.v1.PushRequest
+	1,  // 9: pushsvc.v1.PushService.PushStream:input_type -> pushsvc.v1.PushRequest
+	3,  // 10: pushsvc.v1.PushService.PushBatch:input_type -> pushsvc.v1.PushBatchRequest
+	6,  // 11: pushsvc.v1.PushService.Publish:input_type -> pushsvc.v1.PublishRequest
+	8,  // 12: pushsvc.v1.PushService.GetPresence:input_type -> pushsvc.v1.GetPresenceRequest
+	11, // 13: pushsvc.v1.PushService.Disconnect:input_type -> pushsvc.v1.DisconnectRequest
+	13, // 14: pushsvc.v1.PushService.GetMessageStatus:input_type -> pushsvc.v1.GetMessageStatusRequest
+	16, // 15: pushsvc.v1.PushService.ListNodes:input_type -> pushsvc.v1.ListNodesRequest
+	19, // 16: pushsvc.v1.PushService.StreamReceipts:input_type -> pushsvc.v1.StreamReceiptsRequest
+	22, // 17: pushsvc.v1.PushService.RevokeToken:input_type -> pushsvc.v1.RevokeTokenRequest
+	2,  // 18: pushsvc.v1.PushService.Push:output_type -> pushsvc.v1.PushResponse
+	2,  // 19: pushsvc.v1.PushService.PushStream:output_type -> pushsvc.v1.PushResponse
+	4,  // 20: pushsvc.v1.PushService.PushBatch:output_type -> pushsvc.v1.PushBatchResponse
+	7,  // 21: pushsvc.v1.PushService.Publish:output_type -> pushsvc.v1.PublishResponse
+	9,  // 22: pushsvc.v1.PushService.GetPresence:output_type -> pushsvc.v1.GetPresenceResponse
+	12, // 23: pushsvc.v1.PushService.Disconnect:output_type -> pushsvc.v1.DisconnectResponse
+	14, // 24: pushsvc.v1.PushService.GetMessageStatus:output_type -> pushsvc.v1.GetMessageStatusResponse
+	17, // 25: pushsvc.v1.PushService.ListNodes:output_type -> pushsvc.v1.ListNodesResponse
+	20, // 26: pushsvc.v1.PushService.StreamReceipts:output_type -> pushsvc.v1.StreamReceiptsResponse
+	23, // 27: pushsvc.v1.PushService.RevokeToken:output_type -> pushsvc.v1.RevokeTokenResponse
+	18, // [18:28] is the sub-list for method output_type
+	8,  // [8:18] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_pushsvc_v1_push_proto_init() }
@@ -1192,13 +1606,14 @@ func file_pushsvc_v1_push_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pushsvc_v1_push_proto_rawDesc), len(file_pushsvc_v1_push_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   18,
+			NumEnums:      1,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_pushsvc_v1_push_proto_goTypes,
 		DependencyIndexes: file_pushsvc_v1_push_proto_depIdxs,
+		EnumInfos:         file_pushsvc_v1_push_proto_enumTypes,
 		MessageInfos:      file_pushsvc_v1_push_proto_msgTypes,
 	}.Build()
 	File_pushsvc_v1_push_proto = out.File

@@ -32,6 +32,8 @@ const (
 	PushService_Disconnect_FullMethodName       = "/pushsvc.v1.PushService/Disconnect"
 	PushService_GetMessageStatus_FullMethodName = "/pushsvc.v1.PushService/GetMessageStatus"
 	PushService_ListNodes_FullMethodName        = "/pushsvc.v1.PushService/ListNodes"
+	PushService_StreamReceipts_FullMethodName   = "/pushsvc.v1.PushService/StreamReceipts"
+	PushService_RevokeToken_FullMethodName      = "/pushsvc.v1.PushService/RevokeToken"
 )
 
 // PushServiceClient is the client API for PushService service.
@@ -72,6 +74,29 @@ type PushServiceClient interface {
 	// not expired), as `pushsvc nodes` shows them. With the embedded store, the
 	// one node answering.
 	ListNodes(ctx context.Context, in *ListNodesRequest, opts ...grpc.CallOption) (*ListNodesResponse, error)
+	// StreamReceipts streams an event per recipient when a stored message is
+	// written to a live socket (RECEIPT_KIND_DELIVERED) and when the recipient
+	// acknowledges it (RECEIPT_KIND_ACKED; an ack of seq N acks every stored
+	// message of the user up to N, one event per message). Events recorded on
+	// any node of the fleet reach a stream on any node. Each (kind, message,
+	// recipient) is reported once.
+	//
+	// The first response carries no events, only the cursor the stream starts
+	// at; later responses carry events, each with the cursor just after it, and
+	// an empty response with the current cursor follows every 15 s of silence.
+	// After a disconnect, pass the last cursor you processed to resume: the
+	// stream then delivers every event recorded after it, none twice. Events
+	// are kept for the node's receipt retention (PUSHSVC_RECEIPT_RETENTION, 1 h
+	// by default): an older cursor fails with FAILED_PRECONDITION. A consumer
+	// that reads too slowly is cut off with RESOURCE_EXHAUSTED, whose message
+	// names the cursor to resume from. Order is kept per node that recorded the
+	// events, not across nodes.
+	StreamReceipts(ctx context.Context, in *StreamReceiptsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[StreamReceiptsResponse], error)
+	// RevokeToken adds a token id (`jti`) to the fleet's revocation list until
+	// `expires_at`: every connection authenticated with it is closed at once
+	// (WebSocket close code 4001, "token revoked"), on every node, and new
+	// connections presenting it are refused with HTTP 401.
+	RevokeToken(ctx context.Context, in *RevokeTokenRequest, opts ...grpc.CallOption) (*RevokeTokenResponse, error)
 }
 
 type pushServiceClient struct {
@@ -165,6 +190,35 @@ func (c *pushServiceClient) ListNodes(ctx context.Context, in *ListNodesRequest,
 	return out, nil
 }
 
+func (c *pushServiceClient) StreamReceipts(ctx context.Context, in *StreamReceiptsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[StreamReceiptsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &PushService_ServiceDesc.Streams[1], PushService_StreamReceipts_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[StreamReceiptsRequest, StreamReceiptsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type PushService_StreamReceiptsClient = grpc.ServerStreamingClient[StreamReceiptsResponse]
+
+func (c *pushServiceClient) RevokeToken(ctx context.Context, in *RevokeTokenRequest, opts ...grpc.CallOption) (*RevokeTokenResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeTokenResponse)
+	err := c.cc.Invoke(ctx, PushService_RevokeToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PushServiceServer is the server API for PushService service.
 // All implementations must embed UnimplementedPushServiceServer
 // for forward compatibility.
@@ -203,6 +257,29 @@ type PushServiceServer interface {
 	// not expired), as `pushsvc nodes` shows them. With the embedded store, the
 	// one node answering.
 	ListNodes(context.Context, *ListNodesRequest) (*ListNodesResponse, error)
+	// StreamReceipts streams an event per recipient when a stored message is
+	// written to a live socket (RECEIPT_KIND_DELIVERED) and when the recipient
+	// acknowledges it (RECEIPT_KIND_ACKED; an ack of seq N acks every stored
+	// message of the user up to N, one event per message). Events recorded on
+	// any node of the fleet reach a stream on any node. Each (kind, message,
+	// recipient) is reported once.
+	//
+	// The first response carries no events, only the cursor the stream starts
+	// at; later responses carry events, each with the cursor just after it, and
+	// an empty response with the current cursor follows every 15 s of silence.
+	// After a disconnect, pass the last cursor you processed to resume: the
+	// stream then delivers every event recorded after it, none twice. Events
+	// are kept for the node's receipt retention (PUSHSVC_RECEIPT_RETENTION, 1 h
+	// by default): an older cursor fails with FAILED_PRECONDITION. A consumer
+	// that reads too slowly is cut off with RESOURCE_EXHAUSTED, whose message
+	// names the cursor to resume from. Order is kept per node that recorded the
+	// events, not across nodes.
+	StreamReceipts(*StreamReceiptsRequest, grpc.ServerStreamingServer[StreamReceiptsResponse]) error
+	// RevokeToken adds a token id (`jti`) to the fleet's revocation list until
+	// `expires_at`: every connection authenticated with it is closed at once
+	// (WebSocket close code 4001, "token revoked"), on every node, and new
+	// connections presenting it are refused with HTTP 401.
+	RevokeToken(context.Context, *RevokeTokenRequest) (*RevokeTokenResponse, error)
 	mustEmbedUnimplementedPushServiceServer()
 }
 
@@ -236,6 +313,12 @@ func (UnimplementedPushServiceServer) GetMessageStatus(context.Context, *GetMess
 }
 func (UnimplementedPushServiceServer) ListNodes(context.Context, *ListNodesRequest) (*ListNodesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListNodes not implemented")
+}
+func (UnimplementedPushServiceServer) StreamReceipts(*StreamReceiptsRequest, grpc.ServerStreamingServer[StreamReceiptsResponse]) error {
+	return status.Error(codes.Unimplemented, "method StreamReceipts not implemented")
+}
+func (UnimplementedPushServiceServer) RevokeToken(context.Context, *RevokeTokenRequest) (*RevokeTokenResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeToken not implemented")
 }
 func (UnimplementedPushServiceServer) mustEmbedUnimplementedPushServiceServer() {}
 func (UnimplementedPushServiceServer) testEmbeddedByValue()                     {}
@@ -391,6 +474,35 @@ func _PushService_ListNodes_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PushService_StreamReceipts_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(StreamReceiptsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(PushServiceServer).StreamReceipts(m, &grpc.GenericServerStream[StreamReceiptsRequest, StreamReceiptsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type PushService_StreamReceiptsServer = grpc.ServerStreamingServer[StreamReceiptsResponse]
+
+func _PushService_RevokeToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PushServiceServer).RevokeToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PushService_RevokeToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PushServiceServer).RevokeToken(ctx, req.(*RevokeTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // PushService_ServiceDesc is the grpc.ServiceDesc for PushService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -426,6 +538,10 @@ var PushService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "ListNodes",
 			Handler:    _PushService_ListNodes_Handler,
 		},
+		{
+			MethodName: "RevokeToken",
+			Handler:    _PushService_RevokeToken_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -433,6 +549,11 @@ var PushService_ServiceDesc = grpc.ServiceDesc{
 			Handler:       _PushService_PushStream_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
+		},
+		{
+			StreamName:    "StreamReceipts",
+			Handler:       _PushService_StreamReceipts_Handler,
+			ServerStreams: true,
 		},
 	},
 	Metadata: "pushsvc/v1/push.proto",

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Generate the Go stubs of protos/pushsvc/v1/push.proto into pushsvcv1/ (or into
+# Generate the Go stubs of protos/pushsvc/v1/push.proto (the PushService
+# clients call) and auth.proto (the AuthService a hook implements) into pushsvcv1/ (or into
 # OUT/pushsvcv1/ with `genproto.sh OUT`, which the staleness check uses).
 # Run through `go generate ./...` in clients/go after changing the proto; the
 # output is committed, since `go get` runs no generators.
@@ -30,4 +31,4 @@ rm -f "$out"/pushsvcv1/*.pb.go
 protoc -I "$root/protos" \
   --go_out="$out" --go_opt=module=github.com/pushsvc/pushsvc/clients/go \
   --go-grpc_out="$out" --go-grpc_opt=module=github.com/pushsvc/pushsvc/clients/go \
-  pushsvc/v1/push.proto
+  pushsvc/v1/push.proto pushsvc/v1/auth.proto

@@ -328,6 +328,30 @@ export class PushClient {
     }));
   }
 
+  /**
+   * Opens a StreamReceipts call: delivered and acked receipts recorded on any
+   * node of the fleet, for `userIds`, or (none given) for the messages pushed
+   * with this client's API key; after `cursor` (a `ReceiptStream.cursor` of an
+   * earlier stream), else from now on. Iterate it with `for await`. No
+   * deadline, no retries: after an error, open a new stream from its `cursor`.
+   */
+  streamReceipts({ userIds, cursor } = {}, options = {}) {
+    const request = { userIds: userList(userIds), cursor: cursor ?? "" };
+    const call = this._stub.StreamReceipts(request, this._metadata(options.metadata), this._callOptions(null));
+    return new ReceiptStream(call);
+  }
+
+  /**
+   * Revokes a token id (JWT `jti`, or the jti an AuthService returned) until
+   * `expiresAt` (a Date, or unix seconds: the token's own expiry): its
+   * connections close with 4001 on every node and it is refused at connect.
+   */
+  async revokeToken({ jti, expiresAt, reason } = {}, options) {
+    const seconds = expiresAt instanceof Date ? Math.floor(expiresAt.getTime() / 1000) : Math.floor(expiresAt ?? 0);
+    const resp = await this._unary("RevokeToken", { jti: jti ?? "", expiresAt: seconds, reason: reason ?? "" }, options);
+    return { connectionsClosed: resp.connectionsClosed };
+  }
+
   // -- machinery -----------------------------------------------------------------
 
   _callOptions(timeoutMs) {
@@ -466,3 +490,114 @@ export class PushStreamSession {
   }
 }
 
+
+const RECEIPT_KINDS = { RECEIPT_KIND_DELIVERED: "delivered", RECEIPT_KIND_ACKED: "acked" };
+const RECEIPT_BUFFER = 1000; // receipts read ahead of the consumer before the call is paused
+
+/**
+ * An open StreamReceipts call (see PushClient.streamReceipts). `cursor` is where
+ * to resume after the last receipt the iteration returned (before any, where the
+ * stream started). The iteration throws a PushsvcError when the stream ends with
+ * one (RESOURCE_EXHAUSTED: the consumer fell too far behind; UNAVAILABLE: the
+ * node drains) and stops after `cancel()`.
+ */
+export class ReceiptStream {
+  constructor(call) {
+    this._call = call;
+    this.cursor = "";
+    this._items = []; // receipts, and cursor moves of keep-alives, not consumed yet
+    this._wake = null;
+    this._done = false;
+    this._error = null;
+    this._cancelled = false;
+    this._paused = false;
+    this._started = new Promise((resolve, reject) => {
+      this._resolveStart = resolve;
+      this._rejectStart = reject;
+    });
+    this._started.catch(() => {});
+    let first = true;
+    call.on("data", (resp) => {
+      if (first) {
+        first = false;
+        this.cursor = resp.cursor;
+        this._resolveStart(resp.cursor);
+      } else if (resp.events.length === 0) {
+        this._items.push({ cursorOnly: resp.cursor });
+      }
+      for (const e of resp.events) this._items.push(receipt(e));
+      if (this._items.length >= RECEIPT_BUFFER && !this._paused) {
+        this._paused = true;
+        call.pause();
+      }
+      this._notify();
+    });
+    call.on("error", (err) => {
+      if (!this._cancelled) this._error = toPushsvcError(err);
+      this._rejectStart(this._error ?? toPushsvcError(err));
+      this._finish();
+    });
+    call.on("end", () => this._finish());
+  }
+
+  _finish() {
+    this._done = true;
+    this._rejectStart(this._error ?? errorFromStatus(Status.CANCELLED, "the receipt stream ended"));
+    this._notify();
+  }
+
+  _notify() {
+    const wake = this._wake;
+    this._wake = null;
+    wake?.();
+  }
+
+  /** Resolves with the start cursor once the node accepted the stream; rejects with its error. */
+  started() {
+    return this._started;
+  }
+
+  async *[Symbol.asyncIterator]() {
+    while (true) {
+      if (this._items.length > 0) {
+        const item = this._items.shift();
+        if (this._paused && this._items.length < RECEIPT_BUFFER / 2) {
+          this._paused = false;
+          this._call.resume();
+        }
+        if (item.cursorOnly !== undefined) {
+          this.cursor = item.cursorOnly;
+          continue;
+        }
+        this.cursor = item.cursor;
+        yield item;
+        continue;
+      }
+      if (this._done) {
+        if (this._error) throw this._error;
+        return;
+      }
+      await new Promise((resolve) => {
+        this._wake = resolve;
+      });
+    }
+  }
+
+  /** Ends the stream; the iteration stops. */
+  cancel() {
+    this._cancelled = true;
+    this._call.cancel();
+  }
+}
+
+function receipt(e) {
+  return {
+    kind: RECEIPT_KINDS[e.kind] ?? e.kind,
+    messageId: e.messageId,
+    userId: e.userId,
+    seq: Number(e.seq),
+    recordedAt: new Date(e.recordedAt * 1000),
+    nodeId: e.nodeId,
+    cursor: e.cursor,
+  };
+}

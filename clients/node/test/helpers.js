@@ -33,9 +33,10 @@ export function uniqueUser(prefix = "node") {
 const b64url = (value) => Buffer.from(typeof value === "string" ? value : JSON.stringify(value)).toString("base64url");
 
 /** An HS256 JWT for `sub`, as the node accepts (sub, exp, optional topics). */
-export function mintToken(secret, sub, { ttlSeconds = 3600, topics } = {}) {
+export function mintToken(secret, sub, { ttlSeconds = 3600, topics, jti } = {}) {
   const claims = { sub, exp: Math.floor(Date.now() / 1000) + ttlSeconds };
   if (topics) claims.topics = topics;
+  if (jti) claims.jti = jti;
   const signingInput = `${b64url({ alg: "HS256", typ: "JWT" })}.${b64url(claims)}`;
   const signature = createHmac("sha256", secret).update(signingInput).digest("base64url");
   return `${signingInput}.${signature}`;
@@ -48,9 +49,10 @@ export class WsClient {
     await new Promise((resolve, reject) => {
       client.ws.once("open", resolve);
       client.ws.once("error", reject);
-      client.ws.once("unexpected-response", (_req, res) =>
-        reject(new Error(`WebSocket upgrade refused: HTTP ${res.statusCode}`)),
-      );
+      client.ws.once("unexpected-response", (req, res) => {
+        req.destroy(); // ws leaves a refused request open once this event is handled
+        reject(new Error(`WebSocket upgrade refused: HTTP ${res.statusCode}`));
+      });
     });
     client.welcome = await client.next((f) => f.type === "welcome", timeoutMs);
     return client;

@@ -40,7 +40,7 @@ describe("Push", () => {
     const user = uniqueUser();
     const ws = await connect(user);
     const result = await client.push({ userIds: [user], payload: { hello: "node", n: 1 } });
-    assert.match(result.messageId, /^[0-9a-z]{26}$/);
+    assert.match(result.messageId, /^[0-9a-f]{26}([0-9a-f]{12})?$/);
     assert.deepEqual(result.seqs, [1]);
     assert.equal(result.duplicate, false);
     assert.equal(result.error, null);
@@ -214,6 +214,73 @@ describe("Disconnect, GetMessageStatus, ListNodes", () => {
     const nodes = await client.listNodes();
     assert.ok(nodes.some((n) => n.grpcAddr === node.grpcAddr));
     assert.ok(nodes.every((n) => n.startedAt > 1.6e9 && n.nodeId));
+  });
+});
+
+describe("StreamReceipts", () => {
+  async function take(iterator, n) {
+    const out = [];
+    while (out.length < n) {
+      const { value, done } = await iterator.next();
+      assert.equal(done, false, "the receipt stream ended early");
+      out.push(value);
+    }
+    return out;
+  }
+
+  test("delivered and acked receipts arrive, and a stream resumes from its cursor", T, async () => {
+    const user = uniqueUser();
+    const ws = await connect(user);
+    const stream = client.streamReceipts(); // this API key's messages, from now
+    const start = await stream.started();
+    assert.match(start, /^r1\./);
+    const first = await client.push({ userIds: [user], payload: { n: 1 } });
+    const frame = await ws.message(first.messageId);
+    ws.send({ type: "ack", seq: frame.seq });
+    const iterator = stream[Symbol.asyncIterator]();
+    const got = await take(iterator, 2);
+    assert.deepEqual(
+      got.map((r) => [r.kind, r.messageId, r.userId, r.seq]),
+      [
+        ["delivered", first.messageId, user, 1],
+        ["acked", first.messageId, user, 1],
+      ],
+    );
+    assert.ok(got[0].nodeId && got[0].recordedAt instanceof Date);
+    assert.equal(stream.cursor, got[1].cursor);
+    const cursor = stream.cursor;
+    stream.cancel();
+    assert.equal((await iterator.next()).done, true);
+
+    const second = await client.push({ userIds: [user], payload: { n: 2 } });
+    const frame2 = await ws.message(second.messageId);
+    ws.send({ type: "ack", seq: frame2.seq });
+    const resumed = client.streamReceipts({ userIds: [user], cursor });
+    try {
+      const again = await take(resumed[Symbol.asyncIterator](), 2);
+      assert.deepEqual(
+        again.map((r) => [r.kind, r.messageId, r.seq]),
+        [
+          ["delivered", second.messageId, 2],
+          ["acked", second.messageId, 2],
+        ],
+      );
+    } finally {
+      resumed.cancel();
+    }
+    await assert.rejects(client.streamReceipts({ cursor: "nope" }).started(), InvalidArgumentError);
+  });
+
+  test("revokeToken closes the token's connections with 4001", T, async () => {
+    const user = uniqueUser();
+    const jti = `jti-${user}`;
+    const ws = await WsClient.connect(node.wsUrl, mintToken(node.jwtSecret, user, { jti }));
+    sockets.push(ws);
+    const { connectionsClosed } = await client.revokeToken({ jti, expiresAt: new Date(Date.now() + 3600_000), reason: "bye" });
+    assert.equal(connectionsClosed, 1);
+    assert.deepEqual(await ws.closed, { code: 4001, reason: "token revoked: bye" });
+    await assert.rejects(WsClient.connect(node.wsUrl, mintToken(node.jwtSecret, user, { jti })), /HTTP 401/);
+    await assert.rejects(client.revokeToken({ jti, expiresAt: 1 }), InvalidArgumentError);
   });
 });
 

@@ -24,7 +24,7 @@ test("README example", { timeout: 20_000 }, async () => {
       env: { ...process.env, PUSHSVC_GRPC_ADDR: node.grpcAddr, PUSHSVC_API_KEY: node.apiKey },
       timeout: 15_000,
     });
-    assert.match(stdout, /^stored [0-9a-z]{26} as alice's seq \d+\nalice online: (true|false) \(\d+ connections\)\n$/);
+    assert.match(stdout, /^stored [0-9a-f]{26}(?:[0-9a-f]{12})? as alice's seq \d+\nalice online: (true|false) \(\d+ connections\)\n$/);
   } finally {
     rmSync(file, { force: true });
   }

@@ -6,7 +6,8 @@
         resp = push.push("alice", {"hello": "world"})
 
 The generated messages and stubs are in ``pushsvc_client.v1`` (``push_pb2``,
-``push_pb2_grpc``, and the node-to-node ``node_pb2``, ``node_pb2_grpc``).
+``push_pb2_grpc``, the ``auth_pb2`` and ``auth_pb2_grpc`` of an authentication hook,
+and the node-to-node ``node_pb2``, ``node_pb2_grpc``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pushsvc_client.client import (
     PermissionDeniedError,
     PushClient,
     PushClientError,
+    ReceiptStream,
     ResourceExhaustedError,
     UnauthenticatedError,
     UnavailableError,
@@ -54,6 +56,7 @@ __all__ = [
     "PermissionDeniedError",
     "PushClient",
     "PushClientError",
+    "ReceiptStream",
     "ResourceExhaustedError",
     "UnauthenticatedError",
     "UnavailableError",

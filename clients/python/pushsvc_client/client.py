@@ -20,6 +20,7 @@ import os
 import random
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
@@ -43,6 +44,7 @@ __all__ = [
     "PermissionDeniedError",
     "PushClient",
     "PushClientError",
+    "ReceiptStream",
     "ResourceExhaustedError",
     "UnauthenticatedError",
     "UnavailableError",
@@ -172,6 +174,65 @@ def _read_ca(path: str | os.PathLike[str]) -> bytes:
             return fh.read()
     except OSError as exc:
         raise ValueError(f"cannot read the TLS CA file {path}: {exc.strerror}") from None
+
+
+class ReceiptStream:
+    """An open ``StreamReceipts`` call: iterate it for ``push_pb2.ReceiptEvent`` values.
+
+    ``cursor`` is where to resume after the last event returned (or, before any
+    event, where the stream started; keep-alive responses move it too): pass it to
+    ``PushClient.stream_receipts(cursor=...)`` after a disconnect to get every
+    event since, none twice. Iteration raises a ``PushClientError`` when the stream
+    ends with an error (``ResourceExhaustedError`` for a consumer that fell too far
+    behind, ``UnavailableError`` when the node drains: resume from ``cursor``), and
+    stops after ``cancel()``.
+    """
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+        self._pending: deque[push_pb2.ReceiptEvent] = deque()
+        self._cancelled = False
+        self.cursor = ""
+
+    def __iter__(self) -> ReceiptStream:
+        return self
+
+    def __next__(self) -> push_pb2.ReceiptEvent:
+        while not self._pending:
+            try:
+                response = next(self._call)
+            except grpc.RpcError as exc:
+                if self._cancelled:
+                    raise StopIteration from None
+                raise _error(exc) from None
+            self._pending.extend(response.events)
+            if not response.events:
+                self.cursor = response.cursor
+        event = self._pending.popleft()
+        self.cursor = event.cursor
+        return event
+
+    def wait_started(self) -> str:
+        """Block until the node answered (its first response); returns the cursor."""
+        if not self.cursor and not self._pending:
+            try:
+                response = next(self._call)
+            except grpc.RpcError as exc:
+                raise _error(exc) from None
+            self._pending.extend(response.events)
+            self.cursor = response.cursor
+        return self.cursor
+
+    def cancel(self) -> None:
+        """End the stream; iteration stops."""
+        self._cancelled = True
+        self._call.cancel()
+
+    def __enter__(self) -> ReceiptStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.cancel()
 
 
 def _user_list(user_ids: str | Iterable[str]) -> list[str]:
@@ -361,6 +422,27 @@ class PushClient:
     def list_nodes(self) -> push_pb2.ListNodesResponse:
         """The live nodes of the fleet."""
         return self._call(self._stub.ListNodes, push_pb2.ListNodesRequest())
+
+    def stream_receipts(
+        self, user_ids: str | Iterable[str] = (), *, cursor: str = ""
+    ) -> ReceiptStream:
+        """Delivered and acked events, from any node of the fleet, as they happen.
+
+        ``user_ids``: the recipients to follow; none = the messages pushed with this
+        client's API key. ``cursor``: resume after it (``ReceiptStream.cursor`` of an
+        earlier stream); empty = from now on. The stream has no deadline and is not
+        retried: on an error, call again with its ``cursor``.
+        """
+        request = push_pb2.StreamReceiptsRequest(user_ids=_user_list(user_ids), cursor=cursor)
+        return ReceiptStream(self._stub.StreamReceipts(request, metadata=self._metadata))
+
+    def revoke_token(
+        self, jti: str, expires_at: float, reason: str = ""
+    ) -> push_pb2.RevokeTokenResponse:
+        """Revoke a token id until ``expires_at`` (unix seconds, the token's ``exp``):
+        its connections close with 4001 on every node, and it is refused at connect."""
+        request = push_pb2.RevokeTokenRequest(jti=jti, expires_at=int(expires_at), reason=reason)
+        return self._call(self._stub.RevokeToken, request)
 
     def health(self, service: str = "") -> str:
         """grpc.health.v1 status name of ``service`` ("" = the whole server): "SERVING"...

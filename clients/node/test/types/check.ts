@@ -39,6 +39,15 @@ async function main(): Promise<void> {
   const status = await client.getMessageStatus(id);
   const acked: boolean = status[0]!.acked;
   const nodes = await client.listNodes();
+  const receipts = client.streamReceipts({ userIds: ["a"], cursor: "" });
+  const startCursor: string = await receipts.started();
+  for await (const rc of receipts) {
+    const kind: "delivered" | "acked" = rc.kind;
+    console.log(kind, rc.messageId, rc.seq, rc.recordedAt.getTime(), rc.cursor, receipts.cursor);
+    receipts.cancel();
+  }
+  const revoked = await client.revokeToken({ jti: "j", expiresAt: new Date(), reason: "r" });
+  console.log(startCursor, revoked.connectionsClosed);
   const addr: string = nodes[0]!.grpcAddr;
 
   async function* gen(): AsyncGenerator<PushRequest> {

@@ -26,6 +26,9 @@ import io.pushsvc.v1.PublishResponse;
 import io.pushsvc.v1.PushRequest;
 import io.pushsvc.v1.PushResponse;
 import io.pushsvc.v1.PushServiceGrpc;
+import io.pushsvc.v1.RevokeTokenRequest;
+import io.pushsvc.v1.RevokeTokenResponse;
+import io.pushsvc.v1.StreamReceiptsRequest;
 import java.io.ByteArrayInputStream;
 import java.io.IOException;
 import java.nio.charset.StandardCharsets;
@@ -267,6 +270,39 @@ public final class PushClient implements AutoCloseable {
   /** The live nodes of the fleet. */
   public ListNodesResponse listNodes() {
     return call(() -> stub().listNodes(ListNodesRequest.getDefaultInstance()));
+  }
+
+  /**
+   * Opens a StreamReceipts call: delivered and acked receipts of {@code userIds}' messages (empty:
+   * of the messages pushed with this client's API key), recorded on any node, after {@code cursor}
+   * ({@link ReceiptStream#cursor()} of an earlier stream; empty: from now on). Returns once the
+   * node accepted the stream, so a bad cursor throws here. The stream has no deadline and is not
+   * retried: close it when done.
+   */
+  public ReceiptStream streamReceipts(Collection<String> userIds, String cursor) {
+    StreamReceiptsRequest request =
+        StreamReceiptsRequest.newBuilder().addAllUserIds(userIds).setCursor(cursor).build();
+    return new ReceiptStream(blocking, request);
+  }
+
+  /** {@link #streamReceipts(Collection, String)} of this API key's own messages. */
+  public ReceiptStream streamReceipts(String cursor) {
+    return streamReceipts(List.of(), cursor);
+  }
+
+  /**
+   * Revokes a token id (the JWT {@code jti}, or the one an AuthService returned) until {@code
+   * expiresAtEpochSeconds} (the token's own expiry): its connections close with WebSocket code
+   * 4001 on every node, and it is refused at connect.
+   */
+  public RevokeTokenResponse revokeToken(String jti, long expiresAtEpochSeconds, String reason) {
+    RevokeTokenRequest request =
+        RevokeTokenRequest.newBuilder()
+            .setJti(jti)
+            .setExpiresAt(expiresAtEpochSeconds)
+            .setReason(reason)
+            .build();
+    return call(() -> stub().revokeToken(request));
   }
 
   /** Closes the channel, waiting up to 5 seconds for calls in flight. */

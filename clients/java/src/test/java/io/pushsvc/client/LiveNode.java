@@ -65,9 +65,15 @@ final class LiveNode {
 
   /** An HS256 JWT for {@code user}, minted by hand; {@code topicsJson} is a JSON array or null. */
   String token(String user, String topicsJson) {
+    return token(user, topicsJson, null);
+  }
+
+  /** An HS256 JWT for {@code user} with a {@code jti} claim (when not null). */
+  String token(String user, String topicsJson, String jti) {
     long exp = System.currentTimeMillis() / 1000 + 600;
     String claims = "{\"sub\":\"" + user + "\",\"exp\":" + exp
-        + (topicsJson == null ? "" : ",\"topics\":" + topicsJson) + "}";
+        + (topicsJson == null ? "" : ",\"topics\":" + topicsJson)
+        + (jti == null ? "" : ",\"jti\":\"" + jti + "\"") + "}";
     Base64.Encoder b64 = Base64.getUrlEncoder().withoutPadding();
     String signingInput = b64.encodeToString("{\"alg\":\"HS256\",\"typ\":\"JWT\"}"
         .getBytes(StandardCharsets.UTF_8)) + "." + b64.encodeToString(
@@ -89,9 +95,14 @@ final class LiveNode {
 
   /** Connects {@code user} with more query parameters ({@code "&since=0"}), waits for welcome. */
   Ws connect(String user, String topicsJson, String moreQuery) throws Exception {
+    return connectWithToken(token(user, topicsJson), moreQuery);
+  }
+
+  /** Connects with {@code token} and more query parameters, waits for the welcome. */
+  Ws connectWithToken(String token, String moreQuery) throws Exception {
     Ws ws = new Ws();
     URI uri = URI.create(wsUrl + "?token="
-        + URLEncoder.encode(token(user, topicsJson), StandardCharsets.UTF_8) + moreQuery);
+        + URLEncoder.encode(token, StandardCharsets.UTF_8) + moreQuery);
     ws.socket = HttpClient.newHttpClient().newWebSocketBuilder()
         .buildAsync(uri, ws).get(10, TimeUnit.SECONDS);
     ws.await(f -> "welcome".equals(Ws.str(f, "type")));

@@ -13,6 +13,8 @@ import io.pushsvc.v1.ListNodesResponse;
 import io.pushsvc.v1.PublishResponse;
 import io.pushsvc.v1.PushRequest;
 import io.pushsvc.v1.PushResponse;
+import io.pushsvc.v1.ReceiptEvent;
+import io.pushsvc.v1.ReceiptKind;
 import io.pushsvc.v1.RecipientStatus;
 import io.pushsvc.v1.UserPresence;
 import java.net.ServerSocket;
@@ -174,6 +176,57 @@ class PushClientTest {
       assertTrue(status.getDelivered(), status.toString());
       assertTrue(status.getAcked(), status.toString());
     }
+  }
+
+  @Test
+  void streamReceiptsDeliversEventsAndResumesFromItsCursor() throws Exception {
+    String gina = user();
+    try (LiveNode.Ws ws = node.connect(gina, null)) {
+      String cursor;
+      try (ReceiptStream stream = client.streamReceipts("")) { // this API key's messages
+        assertTrue(stream.cursor().startsWith("r1."), stream.cursor());
+        PushResponse first = client.push(List.of(gina), "{\"n\": 1}");
+        ws.nextMessage();
+        ws.send("{\"type\":\"ack\",\"seq\":1}");
+        ReceiptEvent delivered = stream.next();
+        ReceiptEvent acked = stream.next();
+        assertEquals(ReceiptKind.RECEIPT_KIND_DELIVERED, delivered.getKind(), delivered.toString());
+        assertEquals(ReceiptKind.RECEIPT_KIND_ACKED, acked.getKind(), acked.toString());
+        for (ReceiptEvent e : List.of(delivered, acked)) {
+          assertEquals(first.getMessageId(), e.getMessageId());
+          assertEquals(gina, e.getUserId());
+          assertEquals(1, e.getSeq());
+          assertFalse(e.getNodeId().isEmpty());
+        }
+        assertEquals(acked.getCursor(), stream.cursor());
+        cursor = stream.cursor();
+      }
+      PushResponse second = client.push(List.of(gina), "{\"n\": 2}");
+      ws.nextMessage();
+      ws.send("{\"type\":\"ack\",\"seq\":2}");
+      try (ReceiptStream resumed = client.streamReceipts(List.of(gina), cursor)) {
+        ReceiptEvent a = resumed.next();
+        ReceiptEvent b = resumed.next();
+        assertEquals(second.getMessageId(), a.getMessageId());
+        assertEquals(ReceiptKind.RECEIPT_KIND_DELIVERED, a.getKind());
+        assertEquals(second.getMessageId(), b.getMessageId());
+        assertEquals(ReceiptKind.RECEIPT_KIND_ACKED, b.getKind());
+      }
+    }
+    assertThrows(InvalidArgumentException.class, () -> client.streamReceipts("nope"));
+  }
+
+  @Test
+  void revokeTokenClosesItsConnectionsWith4001() throws Exception {
+    String hal = user();
+    String jti = "jti-" + hal;
+    long expiresAt = System.currentTimeMillis() / 1000 + 3600;
+    try (LiveNode.Ws ws = node.connectWithToken(node.token(hal, null, jti), "")) {
+      assertEquals(1, client.revokeToken(jti, expiresAt, "bye").getConnectionsClosed());
+      assertEquals("4001 token revoked: bye", ws.closed.get(10, TimeUnit.SECONDS));
+    }
+    assertThrows(Exception.class, () -> node.connectWithToken(node.token(hal, null, jti), ""));
+    assertThrows(InvalidArgumentException.class, () -> client.revokeToken(jti, 1, ""));
   }
 
   @Test
