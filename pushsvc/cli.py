@@ -780,7 +780,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             result: int = args.func(args)
             return result
         except ConfigError as exc:
-            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            # Imported here: serve imports logging only once gevent has patched threading.
+            from pushsvc.logsetup import journal_prefix
+
+            # Under systemd (serve), journald stores the line at priority 3 (err).
+            print(f"{journal_prefix()}{PROG}: error: {exc}", file=sys.stderr)
             return 2
     except KeyboardInterrupt:
         return 130

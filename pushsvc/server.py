@@ -38,7 +38,7 @@ from pushsvc.errors import ConfigError, StoreUnavailable
 from pushsvc.fleet import Fleet, LocalFleet
 from pushsvc.health import StoreHealth, within
 from pushsvc.hub import Hub
-from pushsvc.logsetup import configure_logging, route_gevent_errors
+from pushsvc.logsetup import configure_logging, journal_prefix, route_gevent_errors
 from pushsvc.metrics import Metrics
 from pushsvc.node import AdmissionLimits, Node
 from pushsvc.protocol import Close
@@ -545,10 +545,10 @@ def run_server(settings: Settings, announce: Callable[[Server], None] | None = N
         server = Server(settings)
         server.start()
     except ConfigError as exc:
-        print(f"pushsvc: error: {exc}", file=sys.stderr)
+        print(f"{journal_prefix()}pushsvc: error: {exc}", file=sys.stderr)
         return 2
     except StoreUnavailable as exc:
-        print(f"pushsvc: error: {exc}", file=sys.stderr)
+        print(f"{journal_prefix()}pushsvc: error: {exc}", file=sys.stderr)
         return 1
     if announce is not None:
         announce(server)

@@ -14,6 +14,7 @@ and the package files the blocks name are put in the directory the blocks run in
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -22,7 +23,7 @@ import pytest
 
 from tests.ferretdb import FerretDB
 from tests.host.conftest import repack
-from tests.host.machine import Host, package_version, service_ports
+from tests.host.machine import PRIORITIES, Host, package_version, service_ports
 from tests.host.nodes import assert_restarted_one_at_a_time, connect_ws, one_client_per_node
 from tests.nodeproc import API_KEY, CLUSTER_KEY, JWT_SECRET
 from tests.wsclient import Client
@@ -210,7 +211,26 @@ def test_fleet_host_as_documented(
         assert message["data"] == {"to": user}
 
     out = guide.run("logs")
-    assert '"msg":"node ready"' in out or '"msg": "node ready"' in out, out
+    lines = out.splitlines()
+    [entry] = [n for n, line in enumerate(lines) if '"__CURSOR"' in line]  # -o json
+    # -o cat: instance 1's last 5 entries, its events (one JSON object each) and
+    # systemd's lines about the unit ("Started ...").
+    assert len(lines[:entry]) == 5, out
+    events = [json.loads(line) for line in lines[:entry] if line.startswith("{")]
+    assert events and all({"ts", "level", "logger", "msg"} <= set(e) for e in events), out
+    # -o json: the event is the MESSAGE, its level the PRIORITY.
+    last = json.loads(lines[entry])
+    assert last["_SYSTEMD_UNIT"] in units, last
+    event = json.loads(last["MESSAGE"])
+    assert int(last["PRIORITY"]) == PRIORITIES[event["level"]], last
+    # -p warning: warnings and errors alone, here the fleet's listeners beyond the
+    # host without TLS (the host's journal also holds earlier tests' runs, and
+    # systemd's own warnings about the units, which are not JSON).
+    warned = [
+        json.loads(line[line.index(": {") + 2 :]) for line in lines[entry + 1 :] if ": {" in line
+    ]
+    assert warned and all(e["level"] in ("WARNING", "ERROR") for e in warned), out
+    assert any(e["msg"].startswith(f"WebSocket listens on 0.0.0.0:{ws},") for e in warned), out
 
     live = list(held.values())
     for name, version in (("upgrade", deb_named(guide.blocks["upgrade"])[1]), ("rollback", built)):

@@ -15,7 +15,8 @@
   ``TimeoutStopSec=``, nothing stored is lost;
 - ``pushsvc.target`` runs two instances sharing the WebSocket port on a fleet store;
 - upgrading the package restarts running instances one at a time;
-- the journal holds one entry per event, JSON that parses with ``PUSHSVC_LOG_FORMAT=json``.
+- the journal holds one entry per event, JSON that parses with ``PUSHSVC_LOG_FORMAT=json``,
+  at the event's level as its priority (``journalctl -p warning`` finds warnings).
 
 Behaviour, not timing: every wait polls a condition with a generous deadline.
 """
@@ -34,7 +35,7 @@ import pytest
 from pushsvc_client.v1 import push_pb2
 from tests.ferretdb import FerretDB
 from tests.host.conftest import DEB_DIR, install
-from tests.host.machine import Host, package_version, poll, service_ports
+from tests.host.machine import PRIORITIES, Host, package_version, poll, service_ports
 from tests.host.nodes import (
     Instance,
     assert_restarted_one_at_a_time,
@@ -67,18 +68,22 @@ def mounts(host: Host, pid: int) -> dict[str, set[str]]:
     return out
 
 
-def service_output(host: Host, unit: str, invocation: str) -> list[str]:
-    """What the process of one run of ``unit`` wrote, one journal entry each."""
-    lines = []
+def service_entries(host: Host, unit: str, invocation: str) -> list[dict[str, Any]]:
+    """The journal entries of what the process of one run of ``unit`` wrote."""
+    entries = []
     for entry in host.journal(unit):
         if (
             entry.get("_TRANSPORT") == "stdout"
             and entry.get("_SYSTEMD_INVOCATION_ID") == invocation
         ):
-            message = entry["MESSAGE"]
-            assert isinstance(message, str), entry  # journald stores bytes as a list
-            lines.append(message)
-    return lines
+            assert isinstance(entry["MESSAGE"], str), entry  # journald stores bytes as a list
+            entries.append(entry)
+    return entries
+
+
+def service_output(host: Host, unit: str, invocation: str) -> list[str]:
+    """What the process of one run of ``unit`` wrote, one journal entry each."""
+    return [str(entry["MESSAGE"]) for entry in service_entries(host, unit, invocation)]
 
 
 def unit_messages(entries: list[dict[str, Any]], unit: str) -> list[str]:
@@ -467,8 +472,11 @@ def test_remove_stops_instances_and_purge_deletes_state(host: Host, clients: lis
 
 
 def test_journal_has_one_entry_per_event(host: Host) -> None:
+    """One entry per event, at the event's level as journald's priority."""
     node = Instance(host, "1", ws_port=service_ports())
-    configure_shared(host, node.ws_port)  # the shipped PUSHSVC_LOG_FORMAT=json
+    # The shipped PUSHSVC_LOG_FORMAT=json, and the WebSocket port beyond loopback
+    # without TLS, which the node warns about at start.
+    configure_shared(host, node.ws_port, PUSHSVC_WS_ADDR=f"0.0.0.0:{node.ws_port}")
 
     def session() -> tuple[str, int]:
         """Run the node through connections, a push and a refused call; its invocation."""
@@ -500,6 +508,15 @@ def test_journal_has_one_entry_per_event(host: Host) -> None:
     assert [e["msg"] for e in events].count("connection opened") == connections
     assert any(e["msg"] == "rpc refused" for e in events), events
     assert not [line for line in lines if "never logged" in line]
+    # journald took each line's priority from its prefix (and stripped the prefix).
+    entries = service_entries(host, node.unit, invocation)[: len(events)]
+    assert [int(e["PRIORITY"]) for e in entries] == [PRIORITIES[e["level"]] for e in events]
+    [warning] = [e for e in events if e["level"] == "WARNING"]
+    assert "beyond this host, without TLS" in warning["msg"], warning
+    shown = host.run(
+        ["journalctl", f"_SYSTEMD_INVOCATION_ID={invocation}", "-p", "warning", "-o", "cat"]
+    ).stdout.splitlines()
+    assert [json.loads(line) for line in shown] == [warning]
 
     node.configure(PUSHSVC_LOG_FORMAT="text")
     invocation, connections = session()
@@ -515,6 +532,9 @@ def test_journal_has_one_entry_per_event(host: Host) -> None:
     for line in lines:
         assert TEXT_LINE.match(line), f"not one event per line: {line!r}"
     assert sum(" connection opened " in line for line in lines) == connections
+    for entry in service_entries(host, node.unit, invocation)[: len(lines)]:
+        level = TEXT_LINE.match(str(entry["MESSAGE"]))
+        assert level and int(entry["PRIORITY"]) == PRIORITIES[level.group(1)], entry
 
 
 # -- systemctl reload: TLS certificates ---------------------------------------------------
