@@ -11,6 +11,7 @@
     pushsvc check-config [--config FILE] [--env-file FILE ...]
     pushsvc gen-config [--output FILE]
     pushsvc backup PATH
+    pushsvc reload --pid PID
 
 Client commands reach ``--addr`` or ``PUSHSVC_GRPC_ADDR`` (default 127.0.0.1:50051)
 with ``--api-key``, else ``PUSHSVC_API_KEY``, else the first of ``PUSHSVC_API_KEYS``
@@ -439,6 +440,20 @@ def _cmd_gen_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reload(args: argparse.Namespace) -> int:
+    from pushsvc.logsetup import journal_prefix
+    from pushsvc.reloading import ReloadFailed, signal_and_wait
+
+    data_dir = args.data_dir or _env("PUSHSVC_DATA_DIR") or DEFAULT_DATA_DIR
+    try:
+        signal_and_wait(args.pid, data_dir, timeout=args.timeout)
+    except (ReloadFailed, OSError) as exc:
+        reason = str(exc) if isinstance(exc, ReloadFailed) else f"cannot reload {args.pid}: {exc}"
+        print(f"{journal_prefix()}{PROG}: error: {reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cmd_backup(args: argparse.Namespace) -> int:
     from pushsvc.backup import backup_data_dir
     from pushsvc.errors import StoreUnavailable
@@ -766,6 +781,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", metavar="FILE", help="read data_dir from a node's TOML config")
     p.set_defaults(func=_cmd_backup)
+
+    p = sub.add_parser(
+        "reload",
+        help="SIGHUP a node and wait until it has reloaded (the unit's ExecReload=)",
+        description="Send SIGHUP to the node PID (it reads its TLS certificate and key "
+        "again) and wait for its answer in its data directory. Exit status 0: reloaded; "
+        "1: the node kept its current certificate (its log says why), exited, or did not "
+        "answer in time. pushsvc@.service runs it for `systemctl reload`.",
+    )
+    p.add_argument("--pid", type=int, required=True, help="the node's process id")
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help=f"the node's data directory (default: $PUSHSVC_DATA_DIR or {DEFAULT_DATA_DIR})",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait for the node's answer (default: 60)",
+    )
+    p.set_defaults(func=_cmd_reload)
     return parser
 
 
@@ -780,7 +818,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             result: int = args.func(args)
             return result
         except ConfigError as exc:
-            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            # Imported here: serve imports logging only once gevent has patched threading.
+            from pushsvc.logsetup import journal_prefix
+
+            # Under systemd (serve), journald stores the line at priority 3 (err).
+            print(f"{journal_prefix()}{PROG}: error: {exc}", file=sys.stderr)
             return 2
     except KeyboardInterrupt:
         return 130

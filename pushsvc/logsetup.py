@@ -18,6 +18,13 @@ and anything shaped like a JWT (a request line quoted in a library's error messa
 an exception text). Libraries that log message bodies at debug level (pymongo's
 command log) are held at info. Errors gevent would print with their context (a WSGI
 environ, query string included) go through logging instead.
+
+Under systemd, stderr is a stream to journald, which stores every line at
+priority 6 (info) unless the line starts with a syslog priority: there, each line
+is prefixed with ``<N>`` (``<3>`` error, ``<4>`` warning, ``<6>`` info, ``<7>``
+debug), which journald strips and stores as the entry's ``PRIORITY``
+(``SyslogLevelPrefix=yes``, the default), so ``journalctl -p warning`` finds the
+warnings and a JSON line is still one JSON object in the journal.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -41,10 +49,12 @@ __all__ = [
     "capture_stray_output",
     "configure_logging",
     "is_sensitive",
+    "journal_prefix",
     "log_event",
     "release_stray_output",
     "route_gevent_errors",
     "scrub",
+    "stderr_is_journal",
 ]
 
 REDACTED = "[redacted]"
@@ -207,6 +217,49 @@ class _StderrHandler(logging.StreamHandler[TextIO]):
         pass
 
 
+def stderr_is_journal() -> bool:
+    """Whether ``sys.stderr`` is the stream systemd connected to journald: systemd
+    names that stream's device and inode in ``$JOURNAL_STREAM`` (a process that
+    inherited the variable but writes elsewhere, e.g. ``2>file``, is not)."""
+    device, sep, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    if not sep:
+        return False
+    try:
+        stat = os.fstat(sys.stderr.fileno())
+        return (stat.st_dev, stat.st_ino) == (int(device), int(inode))
+    except (AttributeError, OSError, ValueError):  # no descriptor (captured), or garbage
+        return False
+
+
+def _syslog_priority(levelno: int) -> int:
+    if levelno >= logging.CRITICAL:
+        return 2
+    if levelno >= logging.ERROR:
+        return 3
+    if levelno >= logging.WARNING:
+        return 4
+    if levelno >= logging.INFO:
+        return 6
+    return 7
+
+
+def journal_prefix(levelno: int = logging.ERROR) -> str:
+    """``<N>``, the syslog priority of ``levelno`` (an error by default), for a line
+    written to stderr past logging when stderr is journald's stream; else ``""``."""
+    return f"<{_syslog_priority(levelno)}>" if stderr_is_journal() else ""
+
+
+class _JournalPriority(logging.Formatter):
+    """Another formatter's line, prefixed with its syslog priority for journald."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{_syslog_priority(record.levelno)}>{self.inner.format(record)}"
+
+
 def configure_logging(level: str = "info", fmt: str = "text") -> None:
     """Send every log record at ``level`` or above to stderr in format ``fmt``.
 
@@ -226,6 +279,8 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
         formatter = JsonFormatter()
     else:
         raise ConfigError(f"log format {fmt!r} is not one of text, json")
+    if stderr_is_journal():
+        formatter = _JournalPriority(formatter)
     root = logging.getLogger()
     for old in list(root.handlers):
         if getattr(old, "_pushsvc", False):

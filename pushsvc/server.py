@@ -42,6 +42,7 @@ from pushsvc.hub import Hub
 from pushsvc.logsetup import (
     capture_stray_output,
     configure_logging,
+    journal_prefix,
     release_stray_output,
     route_gevent_errors,
 )
@@ -49,6 +50,7 @@ from pushsvc.metrics import Metrics
 from pushsvc.node import AdmissionLimits, Node, ReceiptStreaming
 from pushsvc.owners import OwnerTags
 from pushsvc.protocol import Close
+from pushsvc.reloading import record_reload
 from pushsvc.session import SessionLimits
 from pushsvc.store.inbox import InboxStore
 from pushsvc.store.receipt_log import ReceiptLog
@@ -174,6 +176,7 @@ class Server:
                 lambda: tls.material.not_after.timestamp(),
             )
         self.notifier = Notifier()
+        self._reloads = 0  # SIGHUPs handled, for the answer `pushsvc reload` waits for
         self.hub = Hub()
         inbox = self.inbox = _open_inbox(s)
         self.health = StoreHealth(inbox.probe, self.metrics)
@@ -434,16 +437,20 @@ class Server:
     def reload(self) -> None:
         """SIGHUP (``systemctl reload``): read the TLS certificate and key again. New
         handshakes use them; open connections keep theirs. Files that fail a check
-        change nothing (logged)."""
+        change nothing (logged). The outcome goes to the data directory last, for
+        ``pushsvc reload`` (the unit's ExecReload=), which waits for it."""
         ready = self._ready_sent  # systemd hears of a reload only once it heard READY=1
         if ready:
             self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        ok = True
         if self.tls is None:
             log.info("SIGHUP: nothing to reload (no TLS certificate configured)")
         else:
-            self.tls.reload()
+            ok = self.tls.reload()
         if ready:
             self.notifier.ready(self._status())
+        self._reloads += 1
+        record_reload(self.settings.data_dir, self._reloads, ok)
 
     # -- housekeeping -----------------------------------------------------------------------
 
@@ -667,10 +674,10 @@ def run_server(settings: Settings, announce: Callable[[Server], None] | None = N
         server = Server(settings)
         server.start()
     except ConfigError as exc:
-        print(f"pushsvc: error: {exc}", file=sys.stderr)
+        print(f"{journal_prefix()}pushsvc: error: {exc}", file=sys.stderr)
         return 2
     except StoreUnavailable as exc:
-        print(f"pushsvc: error: {exc}", file=sys.stderr)
+        print(f"{journal_prefix()}pushsvc: error: {exc}", file=sys.stderr)
         return 1
     # From here on, whatever a library prints to stderr is logged as an event.
     capture_stray_output(gevent.get_hub().loop.run_callback_threadsafe)

@@ -7,7 +7,8 @@
   environment files are valid settings;
 - a real node talks to a notification socket the test owns: READY=1 once it accepts
   connections, WATCHDOG=1 every WATCHDOG_USEC/2, STATUS= with the connection count,
-  STOPPING=1 on SIGTERM;
+  STOPPING=1 on SIGTERM, RELOADING=1 and READY=1 on SIGHUP, before ``pushsvc reload``
+  (the unit's ExecReload=) returns;
 - the node runs with writable+executable memory refused by the kernel (what
   ``MemoryDenyWriteExecute=yes`` enforces).
 """
@@ -22,6 +23,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -36,7 +38,9 @@ from pushsvc.config import Settings, check_secure, load_settings
 from pushsvc.systemd import Notifier, watchdog_interval
 from pushsvc_client.v1 import push_pb2
 from tests.nodeproc import NodeProcess, auth
+from tests.pki import Pki
 from tests.rawws import RawWS
+from tests.test_tls import replace_files, served_fingerprint
 from tests.wsclient import token
 
 REPO = Path(__file__).resolve().parent.parent
@@ -218,6 +222,10 @@ def test_unit_settings() -> None:
     drain = read_env_file(ENV_DIR / "pushsvc.env.example").get("PUSHSVC_DRAIN_TIMEOUT")
     if drain is not None:
         assert stop > float(drain) + 5
+    # `systemctl reload`: SIGHUP through `pushsvc reload`, which waits for the node's
+    # answer (tests/host/ runs it under systemd 252); the target passes it on.
+    assert one("ExecReload") == "/opt/pushsvc/venv/bin/pushsvc reload --pid $MAINPID"
+    assert unit["Unit"]["ReloadPropagatedFrom"] == ["pushsvc.target"]
     assert unit["Install"]["WantedBy"] == ["pushsvc.target"]
     assert "pushsvc.target" in unit["Unit"]["PartOf"]
     assert parse_unit(TARGET)["Install"]["WantedBy"] == ["multi-user.target"]
@@ -291,6 +299,24 @@ class NotifySocket:
             fields = self.recv(remaining)
             if key in fields and (value is None or value in fields[key]):
                 return fields
+
+    def pending(self) -> list[dict[str, str]]:
+        """What was sent and not received yet, without waiting (a datagram is in the
+        socket's queue once its sender's sendto() has returned)."""
+        out: list[dict[str, str]] = []
+        self.sock.setblocking(False)
+        try:
+            while True:
+                try:
+                    data = self.sock.recv(65536)
+                except BlockingIOError:
+                    return out
+                out.append(
+                    dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+                )
+                self.received.append((time.monotonic(), out[-1]))
+        finally:
+            self.sock.setblocking(True)
 
     def close(self) -> None:
         self.sock.close()
@@ -404,6 +430,110 @@ def test_ready_waits_for_registration(tmp_path: Path, notify_socket: NotifySocke
         if node.proc is not None and node.proc.poll() is None:
             node.kill()
         db.cleanup()
+
+
+def reload_notifications(sent: list[dict[str, str]]) -> list[str]:
+    """RELOADING=1 and READY=1 among notifications, in order (heartbeats left out)."""
+    out = []
+    for fields in sent:
+        if fields.get("RELOADING") == "1":
+            assert int(fields["MONOTONIC_USEC"]) > 0, fields  # what systemd >= 253 requires
+            out.append("RELOADING=1")
+        elif fields.get("READY") == "1":
+            out.append("READY=1")
+    return out
+
+
+def test_pushsvc_reload_returns_once_the_node_has_reloaded(
+    tmp_path: Path, notify_socket: NotifySocket, pki: Pki
+) -> None:
+    """``pushsvc reload --pid`` (the unit's ExecReload=) sends SIGHUP and returns once
+    the node has reloaded: by then the node has told systemd RELOADING=1 and READY=1
+    (so systemd 252 ends the reload job with the reload) and new handshakes get the
+    new certificate. Files that fail a check: exit status 1, the old certificate stays."""
+    first, second, third = (pki.issue(f"reload-{n}") for n in (1, 2, 3))
+    cert, key = tmp_path / "live.pem", tmp_path / "live.key"
+    replace_files(first, cert, key)
+    node = NodeProcess(
+        tmp_path / "node",
+        {
+            "PUSHSVC_TLS_CERT": str(cert),
+            "PUSHSVC_TLS_KEY": str(key),
+            "PUSHSVC_TLS_CA": str(pki.ca),
+            "PUSHSVC_LOG_LEVEL": "info",
+        },
+    )
+    node.env.update(NOTIFY_SOCKET=notify_socket.address)
+    proc = spawn(node)
+
+    def reload(pid: int = proc.pid) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [venv_pushsvc(), "reload", "--pid", str(pid), "--data-dir", str(node.data_dir)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    try:
+        notify_socket.wait_for("READY", "1", timeout=20)
+        assert served_fingerprint(node.ws_port, pki.ca) == first.fingerprint
+        notify_socket.pending()
+
+        replace_files(second, cert, key)
+        done = reload()
+        assert (done.returncode, done.stdout, done.stderr) == (0, "", ""), done
+        # All of it happened before `pushsvc reload` returned: nothing is waited for.
+        assert reload_notifications(notify_socket.pending()) == ["RELOADING=1", "READY=1"]
+        reloaded = [line for line in node.log().splitlines() if "TLS certificate reloaded" in line]
+        assert len(reloaded) == 1 and f"sha256={second.fingerprint}" in reloaded[0], reloaded
+        for port in (node.ws_port, node.grpc_port):
+            assert served_fingerprint(port, pki.ca) == second.fingerprint
+
+        replace_files(third, cert, key, key_of=first)  # a key of another certificate
+        done = reload()
+        assert done.returncode == 1, done
+        assert done.stderr.startswith(f"pushsvc: error: node {proc.pid} kept its current TLS")
+        assert reload_notifications(notify_socket.pending()) == ["RELOADING=1", "READY=1"]
+        assert "TLS certificate not reloaded, the current one stays" in node.log()
+        assert served_fingerprint(node.ws_port, pki.ca) == second.fingerprint
+        # The answer is the node's own file, like the rest of its data directory.
+        status = node.data_dir / "reload-status"
+        assert stat.S_IMODE(status.stat().st_mode) == 0o600
+        assert json.loads(status.read_text()) == {"pid": proc.pid, "reload": 2, "ok": False}
+
+        assert node.stop(timeout=15) == 0
+        gone = reload()
+        assert gone.returncode == 1 and f"cannot reload {proc.pid}" in gone.stderr, gone
+    finally:
+        if proc.poll() is None:
+            node.kill()
+
+    # A process that never answers (not a node): status 1 at the deadline, not a hang.
+    silent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import signal, sys; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
+            "print('ignoring', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert silent.stdout is not None and silent.stdout.readline() == "ignoring\n"
+        done = subprocess.run(
+            [venv_pushsvc(), "reload", "--pid", str(silent.pid), "--timeout", "0.5"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
+        assert done.returncode == 1 and "did not answer the reload within 0.5 s" in done.stderr
+        assert silent.poll() is None
+    finally:
+        silent.kill()
+        silent.communicate(timeout=10)
 
 
 # -- MemoryDenyWriteExecute -----------------------------------------------------------

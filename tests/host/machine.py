@@ -47,6 +47,8 @@ INNER_ENV = {
     "DEBIAN_FRONTEND": "noninteractive",
 }
 PR_SET_PDEATHSIG = 1
+# journald's PRIORITY (a syslog level) of each of the node's log levels.
+PRIORITIES = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
 HOST_TOOLS = ("debootstrap", "systemd-nspawn", "nsenter", "zstd", "dpkg-deb")
 
 

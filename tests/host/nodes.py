@@ -7,9 +7,11 @@ the instances over the shared network.
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -19,6 +21,7 @@ from pushsvc.auth import mint_token
 from pushsvc_client.v1 import push_pb2, push_pb2_grpc
 from tests.host.machine import Host, service_ports
 from tests.nodeproc import API_KEY, CLUSTER_KEY, JWT_SECRET, auth
+from tests.pki import Issued
 from tests.wsclient import Client
 
 SHIPPED_ENV = "/root/pushsvc-etc.shipped/pushsvc.env"
@@ -51,12 +54,49 @@ def fleet_settings(mongo_uri: str, database: str) -> dict[str, str]:
 
 
 def connect_ws(
-    port: int, user: str, *, since: int | None = None, secret: str = JWT_SECRET
+    port: int,
+    user: str,
+    *,
+    since: int | None = None,
+    secret: str = JWT_SECRET,
+    ca: Path | None = None,
 ) -> Client:
-    url = f"ws://127.0.0.1:{port}/ws?token={mint_token(secret, user, 3600, None)}"
+    """A WebSocket client of ``user``: ``wss://``, trusting ``ca``, when it is given."""
+    scheme = "ws" if ca is None else "wss"
+    url = f"{scheme}://127.0.0.1:{port}/ws?token={mint_token(secret, user, 3600, None)}"
     if since is not None:
         url += f"&since={since}"
-    return Client(connect(url, open_timeout=10, legacy=True))
+    context = None if ca is None else ssl.create_default_context(cafile=str(ca))
+    return Client(connect(url, ssl=context, open_timeout=10, legacy=True))
+
+
+TLS_DIR = "/etc/pushsvc/tls"
+
+
+def install_tls(host: Host, issued: Issued, ca: Path, *, key_of: Issued | None = None) -> None:
+    """``issued``'s chain and key (or ``key_of``'s key) and the CA in TLS_DIR, as the
+    operations guide says: 0640 root:pushsvc in a 0750 root:pushsvc directory, each
+    file written aside and renamed into place (never half a file)."""
+    host.run(f"install -d -m 0750 -o root -g pushsvc {TLS_DIR}")
+    for source, name in (
+        (ca, "ca.pem"),
+        ((key_of or issued).key, "node.key"),
+        (issued.cert, "node.pem"),
+    ):
+        host.run(
+            f"install -m 0640 -o root -g pushsvc /dev/stdin {TLS_DIR}/{name}.new && "
+            f"mv {TLS_DIR}/{name}.new {TLS_DIR}/{name}",
+            input=source.read_text(),
+        )
+
+
+def tls_settings() -> dict[str, str]:
+    """pushsvc.env's lines for the files of ``install_tls``."""
+    return {
+        "PUSHSVC_TLS_CERT": f"{TLS_DIR}/node.pem",
+        "PUSHSVC_TLS_KEY": f"{TLS_DIR}/node.key",
+        "PUSHSVC_TLS_CA": f"{TLS_DIR}/ca.pem",
+    }
 
 
 @dataclass
@@ -68,6 +108,7 @@ class Instance:
     ws_port: int
     grpc_port: int = field(default_factory=service_ports)
     admin_port: int = field(default_factory=service_ports)
+    ca: Path | None = None  # the instance serves TLS: its clients trust this CA
 
     @property
     def unit(self) -> str:
@@ -95,7 +136,11 @@ class Instance:
 
     @contextmanager
     def stub(self) -> Iterator[push_pb2_grpc.PushServiceStub]:
-        channel = grpc.insecure_channel(self.grpc_addr)
+        if self.ca is None:
+            channel = grpc.insecure_channel(self.grpc_addr)
+        else:
+            credentials = grpc.ssl_channel_credentials(self.ca.read_bytes())
+            channel = grpc.secure_channel(self.grpc_addr, credentials)
         try:
             yield push_pb2_grpc.PushServiceStub(channel)
         finally:
@@ -110,18 +155,22 @@ class Instance:
         return response
 
     def connect(self, user: str, since: int | None = None) -> Client:
-        return connect_ws(self.ws_port, user, since=since)
+        return connect_ws(self.ws_port, user, since=since, ca=self.ca)
 
 
 def one_client_per_node(
-    ws_port: int, node_ids: set[str], clients: list[Client], secret: str = JWT_SECRET
+    ws_port: int,
+    node_ids: set[str],
+    clients: list[Client],
+    secret: str = JWT_SECRET,
+    ca: Path | None = None,
 ) -> dict[str, tuple[str, Client]]:
     """Connect to a WebSocket port the instances share until each of ``node_ids`` holds
     a client: node id → (user, client). The kernel picks the instance per connection."""
     held: dict[str, tuple[str, Client]] = {}
     for attempt in range(200):
         user = f"user-{attempt}"
-        client = connect_ws(ws_port, user, secret=secret)
+        client = connect_ws(ws_port, user, secret=secret, ca=ca)
         clients.append(client)
         node_id = client.welcome["node"]
         if node_id not in held:

@@ -4,16 +4,18 @@ says.
 
 Each block carries a name (``<!-- test: NAME -->`` on the line above it). The guide
 is run twice from a host without the package: as a single-node host (install, one
-node, back up and restore, uninstall) and as a fleet host (install, configure and
-start two instances on FerretDB, logs, upgrade and roll back, uninstall). Only
-the site's own values differ from what an operator types: the ``fleet-site`` block
-is replaced by the test's values (same variable names), the shipped ports of the
-single node are moved to free ones (the guide says to edit them to change them),
-and the package files the blocks name are put in the directory the blocks run in.
+node, back up and restore, TLS and a certificate rotation, uninstall) and as a fleet
+host (install, configure and start two instances on FerretDB, logs, upgrade and roll
+back, uninstall). Only the site's own values differ from what an operator types: the
+``fleet-site`` and ``tls-site`` blocks are replaced by the test's values (same
+variable names), the shipped ports of the single node are moved to free ones (the
+guide says to edit them to change them), and the files the blocks name (packages,
+certificates from the test's CA) are put in the directory the blocks run in.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -22,19 +24,23 @@ import pytest
 
 from tests.ferretdb import FerretDB
 from tests.host.conftest import repack
-from tests.host.machine import Host, package_version, service_ports
+from tests.host.machine import PRIORITIES, Host, package_version, service_ports
 from tests.host.nodes import assert_restarted_one_at_a_time, connect_ws, one_client_per_node
 from tests.nodeproc import API_KEY, CLUSTER_KEY, JWT_SECRET
+from tests.pki import Pki
 from tests.wsclient import Client
 
 pytestmark = pytest.mark.timeout(900)
 
 GUIDE = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 WORKDIR = "/root/doc"  # where the operator downloaded the packages; the blocks run here
-SINGLE = ["install", "single-start", "single-try", "backup", "restore", "remove", "purge"]
+SINGLE = ["install", "single-start", "single-try", "backup", "restore"]
+SINGLE += ["tls-install", "tls-check", "tls-rotate", "remove", "purge"]
 FLEET = ["install", "fleet-configure", "fleet-start", "logs", "upgrade", "rollback"]
 FLEET += ["remove", "purge"]
-SITE = "fleet-site"
+SITES = ["fleet-site", "tls-site"]  # blocks of the site's values, which the tests set
+# openssl x509 -fingerprint -sha256: "sha256 Fingerprint=AB:CD:...".
+FINGERPRINT = re.compile(r"(?i)^sha256 Fingerprint=([0-9A-F:]+)$", re.M)
 BLOCK = re.compile(r"<!-- test: ([\w-]+)[^>]*-->\n```sh\n(.*?)\n```", re.S)
 DEB_NAME = re.compile(r"\./(pushsvc_([^_\s]+)_amd64\.deb)")
 
@@ -47,7 +53,7 @@ def guide_blocks() -> dict[str, str]:
         blocks[name] = body
     # No command escapes the test: every sh block is named and run.
     assert text.count("```sh\n") == len(blocks), f"an sh block of {GUIDE.name} has no test name"
-    assert set(blocks) == {SITE, *SINGLE, *FLEET}, sorted(blocks)
+    assert set(blocks) == {*SITES, *SINGLE, *FLEET}, sorted(blocks)
     return blocks
 
 
@@ -59,15 +65,17 @@ def deb_named(block: str) -> tuple[str, str]:
 
 
 class Guide:
-    """The guide's blocks, run in the host as root from WORKDIR."""
+    """The guide's blocks, run in the host as root from WORKDIR, after the values of
+    ``sites`` (site block name → the test's values for its variables)."""
 
-    def __init__(self, host: Host, site: dict[str, str] | None = None) -> None:
+    def __init__(self, host: Host, sites: dict[str, dict[str, str]]) -> None:
         self.host = host
         self.blocks = guide_blocks()
-        self.prefix = "".join(f"{k}={v}\n" for k, v in (site or {}).items())
-        if site is not None:
-            assigned = set(re.findall(r"^([A-Z_]+)=", self.blocks[SITE], re.M))
-            assert assigned == set(site), f"the guide's site values are {sorted(assigned)}"
+        self.prefix = ""
+        for name, values in sites.items():
+            assigned = set(re.findall(r"^([A-Z_]+)=", self.blocks[name], re.M))
+            assert assigned == set(values), f"{name} sets {sorted(assigned)}"
+            self.prefix += "".join(f"{k}={v}\n" for k, v in values.items())
 
     def run(self, name: str) -> str:
         return self.host.run(self.prefix + self.blocks[name], cwd=WORKDIR, timeout=600).stdout
@@ -104,17 +112,29 @@ def gone(host: Host, *paths: str) -> bool:
     return all(host.run(["test", "-e", path], check=False).returncode == 1 for path in paths)
 
 
-def test_single_node_host_as_documented(bare_host: Host, clients: list[Client]) -> None:
-    host = bare_host
-    guide = Guide(host)
+def fingerprint(checked: str) -> str:
+    """The SHA-256 fingerprint the guide's check printed, as hex (Issued.fingerprint)."""
+    match = FINGERPRINT.search(checked)
+    assert match, checked
+    return match.group(1).replace(":", "").lower()
 
-    guide.run("install")
+
+def test_single_node_host_as_documented(bare_host: Host, pki: Pki, clients: list[Client]) -> None:
+    host = bare_host
+    ws, grpc_port, admin = service_ports(), service_ports(), service_ports()
+    guide = Guide(
+        host, {"tls-site": {"PUBLIC_NAME": "localhost", "PUBLIC_ADDR": f"127.0.0.1:{ws}"}}
+    )
+
+    out = guide.run("install")
+    # Installing downloads nothing: the package's Depends come from Debian's packages
+    # already on the host (here: in apt's cache), everything else is in the package.
+    assert not re.search(r"^Get:\d+ (https?|ftp)://", out, re.M), out
     assert host.run(["dpkg-query", "-W", "-f=${db:Status-Status}", "pushsvc"]).stdout == (
         "installed"
     )
     assert "active" not in units_active(host).values()  # installing starts nothing
     # The shipped ports, as the guide states them, moved to free ones for the test.
-    ws, grpc_port, admin = service_ports(), service_ports(), service_ports()
     shared = host.read("/etc/pushsvc/pushsvc.env")
     instance = host.read("/etc/pushsvc/1.env")
     assert "\nPUSHSVC_WS_ADDR=0.0.0.0:8080\n" in shared
@@ -158,8 +178,46 @@ def test_single_node_host_as_documented(bare_host: Host, clients: list[Client]) 
     assert again.welcome["seq"] == 1  # alice's latest: the message pushed after is gone
     assert [m["data"] for m in again.messages(1, timeout=30)] == [{"hello": "world"}]
 
+    # TLS: the operator's files from its CA, in the directory the guide runs in.
+    first, renewed = pki.issue("doc-node"), pki.issue("doc-node-renewed")
+    for name, source in (
+        ("node.pem", first.cert),
+        ("node.key", first.key),
+        ("ca.pem", pki.ca),
+        ("new.pem", renewed.cert),
+        ("new.key", renewed.key),
+    ):
+        host.write(f"{WORKDIR}/{name}", source.read_text(), 0o600)
+    out = guide.run("tls-install")
+    assert f'"sha256":"{first.fingerprint}"' in out, out  # the journal's "loaded" line
+    assert again.close_code(timeout=60)[0] == 1012  # the restart drained it
+    assert units_active(host) == {"pushsvc@1.service": "active"}
+    modes = host.run("stat -c '%a %U %G %n' /etc/pushsvc/tls /etc/pushsvc/tls/*").stdout
+    assert modes.splitlines() == [
+        "750 root pushsvc /etc/pushsvc/tls",
+        "640 root pushsvc /etc/pushsvc/tls/ca.pem",
+        "640 root pushsvc /etc/pushsvc/tls/node.key",
+        "640 root pushsvc /etc/pushsvc/tls/node.pem",
+    ], modes
+    checked = guide.run("tls-check")
+    assert fingerprint(checked) == first.fingerprint and "CN = doc-node\n" in checked, checked
+    # wss:// now, and the guide's own push, which reads PUSHSVC_TLS_CA from pushsvc.env.
+    clients.append(alice := connect_ws(ws, "alice", secret=secret, ca=pki.ca))
+    out = guide.run("single-try")
+    assert out.startswith("pushed ") and "alice: online" in out, out
+    assert [m["data"] for m in alice.messages(1, timeout=30)] == [{"hello": "world"}]
+
+    out = guide.run("tls-rotate")
+    reloaded = [line for line in out.splitlines() if "TLS certificate reloaded" in line]
+    assert len(reloaded) == 1 and renewed.fingerprint in reloaded[0], out
+    assert fingerprint(guide.run("tls-check")) == renewed.fingerprint
+    # The connection made before the rotation is still there, and still served.
+    out = guide.run("single-try")
+    assert out.startswith("pushed ") and "alice: online" in out, out
+    assert [m["data"] for m in alice.messages(1, timeout=30)] == [{"hello": "world"}]
+
     guide.run("remove")
-    assert again.close_code(timeout=60)[0] == 1012
+    assert alice.close_code(timeout=60)[0] == 1012
     assert host.prop("pushsvc@1.service", "ActiveState") == "inactive"
     assert not gone(host, "/etc/pushsvc/pushsvc.env", "/var/lib/pushsvc/1/pushsvc.db")
     assert host.run(["id", "pushsvc"], check=False).returncode == 0
@@ -187,7 +245,7 @@ def test_fleet_host_as_documented(
         "GRPC_PORT": str(service_ports(2) - 1),  # instance n: GRPC_PORT + n
         "ADMIN_PORT": str(service_ports(2) - 1),
     }
-    guide = Guide(host, site)
+    guide = Guide(host, {"fleet-site": site})
     units = ["pushsvc@1.service", "pushsvc@2.service"]
     node_ids = {"doc-host-1", "doc-host-2"}
     built = package_version()
@@ -210,7 +268,26 @@ def test_fleet_host_as_documented(
         assert message["data"] == {"to": user}
 
     out = guide.run("logs")
-    assert '"msg":"node ready"' in out or '"msg": "node ready"' in out, out
+    lines = out.splitlines()
+    [entry] = [n for n, line in enumerate(lines) if '"__CURSOR"' in line]  # -o json
+    # -o cat: instance 1's last 5 entries, its events (one JSON object each) and
+    # systemd's lines about the unit ("Started ...").
+    assert len(lines[:entry]) == 5, out
+    events = [json.loads(line) for line in lines[:entry] if line.startswith("{")]
+    assert events and all({"ts", "level", "logger", "msg"} <= set(e) for e in events), out
+    # -o json: the event is the MESSAGE, its level the PRIORITY.
+    last = json.loads(lines[entry])
+    assert last["_SYSTEMD_UNIT"] in units, last
+    event = json.loads(last["MESSAGE"])
+    assert int(last["PRIORITY"]) == PRIORITIES[event["level"]], last
+    # -p warning: warnings and errors alone, here the fleet's listeners beyond the
+    # host without TLS (the host's journal also holds earlier tests' runs, and
+    # systemd's own warnings about the units, which are not JSON).
+    warned = [
+        json.loads(line[line.index(": {") + 2 :]) for line in lines[entry + 1 :] if ": {" in line
+    ]
+    assert warned and all(e["level"] in ("WARNING", "ERROR") for e in warned), out
+    assert any(e["msg"].startswith(f"WebSocket listens on 0.0.0.0:{ws},") for e in warned), out
 
     live = list(held.values())
     for name, version in (("upgrade", deb_named(guide.blocks["upgrade"])[1]), ("rollback", built)):

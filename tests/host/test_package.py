@@ -15,15 +15,21 @@
   ``TimeoutStopSec=``, nothing stored is lost;
 - ``pushsvc.target`` runs two instances sharing the WebSocket port on a fleet store;
 - upgrading the package restarts running instances one at a time;
-- the journal holds one entry per event, JSON that parses with ``PUSHSVC_LOG_FORMAT=json``.
+- the journal holds one entry per event, JSON that parses with ``PUSHSVC_LOG_FORMAT=json``,
+  at the event's level as its priority (``journalctl -p warning`` finds warnings);
+- ``systemctl reload`` (of an instance, of ``pushsvc.target``, of ``'pushsvc@*'``)
+  swaps the TLS certificate once the new files pass the node's checks, and returns
+  when that is done; open connections stay up; a bad pair fails the reload.
 
 Behaviour, not timing: every wait polls a condition with a generous deadline.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import ssl
 import uuid
 from pathlib import Path
 from typing import Any
@@ -34,15 +40,20 @@ import pytest
 from pushsvc_client.v1 import push_pb2
 from tests.ferretdb import FerretDB
 from tests.host.conftest import DEB_DIR, install
-from tests.host.machine import Host, package_version, poll, service_ports
+from tests.host.machine import PRIORITIES, Host, package_version, poll, service_ports
 from tests.host.nodes import (
+    TLS_DIR,
     Instance,
     assert_restarted_one_at_a_time,
     configure_shared,
     fleet_settings,
+    install_tls,
     one_client_per_node,
+    tls_settings,
 )
 from tests.nodeproc import auth
+from tests.pki import Pki
+from tests.test_tls import served_fingerprint
 from tests.wsclient import Client
 
 pytestmark = pytest.mark.timeout(600)
@@ -67,18 +78,22 @@ def mounts(host: Host, pid: int) -> dict[str, set[str]]:
     return out
 
 
-def service_output(host: Host, unit: str, invocation: str) -> list[str]:
-    """What the process of one run of ``unit`` wrote, one journal entry each."""
-    lines = []
+def service_entries(host: Host, unit: str, invocation: str) -> list[dict[str, Any]]:
+    """The journal entries of what the process of one run of ``unit`` wrote."""
+    entries = []
     for entry in host.journal(unit):
         if (
             entry.get("_TRANSPORT") == "stdout"
             and entry.get("_SYSTEMD_INVOCATION_ID") == invocation
         ):
-            message = entry["MESSAGE"]
-            assert isinstance(message, str), entry  # journald stores bytes as a list
-            lines.append(message)
-    return lines
+            assert isinstance(entry["MESSAGE"], str), entry  # journald stores bytes as a list
+            entries.append(entry)
+    return entries
+
+
+def service_output(host: Host, unit: str, invocation: str) -> list[str]:
+    """What the process of one run of ``unit`` wrote, one journal entry each."""
+    return [str(entry["MESSAGE"]) for entry in service_entries(host, unit, invocation)]
 
 
 def unit_messages(entries: list[dict[str, Any]], unit: str) -> list[str]:
@@ -364,11 +379,23 @@ def test_stop_drains_within_the_stop_timeout(host: Host) -> None:
 # -- pushsvc.target: a fleet host -------------------------------------------------------
 
 
-def start_fleet(host: Host, db: FerretDB, names: tuple[str, ...] = ("1", "2")) -> list[Instance]:
-    """Enabled instances sharing one WebSocket port, started with pushsvc.target."""
+def start_fleet(
+    host: Host,
+    db: FerretDB,
+    names: tuple[str, ...] = ("1", "2"),
+    ca: Path | None = None,
+    settings: dict[str, str] | None = None,
+) -> list[Instance]:
+    """Enabled instances sharing one WebSocket port, started with pushsvc.target;
+    ``settings`` go to pushsvc.env, ``ca`` is what clients trust for a TLS fleet."""
     ws_port = service_ports()
-    nodes = [Instance(host, name, ws_port) for name in names]
-    configure_shared(host, ws_port, **fleet_settings(db.uri, f"fleet_{uuid.uuid4().hex[:8]}"))
+    nodes = [Instance(host, name, ws_port, ca=ca) for name in names]
+    configure_shared(
+        host,
+        ws_port,
+        **fleet_settings(db.uri, f"fleet_{uuid.uuid4().hex[:8]}"),
+        **(settings or {}),
+    )
     for node in nodes:
         node.configure(PUSHSVC_NODE_ID=f"fleet-{node.name}")
         host.systemctl("enable", node.unit)
@@ -467,8 +494,11 @@ def test_remove_stops_instances_and_purge_deletes_state(host: Host, clients: lis
 
 
 def test_journal_has_one_entry_per_event(host: Host) -> None:
+    """One entry per event, at the event's level as journald's priority."""
     node = Instance(host, "1", ws_port=service_ports())
-    configure_shared(host, node.ws_port)  # the shipped PUSHSVC_LOG_FORMAT=json
+    # The shipped PUSHSVC_LOG_FORMAT=json, and the WebSocket port beyond loopback
+    # without TLS, which the node warns about at start.
+    configure_shared(host, node.ws_port, PUSHSVC_WS_ADDR=f"0.0.0.0:{node.ws_port}")
 
     def session() -> tuple[str, int]:
         """Run the node through connections, a push and a refused call; its invocation."""
@@ -500,6 +530,15 @@ def test_journal_has_one_entry_per_event(host: Host) -> None:
     assert [e["msg"] for e in events].count("connection opened") == connections
     assert any(e["msg"] == "rpc refused" for e in events), events
     assert not [line for line in lines if "never logged" in line]
+    # journald took each line's priority from its prefix (and stripped the prefix).
+    entries = service_entries(host, node.unit, invocation)[: len(events)]
+    assert [int(e["PRIORITY"]) for e in entries] == [PRIORITIES[e["level"]] for e in events]
+    [warning] = [e for e in events if e["level"] == "WARNING"]
+    assert "beyond this host, without TLS" in warning["msg"], warning
+    shown = host.run(
+        ["journalctl", f"_SYSTEMD_INVOCATION_ID={invocation}", "-p", "warning", "-o", "cat"]
+    ).stdout.splitlines()
+    assert [json.loads(line) for line in shown] == [warning]
 
     node.configure(PUSHSVC_LOG_FORMAT="text")
     invocation, connections = session()
@@ -515,13 +554,128 @@ def test_journal_has_one_entry_per_event(host: Host) -> None:
     for line in lines:
         assert TEXT_LINE.match(line), f"not one event per line: {line!r}"
     assert sum(" connection opened " in line for line in lines) == connections
+    for entry in service_entries(host, node.unit, invocation)[: len(lines)]:
+        level = TEXT_LINE.match(str(entry["MESSAGE"]))
+        assert level and int(entry["PRIORITY"]) == PRIORITIES[level.group(1)], entry
 
 
 # -- systemctl reload: TLS certificates ---------------------------------------------------
-#
-# test_reload_swaps_tls_certificates_without_dropping_connections belongs here once
-# nodes serve TLS (PUSHSVC_TLS_CERT/KEY, reloaded on SIGHUP): give the unit
-# ExecReload=/bin/kill -HUP $MAINPID, then `systemctl reload pushsvc@1` must keep the
-# unit active with the same MainPID and the open wss:// connections, while a new
-# handshake sees the new certificate. Until the node handles SIGHUP the unit has no
-# ExecReload=, since SIGHUP would end the process.
+
+
+def reload_lines(host: Host, unit: str, after: str) -> list[dict[str, Any]]:
+    """What the unit's processes (the node, and ``pushsvc reload`` for systemd) said
+    about the certificate since ``after``: the node's JSON events, the other lines as
+    ``{"line": ...}``; each with its PRIORITY."""
+    events = []
+    for entry in host.journal(unit, after=after):
+        message = str(entry["MESSAGE"])
+        if entry.get("_TRANSPORT") == "stdout" and "TLS certificate" in message:
+            event = json.loads(message) if message.startswith("{") else {"line": message}
+            events.append({**event, "PRIORITY": entry["PRIORITY"]})
+    return events
+
+
+def test_reload_swaps_tls_certificates_without_dropping_connections(
+    host: Host, pki: Pki, clients: list[Client]
+) -> None:
+    first, second, third = (pki.issue(f"host-{n}") for n in (1, 2, 3))
+    install_tls(host, first, pki.ca)
+    node = Instance(host, "1", ws_port=service_ports(), ca=pki.ca)
+    configure_shared(host, node.ws_port, **tls_settings())
+    node.configure()
+    host.systemctl("start", node.unit)
+    modes = host.run(["stat", "-c", "%a %U %G %n", TLS_DIR, *tls_settings().values()])
+    assert modes.stdout.split("\n")[:4] == [
+        f"750 root pushsvc {TLS_DIR}",
+        f"640 root pushsvc {TLS_DIR}/node.pem",
+        f"640 root pushsvc {TLS_DIR}/node.key",
+        f"640 root pushsvc {TLS_DIR}/ca.pem",
+    ]
+    clients.append(alice := node.connect("alice"))  # wss://, through the sandboxed node
+    for port in (node.ws_port, node.grpc_port):
+        assert served_fingerprint(port, pki.ca) == first.fingerprint
+    pid = node.main_pid()
+
+    install_tls(host, second, pki.ca)
+    cursor = host.cursor()
+    host.systemctl("reload", node.unit)
+    # `systemctl reload` returned once the node had reloaded: nothing to wait for.
+    for port in (node.ws_port, node.grpc_port):
+        assert served_fingerprint(port, pki.ca) == second.fingerprint, port
+    state = node.state()
+    assert (state["ActiveState"], state["MainPID"], state["NRestarts"]) == ("active", str(pid), "0")
+    assert any(
+        "Reloaded" in m for m in unit_messages(host.journal(node.unit, after=cursor), node.unit)
+    )
+    [loaded] = poll(lambda: reload_lines(host, node.unit, cursor), 30, "the reload's log line")
+    assert (loaded["msg"], loaded["sha256"], loaded["PRIORITY"]) == (
+        "TLS certificate reloaded",
+        second.fingerprint,
+        "6",
+    )
+    # The connection made before stays up, on the certificate it was set up with.
+    socket = alice.conn.socket
+    assert isinstance(socket, ssl.SSLSocket)
+    der = socket.getpeercert(binary_form=True)
+    assert der is not None and hashlib.sha256(der).hexdigest() == first.fingerprint
+    pushed = node.push("alice", {"after": "reload"})  # gRPC over TLS, new handshake
+    [message] = alice.messages(1, timeout=30)
+    assert (message["seq"], message["data"]) == (pushed.seqs[0], {"after": "reload"})
+
+    # A bad pair (the key of another certificate): the reload fails, nothing changes.
+    install_tls(host, third, pki.ca, key_of=first)
+    cursor = host.cursor()
+    refused = host.systemctl("reload", node.unit, check=False)
+    assert refused.returncode != 0, refused
+    said = unit_messages(host.journal(node.unit, after=cursor), node.unit)
+    assert any("Reload failed" in m for m in said), said
+    logged = poll(
+        lambda: len(lines := reload_lines(host, node.unit, cursor)) == 2 and lines,
+        30,
+        "the refusal's log lines",
+    )
+    # The node's, and the line of `pushsvc reload` (ExecReload=) for systemd.
+    [kept], [helper] = [e for e in logged if "msg" in e], [e for e in logged if "line" in e]
+    assert kept["msg"].startswith("TLS certificate not reloaded, the current one stays: ")
+    assert "does not belong to the certificate" in kept["msg"] and kept["PRIORITY"] == "3"
+    assert helper["line"].startswith(f"pushsvc: error: node {pid} kept its current TLS")
+    assert helper["PRIORITY"] == "3"
+    assert host.run(
+        ["journalctl", "-u", node.unit, "-p", "err", "-g", "TLS certificate not reloaded"]
+    ).stdout
+    for port in (node.ws_port, node.grpc_port):
+        assert served_fingerprint(port, pki.ca) == second.fingerprint, port
+    state = node.state()
+    assert (state["ActiveState"], state["MainPID"], state["NRestarts"]) == ("active", str(pid), "0")
+    pushed = node.push("alice", {"after": "refused reload"})
+    [message] = alice.messages(1, timeout=30)
+    assert message["seq"] == pushed.seqs[0]
+
+
+def test_reloading_the_target_reloads_every_instance(
+    host: Host, ferretdb: FerretDB, pki: Pki, clients: list[Client]
+) -> None:
+    """Both forms of "every instance": the target (ReloadPropagatedFrom=) and the
+    glob. The instances keep forwarding to each other over TLS, with the new
+    certificates, and their clients stay connected."""
+    first, second, third = (pki.issue(f"fleet-{n}") for n in (1, 2, 3))
+    install_tls(host, first, pki.ca)
+    nodes = start_fleet(host, ferretdb, ca=pki.ca, settings=tls_settings())
+    held = one_client_per_node(
+        nodes[0].ws_port, {f"fleet-{n.name}" for n in nodes}, clients, ca=pki.ca
+    )
+    pids = [node.main_pid() for node in nodes]
+    for issued, how in ((second, "pushsvc.target"), (third, "pushsvc@*")):
+        install_tls(host, issued, pki.ca)
+        host.systemctl("reload", how)
+        for node in nodes:  # each instance, on its own gRPC port
+            assert served_fingerprint(node.grpc_port, pki.ca) == issued.fingerprint, (how, node)
+        # Through either instance (one holds the user, the other forwards over TLS).
+        for node in nodes:
+            for user, client in held.values():
+                pushed = node.push(user, {"via": node.name, "after": how})
+                [message] = client.messages(1, timeout=30)
+                assert message["seq"] == pushed.seqs[0], (how, node.name, user)
+    assert [node.main_pid() for node in nodes] == pids
+    for node in nodes:
+        assert node.state()["NRestarts"] == "0"
