@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -138,7 +139,12 @@ def test_a_node_under_journald_prefixes_every_line(
     """A whole run of a node at debug level: every line has its priority and is one
     JSON object after it; the warning a node without secrets logs is priority 4."""
     node = node_factory(
-        env={"PUSHSVC_LOG_FORMAT": "json", "PUSHSVC_JWT_SECRET": "", "PUSHSVC_API_KEYS": ""},
+        env={
+            "PUSHSVC_LOG_FORMAT": "json",
+            "PUSHSVC_JWT_SECRET": "",
+            "PUSHSVC_API_KEYS": "",
+            "PUSHSVC_HANDSHAKE_TIMEOUT": "1",
+        },
         start=False,
     )
     node.log_path.touch()
@@ -149,6 +155,9 @@ def test_a_node_under_journald_prefixes_every_line(
     url = f"{node.ws_url}?token={mint_token(secret, 'alice', 3600, None)}"
     with Client(connect(url, open_timeout=10, legacy=True)) as alice:
         assert alice.welcome["user"] == "alice"
+    # A socket that sends nothing is answered 408 at its deadline: logged at debug.
+    with socket.create_connection(("127.0.0.1", node.ws_port), timeout=60) as silent:
+        assert silent.recv(4096).startswith(b"HTTP/1.1 408 ")
     assert node.stop() == 0
     priorities: dict[str, set[int]] = {}
     for line in node.log().splitlines():

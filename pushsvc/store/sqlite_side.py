@@ -17,6 +17,7 @@ next sync; a revocation, which must survive a power cut as well, asks for
 from __future__ import annotations
 
 import contextlib
+import os
 import pathlib
 import sqlite3
 from collections.abc import Callable
@@ -50,6 +51,8 @@ class SideDatabase:
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
+            # Created 0600 before SQLite opens it; its -wal and -shm files take its mode.
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600))
             conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA busy_timeout = 5000")
             conn.execute("PRAGMA journal_mode = WAL")
