@@ -55,7 +55,7 @@ class Plan:
     nodes: int = 3
     connections: int = 2000
     drained_share: float = 0.5  # of the connections, on the node that is drained
-    push_rate: float = 100.0  # stored pushes per second (each to 1 to 3 users)
+    push_rate: float = 20.0  # stored pushes per second (each to 1 to 3 users)
     warmup: float = 5.0
     pause_db: float = 20.0
     gap: float = 5.0  # seconds between faults
@@ -489,7 +489,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--connections", type=int, default=2000)
-    parser.add_argument("--push-rate", type=float, default=100.0)
+    parser.add_argument("--push-rate", type=float, default=20.0)
     parser.add_argument("--pause-db", type=float, default=20.0)
     parser.add_argument("--settle", type=float, default=60.0)
     parser.add_argument("--record", action="store_true", help="append to bench/RESULTS.md")

@@ -42,8 +42,8 @@ from gevent.server import StreamServer
 
 from pushsvc import wsframes
 from pushsvc.auth import Identity, TokenVerifier
-from pushsvc.budget import ConnectionBudget
 from pushsvc.authhook import AuthHook, HookUnavailable, credential_of
+from pushsvc.budget import ConnectionBudget
 from pushsvc.config import Address
 from pushsvc.errors import Unauthenticated
 from pushsvc.httpwire import (

@@ -135,7 +135,7 @@ class Node:
             else None
         )
         self._fanout = TopicFanout(hub, metrics)
-        self._replay = Replay(inbox, health)
+        self._replay = Replay(inbox, health, workers=inbox.read_concurrency)
         self._admission = Admission(
             self._start_batch,
             node_id,

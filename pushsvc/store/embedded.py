@@ -146,6 +146,8 @@ class EmbeddedStore(InboxStore):
     directory or the database cannot be created or written.
     """
 
+    read_concurrency = 4  # one database thread: more readers would only queue there
+
     def __init__(self, data_dir: str | pathlib.Path) -> None:
         self.data_dir = pathlib.Path(data_dir)
         self.path = self.data_dir / DB_FILENAME

@@ -210,6 +210,10 @@ class InboxStore(ABC):
         healthy. Returns how many were finished; raises ``StoreUnavailable``."""
         return 0
 
+    #: How many inbox pages a node reads at once: what the backend serves well
+    #: beside the writes (replays queue behind this many reads in flight).
+    read_concurrency: int = 16
+
     @property
     def round_trips(self) -> int:
         """Calls made to the database so far (MongoDB: commands sent; SQLite:
