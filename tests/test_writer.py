@@ -7,8 +7,10 @@ client would see, frame boundaries included.
 
 from __future__ import annotations
 
+import gc
 import socket
 import ssl
+import weakref
 from collections.abc import Iterator
 
 import gevent
@@ -238,3 +240,27 @@ def test_over_tls_the_close_goes_ahead_of_the_queue_in_whole_frames(tls_pair: Pa
     assert int.from_bytes(got[-1][1][:2], "big") == 4008
     assert all(payload == b"y" * 3000 for _, payload in got[1:-1])
     assert len(got) - 2 < accepted
+
+
+class Session(Owner):
+    """An owner that holds its writer, as a session does."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self.writer = Writer(sock, 16, self)
+
+
+def test_a_stopped_writer_lets_its_session_go_without_the_cycle_collector(
+    pair: Pair,
+) -> None:
+    a, _ = pair
+    gc.disable()
+    try:
+        session = Session(a)
+        session.writer.write(wire_text('{"n":1}'), "m1")
+        session.writer.stop()
+        gone = weakref.ref(session)
+        del session
+        assert gone() is None  # freed by its reference count alone
+    finally:
+        gc.enable()
