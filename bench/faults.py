@@ -355,7 +355,7 @@ async def faults(fleet: Fleet, plan: Plan, report: Report, started: float) -> No
     fleet.down.add(victim)
     await loop.run_in_executor(None, fleet.nodes[victim].kill)
     await asyncio.sleep(plan.gap)
-    await loop.run_in_executor(None, fleet.nodes[victim].start, 60)
+    await loop.run_in_executor(None, fleet.nodes[victim].start, 180)
     fleet.down.discard(victim)
     note(f"node {victim} restarted")
     await asyncio.sleep(plan.gap)

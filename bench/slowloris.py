@@ -43,6 +43,7 @@ from bench.wsload import WsConn, connect
 from pushsvc.auth import mint_token
 from pushsvc_client.v1 import push_pb2, push_pb2_grpc
 
+OP_TEXT = 0x1
 AUTH = (("authorization", f"Bearer {API_KEY}"),)
 BATCH = 1000
 
@@ -150,6 +151,9 @@ async def run_round(node: Node, args: argparse.Namespace, round_no: int) -> Roun
         frame = json.loads(payload)
         if frame.get("type") == "message":
             received[users[conn.index]] = now
+            # Ack it, as the protocol asks of a client: what a round leaves behind
+            # is then the node's own, not a backlog replayed to each next round.
+            conn.send(OP_TEXT, json.dumps({"type": "ack", "seq": frame["seq"]}).encode())
 
     async def one(i: int) -> WsConn | None:
         started = time.perf_counter()
