@@ -6,11 +6,12 @@ Each block carries a name (``<!-- test: NAME -->`` on the line above it). The gu
 is run twice from a host without the package: as a single-node host (install, one
 node, back up and restore, TLS and a certificate rotation, uninstall) and as a fleet
 host (install, configure and start two instances on FerretDB, logs, upgrade and roll
-back, uninstall). Only the site's own values differ from what an operator types: the
-``fleet-site`` and ``tls-site`` blocks are replaced by the test's values (same
-variable names), the shipped ports of the single node are moved to free ones (the
-guide says to edit them to change them), and the files the blocks name (packages,
-certificates from the test's CA) are put in the directory the blocks run in.
+back, TLS and mutual TLS between the instances, uninstall). Only the site's own
+values differ from what an operator types: the ``fleet-site`` and ``tls-site``
+blocks are replaced by the test's values (same variable names), the shipped ports
+of the single node are moved to free ones (the guide says to edit them to change
+them), and the files the blocks name (packages, certificates from the test's CA)
+are put in the directory the blocks run in.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,7 +39,7 @@ WORKDIR = "/root/doc"  # where the operator downloaded the packages; the blocks 
 SINGLE = ["install", "single-start", "single-try", "backup", "restore"]
 SINGLE += ["tls-install", "tls-journal", "tls-check", "tls-rotate", "remove", "purge"]
 FLEET = ["install", "fleet-configure", "fleet-start", "logs", "upgrade", "rollback"]
-FLEET += ["remove", "purge"]
+FLEET += ["tls-install", "tls-mutual", "remove", "purge"]
 SITES = ["fleet-site", "tls-site"]  # blocks of the site's values, which the tests set
 # openssl x509 -fingerprint -sha256: "sha256 Fingerprint=AB:CD:...".
 FINGERPRINT = re.compile(r"(?i)^sha256 Fingerprint=([0-9A-F:]+)$", re.M)
@@ -130,6 +132,22 @@ def gone(host: Host, *paths: str) -> bool:
     return all(host.run(["test", "-e", path], check=False).returncode == 1 for path in paths)
 
 
+def via_instance_1(host: Host, command: str) -> str:
+    """``command``'s output, run with instance 1's settings loaded, as the guide does."""
+    env = "set -a; . /etc/pushsvc/pushsvc.env; . /etc/pushsvc/1.env; set +a; "
+    return host.run(env + command).stdout
+
+
+def node_events(host: Host, after: str) -> list[dict[str, Any]]:
+    """The instances' log events (JSON lines) since the journal cursor ``after``."""
+    return [
+        json.loads(str(entry["MESSAGE"]))
+        for entry in host.journal(after=after)
+        if str(entry.get("_SYSTEMD_UNIT", "")).startswith("pushsvc@")
+        and str(entry.get("MESSAGE", "")).startswith("{")
+    ]
+
+
 def fingerprint(checked: str) -> str:
     """The SHA-256 fingerprint the guide's check printed, as hex (Issued.fingerprint)."""
     match = FINGERPRINT.search(checked)
@@ -182,10 +200,7 @@ def test_single_node_host_as_documented(bare_host: Host, pki: Pki, clients: list
     copied = host.run(["ls", "/var/backups/pushsvc-1"]).stdout.split()
     assert {"pushsvc.db", "jwt-secret", "api-key"} <= set(copied), copied
     # After the backup: another message, which the restore takes back.
-    after = host.run(
-        "set -a; . /etc/pushsvc/pushsvc.env; . /etc/pushsvc/1.env; set +a; "
-        """pushsvc push --user alice --data '{"after": "backup"}'"""
-    ).stdout
+    after = via_instance_1(host, """pushsvc push --user alice --data '{"after": "backup"}'""")
     assert after.strip().endswith("alice seq 2"), after
     guide.run("restore")
     assert alice.close_code(timeout=60)[0] == 1012  # the stop drained it
@@ -250,7 +265,7 @@ def test_single_node_host_as_documented(bare_host: Host, pki: Pki, clients: list
 
 
 def test_fleet_host_as_documented(
-    bare_host: Host, ferretdb: FerretDB, clients: list[Client]
+    bare_host: Host, ferretdb: FerretDB, pki: Pki, clients: list[Client]
 ) -> None:
     host = bare_host
     ws = service_ports()
@@ -266,6 +281,7 @@ def test_fleet_host_as_documented(
         "WS_PORT": str(ws),
         "GRPC_PORT": str(service_ports(2) - 1),  # instance n: GRPC_PORT + n
         "ADMIN_PORT": str(service_ports(2) - 1),
+        "CLUSTER_PORT": str(service_ports(2) - 1),
     }
     guide = Guide(host, {"fleet-site": site})
     units = ["pushsvc@1.service", "pushsvc@2.service"]
@@ -282,10 +298,7 @@ def test_fleet_host_as_documented(
     held = one_client_per_node(ws, node_ids, clients)
     # Pushed through instance 1 with the fleet's key, delivered by whichever holds the user.
     for user, client in held.values():
-        host.run(
-            "set -a; . /etc/pushsvc/pushsvc.env; . /etc/pushsvc/1.env; set +a; "
-            f"""pushsvc push --user {user} --data '{{"to": "{user}"}}'"""
-        )
+        via_instance_1(host, f"""pushsvc push --user {user} --data '{{"to": "{user}"}}'""")
         [message] = client.messages(1, timeout=30)
         assert message["data"] == {"to": user}
 
@@ -326,6 +339,53 @@ def test_fleet_host_as_documented(
             assert [m["data"] for m in again.messages(1, timeout=30)] == [{"to": user}]
             reconnected.append((user, again))
         live = reconnected
+
+    # TLS, then mutual TLS between the instances, from the test's CA: it issues node
+    # certificates only, so it is the cluster CA too. Each certificate names 127.0.0.1,
+    # the host the instances advertise (ADVERTISE_HOST), and serves as a client one.
+    issued = pki.issue("doc-fleet")
+    for name, source in (
+        ("node.pem", issued.cert),
+        ("node.key", issued.key),
+        ("ca.pem", pki.ca),
+        ("cluster-ca.pem", pki.ca),
+    ):
+        host.write(f"{WORKDIR}/{name}", source.read_text(), 0o600)
+    cursor = host.cursor()
+    guide.run("tls-install")
+    assert_restarted_one_at_a_time(host.journal(after=cursor), units)
+    for _, client in live:
+        assert client.close_code(timeout=60)[0] == 1012
+    cursor = host.cursor()
+    out = guide.run("tls-mutual")
+    assert_restarted_one_at_a_time(host.journal(after=cursor), units)
+    assert units_active(host) == dict.fromkeys(units, "active")
+    # Each node advertises its cluster listener: the address its peers dial.
+    cluster_port = int(site["CLUSTER_PORT"])
+    for n in (1, 2):
+        assert f"doc-host-{n}: grpc 127.0.0.1:{cluster_port + n}," in out, out
+    listening = [e for e in node_events(host, cursor) if e["msg"] == "node listening"]
+    assert sorted((e["node"], e["tls"], e["cluster"]) for e in listening) == [
+        (f"doc-host-{n}", "mutual", f"0.0.0.0:{cluster_port + n}") for n in (1, 2)
+    ], listening
+    # An online-only push through instance 1 (wss:// clients now) reaches the user held by
+    # each instance: for instance 2's, only by a Deliver call over mutual TLS, since
+    # nothing of an online-only push is stored or replayed. New users: nothing is waiting
+    # in their inboxes.
+    held = one_client_per_node(ws, node_ids, clients, ca=pki.ca, users="mtls")
+    for node_id, (user, client) in held.items():
+
+        def online(user: str = user, node_id: str = node_id) -> bool:
+            return f"on {node_id}" in via_instance_1(host, f"pushsvc presence {user}")
+
+        poll(online, 60, f"{user} online on {node_id}, as instance 1 reads it")
+        out = via_instance_1(
+            host, f"""pushsvc push --user {user} --ttl 0 --data '{{"mutual": "{user}"}}'"""
+        )
+        assert out.startswith("online-only push "), out
+        [message] = client.messages(1, timeout=30)
+        assert message["data"] == {"mutual": user}
+    live = list(held.values())
 
     guide.run("remove")
     assert "active" not in units_active(host).values()
