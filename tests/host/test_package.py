@@ -227,7 +227,8 @@ def test_unit_stays_activating_until_the_node_says_ready(host: Host) -> None:
         db.start()
         ready = host.wait_state(node.unit, "active", timeout=120)
         assert ready["StatusText"].startswith("ready:"), ready
-        assert ready["NRestarts"] == "0"  # the same process, not a restart
+        # The same process, not a restart.
+        assert ready["NRestarts"] == "0", host.journal_text(node.unit, 80)
     finally:
         db.cleanup()
 
