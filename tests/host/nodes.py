@@ -164,12 +164,14 @@ def one_client_per_node(
     clients: list[Client],
     secret: str = JWT_SECRET,
     ca: Path | None = None,
+    users: str = "user",
 ) -> dict[str, tuple[str, Client]]:
     """Connect to a WebSocket port the instances share until each of ``node_ids`` holds
-    a client: node id → (user, client). The kernel picks the instance per connection."""
+    a client: node id → (user, client), users named ``<users>-<n>``. The kernel picks
+    the instance per connection."""
     held: dict[str, tuple[str, Client]] = {}
     for attempt in range(200):
-        user = f"user-{attempt}"
+        user = f"{users}-{attempt}"
         client = connect_ws(ws_port, user, secret=secret, ca=ca)
         clients.append(client)
         node_id = client.welcome["node"]

@@ -6,11 +6,12 @@ Each block carries a name (``<!-- test: NAME -->`` on the line above it). The gu
 is run twice from a host without the package: as a single-node host (install, one
 node, back up and restore, TLS and a certificate rotation, uninstall) and as a fleet
 host (install, configure and start two instances on FerretDB, logs, upgrade and roll
-back, uninstall). Only the site's own values differ from what an operator types: the
-``fleet-site`` and ``tls-site`` blocks are replaced by the test's values (same
-variable names), the shipped ports of the single node are moved to free ones (the
-guide says to edit them to change them), and the files the blocks name (packages,
-certificates from the test's CA) are put in the directory the blocks run in.
+back, TLS and mutual TLS between the instances, uninstall). Only the site's own
+values differ from what an operator types: the ``fleet-site`` and ``tls-site``
+blocks are replaced by the test's values (same variable names), the shipped ports
+of the single node are moved to free ones (the guide says to edit them to change
+them), and the files the blocks name (packages, certificates from the test's CA)
+are put in the directory the blocks run in.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import json
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.ferretdb import FerretDB
 from tests.host.conftest import repack
-from tests.host.machine import PRIORITIES, Host, package_version, service_ports
+from tests.host.machine import PRIORITIES, Host, package_version, poll, service_ports
 from tests.host.nodes import assert_restarted_one_at_a_time, connect_ws, one_client_per_node
 from tests.nodeproc import API_KEY, CLUSTER_KEY, JWT_SECRET
 from tests.pki import Pki
@@ -35,9 +37,9 @@ pytestmark = pytest.mark.timeout(900)
 GUIDE = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 WORKDIR = "/root/doc"  # where the operator downloaded the packages; the blocks run here
 SINGLE = ["install", "single-start", "single-try", "backup", "restore"]
-SINGLE += ["tls-install", "tls-check", "tls-rotate", "remove", "purge"]
+SINGLE += ["tls-install", "tls-journal", "tls-check", "tls-rotate", "remove", "purge"]
 FLEET = ["install", "fleet-configure", "fleet-start", "logs", "upgrade", "rollback"]
-FLEET += ["remove", "purge"]
+FLEET += ["tls-install", "tls-mutual", "remove", "purge"]
 SITES = ["fleet-site", "tls-site"]  # blocks of the site's values, which the tests set
 # openssl x509 -fingerprint -sha256: "sha256 Fingerprint=AB:CD:...".
 FINGERPRINT = re.compile(r"(?i)^sha256 Fingerprint=([0-9A-F:]+)$", re.M)
@@ -80,6 +82,24 @@ class Guide:
     def run(self, name: str) -> str:
         return self.host.run(self.prefix + self.blocks[name], cwd=WORKDIR, timeout=600).stdout
 
+    def shows(self, name: str, words: str) -> str:
+        """Run block ``name`` until its output has ``words`` (a journal read: journald
+        stores a line a moment after the node wrote it, and journalctl -g fails while
+        nothing matches); its output then."""
+
+        last = ""
+
+        def attempt() -> str | None:
+            nonlocal last
+            done = self.host.run(self.prefix + self.blocks[name], cwd=WORKDIR, check=False)
+            last = done.stdout + done.stderr
+            return done.stdout if words in done.stdout else None
+
+        try:
+            return poll(attempt, 60, f"{words!r} from {name}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; it printed:\n{last}") from None
+
 
 @pytest.fixture
 def bare_host(host: Host, package: Path, tmp_path: Path) -> Host:
@@ -110,6 +130,22 @@ def units_active(host: Host) -> dict[str, str]:
 
 def gone(host: Host, *paths: str) -> bool:
     return all(host.run(["test", "-e", path], check=False).returncode == 1 for path in paths)
+
+
+def via_instance_1(host: Host, command: str) -> str:
+    """``command``'s output, run with instance 1's settings loaded, as the guide does."""
+    env = "set -a; . /etc/pushsvc/pushsvc.env; . /etc/pushsvc/1.env; set +a; "
+    return host.run(env + command).stdout
+
+
+def node_events(host: Host, after: str) -> list[dict[str, Any]]:
+    """The instances' log events (JSON lines) since the journal cursor ``after``."""
+    return [
+        json.loads(str(entry["MESSAGE"]))
+        for entry in host.journal(after=after)
+        if str(entry.get("_SYSTEMD_UNIT", "")).startswith("pushsvc@")
+        and str(entry.get("MESSAGE", "")).startswith("{")
+    ]
 
 
 def fingerprint(checked: str) -> str:
@@ -164,10 +200,7 @@ def test_single_node_host_as_documented(bare_host: Host, pki: Pki, clients: list
     copied = host.run(["ls", "/var/backups/pushsvc-1"]).stdout.split()
     assert {"pushsvc.db", "jwt-secret", "api-key"} <= set(copied), copied
     # After the backup: another message, which the restore takes back.
-    after = host.run(
-        "set -a; . /etc/pushsvc/pushsvc.env; . /etc/pushsvc/1.env; set +a; "
-        """pushsvc push --user alice --data '{"after": "backup"}'"""
-    ).stdout
+    after = via_instance_1(host, """pushsvc push --user alice --data '{"after": "backup"}'""")
     assert after.strip().endswith("alice seq 2"), after
     guide.run("restore")
     assert alice.close_code(timeout=60)[0] == 1012  # the stop drained it
@@ -188,9 +221,11 @@ def test_single_node_host_as_documented(bare_host: Host, pki: Pki, clients: list
         ("new.key", renewed.key),
     ):
         host.write(f"{WORKDIR}/{name}", source.read_text(), 0o600)
-    out = guide.run("tls-install")
-    assert f'"sha256":"{first.fingerprint}"' in out, out  # the journal's "loaded" line
+    guide.run("tls-install")
     assert again.close_code(timeout=60)[0] == 1012  # the restart drained it
+    out = guide.shows("tls-journal", first.fingerprint)
+    [loaded] = [json.loads(line) for line in out.splitlines() if first.fingerprint in line]
+    assert (loaded["msg"], loaded["subject"]) == ("TLS certificate loaded", "CN=doc-node")
     assert units_active(host) == {"pushsvc@1.service": "active"}
     modes = host.run("stat -c '%a %U %G %n' /etc/pushsvc/tls /etc/pushsvc/tls/*").stdout
     assert modes.splitlines() == [
@@ -207,10 +242,12 @@ def test_single_node_host_as_documented(bare_host: Host, pki: Pki, clients: list
     assert out.startswith("pushed ") and "alice: online" in out, out
     assert [m["data"] for m in alice.messages(1, timeout=30)] == [{"hello": "world"}]
 
-    out = guide.run("tls-rotate")
-    reloaded = [line for line in out.splitlines() if "TLS certificate reloaded" in line]
-    assert len(reloaded) == 1 and renewed.fingerprint in reloaded[0], out
+    guide.run("tls-rotate")
+    # `systemctl reload` returned once the node had reloaded: the check sees it at once.
     assert fingerprint(guide.run("tls-check")) == renewed.fingerprint
+    out = guide.shows("tls-journal", renewed.fingerprint)
+    [reloaded] = [json.loads(line) for line in out.splitlines() if renewed.fingerprint in line]
+    assert reloaded["msg"] == "TLS certificate reloaded", reloaded
     # The connection made before the rotation is still there, and still served.
     out = guide.run("single-try")
     assert out.startswith("pushed ") and "alice: online" in out, out
@@ -228,7 +265,7 @@ def test_single_node_host_as_documented(bare_host: Host, pki: Pki, clients: list
 
 
 def test_fleet_host_as_documented(
-    bare_host: Host, ferretdb: FerretDB, clients: list[Client]
+    bare_host: Host, ferretdb: FerretDB, pki: Pki, clients: list[Client]
 ) -> None:
     host = bare_host
     ws = service_ports()
@@ -244,6 +281,7 @@ def test_fleet_host_as_documented(
         "WS_PORT": str(ws),
         "GRPC_PORT": str(service_ports(2) - 1),  # instance n: GRPC_PORT + n
         "ADMIN_PORT": str(service_ports(2) - 1),
+        "CLUSTER_PORT": str(service_ports(2) - 1),
     }
     guide = Guide(host, {"fleet-site": site})
     units = ["pushsvc@1.service", "pushsvc@2.service"]
@@ -260,10 +298,7 @@ def test_fleet_host_as_documented(
     held = one_client_per_node(ws, node_ids, clients)
     # Pushed through instance 1 with the fleet's key, delivered by whichever holds the user.
     for user, client in held.values():
-        host.run(
-            "set -a; . /etc/pushsvc/pushsvc.env; . /etc/pushsvc/1.env; set +a; "
-            f"""pushsvc push --user {user} --data '{{"to": "{user}"}}'"""
-        )
+        via_instance_1(host, f"""pushsvc push --user {user} --data '{{"to": "{user}"}}'""")
         [message] = client.messages(1, timeout=30)
         assert message["data"] == {"to": user}
 
@@ -304,6 +339,53 @@ def test_fleet_host_as_documented(
             assert [m["data"] for m in again.messages(1, timeout=30)] == [{"to": user}]
             reconnected.append((user, again))
         live = reconnected
+
+    # TLS, then mutual TLS between the instances, from the test's CA: it issues node
+    # certificates only, so it is the cluster CA too. Each certificate names 127.0.0.1,
+    # the host the instances advertise (ADVERTISE_HOST), and serves as a client one.
+    issued = pki.issue("doc-fleet")
+    for name, source in (
+        ("node.pem", issued.cert),
+        ("node.key", issued.key),
+        ("ca.pem", pki.ca),
+        ("cluster-ca.pem", pki.ca),
+    ):
+        host.write(f"{WORKDIR}/{name}", source.read_text(), 0o600)
+    cursor = host.cursor()
+    guide.run("tls-install")
+    assert_restarted_one_at_a_time(host.journal(after=cursor), units)
+    for _, client in live:
+        assert client.close_code(timeout=60)[0] == 1012
+    cursor = host.cursor()
+    out = guide.run("tls-mutual")
+    assert_restarted_one_at_a_time(host.journal(after=cursor), units)
+    assert units_active(host) == dict.fromkeys(units, "active")
+    # Each node advertises its cluster listener: the address its peers dial.
+    cluster_port = int(site["CLUSTER_PORT"])
+    for n in (1, 2):
+        assert f"doc-host-{n}: grpc 127.0.0.1:{cluster_port + n}," in out, out
+    listening = [e for e in node_events(host, cursor) if e["msg"] == "node listening"]
+    assert sorted((e["node"], e["tls"], e["cluster"]) for e in listening) == [
+        (f"doc-host-{n}", "mutual", f"0.0.0.0:{cluster_port + n}") for n in (1, 2)
+    ], listening
+    # An online-only push through instance 1 (wss:// clients now) reaches the user held by
+    # each instance: for instance 2's, only by a Deliver call over mutual TLS, since
+    # nothing of an online-only push is stored or replayed. New users: nothing is waiting
+    # in their inboxes.
+    held = one_client_per_node(ws, node_ids, clients, ca=pki.ca, users="mtls")
+    for node_id, (user, client) in held.items():
+
+        def online(user: str = user, node_id: str = node_id) -> bool:
+            return f"on {node_id}" in via_instance_1(host, f"pushsvc presence {user}")
+
+        poll(online, 60, f"{user} online on {node_id}, as instance 1 reads it")
+        out = via_instance_1(
+            host, f"""pushsvc push --user {user} --ttl 0 --data '{{"mutual": "{user}"}}'"""
+        )
+        assert out.startswith("online-only push "), out
+        [message] = client.messages(1, timeout=30)
+        assert message["data"] == {"mutual": user}
+    live = list(held.values())
 
     guide.run("remove")
     assert "active" not in units_active(host).values()
