@@ -26,7 +26,9 @@ from pushsvc.errors import Unauthenticated
 pytestmark = pytest.mark.filterwarnings("ignore:The HMAC key is")
 NOW = time.time()
 users = st.text(
-    alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x2FFF, categories=("L", "N", "P", "S")),
+    alphabet=st.characters(
+        min_codepoint=0x21, max_codepoint=0x2FFF, categories=("L", "N", "P", "S")
+    ),
     min_size=1,
     max_size=40,
 )
