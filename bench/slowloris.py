@@ -153,7 +153,8 @@ async def run_round(node: Node, args: argparse.Namespace, round_no: int) -> Roun
             received[users[conn.index]] = now
             # Ack it, as the protocol asks of a client: what a round leaves behind
             # is then the node's own, not a backlog replayed to each next round.
-            conn.send(OP_TEXT, json.dumps({"type": "ack", "seq": frame["seq"]}).encode())
+            if "seq" in frame:  # online-only messages have none
+                conn.send(OP_TEXT, json.dumps({"type": "ack", "seq": frame["seq"]}).encode())
 
     async def one(i: int) -> WsConn | None:
         started = time.perf_counter()
@@ -189,7 +190,11 @@ async def run_round(node: Node, args: argparse.Namespace, round_no: int) -> Roun
     await asyncio.gather(
         *(
             stub.Push(
-                push_pb2.PushRequest(user_ids=welcomed[i : i + BATCH], payload=payload),
+                push_pb2.PushRequest(
+                    user_ids=welcomed[i : i + BATCH],
+                    payload=payload,
+                    ttl_seconds=0 if args.online_only else None,
+                ),
                 metadata=AUTH,
                 timeout=60,
             )
@@ -235,6 +240,11 @@ def main() -> int:
     parser.add_argument("--settle", type=float, default=5.0, help="seconds before measuring")
     parser.add_argument(
         "--new-users", action="store_true", help="new user ids every round (else the same)"
+    )
+    parser.add_argument(
+        "--online-only",
+        action="store_true",
+        help="push online-only (ttl 0): nothing stored, so memory is the connections' alone",
     )
     parser.add_argument("--record", action="store_true", help="append to bench/RESULTS.md")
     args = parser.parse_args()
@@ -323,14 +333,16 @@ def report(
         f"the same 2 cores. Per round: {args.slow} slow handshakes ({args.slow - args.silent} "
         f"send one header line every {args.drip:g} s, {args.silent} send nothing), then "
         f"{args.clients} legitimate clients connect (100 handshakes in flight) and get one "
-        f"pushed message each while the slow sockets hang on; then everyone leaves and the "
-        f"node settles {args.settle:g} s before RSS and fds are read."
+        f"{'online-only' if args.online_only else 'stored'} pushed message each, which they "
+        f"ack, while the slow sockets hang on; then everyone leaves and the node settles "
+        f"{args.settle:g} s before RSS and fds are read."
     )
     text = intro + "\n\n" + body + "\n\n" + "\n".join(notes) + "\n"
     print(text)
     if args.record:
         append_results(
-            f"Slowloris soak: {args.slow} slow handshakes + {args.clients} legitimate clients",
+            f"Slowloris soak: {args.slow} slow handshakes + {args.clients} legitimate clients"
+            + (", online-only pushes" if args.online_only else ""),
             text,
         )
 
