@@ -58,5 +58,5 @@ fi
 if [ ! -x "$root/.tools/bin/protoc-gen-go" ] && ! command -v protoc-gen-go >/dev/null 2>&1; then
   bash deploy/dev/install-go.sh
 fi
-bash bench/loadgen/genproto.sh
+PUSHSVC_PYTHON="$BENCH/venv/bin/python" bash bench/loadgen/genproto.sh
 (cd bench/loadgen && go build -o "$BENCH/bin/loadgen" .)

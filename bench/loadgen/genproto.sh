@@ -2,7 +2,7 @@
 # Generate the Go stubs of protos/pushsvc/v1/push.proto into pushsvcv1/ (not
 # committed; bench/suite.py runs this before every build, so the load
 # generator always speaks the repository's current contract). protoc is
-# grpc_tools.protoc from the repository's venv; the plugins come from
+# grpc_tools.protoc from the bench venv (bench/install.sh); the plugins come from
 # .tools/bin (deploy/dev/install-go.sh puts them there).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)   # bench/loadgen
