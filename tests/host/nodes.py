@@ -60,10 +60,14 @@ def connect_ws(
     since: int | None = None,
     secret: str = JWT_SECRET,
     ca: Path | None = None,
+    token: str | None = None,
 ) -> Client:
-    """A WebSocket client of ``user``: ``wss://``, trusting ``ca``, when it is given."""
+    """A WebSocket client of ``user`` (with ``token``, else one signed with ``secret``):
+    ``wss://``, trusting ``ca``, when it is given."""
     scheme = "ws" if ca is None else "wss"
-    url = f"{scheme}://127.0.0.1:{port}/ws?token={mint_token(secret, user, 3600, None)}"
+    if token is None:
+        token = mint_token(secret, user, 3600, None)
+    url = f"{scheme}://127.0.0.1:{port}/ws?token={token}"
     if since is not None:
         url += f"&since={since}"
     context = None if ca is None else ssl.create_default_context(cafile=str(ca))
