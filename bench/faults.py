@@ -60,6 +60,7 @@ class Plan:
     pause_db: float = 20.0
     gap: float = 5.0  # seconds between faults
     settle: float = 60.0  # seconds after the last fault for everyone to catch up
+    db_pool: int = 16  # MongoDB connections per node
     welcome_deadline: float = 30.0  # a drained client must be welcomed elsewhere within this
 
 
@@ -135,7 +136,9 @@ class Fleet:
             NodeProcess(
                 workdir / f"node{i}",
                 {
-                    "PUSHSVC_MONGO_URI": self.db.uri,
+                    # A bounded pool per node: FerretDB restarted under a fleet's full
+                    # pools (100 connections each) stopped answering in these runs.
+                    "PUSHSVC_MONGO_URI": f"{self.db.uri}?maxPoolSize={plan.db_pool}",
                     "PUSHSVC_MONGO_DB": name,
                     "PUSHSVC_CLUSTER_KEY": CLUSTER_KEY,
                     "PUSHSVC_JWT_SECRET": JWT_SECRET,

@@ -138,6 +138,7 @@ from pushsvc.store.mongo_database import (
     Doc,
     MongoDatabase,
     bson_date,
+    ensure_ready,
     expired,
     guarded,
     only_duplicate_keys,
@@ -284,7 +285,7 @@ class MongoInbox(InboxStore):
     def _write_batch(self, calls: list[Call]) -> None:
         pushes = [_Push(r, c.now, self.writer) for c in calls for r in c.requests]
         try:
-            self._ensure_ready()
+            ensure_ready(self)
             self._write(pushes)
         except PyMongoError as exc:
             error = store_error(exc)

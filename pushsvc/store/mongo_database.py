@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
+import gevent.lock
 import pymongo
 from pymongo import monitoring
 from pymongo.collection import Collection
@@ -178,6 +179,11 @@ class MongoDatabase:
         self._detected = False
         self._holders = 0
         self._closed = False
+        #: Held while one store sets itself up (indexes): callers that arrive
+        #: meanwhile wait and find it done, instead of each sending the same
+        #: createIndexes (dozens at once after an outage, which FerretDB 1.24 was
+        #: seen to deadlock on: its metadata lock against its connection pool).
+        self.setup_lock = gevent.lock.RLock()
 
     def collection(self, name: str) -> Collection[Doc]:
         return self.db[name]
@@ -236,7 +242,17 @@ class MongoDatabase:
 
 
 class _UsesDatabase(Protocol):
+    database: MongoDatabase
+    _ready: bool
+
     def _ensure_ready(self) -> None: ...
+
+
+def ensure_ready(store: _UsesDatabase) -> None:
+    """Set ``store`` up unless it is: one caller at a time per database."""
+    if not store._ready:
+        with store.database.setup_lock:
+            store._ensure_ready()
 
 
 S = TypeVar("S", bound=_UsesDatabase)
@@ -257,7 +273,7 @@ def guarded(fn: Callable[Concatenate[S, P], T]) -> Callable[Concatenate[S, P], T
     @functools.wraps(fn)
     def wrapper(self: S, /, *args: P.args, **kwargs: P.kwargs) -> T:
         try:
-            self._ensure_ready()
+            ensure_ready(self)
             return fn(self, *args, **kwargs)
         except PyMongoError as exc:
             raise store_error(exc) from exc

@@ -12,7 +12,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import gevent
+import gevent.event
 import pytest
+from pymongo.collection import Collection
 from pymongo.errors import AutoReconnect
 
 from pushsvc.errors import NotFound, StoreUnavailable
@@ -532,3 +534,32 @@ def test_store_created_while_the_database_is_down(live: FerretDB) -> None:
         assert store.store_message(msg(), ["alice"], "", T0).seqs == (1,)
     finally:
         store.close()
+
+
+def test_callers_that_find_the_store_not_set_up_set_it_up_once(
+    store: MongoInbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After an outage at start, every caller used to send the store's
+    createIndexes itself: dozens at once, which FerretDB was seen to deadlock on."""
+    calls: list[object] = []
+    real = Collection.create_index
+    go = gevent.event.Event()
+
+    def create_index(coll: Collection[Any], keys: Any, **kwargs: Any) -> str:
+        calls.append(keys)
+        go.wait(30)  # the other callers arrive while this setup is under way
+        return real(coll, keys, **kwargs)
+
+    monkeypatch.setattr(Collection, "create_index", create_index)
+    go.set()
+    store._setup()
+    one_setup = len(calls)
+    calls.clear()
+    go.clear()
+    store._ready = False
+    callers = [gevent.spawn(store.user_starts, ["alice"]) for _ in range(20)]
+    gevent.idle()  # every caller runs until it waits: one in create_index, the rest for it
+    go.set()
+    gevent.joinall(callers, timeout=60, raise_error=True)
+    assert all(c.successful() for c in callers)
+    assert len(calls) == one_setup
