@@ -266,9 +266,9 @@ class MongoInbox(InboxStore):
 
     def _setup(self) -> None:
         self.database.detect()
-        self._inbox.create_index([("user_id", 1), ("seq", 1)], unique=True)
-        self._inbox.create_index([("message_id", 1)])
-        self._messages.create_index([("pending", 1)])
+        self.database.index(self._inbox, [("user_id", 1), ("seq", 1)], unique=True)
+        self.database.index(self._inbox, [("message_id", 1)])
+        self.database.index(self._messages, [("pending", 1)])
         ttl = True
         for coll in (self._messages, self._inbox, self._idempotency):
             ttl = self.database.expiry_index(coll) and ttl

@@ -213,8 +213,29 @@ class MongoDatabase:
         size = FERRETDB_BATCH if self.ferretdb else len(items)
         return [items[i : i + size] for i in range(0, len(items), size)]
 
+    def index(self, coll: Collection[Doc], keys: list[tuple[str, int]], **options: Any) -> None:
+        """Create the index unless one on the same keys is there. Reading the list
+        first matters on FerretDB 1.24: a createIndexes that arrives while its
+        connection pool is busy with reads deadlocks it (its metadata lock against
+        its pool, seen when a node restarted under a fleet's load), and a restarted
+        node finds its indexes there."""
+        if self._existing(coll, keys) is None:
+            coll.create_index(keys, **options)
+
+    def _existing(self, coll: Collection[Doc], keys: list[tuple[str, int]]) -> Doc | None:
+        for info in coll.index_information().values():
+            have = [(k, int(v) if isinstance(v, int | float) else v) for k, v in info["key"]]
+            if have == keys:
+                return dict(info)
+        return None
+
     def expiry_index(self, coll: Collection[Doc]) -> bool:
         """Index ``expires_at``, as a TTL index if the server has them."""
+        found = self._existing(coll, [("expires_at", 1)])
+        if found is not None:
+            if "expireAfterSeconds" not in found and not self.ferretdb:
+                log.warning("%s.expires_at is not a TTL index", coll.name)
+            return "expireAfterSeconds" in found
         try:
             coll.create_index([("expires_at", 1)], expireAfterSeconds=0)
             return True

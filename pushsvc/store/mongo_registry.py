@@ -108,9 +108,9 @@ class MongoRegistry(NodeRegistry):
 
     def _setup(self) -> None:
         self.database.detect()
-        self._presence.create_index([("user_id", 1)])
-        self._presence.create_index([("node_id", 1)])
-        self._nodes.create_index([("exp", 1)])
+        self.database.index(self._presence, [("user_id", 1)])
+        self.database.index(self._presence, [("node_id", 1)])
+        self.database.index(self._nodes, [("exp", 1)])
         self.ttl_indexes = self.database.expiry_index(self._nodes)
         self._ready = True
 

@@ -254,7 +254,7 @@ class MongoReceiptLog(ReceiptLog):
     def _ensure_ready(self) -> None:
         if not self._ready:
             self.database.detect()
-            self._events.create_index([("source", ASCENDING), ("n", ASCENDING)])
+            self.database.index(self._events, [("source", ASCENDING), ("n", ASCENDING)])
             self._ready = True
 
     @guarded

@@ -68,7 +68,7 @@ class MongoRevocationStore(RevocationStore):
     def _ensure_ready(self) -> None:
         if not self._ready:
             self.database.detect()
-            self._coll.create_index([("at", ASCENDING)])
+            self.database.index(self._coll, [("at", ASCENDING)])
             self.database.expiry_index(self._coll)
             self._ready = True
 

@@ -539,27 +539,46 @@ def test_store_created_while_the_database_is_down(live: FerretDB) -> None:
 def test_callers_that_find_the_store_not_set_up_set_it_up_once(
     store: MongoInbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """After an outage at start, every caller used to send the store's
-    createIndexes itself: dozens at once, which FerretDB was seen to deadlock on."""
-    calls: list[object] = []
-    real = Collection.create_index
+    """After an outage at start, every caller used to set the store up itself:
+    dozens of createIndexes at once."""
+    setups: list[None] = []
+    real = MongoInbox._setup
     go = gevent.event.Event()
 
-    def create_index(coll: Collection[Any], keys: Any, **kwargs: Any) -> str:
-        calls.append(keys)
+    def setup(self: MongoInbox) -> None:
+        setups.append(None)
         go.wait(30)  # the other callers arrive while this setup is under way
-        return real(coll, keys, **kwargs)
+        real(self)
 
-    monkeypatch.setattr(Collection, "create_index", create_index)
-    go.set()
-    store._setup()
-    one_setup = len(calls)
-    calls.clear()
-    go.clear()
+    monkeypatch.setattr(MongoInbox, "_setup", setup)
     store._ready = False
     callers = [gevent.spawn(store.user_starts, ["alice"]) for _ in range(20)]
-    gevent.idle()  # every caller runs until it waits: one in create_index, the rest for it
+    gevent.idle()  # every caller runs until it waits: one in the setup, the rest for it
     go.set()
     gevent.joinall(callers, timeout=60, raise_error=True)
     assert all(c.successful() for c in callers)
-    assert len(calls) == one_setup
+    assert len(setups) == 1
+
+
+def test_a_restarted_node_finds_its_indexes_and_creates_none(
+    store: MongoInbox, live: FerretDB, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FerretDB 1.24 deadlocks on a createIndexes that arrives while its pool is
+    busy with reads: a node restarted into a busy fleet must not send one."""
+    created: list[object] = []
+    real = Collection.create_index
+
+    def create_index(coll: Collection[Any], keys: Any, **kwargs: Any) -> str:
+        created.append(keys)
+        return real(coll, keys, **kwargs)
+
+    monkeypatch.setattr(Collection, "create_index", create_index)
+    again = MongoInbox(
+        MongoDatabase(live.uri, store.database.name, server_selection_timeout=TIMEOUT)
+    )
+    try:
+        assert again.user_starts(["alice"]) == {"alice": UserStart(0, 0)}
+        assert created == []
+        assert again.ttl_indexes == store.ttl_indexes
+    finally:
+        again.close()
