@@ -39,8 +39,9 @@ class TokenVerifier:
 
     Only the configured algorithm is accepted, so ``alg: none`` and algorithm
     confusion (an HS256 token signed with a public key) are refused. The header and
-    the claims are parsed as strict JSON (``jsontext``) before PyJWT verifies the
-    signature, and the claims are checked here, not by PyJWT: ``exp`` (required),
+    the claims are parsed as strict JSON (``jsontext``) before the signature is
+    verified (HS256 here, with one keyed HMAC; other algorithms by PyJWT), and the
+    claims are checked here, not by PyJWT: ``exp`` (required),
     ``nbf`` and ``iat`` must be JSON numbers between 0 and the year 9999, ``exp``
     at most ``max_lifetime`` seconds after ``iat`` (or after now, without ``iat``),
     ``sub`` a user id (``messages.validate_user_id``), ``topics`` a list of
