@@ -17,7 +17,10 @@ to catch up. Checked:
 ``python -m bench.faults --record`` runs the full size (3 nodes, 2,000
 connections, 1,000 of them on the node that is drained) and appends the counts
 to ``bench/RESULTS.md``; ``tests/test_faults.py`` runs a small form in
-``make test``.
+``make test``. ``--backend postgresql`` puts FerretDB on PostgreSQL (a private
+cluster that stays up while FerretDB is paused, killed and restarted) instead of
+SQLite; FerretDB 1.24's SQLite backend stops answering when restarted under a
+full-size fleet's load (bench/RESULTS.md, "Faults … none completed").
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class Plan:
     gap: float = 5.0  # seconds between faults
     settle: float = 60.0  # seconds after the last fault for everyone to catch up
     db_pool: int = 16  # MongoDB connections per node
+    backend: str = "sqlite"  # FerretDB's: sqlite or postgresql
     welcome_deadline: float = 30.0  # a drained client must be welcomed elsewhere within this
 
 
@@ -130,7 +134,7 @@ class Fleet:
 
     def __init__(self, plan: Plan, workdir: Path) -> None:
         self.plan = plan
-        self.db = FerretDB()
+        self.db = FerretDB(backend=plan.backend)
         name = self.db_name = f"faults_{uuid.uuid4().hex[:8]}"
         self.nodes = [
             NodeProcess(
@@ -502,6 +506,9 @@ def main() -> int:
     parser.add_argument(
         "--drained-share", type=float, default=0.5, help="of the connections, on the drained node"
     )
+    parser.add_argument(
+        "--backend", choices=("sqlite", "postgresql"), default="sqlite", help="FerretDB's backend"
+    )
     parser.add_argument("--record", action="store_true", help="append to bench/RESULTS.md")
     args = parser.parse_args()
     plan = Plan(
@@ -511,6 +518,7 @@ def main() -> int:
         pause_db=args.pause_db,
         settle=args.settle,
         drained_share=args.drained_share,
+        backend=args.backend,
     )
     import tempfile
 
@@ -521,7 +529,8 @@ def main() -> int:
     if args.record:
         drained = int(plan.connections * plan.drained_share)
         append_results(
-            f"Faults: {plan.nodes}-node fleet, {plan.connections:,} connections",
+            f"Faults: {plan.nodes}-node fleet, {plan.connections:,} connections, "
+            f"FerretDB on {'PostgreSQL' if plan.backend == 'postgresql' else 'SQLite'}",
             "FerretDB paused (SIGSTOP) then killed and restarted, a node killed with SIGKILL "
             f"and restarted, the node holding {drained:,} of the connections drained with "
             f"SIGTERM, all under continuous stored pushes ({plan.push_rate:g}/s, each to 1 to "

@@ -1,8 +1,11 @@
-"""A real MongoDB-wire server for the benchmarks and the tests: FerretDB 1.24 on SQLite.
+"""A real MongoDB-wire server for the benchmarks and the tests: FerretDB 1.24.
 
 ``FerretDB`` runs the ``ferretdb`` binary on a free loopback port with its data
 in a private temporary directory; ``command()`` can be overridden (to pin it to
-a core, or to open its debug listener).
+a core, or to open its debug listener). Its backend is SQLite (the default) or
+PostgreSQL: ``FerretDB(backend="postgresql")`` starts a private PostgreSQL
+cluster (Debian's packages) beside it, which keeps running while FerretDB itself
+is paused, killed or restarted — a database server behind a stateless proxy.
 """
 
 from __future__ import annotations
@@ -51,17 +54,102 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def find_postgres_bin() -> pathlib.Path:
+    """The directory of PostgreSQL's server programs (initdb, pg_ctl)."""
+    found = shutil.which("initdb") or shutil.which("pg_ctl")
+    if found:
+        return pathlib.Path(found).resolve().parent
+    for candidate in sorted(pathlib.Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (candidate / "initdb").is_file():
+            return candidate
+    raise FerretDBMissing(
+        "PostgreSQL is not installed (no initdb on PATH or under /usr/lib/postgresql): "
+        "`apt-get install postgresql` for FerretDB's PostgreSQL backend"
+    )
+
+
+class Postgres:
+    """A private PostgreSQL cluster on a free loopback port (trust auth, one
+    database ``ferretdb``). As root, it runs as the ``postgres`` user, as
+    PostgreSQL refuses to run as root."""
+
+    def __init__(self, root: pathlib.Path) -> None:
+        self.bin = find_postgres_bin()
+        self.port = free_port()
+        self.dir = root / "pg"
+        self.log_path = root / "postgres.log"
+        self._as: list[str] = []
+        if os.geteuid() == 0:
+            self._as = ["runuser", "-u", "postgres", "--"]
+
+    @property
+    def url(self) -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/ferretdb"
+
+    def _run(self, *argv: str) -> None:
+        subprocess.run(
+            [*self._as, *argv],
+            check=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=120,
+        )
+
+    def start(self) -> None:
+        if not self.dir.exists():
+            self.dir.mkdir(mode=0o700)
+            self.log_path.touch()
+            if self._as:
+                shutil.chown(self.dir.parent, "postgres")
+                shutil.chown(self.dir, "postgres")
+                shutil.chown(self.log_path, "postgres")
+            self._run(
+                str(self.bin / "initdb"), "-D", str(self.dir), "-U", "postgres", "-A", "trust",
+                "--no-sync", "-E", "UTF8",
+            )  # fmt: skip
+        opts = (
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
+            "-c max_connections=300 -c shared_buffers=128MB"
+        )
+        self._run(
+            str(self.bin / "pg_ctl"), "-D", str(self.dir), "-l", str(self.log_path),
+            "-o", opts, "-w", "-t", "60", "start",
+        )  # fmt: skip
+        created = subprocess.run(
+            [*self._as, "psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+             "-tAc", "SELECT 1 FROM pg_database WHERE datname = 'ferretdb'"],
+            check=True, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        if created.stdout.strip() != "1":
+            self._run(
+                "psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+                "-c", "CREATE DATABASE ferretdb",
+            )  # fmt: skip
+
+    def stop(self) -> None:
+        if (self.dir / "postmaster.pid").exists():
+            with contextlib.suppress(subprocess.SubprocessError, OSError):
+                self._run(str(self.bin / "pg_ctl"), "-D", str(self.dir), "-m", "fast", "stop")
+
+
 class FerretDB:
     """One ferretdb process; ``start()`` again reuses its port and data."""
 
-    def __init__(self, binary: str | None = None, port: int | None = None) -> None:
+    def __init__(
+        self, binary: str | None = None, port: int | None = None, backend: str = "sqlite"
+    ) -> None:
+        if backend not in ("sqlite", "postgresql"):
+            raise ValueError(f"backend must be sqlite or postgresql, not {backend!r}")
         self.binary = binary or find_binary()
         self.port = port or free_port()
+        self.backend = backend
         self._tmp = tempfile.TemporaryDirectory(prefix="pushsvc-ferretdb-")
         self.dir = pathlib.Path(self._tmp.name)
         (self.dir / "data").mkdir()
         self.log_path = self.dir / "ferretdb.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.postgres = Postgres(self.dir) if backend == "postgresql" else None
 
     @property
     def uri(self) -> str:
@@ -72,10 +160,13 @@ class FerretDB:
         return self.proc is not None and self.proc.poll() is None
 
     def command(self) -> list[str]:
+        if self.postgres is not None:
+            storage = ["--handler=postgresql", f"--postgresql-url={self.postgres.url}"]
+        else:
+            storage = ["--handler=sqlite", f"--sqlite-url=file:{self.dir / 'data'}/"]
         return [
             self.binary,
-            "--handler=sqlite",
-            f"--sqlite-url=file:{self.dir / 'data'}/",
+            *storage,
             f"--state-dir={self.dir}",
             f"--listen-addr=127.0.0.1:{self.port}",
             "--debug-addr=-",  # no HTTP debug listener
@@ -87,6 +178,8 @@ class FerretDB:
         """Start the server and wait until it answers ``ping``."""
         if self.running:
             return self
+        if self.postgres is not None and not (self.postgres.dir / "postmaster.pid").exists():
+            self.postgres.start()
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 self.command(),
@@ -165,8 +258,10 @@ class FerretDB:
         return self.start()
 
     def cleanup(self) -> None:
-        """Stop the server and delete its data."""
+        """Stop the server (and its PostgreSQL) and delete its data."""
         self.stop()
+        if self.postgres is not None:
+            self.postgres.stop()
         self._tmp.cleanup()
 
     def log_tail(self, lines: int = 30) -> str:
