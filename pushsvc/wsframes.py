@@ -44,10 +44,13 @@ TOO_BIG = 1009
 def close_code_allowed(code: int) -> bool:
     """Whether a client may send ``code`` in a close frame (RFC 6455 7.4).
 
-    1004-1006 and 1015 are reserved and never sent; 1012-1014 are not in the
-    RFC's list and 1016-2999 are reserved for future revisions of it.
+    1004-1006 and 1015 are reserved and never sent, and 1016-2999 are reserved for
+    future revisions of it. 1012-1014 are registered with IANA since the RFC
+    (service restart, try again later, bad gateway): this server closes with 1012
+    when it drains and 1013 when it sheds a connect, and a client echoing the code
+    it received (RFC 6455 5.5.1) is right to.
     """
-    return 1000 <= code <= 1003 or 1007 <= code <= 1011 or 3000 <= code <= 4999
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
 
 
 @dataclass(frozen=True, slots=True)
