@@ -32,6 +32,10 @@ class Connection(Protocol):
     def deliver_online(self, wire: bytes) -> bool:
         """An online-only or topic frame; False if it was not queued (closed, overflow)."""
 
+    def deliver_online_many(self, wires: tuple[bytes, ...], joined: bytes) -> bool:
+        """Several topic frames in order, ``joined`` their concatenation (one write
+        when the socket keeps up); False if they were not all queued."""
+
 
 class Hub:
     __slots__ = ("_conns", "_topics", "_users")

@@ -156,6 +156,15 @@ class Session:
         self._overflow()
         return False
 
+    def deliver_online_many(self, wires: tuple[bytes, ...], joined: bytes) -> bool:
+        if self._closing is not None:
+            return False
+        if self.writer.write_joined(wires, joined):
+            self._node.counters.frames_sent += len(wires)
+            return True
+        self._overflow()
+        return False
+
     def on_page(self, page: InboxPage) -> None:
         if self._closing is None:
             self._act(

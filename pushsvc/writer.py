@@ -183,6 +183,19 @@ class Writer:
         self._send_now(b"".join(w for w, _ in frames), tuple(m for _, m in frames if m))
         return True
 
+    def write_joined(self, wires: tuple[bytes, ...], joined: bytes) -> bool:
+        """Several data frames without receipts, ``joined`` their concatenation: one
+        send() when the socket keeps up, else each frame queued on its own (the queue
+        stays bounded in frames)."""
+        if self._closing or self.dead:
+            return False
+        if self._held is not None or self._queue:
+            return all(self.write(wire) for wire in wires)
+        if len(wires) > self._limit:
+            return False
+        self._send_now(joined, ())
+        return True
+
     def control(self, wire: bytes) -> None:
         """A control frame (ping, pong): never held, never refused for a full queue."""
         if self._closing or self.dead:

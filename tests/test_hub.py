@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gevent
 
-from pushsvc.fanout import SLICE, TopicFanout
+from pushsvc.fanout import COALESCE, SLICE, TopicFanout
 from pushsvc.hub import Hub
 from pushsvc.metrics import Metrics
 from pushsvc.protocol import UserFrame, wire_text
@@ -19,9 +19,17 @@ class Recorder:
         self.topics: set[str] = set()
         self.wires: list[bytes] = []
         self.seqs: list[int] = []
+        self.writes = 0  # calls: a joined batch of frames is one
 
     def deliver_online(self, wire: bytes) -> bool:
         self.wires.append(wire)
+        self.writes += 1
+        return True
+
+    def deliver_online_many(self, wires: tuple[bytes, ...], joined: bytes) -> bool:
+        assert joined == b"".join(wires)
+        self.wires.extend(wires)
+        self.writes += 1
         return True
 
     def deliver_user(self, seq: int, wire: bytes, message_id: str) -> None:
@@ -70,6 +78,9 @@ class Refusing(Recorder):
     def deliver_online(self, wire: bytes) -> bool:
         return False
 
+    def deliver_online_many(self, wires: tuple[bytes, ...], joined: bytes) -> bool:
+        return False
+
 
 def test_publish_counts_connections_that_refused_the_frame() -> None:
     hub = Hub()
@@ -103,3 +114,23 @@ def test_topic_fan_out_keeps_order_per_topic_and_lets_other_topics_run() -> None
     assert all(c.wires == [b"1", b"2"] for c in big)
     gevent.sleep(0)
     assert fanout.pending == 0
+
+
+def test_publishes_queued_behind_a_fan_out_go_out_together_in_order() -> None:
+    hub = Hub()
+    subs = [Recorder(f"c{i}", f"u{i}") for i in range(3)]
+    for s in subs:
+        hub.add(s)
+        hub.subscribe(s, "t")
+    refusing = Refusing("r", "r")
+    hub.add(refusing)
+    hub.subscribe(refusing, "t")
+    metrics = Metrics()
+    fanout = TopicFanout(hub, metrics)
+    # Queued before the topic's greenlet runs: one pass, one write per subscriber.
+    results = [fanout.publish("t", f"{i}".encode()) for i in range(COALESCE + 2)]
+    assert [r.get(timeout=10) for r in results] == [3] * (COALESCE + 2)
+    for s in subs:
+        assert s.wires == [f"{i}".encode() for i in range(COALESCE + 2)]
+        assert s.writes == 2  # COALESCE frames joined, then the 2 left
+    assert metrics.fanout_incomplete._value.get() == COALESCE + 2  # per publish

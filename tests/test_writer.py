@@ -153,6 +153,25 @@ def test_overflow_is_refused_and_the_close_goes_ahead_of_the_queue(
     assert len(got) - 2 < accepted  # queued frames were dropped, not sent before the close
 
 
+def test_joined_frames_go_in_one_write_or_are_queued_one_by_one(pair: Pair) -> None:
+    a, b = pair
+    w = Writer(a, 5, Owner())
+    w.release(wire_text("{}"))
+    wires = tuple(wire_text(f'{{"n":{i}}}') for i in range(3))
+    assert w.write_joined(wires, b"".join(wires))
+    with gevent.Timeout(10):
+        got = frames(b.recv(65536))
+    assert [p for _, p in got] == [b"{}", b'{"n":0}', b'{"n":1}', b'{"n":2}']
+    big = wire_frame(OP_TEXT, b"y" * 3000)
+    while not w.backlog:  # fill the socket until the writer has to queue
+        assert w.write(big)
+    queued = w.backlog
+    # With a queue, joined frames are queued one by one: the limit stays in frames.
+    assert w.write_joined(wires[:2], b"".join(wires[:2])) == (queued + 2 <= 5)
+    assert w.backlog <= 5
+    assert not w.write_joined(wires * 2, b"".join(wires * 2))  # beyond the limit: refused
+
+
 def read_all_after_close(sock: socket.socket) -> bytes:
     """Read until the close frame arrives (the writer's grace then cuts the socket)."""
     data = b""
