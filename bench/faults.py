@@ -48,9 +48,11 @@ from bench.common import append_results, raise_nofile, table
 from bench.ferretdb import FerretDB
 from bench.nodeproc import API_KEY, CLUSTER_KEY, JWT_SECRET, NodeProcess
 from pushsvc.auth import mint_token
+from pushsvc.store.mongo_database import FERRETDB_UPDATE_STATEMENTS
 from pushsvc_client.v1 import push_pb2, push_pb2_grpc
 
 AUTH = (("authorization", f"Bearer {API_KEY}"),)
+SQLITE_POOL = 100  # FerretDB 1.24's connections to its SQLite files
 
 
 @dataclass
@@ -63,8 +65,20 @@ class Plan:
     pause_db: float = 20.0
     gap: float = 5.0  # seconds between faults
     settle: float = 60.0  # seconds after the last fault for everyone to catch up
-    db_pool: int = 16  # MongoDB connections per node
+    db_pool: int = 4  # MongoDB connections per node (see ferretdb_pool)
     backend: str = "sqlite"  # FerretDB's: sqlite or postgresql
+
+    def ferretdb_pool(self) -> int:
+        """FerretDB's connections to its backend that the fleet can never take all
+        of: each statement of an update command in progress holds one
+        (pushsvc/store/mongo_database.py), so the nodes' connections times
+        FERRETDB_UPDATE_STATEMENTS, and some to spare. FerretDB's SQLite pool is
+        fixed at 100, so there the nodes' pools must be small."""
+        return self.held_at_most() + 16
+
+    def held_at_most(self) -> int:
+        return self.nodes * self.db_pool * FERRETDB_UPDATE_STATEMENTS
+
     welcome_deadline: float = 30.0  # a drained client must be welcomed elsewhere within this
 
 
@@ -134,14 +148,19 @@ class Fleet:
 
     def __init__(self, plan: Plan, workdir: Path) -> None:
         self.plan = plan
-        self.db = FerretDB(backend=plan.backend)
+        if plan.backend == "sqlite" and plan.held_at_most() >= SQLITE_POOL:
+            raise SystemExit(
+                f"{plan.nodes} nodes x {plan.db_pool} connections could take all of FerretDB's "
+                f"SQLite pool ({SQLITE_POOL}): use a smaller --db-pool or --backend postgresql"
+                " or --backend postgresql"
+            )
+        self.db = FerretDB(backend=plan.backend, pool=plan.ferretdb_pool())
         name = self.db_name = f"faults_{uuid.uuid4().hex[:8]}"
         self.nodes = [
             NodeProcess(
                 workdir / f"node{i}",
                 {
-                    # A bounded pool per node: FerretDB restarted under a fleet's full
-                    # pools (100 connections each) stopped answering in these runs.
+                    # A bounded pool per node: see Plan.ferretdb_pool.
                     "PUSHSVC_MONGO_URI": f"{self.db.uri}?maxPoolSize={plan.db_pool}",
                     "PUSHSVC_MONGO_DB": name,
                     "PUSHSVC_CLUSTER_KEY": CLUSTER_KEY,
@@ -504,6 +523,11 @@ def main() -> int:
     parser.add_argument("--pause-db", type=float, default=20.0)
     parser.add_argument("--settle", type=float, default=60.0)
     parser.add_argument(
+        "--db-pool",
+        type=int,
+        help="MongoDB connections per node (default 4 on SQLite, 16 on PostgreSQL)",
+    )
+    parser.add_argument(
         "--drained-share", type=float, default=0.5, help="of the connections, on the drained node"
     )
     parser.add_argument(
@@ -519,6 +543,7 @@ def main() -> int:
         settle=args.settle,
         drained_share=args.drained_share,
         backend=args.backend,
+        db_pool=args.db_pool or (16 if args.backend == "postgresql" else 4),
     )
     import tempfile
 

@@ -73,8 +73,10 @@ class Postgres:
     database ``ferretdb``). As root, it runs as the ``postgres`` user, as
     PostgreSQL refuses to run as root."""
 
-    def __init__(self, root: pathlib.Path) -> None:
+    def __init__(self, root: pathlib.Path, pool: int = 50) -> None:
         self.bin = find_postgres_bin()
+        #: FerretDB's connections to it, at most (pgx's ``pool_max_conns``).
+        self.pool = pool
         self.port = free_port()
         self.dir = root / "pg"
         self.log_path = root / "postgres.log"
@@ -84,7 +86,7 @@ class Postgres:
 
     @property
     def url(self) -> str:
-        return f"postgres://postgres@127.0.0.1:{self.port}/ferretdb"
+        return f"postgres://postgres@127.0.0.1:{self.port}/ferretdb?pool_max_conns={self.pool}"
 
     def _run(self, *argv: str) -> None:
         subprocess.run(
@@ -110,7 +112,7 @@ class Postgres:
             )  # fmt: skip
         opts = (
             f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
-            "-c max_connections=300 -c shared_buffers=128MB"
+            f"-c max_connections={self.pool + 20} -c shared_buffers=128MB"
         )
         self._run(
             str(self.bin / "pg_ctl"), "-D", str(self.dir), "-l", str(self.log_path),
@@ -137,7 +139,11 @@ class FerretDB:
     """One ferretdb process; ``start()`` again reuses its port and data."""
 
     def __init__(
-        self, binary: str | None = None, port: int | None = None, backend: str = "sqlite"
+        self,
+        binary: str | None = None,
+        port: int | None = None,
+        backend: str = "sqlite",
+        pool: int = 50,
     ) -> None:
         if backend not in ("sqlite", "postgresql"):
             raise ValueError(f"backend must be sqlite or postgresql, not {backend!r}")
@@ -149,7 +155,8 @@ class FerretDB:
         (self.dir / "data").mkdir()
         self.log_path = self.dir / "ferretdb.log"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.postgres = Postgres(self.dir) if backend == "postgresql" else None
+        # ``pool``: FerretDB's connections to PostgreSQL (see docs/operations.md).
+        self.postgres = Postgres(self.dir, pool) if backend == "postgresql" else None
 
     @property
     def uri(self) -> str:

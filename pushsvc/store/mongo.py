@@ -586,13 +586,12 @@ class MongoInbox(InboxStore):
                 by_seq: dict[int, list[str]] = {}
                 for u in part:
                     by_seq.setdefault(todo[u], []).append(u)
-                self._counters.bulk_write(
-                    [
-                        UpdateMany({"_id": {"$in": us}}, {"$max": {"seq": s}})
-                        for s, us in by_seq.items()
-                    ],
-                    ordered=False,
-                )
+                raises = [
+                    UpdateMany({"_id": {"$in": us}}, {"$max": {"seq": s}})
+                    for s, us in by_seq.items()
+                ]
+                for ops in self.database.update_batches(raises):
+                    self._counters.bulk_write(ops, ordered=False)
             if not verify:
                 return
             held = self._read_counters(list(targets))
@@ -795,11 +794,11 @@ class MongoInbox(InboxStore):
 
     @guarded
     def ack_many(self, acks: Mapping[str, int]) -> None:
-        for part in self.database.batches(list(acks.items())):
-            ops = [
-                UpdateOne({"_id": u}, {"$max": {"acked_seq": max(int(s), 0)}}, upsert=True)
-                for u, s in part
-            ]
+        statements = [
+            UpdateOne({"_id": u}, {"$max": {"acked_seq": max(int(s), 0)}}, upsert=True)
+            for u, s in acks.items()
+        ]
+        for ops in self.database.update_batches(statements):
             retry_duplicate(functools.partial(self._acks.bulk_write, ops, ordered=False))
 
     @guarded
@@ -808,15 +807,12 @@ class MongoInbox(InboxStore):
             by_message: dict[str, list[str]] = {}
             for message_id, user_id in part:
                 by_message.setdefault(message_id, []).append(user_id)
-            self._inbox.bulk_write(
-                [
-                    UpdateMany(
-                        {"message_id": m, "user_id": {"$in": us}}, {"$set": {"delivered": True}}
-                    )
-                    for m, us in by_message.items()
-                ],
-                ordered=False,
-            )
+            marks = [
+                UpdateMany({"message_id": m, "user_id": {"$in": us}}, {"$set": {"delivered": True}})
+                for m, us in by_message.items()
+            ]
+            for ops in self.database.update_batches(marks):
+                self._inbox.bulk_write(ops, ordered=False)
 
     @guarded
     def message_status(self, message_id: str, now: float) -> list[RecipientStatus]:

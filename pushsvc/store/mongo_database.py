@@ -13,13 +13,23 @@ What FerretDB 1.24 (SQLite backend) lacks, detected once by ``buildInfo``:
   read-modify-write, so concurrent updates of one document can be lost. Unique
   indexes are enforced, so the stores arbitrate races by inserting under a
   unique key, never by an update's result (``ferretdb`` says which server it is).
-- Large update commands: an ``update`` command of 100 or more statements that
-  modify existing documents never answers (measured with 1.24.2; 99 answer in
-  milliseconds), and documents are updated one at a time (5-10 ms each on a
-  busy machine), so one command that updates a thousand documents outlasts
+- Update commands of many statements: each statement of an ``update`` command
+  that finds a document keeps its query, and one connection of FerretDB's
+  backend pool, until the whole command ends, and takes one more connection to
+  write. When the statements of the commands in progress hold every connection
+  of that pool (100 on SQLite, 50 on PostgreSQL by default), each waits for
+  another and FerretDB answers nobody again, with no error (measured with
+  1.24.2: one command of 64 statements on PostgreSQL, 200 on SQLite; or a
+  fleet's reconnect storm of 50-statement presence updates). So on FerretDB
+  ``update_batches`` cuts update commands into ``FERRETDB_UPDATE_STATEMENTS``
+  statements, and a fleet's connections to it times that stays under its pool
+  (docs/operations.md). One statement that matches many documents
+  (``UpdateMany`` with ``$in``) holds one connection and is fine.
+- Large write commands: documents are updated one at a time (5-10 ms each on
+  a busy machine), so one command that updates a thousand documents outlasts
   the socket timeout. ``batches`` cuts writes into pieces of at most
   ``FERRETDB_BATCH`` documents there; on MongoDB it leaves them whole, one
-  command each. It is the one place that knows this.
+  command each. These two are the one place that knows this.
 
 Expiry: ``exp`` is the exact unix time (a double, what every query compares);
 ``expires_at`` is the same instant as a BSON date rounded up to the
@@ -66,6 +76,8 @@ DUPLICATE_KEY = 11000
 _INDEX_CONFLICT_CODES = (85, 86)  # IndexOptionsConflict, IndexKeySpecsConflict
 #: Documents one write command may update on FerretDB (see the module notes).
 FERRETDB_BATCH = 50
+#: Statements one update command may carry on FerretDB (see the module notes).
+FERRETDB_UPDATE_STATEMENTS = 8
 
 
 def bson_date(ts: float) -> datetime:
@@ -212,6 +224,14 @@ class MongoDatabase:
             return []
         size = FERRETDB_BATCH if self.ferretdb else len(items)
         return [items[i : i + size] for i in range(0, len(items), size)]
+
+    def update_batches(self, statements: Sequence[T]) -> list[Sequence[T]]:
+        """Update statements in pieces, each for one command: whole on MongoDB; on
+        FerretDB, ``FERRETDB_UPDATE_STATEMENTS`` at a time (see the module notes)."""
+        if not statements:
+            return []
+        size = FERRETDB_UPDATE_STATEMENTS if self.ferretdb else len(statements)
+        return [statements[i : i + size] for i in range(0, len(statements), size)]
 
     def index(self, coll: Collection[Doc], keys: list[tuple[str, int]], **options: Any) -> None:
         """Create the index unless one on the same keys is there. Reading the list

@@ -168,16 +168,16 @@ class MongoRegistry(NodeRegistry):
             self._presence.bulk_write(
                 [DeleteOne({"_id": _presence_id(u, node_id)}) for u in leaving], ordered=False
             )
-        held = [(u, int(c)) for u, c in counts.items() if c > 0]
-        for part in self.database.batches(held):
-            ops = [
-                UpdateOne(
-                    self._presence_filter(u, node_id),
-                    {"$set": {"user_id": u, "node_id": node_id, "connections": c}},
-                    upsert=True,
-                )
-                for u, c in part
-            ]
+        held = [
+            UpdateOne(
+                self._presence_filter(u, node_id),
+                {"$set": {"user_id": u, "node_id": node_id, "connections": int(c)}},
+                upsert=True,
+            )
+            for u, c in counts.items()
+            if c > 0
+        ]
+        for ops in self.database.update_batches(held):
             retry_duplicate(functools.partial(self._presence.bulk_write, ops, ordered=False))
 
     def _presence_filter(self, user_id: str, node_id: str) -> Doc:

@@ -392,8 +392,8 @@ class MongoReceiptLog(ReceiptLog):
                 and self._events.find_one({"source": source}, {"_id": 1}) is None
             ):
                 removed += self._sources.delete_one({"_id": source}).deleted_count
-        if ops:
-            self._sources.bulk_write(ops, ordered=False)
+        for part in self.database.update_batches(ops):
+            self._sources.bulk_write(part, ordered=False)
         return removed
 
     def close(self) -> None:

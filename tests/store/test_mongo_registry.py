@@ -3,6 +3,7 @@ presence, and their expiry. Every test passes explicit ``now`` values."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 
@@ -194,3 +195,39 @@ def test_arrivals_insert_new_presence_and_update_what_was_there(registry: MongoR
     }
     registry.arrive("n1", {"bob": 1})  # arriving again changes nothing
     assert registry.presence(["bob"], T0) == {"bob": {"n1": 1}}
+
+
+def test_a_fleet_updating_presence_at_once_does_not_wedge_ferretdb() -> None:
+    """FerretDB 1.24 holds a backend connection for every statement of an update
+    command until the command ends: nodes sending many-statement updates at once
+    (a reconnect storm re-counting thousands of users) used to take its whole pool
+    and it answered no one again. A private server: a wedged one stays wedged."""
+    users = [f"user-{i}" for i in range(300)]
+    with FerretDB() as server:
+        name = f"test_{uuid.uuid4().hex}"
+        nodes = [MongoRegistry(MongoDatabase(server.uri, name)) for _ in range(6)]
+        try:
+            for i, r in enumerate(nodes):
+                r.register_node(node(f"n{i}", T0 + 60))
+                r.arrive(f"n{i}", dict.fromkeys(users, 1))
+            # Six nodes' connections at once (threads: each its own pymongo pool).
+            failed: list[BaseException] = []
+
+            def update(i: int) -> None:
+                try:
+                    nodes[i].set_presence(f"n{i}", dict.fromkeys(users, 2))
+                except BaseException as exc:
+                    failed.append(exc)
+
+            threads = [threading.Thread(target=update, args=(i,)) for i in range(len(nodes))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=240)
+            assert not any(t.is_alive() for t in threads), "FerretDB stopped answering"
+            assert not failed, failed
+            held = nodes[0].presence(users, T0)
+            assert held == {u: {f"n{i}": 2 for i in range(6)} for u in users}
+        finally:
+            for r in nodes:
+                r.database.close()
