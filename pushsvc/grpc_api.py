@@ -586,51 +586,54 @@ class AuthInterceptor(grpc.ServerInterceptor):
         self._cluster_key = cluster_key.encode() if cluster_key else None
         self._limits = limits
         self._mutual_tls = mutual_tls
+        # method -> (the servicer's handler, it wrapped); only methods that exist.
+        self._wrapped: dict[str, tuple[Any, grpc.RpcMethodHandler]] = {}
 
     def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
-        handler = self._authorize(continuation, details)
+        handler = continuation(details)
+        refused = self._refusal(details)
+        if refused is not None:
+            return _abort_handler(handler, *refused)
         if handler is None:
             return None  # an unknown method: UNIMPLEMENTED
+        # The servicer's handler of a method is one object for the server's life:
+        # wrap it once, not on every call.
+        known = self._wrapped.get(details.method)
+        if known is not None and known[0] is handler:
+            return known[1]
         rpc = details.method.lstrip("/")
         service = rpc.partition("/")[0]
         guard = _peer_certificate_required if self._mutual_tls and service == NODE_SERVICE else None
         guarded: grpc.RpcMethodHandler = _guarded(handler, rpc, guard)
+        self._wrapped[details.method] = (handler, guarded)
         return guarded
 
-    def _authorize(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    def _refusal(self, details: grpc.HandlerCallDetails) -> tuple[grpc.StatusCode, str] | None:
+        """Why the call is refused before it runs, or None."""
         parts = details.method.split("/")
         service = parts[1] if len(parts) == 3 else ""
         if service not in (PUSH_SERVICE, NODE_SERVICE):
-            return continuation(details)  # health, reflection
+            return None  # health, reflection
         header = bearer_of(details.invocation_metadata)
         if service == NODE_SERVICE:
             given = (header or "").partition(" ")[2].strip().encode()
             if self._cluster_key is None or not hmac.compare_digest(given, self._cluster_key):
-                return _abort_handler(
-                    continuation(details),
-                    grpc.StatusCode.UNAUTHENTICATED,
-                    "cluster key is not valid",
-                )
-            return continuation(details)
+                return grpc.StatusCode.UNAUTHENTICATED, "cluster key is not valid"
+            return None
         try:
             key = self._api_keys.check(header)
         except Unauthenticated as exc:
-            return _abort_handler(continuation(details), grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            return grpc.StatusCode.UNAUTHENTICATED, str(exc)
         if parts[2] not in PER_MESSAGE_LIMITED and not self._limits.take(key):
-            return _abort_handler(
-                continuation(details),
+            return (
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"over the rate limit of {self._limits.rate:g} calls/s for this API key",
             )
-        return continuation(details)
+        return None
 
 
 def make_server(
