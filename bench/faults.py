@@ -100,6 +100,7 @@ class Subscriber:
     close_codes: dict[int, int] = field(default_factory=dict)
     drained_at: float | None = None  # monotonic time its connection got 1012
     rewelcomed_after: float | None = None  # seconds from that 1012 to the next welcome
+    online: bool = False  # welcomed on a connection that is still open
 
 
 @dataclass
@@ -120,6 +121,7 @@ class Report:
     events: list[tuple[float, str]] = field(default_factory=list)
     stuck: str = ""  # stacks of a node that did not exit after SIGTERM
     metrics: dict[int, dict[str, float]] = field(default_factory=dict)  # live nodes, at the end
+    missing_offline: int = 0  # of the missing deliveries, to subscribers not online at the end
     diagnosis: list[str] = field(default_factory=list)  # what the store holds of what is missing
 
     @property
@@ -217,6 +219,7 @@ async def subscriber_loop(
                     frame = json.loads(raw)
                     kind = frame.get("type")
                     if kind == "welcome":
+                        sub.online = True
                         sub.welcomes += 1
                         attempt = 0
                         if sub.drained_at is not None and sub.rewelcomed_after is None:
@@ -231,6 +234,7 @@ async def subscriber_loop(
                     if stop.is_set():
                         break
         except ConnectionClosed as exc:
+            sub.online = False
             code = exc.rcvd.code if exc.rcvd else 1006
             sub.close_codes[code] = sub.close_codes.get(code, 0) + 1
             if code == 1012 and sub.drained_at is None:
@@ -238,6 +242,7 @@ async def subscriber_loop(
             if code == 1013:
                 pause = random.uniform(1.0, 5.0)  # what the close reason advises
         except (TimeoutError, InvalidStatus, OSError):
+            sub.online = False
             sub.refused += 1
             pause = min(5.0, 0.2 * 2 ** min(attempt, 5)) * random.uniform(0.5, 1.0)
         attempt += 1
@@ -461,6 +466,8 @@ def _check(
         missing = sorted(want - s.received)
         if missing:
             report.missing[s.user] = missing
+            if not s.online:
+                report.missing_offline += len(missing)
         for c in s.conns:
             if any(b <= a for a, b in zip(c.seqs, c.seqs[1:], strict=False)):
                 report.out_of_order.append(f"{s.user}: {c.seqs}")
@@ -487,6 +494,10 @@ def render(report: Report) -> str:
         ("stored pushes answered OK / failed", f"{report.pushes_ok:,} / {report.pushes_failed:,}"),
         ("deliveries owed (OK'd push, per recipient)", f"{report.deliveries_expected:,}"),
         ("deliveries missing at the end", f"{report.lost:,}"),
+        (
+            "…of them to subscribers not connected at the end (never back in)",
+            f"{report.missing_offline:,}",
+        ),
         ("connections with a seq out of order or twice", f"{len(report.out_of_order)}"),
         (
             "connections replaying a seq at or below their since (the client dedupes)",
