@@ -523,7 +523,13 @@ def render(report: Report) -> str:
         }
         rows.append((f"node {i}: connections shed with 1013, by why", str(shed or "none")))
     timeline = "\n".join(f"- t={t:g} s: {what}" for t, what in report.events)
-    return table(["measure", "value"], rows) + "\n\nTimeline:\n\n" + timeline + "\n"
+    out = table(["measure", "value"], rows) + "\n\nTimeline:\n\n" + timeline + "\n"
+    if report.diagnosis:
+        out += (
+            "\nMissing deliveries, first of each user (`seq:state/writer` of the user's inbox "
+            "after what it processed):\n\n" + "\n".join(f"- {d}" for d in report.diagnosis) + "\n"
+        )
+    return out
 
 
 def main() -> int:
