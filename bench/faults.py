@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import json
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -121,6 +122,9 @@ class Report:
     events: list[tuple[float, str]] = field(default_factory=list)
     stuck: str = ""  # stacks of a node that did not exit after SIGTERM
     metrics: dict[int, dict[str, float]] = field(default_factory=dict)  # live nodes, at the end
+    t0: float = field(default_factory=time.monotonic)
+    #: (user, seq) of every OK'd push -> (message id, which node answered and when)
+    oks: dict[tuple[str, int], tuple[str, str]] = field(default_factory=dict)
     missing_offline: int = 0  # of the missing deliveries, to subscribers not online at the end
     diagnosis: list[str] = field(default_factory=list)  # what the store holds of what is missing
 
@@ -265,6 +269,7 @@ async def pusher(
     n = 0
 
     async def one(stub: push_pb2_grpc.PushServiceStub, recipients: list[str], k: int) -> None:
+        t0 = report.t0
         request = push_pb2.PushRequest(
             user_ids=recipients, payload=json.dumps({"k": k}).encode(), ttl_seconds=3600
         )
@@ -276,6 +281,10 @@ async def pusher(
         report.pushes_ok += 1
         for user, seq in zip(recipients, response.seqs, strict=True):
             committed.setdefault(user, set()).add(int(seq))
+            report.oks[(user, int(seq))] = (
+                response.message_id,
+                f"node{stubs.index(stub)} t={time.monotonic() - t0:.1f}",
+            )
 
     tasks: set[asyncio.Task[None]] = set()
     started = time.monotonic()
@@ -299,9 +308,11 @@ async def pusher(
             await c.close(None)
 
 
-def _diagnose(fleet: Fleet, missing: dict[str, list[int]], subs: list[Subscriber]) -> list[str]:
-    """For each missing delivery: its inbox entry and body as the store has them now,
-    and where the subscriber stands."""
+def _diagnose(
+    fleet: Fleet, missing: dict[str, list[int]], subs: list[Subscriber], report: Report
+) -> list[str]:
+    """For each missing delivery: the OK'd message, its body as the store has it
+    now, the user's inbox entries, and where the subscriber stands."""
     import pymongo
 
     client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(
@@ -310,20 +321,25 @@ def _diagnose(fleet: Fleet, missing: dict[str, list[int]], subs: list[Subscriber
     db = client[fleet.db_name]
     by_user = {s.user: s for s in subs}
     out = []
+
+    def body_state(message_id: object) -> str:
+        b = db.messages.find_one({"_id": message_id}, {"pending": 1, "by": 1, "t": 1})
+        state = "gone" if b is None else "pending" if b.get("pending") else "ok"
+        return state + (f"/{b.get('by')}" if b and b.get("by") else "")
+
     try:
         for user, seqs in list(missing.items())[:20]:
             sub = by_user[user]
-            for seq in seqs[:1]:
-                states = []
-                for e in db.inbox.find({"user_id": user, "seq": {"$gt": sub.last}}).sort("seq", 1):
-                    b = db.messages.find_one({"_id": e["message_id"]}, {"pending": 1, "by": 1})
-                    state = "gone" if b is None else "pending" if b.get("pending") else "ok"
-                    writer = f"/{b.get('by')}" if b and b.get("by") else ""
-                    states.append(f"{e['seq']}:{state}{writer}")
-                conns = [(c.since, c.seqs[-3:]) for c in sub.conns[-3:]]
+            entries = [
+                f"{e['seq']}:{str(e['message_id'])[-8:]}:{body_state(e['message_id'])}"
+                for e in db.inbox.find({"user_id": user}).sort("seq", 1)
+            ]
+            for seq in seqs[:3]:
+                mid, how = report.oks.get((user, seq), ("?", "?"))
                 out.append(
-                    f"{user} missing {seq}: after last={sub.last}: {' '.join(states)};"
-                    f" welcomes={sub.welcomes} closes={sub.close_codes} conns={conns}"
+                    f"{user} missing {seq} (OK'd as {mid[-8:]} by {how}, body "
+                    f"{body_state(mid)}): last={sub.last}; inbox {' '.join(entries)};"
+                    f" welcomes={sub.welcomes} closes={sub.close_codes}"
                 )
     finally:
         client.close()
@@ -425,7 +441,7 @@ async def run(plan: Plan, workdir: Path) -> Report:
         ]
         committed: dict[str, set[int]] = {}
         stop_subs, stop_push = asyncio.Event(), asyncio.Event()
-        started = time.monotonic()
+        started = report.t0 = time.monotonic()
         sub_tasks = [
             asyncio.create_task(subscriber_loop(s, fleet, stop_subs, report)) for s in subs
         ]
@@ -451,7 +467,7 @@ async def run(plan: Plan, workdir: Path) -> Report:
             task.cancel()
         _check(report, subs, committed, plan)
         if report.missing:
-            report.diagnosis = _diagnose(fleet, report.missing, subs)
+            report.diagnosis = _diagnose(fleet, report.missing, subs, report)
     finally:
         await asyncio.get_running_loop().run_in_executor(None, fleet.stop)
     return report
@@ -550,6 +566,7 @@ def main() -> int:
     parser.add_argument(
         "--backend", choices=("sqlite", "postgresql"), default="sqlite", help="FerretDB's backend"
     )
+    parser.add_argument("--logs", type=Path, help="copy the nodes' logs to this directory")
     parser.add_argument("--record", action="store_true", help="append to bench/RESULTS.md")
     args = parser.parse_args()
     plan = Plan(
@@ -566,6 +583,10 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="pushsvc-faults-") as tmp:
         report = asyncio.run(run(plan, Path(tmp)))
+        if args.logs:
+            args.logs.mkdir(parents=True, exist_ok=True)
+            for log in Path(tmp).glob("*.log"):
+                shutil.copy(log, args.logs / log.name)
     body = render(report)
     print(body)
     if args.record:
