@@ -71,6 +71,7 @@ class Session:
     __slots__ = (
         "_bucket",
         "_closing",
+        "_first_frame_by",
         "_last_ping",
         "_node",
         "_order",
@@ -117,6 +118,7 @@ class Session:
         self.opened_at = now
         self.last_seen = now
         self._last_ping = now
+        self._first_frame_by = 0.0  # while awaited: when the client's first frame is due
         self._bucket = TokenBucket(limits.client_rate, limits.client_burst)
         self._strikes = 0.0
         self._strikes_at = now
@@ -225,6 +227,17 @@ class Session:
     def touch(self) -> None:
         self.last_seen = time.monotonic()
 
+    def await_first_frame(self, timeout: float) -> None:
+        """The client must send a frame within ``timeout`` of the open: the heartbeat
+        pings it at half of that and closes it (1001) at the end. The heartbeat keeps
+        this deadline, not a timer on the socket: a timer per waiting connection is
+        three objects and a libev timer for each of them, at every connect."""
+        self._first_frame_by = self.opened_at + timeout
+
+    def first_frame(self) -> None:
+        """The client sent its first frame (of any kind): no deadline from now on."""
+        self._first_frame_by = 0.0
+
     def ping(self) -> None:
         """A ping now (the edge asks a client that has not said anything yet)."""
         self._last_ping = time.monotonic()
@@ -313,10 +326,20 @@ class Session:
     # -- heartbeat (the node's ticker) ---------------------------------------------------
 
     def tick(self, now: float) -> None:
-        """Ping when due; close a connection silent for ping_timeout."""
+        """Ping when due; close a connection silent for ping_timeout, or one with no
+        first frame by its deadline (pinged at half of it)."""
         limits = self.limits
         if self._closing is not None:
             return
+        if self._first_frame_by:
+            due = self._first_frame_by
+            if now >= due:
+                self._first_frame_by = 0.0
+                self.close(Close.SILENT)
+                return
+            half = self.opened_at + (due - self.opened_at) / 2
+            if now >= half > self._last_ping:
+                self.ping()  # any conforming client answers with its first frame
         if now - self.last_seen > limits.ping_timeout:
             self.close(Close.PING_TIMEOUT)
         elif now - self._last_ping >= limits.ping_interval:
