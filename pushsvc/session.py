@@ -38,7 +38,7 @@ from pushsvc.protocol import (
 )
 from pushsvc.ratelimit import TokenBucket
 from pushsvc.store.inbox import InboxEntry, InboxPage, UserStart
-from pushsvc.writer import CLOSE_GRACE, Writer
+from pushsvc.writer import CLOSE_GRACE, Delivery, Writer
 
 if TYPE_CHECKING:
     from pushsvc.auth import Identity
@@ -175,8 +175,8 @@ class Session:
         if self._closing is None:
             self._act(self._order.on_read_failed())
 
-    def frame_written(self, message_id: str) -> None:
-        self._node.receipts.delivered(message_id, self.user_id)
+    def frame_written(self, message_id: str, seq: int) -> None:
+        self._node.receipts.delivered(message_id, self.user_id, seq)
 
     def on_drained(self) -> None:
         """The writer's queue emptied: a read deferred for it may go now."""
@@ -185,7 +185,7 @@ class Session:
             self._node.read_page(self, wanted.after, later=isinstance(wanted, ReadLater))
 
     def _act(self, actions: list[Send[Item] | Read | ReadLater]) -> None:
-        frames: list[tuple[bytes, str]] = []
+        frames: list[tuple[bytes, Delivery]] = []
         for action in actions:
             if isinstance(action, Send):
                 item = action.item
@@ -194,9 +194,10 @@ class Session:
                     wire = wire_text(
                         UserFrame.build(msg.id, msg.payload, msg.content_type).with_seq(action.seq)
                     )
-                    frames.append((wire, msg.id))
+                    frames.append((wire, (msg.id, action.seq)))
                 else:
-                    frames.append(item)
+                    wire, message_id = item
+                    frames.append((wire, (message_id, action.seq)))
             elif self.writer.backlog >= max(1, self.limits.send_queue_size // 2):
                 # Leave room for live traffic: read on once the queue drained.
                 self._read_wanted = action
