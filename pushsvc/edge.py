@@ -35,7 +35,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
 import gevent
@@ -97,8 +97,7 @@ class EdgeConfig:
     max_connections_per_ip: int = 10_000
 
 
-@dataclass(frozen=True, slots=True)
-class Upgraded:
+class Upgraded(NamedTuple):
     """A socket past its 101: what the session's read loop starts from."""
 
     socket: socket.socket

@@ -30,6 +30,7 @@ import json
 import re
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
 
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -74,8 +75,7 @@ class HeadLimits:
     max_fields: int = 100
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+class Request(NamedTuple):
     method: str
     target: str
     version: tuple[int, int]

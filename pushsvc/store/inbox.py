@@ -75,8 +75,7 @@ class InboxPage:
     more: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class UserStart:
+class UserStart(NamedTuple):
     """What a new connection needs of its user: the latest seq and the acked seq.
 
     ``latest_seq`` is a lower bound of the newest seq allocated to the user (a
