@@ -39,8 +39,8 @@ class Message(NamedTuple):
     This and the other values made once per push on its path (``PushCommand``,
     ``StoreRequest``, ``StoreResult``, ``PushOutcome``, ``UserFrame``) are named
     tuples, like the receipt log's events: as immutable as a frozen dataclass, and
-    made four to six times faster (a frozen dataclass sets each field through
-    ``object.__setattr__``)."""
+    made about three times faster with six fields (0.35 against 1.0 us: a frozen
+    dataclass sets each field through ``object.__setattr__``)."""
 
     id: str
     payload: bytes
