@@ -10,9 +10,8 @@ import os
 import re
 import secrets
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jwt
 
@@ -21,8 +20,7 @@ from pushsvc.errors import ConfigError, InvalidArgument, Unauthenticated
 from pushsvc.messages import MAX_TOPIC_LEN, first_forbidden, validate_user_id
 
 
-@dataclass(frozen=True, slots=True)
-class Identity:
+class Identity(NamedTuple):
     """Who a WebSocket connection belongs to, from its token."""
 
     user_id: str

@@ -25,6 +25,10 @@ class OverBudget:
 
 def source_key(ip: str) -> str:
     """What a client address counts as: the address (IPv4) or its /64 (IPv6)."""
+    if ":" not in ip:
+        # IPv4 as accept() gives it, dotted decimal, is its own key; any other text
+        # without a colon is not an address, which counts as itself too.
+        return ip
     try:
         addr = ipaddress.ip_address(ip.split("%", 1)[0])
     except ValueError:

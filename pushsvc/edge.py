@@ -16,7 +16,8 @@ Budgets and deadlines (``docs/operations.md``):
   (431/414), and well-formed (400/505);
 - after the upgrade the client's first frame must arrive within
   ``first_frame_timeout``; a client silent for half of it gets a ping, which
-  any conforming client answers with its first frame.
+  any conforming client answers with its first frame (the node's heartbeat
+  keeps this deadline: no timer per socket).
 
 Every refusal before the upgrade is a complete HTTP/1.1 answer with a JSON body
 (401 token, 403 Origin, 400 ``since`` or a malformed upgrade, 426 version, 503
@@ -34,7 +35,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
 import gevent
@@ -96,8 +97,7 @@ class EdgeConfig:
     max_connections_per_ip: int = 10_000
 
 
-@dataclass(frozen=True, slots=True)
-class Upgraded:
+class Upgraded(NamedTuple):
     """A socket past its 101: what the session's read loop starts from."""
 
     socket: socket.socket
@@ -226,16 +226,17 @@ class EdgeApp:
         sock = conn.socket
         reader = wsframes.FrameReader(self.config.max_frame_bytes)
         data = conn.buffered
-        # Until the first frame: a ping at half the deadline, a close at its end.
-        waiting = self.config.first_frame_timeout
-        pinged = False
-        sock.settimeout(waiting / 2)
+        # No timeout on the socket: the first frame's deadline (a ping at half of
+        # it, a close at its end) is the heartbeat's (Session.tick).
+        waiting = True
+        session.await_first_frame(self.config.first_frame_timeout)
+        sock.settimeout(None)
         while True:
             reader.feed(data)
             while (event := reader.next_event()) is not None:
                 if waiting:
-                    waiting = 0.0
-                    sock.settimeout(None)
+                    waiting = False
+                    session.first_frame()
                 if isinstance(event, wsframes.TextMessage):
                     session.on_frame(event.text)
                 elif isinstance(event, wsframes.BinaryMessage):
@@ -247,18 +248,7 @@ class EdgeApp:
                 else:
                     session.close(Close.NORMAL)
                     return f"client closed {event.code or 'without a code'}"
-            try:
-                data = sock.recv(READ_SIZE)
-            except TimeoutError:
-                if not pinged:
-                    pinged = True
-                    session.ping()
-                else:
-                    waiting = 0.0
-                    sock.settimeout(None)
-                    session.close(Close.SILENT)
-                data = b""
-                continue
+            data = sock.recv(READ_SIZE)
             if not data:
                 return "client went away"
 
@@ -356,8 +346,7 @@ class EdgeServer(StreamServer):
             _finish(sock, err.response())
             return
         try:
-            sock.settimeout(timeout)
-            sock.sendall(switching_protocols(accept))
+            _send_head(sock, switching_protocols(accept), timeout)
         except OSError:
             return
         app.run_session(Upgraded(sock, address, reader.rest), identity, since)
@@ -403,6 +392,22 @@ def _read_head(sock: socket.socket, reader: HeadReader, deadline: float) -> Requ
         request = reader.feed(data)
         if request is not None:
             return request
+
+
+def _send_head(sock: socket.socket, data: bytes, timeout: float) -> None:
+    """Send a short answer: straight to the socket (a fresh socket's buffer always
+    has room for it: one system call, no timer), else within ``timeout``."""
+    sent = 0
+    raw = getattr(sock, "_sock", None)
+    if raw is not None and getattr(sock, "_sslobj", None) is None:
+        try:
+            sent = raw.send(data)  # gevent keeps the real socket non-blocking
+        except BlockingIOError:
+            sent = 0
+        if sent == len(data):
+            return
+    sock.settimeout(timeout)
+    sock.sendall(data[sent:])
 
 
 def _answer_now(sock: socket.socket, data: bytes) -> None:

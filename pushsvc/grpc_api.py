@@ -156,7 +156,10 @@ class PushServicer(push_pb2_grpc.PushServiceServicer):
     def _response(
         request: push_pb2.PushRequest, cmd: PushCommand, out: PushOutcome
     ) -> push_pb2.PushResponse:
-        seqs = unfold_seqs(list(request.user_ids), cmd.user_ids, out.seqs)
+        requested = request.user_ids
+        seqs = out.seqs
+        if len(requested) != len(cmd.user_ids):  # the request named a user twice
+            seqs = unfold_seqs(list(requested), cmd.user_ids, out.seqs)
         return push_pb2.PushResponse(message_id=out.message_id, seqs=seqs, duplicate=out.duplicate)
 
     def _push(self, request: push_pb2.PushRequest, owner: str) -> push_pb2.PushResponse:

@@ -30,6 +30,7 @@ import json
 import re
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
 
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -48,6 +49,9 @@ _BAD_VERSION = "the HTTP version must look like HTTP/1.1"
 # spaces or tabs between them (RFC 9110 5.5); no other control character.
 _FIELD_VALUE = re.compile(rb"[\t \x21-\x7e\x80-\xff]*")
 _MAX_LEADING_EMPTY_LINES = 4
+# Header field lines that are all well-formed: a token, a colon, a value of the
+# characters _FIELD_VALUE allows (white space around it included), CRLF or LF.
+_FIELD_LINES = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t \x21-\x7e\x80-\xff]*\r?\n)*")
 
 
 class HttpError(Exception):
@@ -71,8 +75,7 @@ class HeadLimits:
     max_fields: int = 100
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+class Request(NamedTuple):
     method: str
     target: str
     version: tuple[int, int]
@@ -188,21 +191,45 @@ def _diagnose(line: bytes) -> None:
 
 
 def _head_end(buf: bytearray, search_from: int) -> tuple[int, int] | None:
-    """(length of the head, offset of what follows it): the head ends at an empty line."""
-    i = search_from
-    while True:
-        j = buf.find(b"\n", i)
-        if j < 0:
-            return None
-        if buf[j + 1 : j + 2] == b"\n":
-            return j + 1, j + 2
-        if buf[j + 1 : j + 3] == b"\r\n":
-            return j + 1, j + 3
-        i = j + 1
+    """(length of the head, offset of what follows it): the head ends at the first
+    empty line, LF or CRLF, after a line break at or past ``search_from``."""
+    lf = buf.find(b"\n\n", search_from)
+    crlf = buf.find(b"\n\r\n", search_from, lf + 3 if lf >= 0 else len(buf))
+    if crlf >= 0 and (lf < 0 or crlf < lf):
+        return crlf + 1, crlf + 3
+    if lf >= 0:
+        return lf + 1, lf + 2
+    return None
 
 
 def parse_head(head: bytes, limits: HeadLimits) -> Request:
     """Parse a complete head (ending with its last field's line break)."""
+    request = _parse_plain_head(head, limits)
+    if request is None:
+        request = _parse_head_line_by_line(head, limits)
+    _check_framing(request)
+    return request
+
+
+def _parse_plain_head(head: bytes, limits: HeadLimits) -> Request | None:
+    """The common head, in a few steps: the request line first, and field lines that
+    one regular expression finds well-formed (what ``_field`` accepts, line by line).
+    None for anything else, which the line-by-line parser refuses with its reason."""
+    end = head.find(b"\n")
+    if end <= 0 or head[0] in b"\r\n":
+        return None
+    section = head[end + 1 :]
+    if section.count(b"\n") > limits.max_fields or not _FIELD_LINES.fullmatch(section):
+        return None
+    method, target, version = _request_line(_strip_cr(head[:end]))
+    fields = []
+    for line in section.splitlines():  # no bare CR: only CRLF or LF end a line here
+        name, _, value = line.partition(b":")
+        fields.append((name.decode("ascii").lower(), value.strip(b" \t").decode("latin-1")))
+    return Request(method, target, version, tuple(fields))
+
+
+def _parse_head_line_by_line(head: bytes, limits: HeadLimits) -> Request:
     lines = head.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
@@ -221,9 +248,7 @@ def parse_head(head: bytes, limits: HeadLimits) -> Request:
     fields: list[tuple[str, str]] = []
     for line in field_lines:
         fields.append(_field(line))
-    request = Request(method, target, version, tuple(fields))
-    _check_framing(request)
-    return request
+    return Request(method, target, version, tuple(fields))
 
 
 def _strip_cr(line: bytes) -> bytes:

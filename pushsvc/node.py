@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import gevent
 from gevent.event import Event
@@ -52,8 +52,7 @@ POSITION_BATCH = 500  # users whose latest seq one position-check read asks for
 LOOKUP_TIMEOUT = 2.0  # seconds an operator's inbox lookup waits for the store
 
 
-@dataclass(frozen=True, slots=True)
-class PushOutcome:
+class PushOutcome(NamedTuple):
     message_id: str
     seqs: tuple[int, ...]  # in the order of the command's user ids; () when online-only
     duplicate: bool

@@ -28,14 +28,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class Send(Generic[T]):
-    """Write this entry to the connection."""
+class Send(NamedTuple, Generic[T]):
+    """Write this entry to the connection (a tuple: one is made per message)."""
 
     seq: int
     item: T

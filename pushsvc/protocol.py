@@ -11,6 +11,7 @@ import base64
 import json
 from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 from pushsvc import jsontext
 from pushsvc.errors import InvalidArgument
@@ -67,8 +68,7 @@ def encode_data(payload: bytes, content_type: str) -> str:
     return '"data_b64":"' + base64.b64encode(payload).decode("ascii") + '"'
 
 
-@dataclass(frozen=True, slots=True)
-class UserFrame:
+class UserFrame(NamedTuple):
     """A user message frame with a hole for the recipient's seq."""
 
     prefix: str

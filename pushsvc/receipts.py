@@ -7,9 +7,9 @@ one ``mark_delivered`` and one ``ack_many`` per flush, whatever the number of
 users.
 
 With a receipt log (``StreamReceipts``), each flush also records one event per
-(message, recipient): delivered ones with the seq the inbox has for them, and,
-for an ack of seq N by a user whose acked seq was A, one per stored message in
-(A, N] -- both resolved by one inbox query each. The events are appended
+(message, recipient): delivered ones with the seq their frame carried, and, for
+an ack of seq N by a user whose acked seq was A, one per stored message in
+(A, N] -- resolved by one inbox query. The events are appended
 before the acks are stored: an ack is never stored without its events (a
 concurrent ack on another node that reads the raised acked seq reports only
 the range above it). The committed batch is handed to ``on_batch`` (the node:
@@ -49,7 +49,7 @@ class Receipts:
         self._batch = batch
         self._log = receipt_log
         self._on_batch = on_batch
-        self._delivered: dict[tuple[str, str], None] = {}
+        self._delivered: dict[tuple[str, str], int] = {}  # (message id, user id) -> seq
         self._acks: dict[str, int] = {}
         self._wakeup = Event()
         self._stopping = False
@@ -58,8 +58,8 @@ class Receipts:
     def start(self) -> None:
         self._greenlet = gevent.spawn(self._run)
 
-    def delivered(self, message_id: str, user_id: str) -> None:
-        self._delivered[(message_id, user_id)] = None
+    def delivered(self, message_id: str, user_id: str, seq: int) -> None:
+        self._delivered[(message_id, user_id)] = seq
         if len(self._delivered) >= self._batch:
             self._wakeup.set()
 
@@ -84,7 +84,7 @@ class Receipts:
         batch: ReceiptBatch | None = None
         now = time.time()
         try:
-            events = self._events(list(delivered), acks, now) if self._log is not None else []
+            events = self._events(delivered, acks, now) if self._log is not None else []
             if delivered:
                 self._inbox.mark_delivered(list(delivered))
             if events and self._log is not None:
@@ -105,19 +105,16 @@ class Receipts:
             self._on_batch(batch)
 
     def _events(
-        self, delivered: list[tuple[str, str]], acks: dict[str, int], now: float
+        self, delivered: dict[tuple[str, str], int], acks: dict[str, int], now: float
     ) -> list[Receipt]:
-        """The events of this flush, resolved against the inbox."""
+        """The events of this flush: deliveries with the seq their frame carried; acks
+        resolved against the inbox."""
         assert self._log is not None
-        events: list[Receipt] = []
-        if delivered:
-            seqs = self._log.delivered_seqs(delivered, now)
-            for message_id, user_id in delivered:
-                seq = seqs.get((message_id, user_id))
-                if seq is not None:  # else expired meanwhile: nothing to report
-                    events.append(
-                        Receipt(Kind.DELIVERED, message_id, user_id, seq, owner_of(message_id), now)
-                    )
+        delivered_kind = Kind.DELIVERED
+        events: list[Receipt] = [
+            Receipt(delivered_kind, message_id, user_id, seq, owner_of(message_id), now)
+            for (message_id, user_id), seq in delivered.items()
+        ]
         if acks:
             starts = self._inbox.user_starts(list(acks))
             ranges = {

@@ -38,7 +38,7 @@ from pushsvc.protocol import (
 )
 from pushsvc.ratelimit import TokenBucket
 from pushsvc.store.inbox import InboxEntry, InboxPage, UserStart
-from pushsvc.writer import CLOSE_GRACE, Writer
+from pushsvc.writer import CLOSE_GRACE, Delivery, Writer
 
 if TYPE_CHECKING:
     from pushsvc.auth import Identity
@@ -71,6 +71,7 @@ class Session:
     __slots__ = (
         "_bucket",
         "_closing",
+        "_first_frame_by",
         "_last_ping",
         "_node",
         "_order",
@@ -117,6 +118,7 @@ class Session:
         self.opened_at = now
         self.last_seen = now
         self._last_ping = now
+        self._first_frame_by = 0.0  # while awaited: when the client's first frame is due
         self._bucket = TokenBucket(limits.client_rate, limits.client_burst)
         self._strikes = 0.0
         self._strikes_at = now
@@ -182,8 +184,8 @@ class Session:
         if self._closing is None:
             self._act(self._order.on_read_failed())
 
-    def frame_written(self, message_id: str) -> None:
-        self._node.receipts.delivered(message_id, self.user_id)
+    def frame_written(self, message_id: str, seq: int) -> None:
+        self._node.receipts.delivered(message_id, self.user_id, seq)
 
     def on_drained(self) -> None:
         """The writer's queue emptied: a read deferred for it may go now."""
@@ -192,7 +194,7 @@ class Session:
             self._node.read_page(self, wanted.after, later=isinstance(wanted, ReadLater))
 
     def _act(self, actions: list[Send[Item] | Read | ReadLater]) -> None:
-        frames: list[tuple[bytes, str]] = []
+        frames: list[tuple[bytes, Delivery]] = []
         for action in actions:
             if isinstance(action, Send):
                 item = action.item
@@ -201,9 +203,10 @@ class Session:
                     wire = wire_text(
                         UserFrame.build(msg.id, msg.payload, msg.content_type).with_seq(action.seq)
                     )
-                    frames.append((wire, msg.id))
+                    frames.append((wire, (msg.id, action.seq)))
                 else:
-                    frames.append(item)
+                    wire, message_id = item
+                    frames.append((wire, (message_id, action.seq)))
             elif self.writer.backlog >= max(1, self.limits.send_queue_size // 2):
                 # Leave room for live traffic: read on once the queue drained.
                 self._read_wanted = action
@@ -233,6 +236,17 @@ class Session:
 
     def touch(self) -> None:
         self.last_seen = time.monotonic()
+
+    def await_first_frame(self, timeout: float) -> None:
+        """The client must send a frame within ``timeout`` of the open: the heartbeat
+        pings it at half of that and closes it (1001) at the end. The heartbeat keeps
+        this deadline, not a timer on the socket: a timer per waiting connection is
+        three objects and a libev timer for each of them, at every connect."""
+        self._first_frame_by = self.opened_at + timeout
+
+    def first_frame(self) -> None:
+        """The client sent its first frame (of any kind): no deadline from now on."""
+        self._first_frame_by = 0.0
 
     def ping(self) -> None:
         """A ping now (the edge asks a client that has not said anything yet)."""
@@ -322,10 +336,20 @@ class Session:
     # -- heartbeat (the node's ticker) ---------------------------------------------------
 
     def tick(self, now: float) -> None:
-        """Ping when due; close a connection silent for ping_timeout."""
+        """Ping when due; close a connection silent for ping_timeout, or one with no
+        first frame by its deadline (pinged at half of it)."""
         limits = self.limits
         if self._closing is not None:
             return
+        if self._first_frame_by:
+            due = self._first_frame_by
+            if now >= due:
+                self._first_frame_by = 0.0
+                self.close(Close.SILENT)
+                return
+            half = self.opened_at + (due - self.opened_at) / 2
+            if now >= half > self._last_ping:
+                self.ping()  # any conforming client answers with its first frame
         if now - self.last_seen > limits.ping_timeout:
             self.close(Close.PING_TIMEOUT)
         elif now - self._last_ping >= limits.ping_interval:

@@ -35,10 +35,15 @@ CLOSE_GRACE = 2.0  # seconds a close frame may take before the socket is cut
 FLUSH_CHUNK = 256 * 1024  # bytes handed to one send() while draining a queue
 
 
+# What a frame reports to the owner once written: the message id and seq of a stored
+# message's frame (a delivery receipt); None for every other frame.
+Delivery = tuple[str, int] | None
+
+
 class Owner(Protocol):
     """Who hears about the writer's progress (the session)."""
 
-    def frame_written(self, message_id: str) -> None:
+    def frame_written(self, message_id: str, seq: int) -> None:
         """A stored message's frame reached the socket: a delivery receipt."""
 
     def on_drained(self) -> None:
@@ -50,7 +55,7 @@ class _Gone:
     lets go of the session when it stops, and both are freed without waiting for
     the cycle collector (a node's memory returns as soon as its clients leave)."""
 
-    def frame_written(self, message_id: str) -> None:
+    def frame_written(self, message_id: str, seq: int) -> None:
         pass
 
     def on_drained(self) -> None:
@@ -139,9 +144,9 @@ class Writer:
         # Queued while the socket would block: (bytes, message ids of its frames).
         # None while nothing waits: most connections never need one (a deque is
         # most of a kilobyte).
-        self._queue: deque[tuple[bytes, tuple[str, ...]]] | None = None
+        self._queue: deque[tuple[bytes, tuple[tuple[str, int], ...]]] | None = None
         self._head_sent = 0  # bytes of the queue's first element already written
-        self._held: list[tuple[bytes, str]] | None = []  # None once released
+        self._held: list[tuple[bytes, Delivery]] | None = []  # None once released
         self._flusher: gevent.Greenlet | None = None
         self._closing = False
         #: The socket failed or was shut down: nothing more is written.
@@ -154,7 +159,7 @@ class Writer:
         """Frames waiting for the socket (held ones included)."""
         return (len(self._queue) if self._queue else 0) + (len(self._held) if self._held else 0)
 
-    def write(self, wire: bytes, message_id: str = "") -> bool:
+    def write(self, wire: bytes, delivery: Delivery = None) -> bool:
         """Send or queue one data frame. False when the connection is closing or
         the queue is full (the caller decides what an overflow means)."""
         if self._closing or self.dead:
@@ -162,25 +167,25 @@ class Writer:
         if self._held is not None:
             if len(self._held) >= self._limit:
                 return False
-            self._held.append((wire, message_id))
+            self._held.append((wire, delivery))
             return True
         if self._queue:
             if len(self._queue) >= self._limit:
                 return False
-            self._queue.append((wire, (message_id,) if message_id else ()))
+            self._queue.append((wire, (delivery,) if delivery else ()))
             return True
-        self._send_now(wire, (message_id,) if message_id else ())
+        self._send_now(wire, (delivery,) if delivery else ())
         return True
 
-    def write_many(self, frames: list[tuple[bytes, str]]) -> bool:
+    def write_many(self, frames: list[tuple[bytes, Delivery]]) -> bool:
         """Several data frames at once (a replay page): one send() when it fits."""
         if self._closing or self.dead:
             return False
         if self._held is not None or self._queue:
-            return all(self.write(wire, mid) for wire, mid in frames)
+            return all(self.write(wire, d) for wire, d in frames)
         if len(frames) > self._limit:
             return False
-        self._send_now(b"".join(w for w, _ in frames), tuple(m for _, m in frames if m))
+        self._send_now(b"".join(w for w, _ in frames), tuple(d for _, d in frames if d))
         return True
 
     def write_joined(self, wires: tuple[bytes, ...], joined: bytes) -> bool:
@@ -210,7 +215,7 @@ class Writer:
         held, self._held = self._held or [], None
         if self._closing or self.dead:
             return
-        self.write_many([(first, ""), *held])
+        self.write_many([(first, None), *held])
 
     def close(self, wire_close: bytes, drop_queued: bool) -> None:
         """Write the close frame after the frame in progress; with ``drop_queued``,
@@ -261,7 +266,7 @@ class Writer:
 
     # -- the socket --------------------------------------------------------------------
 
-    def _send_now(self, data: bytes, message_ids: tuple[str, ...]) -> bool:
+    def _send_now(self, data: bytes, deliveries: tuple[tuple[str, int], ...]) -> bool:
         """Write with one non-blocking send(); queue what the socket did not take.
         True when everything was written."""
         try:
@@ -272,12 +277,12 @@ class Writer:
             self._fail()
             return False
         if sent == len(data):
-            for message_id in message_ids:
-                self._owner.frame_written(message_id)
+            for message_id, seq in deliveries:
+                self._owner.frame_written(message_id, seq)
             return True
         if self._queue is None:
             self._queue = deque()
-        self._queue.append((data, message_ids))
+        self._queue.append((data, deliveries))
         self._head_sent = sent
         if self._flusher is None:
             self._flusher = gevent.spawn(self._flush)
@@ -307,7 +312,7 @@ class Writer:
             if not self.dead and not self._closing:
                 self._owner.on_drained()
 
-    def _pending_chunk(self, queue: deque[tuple[bytes, tuple[str, ...]]]) -> bytes:
+    def _pending_chunk(self, queue: deque[tuple[bytes, tuple[tuple[str, int], ...]]]) -> bytes:
         """The unsent bytes at the head of the queue, several frames joined."""
         first, _ = queue[0]
         parts = [memoryview(first)[self._head_sent :]]
@@ -319,17 +324,17 @@ class Writer:
             size += len(data)
         return b"".join(parts)
 
-    def _consume(self, queue: deque[tuple[bytes, tuple[str, ...]]], sent: int) -> None:
+    def _consume(self, queue: deque[tuple[bytes, tuple[tuple[str, int], ...]]], sent: int) -> None:
         """Drop what ``sent`` bytes covered from the head of the queue."""
         left = self._head_sent + sent
         while queue:
-            data, message_ids = queue[0]
+            data, deliveries = queue[0]
             if left < len(data):
                 break
             left -= len(data)
             queue.popleft()
-            for message_id in message_ids:
-                self._owner.frame_written(message_id)
+            for message_id, seq in deliveries:
+                self._owner.frame_written(message_id, seq)
         self._head_sent = left if queue else 0
 
     def _fail(self) -> None:

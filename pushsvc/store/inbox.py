@@ -26,6 +26,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from pushsvc.errors import InvalidArgument, PushError
 from pushsvc.messages import Message
@@ -33,8 +34,7 @@ from pushsvc.messages import Message
 IDEMPOTENCY_WINDOW = 24 * 3600.0
 
 
-@dataclass(frozen=True, slots=True)
-class StoreRequest:
+class StoreRequest(NamedTuple):
     """One push to store: a body for the inboxes of ``user_ids``."""
 
     message: Message  # expires_at must be set
@@ -42,8 +42,7 @@ class StoreRequest:
     idempotency_key: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class StoreResult:
+class StoreResult(NamedTuple):
     """What storing one request did: the message id and each recipient's seq."""
 
     message_id: str
@@ -76,8 +75,7 @@ class InboxPage:
     more: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class UserStart:
+class UserStart(NamedTuple):
     """What a new connection needs of its user: the latest seq and the acked seq.
 
     ``latest_seq`` is a lower bound of the newest seq allocated to the user (a

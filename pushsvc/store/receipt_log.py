@@ -42,7 +42,7 @@ import json
 import logging
 import sqlite3
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, NamedTuple
@@ -58,7 +58,7 @@ from pushsvc.store.mongo_database import (
     guarded,
     retry_duplicate,
 )
-from pushsvc.store.sqlite_side import SideDatabase
+from pushsvc.store.sqlite_side import SideDatabase, values_statements
 
 log = logging.getLogger(__name__)
 
@@ -428,22 +428,6 @@ CREATE TABLE IF NOT EXISTS receipt_sources (
 _EVENT_COLUMNS = "source, n, kind, message_id, user_id, seq, owner, at"
 
 
-def _values_statements(
-    conn: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]]
-) -> Iterator[tuple[str, list[Any]]]:
-    """``head`` + ``(?,…),(?,…)…`` statements with as many rows as SQLite takes at once:
-    one call into sqlite3 per few thousand rows (each call hands the GIL back and
-    forth), and nothing to parse, unlike JSON."""
-    if not rows:
-        return
-    width = len(rows[0])
-    per_statement = max(1, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width)
-    one = "(" + ",".join("?" * width) + ")"
-    for i in range(0, len(rows), per_statement):
-        chunk = rows[i : i + per_statement]
-        yield head + ",".join([one] * len(chunk)), [v for row in chunk for v in row]
-
-
 def _item(i: int, table: str = "") -> str:
     """Element ``i`` of the JSON array in ``json_each``'s value column."""
     return f"json_extract({table + '.' if table else ''}value, '$[{i}]')"
@@ -489,7 +473,7 @@ class SqliteReceiptLog(ReceiptLog):
                 (self.source, e.n, key, int(e.kind), e.message_id, e.user_id, e.seq, e.owner, e.at)
                 for e, key in zip(events, keys, strict=True)
             ]
-            for sql, params in _values_statements(
+            for sql, params in values_statements(
                 conn,
                 "INSERT OR IGNORE INTO receipt_events"
                 " (source, n, key, kind, message_id, user_id, seq, owner, at) VALUES ",
@@ -555,7 +539,7 @@ class SqliteReceiptLog(ReceiptLog):
 
         def lookup(conn: sqlite3.Connection) -> list[Any]:
             found: list[Any] = []
-            for sql, params in _values_statements(
+            for sql, params in values_statements(
                 conn, "WITH p (m, u) AS (VALUES ", [tuple(p) for p in pairs]
             ):
                 found += conn.execute(
