@@ -68,6 +68,17 @@ later guesses above ``t``. A writer's hint is at most a lease old when it
 inserts (below), far less than the retention, so a stale hint cannot reach a
 seq whose entry has already been removed.
 
+*Fresh hints.* The counters are read only for the users this process has no
+fresh hint for. A user's hint is fresh for ``HINT_AGE`` (a lease) after a batch
+that inserted the user's top seq this process knows (``_known``) began, once
+that batch has raised the user's counter (so it exists, and is raised with
+``$max``). Such a hint names an inserted seq, and every seq above it was
+inserted after that batch began (the chain), so none of them can have been
+removed before ``ENTRY_RETENTION`` has passed since -- far more than the hint's
+age plus the lease a batch has to commit. A hint gone stale because another
+writer took seqs meanwhile costs a duplicate key, as a counter read a moment
+too early does.
+
 *Nothing moves past a seq in flight.* A pending body blocks readers at its seq
 until it commits or is abandoned. Abandonment is durable: the body is deleted.
 It happens when the push fails (its writer deletes the body, then gives back
@@ -98,10 +109,11 @@ commands, so writes go through ``MongoDatabase.batches``, which leaves them
 whole on MongoDB and cuts them into 50-document commands on FerretDB.
 
 Round trips: on MongoDB a batch of pushes costs one each for the idempotency
-claims (if any request has a key), the counters hint, the bodies, the entries,
-the counters raise and the commit -- however many pushes and recipients --
-plus two per seq collision. On FerretDB, raising the counters of users that
-have one and the commit take one command per 50 documents.
+claims (if any request has a key), the counters hint (unless every user's hint
+is fresh), the bodies, the entries, the counters raise and the commit --
+however many pushes and recipients -- plus two per seq collision. On FerretDB,
+raising the counters of users that have one and the commit take one command per
+50 documents.
 """
 
 from __future__ import annotations
@@ -166,6 +178,8 @@ _CLAIM_POLL = 0.05
 _COLLISIONS = 200
 #: Requests per group commit.
 MAX_BATCH = 1000
+#: A seq this process inserted is a hint on its own for this long (module notes).
+HINT_AGE = LEASE
 #: Counters read back and raised again at most this often (FerretDB).
 _COUNTER_REPAIRS = 5
 
@@ -230,6 +244,10 @@ class MongoInbox(InboxStore):
         # The highest seq this process inserted or saw taken, per user: a
         # guess's lower bound besides the counters (bounded; a guess only).
         self._known: dict[str, int] = {}
+        # Users whose ``_known`` seq this process inserted itself, and whose
+        # counter exists, with when (monotonic): within ``HINT_AGE`` of that, a
+        # batch guesses from ``_known`` alone (module notes: fresh hints).
+        self._fresh: dict[str, float] = {}
         # Write attempts this process failed but could not clean up after (the
         # database was away): safe to take over at once, with no grace.
         self._unfinished: set[Attempt] = set()
@@ -326,8 +344,14 @@ class MongoInbox(InboxStore):
             writing = [p for p in writing if p.writing]
             if not writing:
                 return
-            counters = self._insert_entries(writing)
-            self._raise_counters(_tops(writing), counters)
+            counters = self._insert_entries(writing, began)
+            tops = _tops(writing)
+            self._raise_counters(tops, counters)
+            # Each user's top seq is one this batch inserted (after ``began``),
+            # and the user's counter exists now.
+            for u in tops:
+                if self._known.get(u) == tops[u]:
+                    self._fresh[u] = began
             if time.monotonic() - began > self.lease:
                 raise _LeaseExpired(
                     f"the message store took over {self.lease:.0f}s to store a batch; retry"
@@ -483,12 +507,15 @@ class MongoInbox(InboxStore):
 
     # -- step 2: entries, allocating seqs ----------------------------------------
 
-    def _insert_entries(self, pushes: list[_Push]) -> dict[str, int]:
+    def _insert_entries(self, pushes: list[_Push], began: float) -> dict[str, int]:
         """Insert every recipient's entry, allocating seqs (module notes, step 2).
-        Returns the counters read for the hints."""
+        Returns what is known of the counters: those read for the hints, and 0
+        for the users whose hint was fresh (their counter exists)."""
         users = list(dict.fromkeys(u for p in pushes for u in p.request.user_ids))
-        counters = self._read_counters(users)
+        fresh = self._fresh_hints(users, began)
+        counters = self._read_counters([u for u in users if u not in fresh])
         hint = {u: max(counters.get(u, 0), self._known.get(u, 0)) for u in users}
+        counters.update((u, 0) for u in fresh)
         # Each user's entries, in list order; users in order of first appearance.
         chains: dict[str, list[_Push]] = {u: [] for u in users}
         for p in pushes:
@@ -525,6 +552,11 @@ class MongoInbox(InboxStore):
                     seq += 1
         raise StoreUnavailable("could not allocate a free seq: the users' inboxes are contended")
 
+    def _fresh_hints(self, users: Sequence[str], began: float) -> set[str]:
+        """The users whose hint ``_known`` holds alone (module notes: fresh hints)."""
+        fresh = self._fresh
+        return {u for u in users if began - fresh.get(u, -HINT_AGE) < HINT_AGE}
+
     def _read_counters(self, users: Sequence[str]) -> dict[str, int]:
         """The counters of those users that have one."""
         if not users:
@@ -545,6 +577,7 @@ class MongoInbox(InboxStore):
     def _learn(self, seqs: Iterable[tuple[str, int]]) -> None:
         if len(self._known) > 100_000:
             self._known.clear()
+            self._fresh.clear()
         for u, s in seqs:
             if s > self._known.get(u, 0):
                 self._known[u] = s
