@@ -77,7 +77,9 @@ inserted after that batch began (the chain), so none of them can have been
 removed before ``ENTRY_RETENTION`` has passed since -- far more than the hint's
 age plus the lease a batch has to commit. A hint gone stale because another
 writer took seqs meanwhile costs a duplicate key, as a counter read a moment
-too early does.
+too early does -- once: a fresh hint found taken makes the batch read the
+counters of its other fresh-hinted users, and later batches read counters for
+``HINT_AGE`` (users pushed to through several nodes go back to the counters).
 
 *Nothing moves past a seq in flight.* A pending body blocks readers at its seq
 until it commits or is abandoned. Abandonment is durable: the body is deleted.
@@ -248,6 +250,9 @@ class MongoInbox(InboxStore):
         # counter exists, with when (monotonic): within ``HINT_AGE`` of that, a
         # batch guesses from ``_known`` alone (module notes: fresh hints).
         self._fresh: dict[str, float] = {}
+        # When a fresh hint was last found taken (monotonic): other writers are
+        # pushing to these users, so counters are read again for ``HINT_AGE``.
+        self._contended_at = -HINT_AGE
         # Write attempts this process failed but could not clean up after (the
         # database was away): safe to take over at once, with no grace.
         self._unfinished: set[Attempt] = set()
@@ -527,6 +532,7 @@ class MongoInbox(InboxStore):
             seq = nxt.get(u, hint[u] + 1)
             p.seqs[u] = seq
             nxt[u] = seq + 1
+        unread = set(fresh)  # fresh-hinted users whose counter was not read
         for _ in range(_COLLISIONS):
             try:
                 self._inbox.insert_many([_entry_doc(u, p) for u, p in todo], ordered=True)
@@ -540,20 +546,35 @@ class MongoInbox(InboxStore):
             self.collisions += 1
             self._learn((u, p.seqs[u]) for u, p in todo[:done])
             todo = todo[done:]
+            user = todo[0][0]
+            taken = todo[0][1].seqs[user]
+            if user in unread:
+                # Another writer took seqs since this process wrote them: the other
+                # fresh-hinted users are likely behind too. Read their counters (one
+                # round trip, not a collision each), and read counters for a while.
+                self._contended_at = time.monotonic()
+                firsts: dict[str, int] = {}
+                for u, p in todo:
+                    if u in unread:
+                        firsts.setdefault(u, p.seqs[u])
+                unread.clear()
+                for u, c in self._read_counters(list(firsts)).items():
+                    if c >= firsts[u]:
+                        _chain(todo, u, c + 1)
+                if todo[0][1].seqs[user] > taken:
+                    continue  # moved above the counter: try it
             # todo[0]'s seq is taken: the rest of that user's chain goes above
             # the user's top entry (which is at least the seq taken).
-            user = todo[0][0]
-            top = max(self._top(user), todo[0][1].seqs[user])
+            top = max(self._top(user), taken)
             self._learn([(user, top)])
-            seq = top + 1
-            for u, p in todo:
-                if u == user:
-                    p.seqs[u] = seq
-                    seq += 1
+            _chain(todo, user, top + 1)
         raise StoreUnavailable("could not allocate a free seq: the users' inboxes are contended")
 
     def _fresh_hints(self, users: Sequence[str], began: float) -> set[str]:
-        """The users whose hint ``_known`` holds alone (module notes: fresh hints)."""
+        """The users whose hint ``_known`` holds alone (module notes: fresh hints);
+        none for a while after another writer was found taking their seqs."""
+        if began - self._contended_at < HINT_AGE:
+            return set()
         fresh = self._fresh
         return {u for u in users if began - fresh.get(u, -HINT_AGE) < HINT_AGE}
 
@@ -985,6 +1006,14 @@ def _written(body: Doc) -> float:
 
 def _committed(body: Doc | None, w: str | None) -> bool:
     return body is not None and body.get("w") == w and not body.get("pending", True)
+
+
+def _chain(todo: Sequence[tuple[str, _Push]], user: str, seq: int) -> None:
+    """Give ``user``'s entries in ``todo`` consecutive seqs from ``seq`` on."""
+    for u, p in todo:
+        if u == user:
+            p.seqs[u] = seq
+            seq += 1
 
 
 def _tops(pushes: Iterable[_Push]) -> dict[str, int]:

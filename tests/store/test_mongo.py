@@ -321,6 +321,29 @@ def test_streams_of_groups_cost_four_commands_per_group_and_read_no_counters(
         assert [e.seq for e in page.entries] == list(range(1, 2 * rounds + 1))
 
 
+def test_two_writers_taking_turns_with_the_same_users_do_not_collide_per_user(
+    live: FerretDB, store: MongoInbox
+) -> None:
+    """Fresh hints go stale when another node pushes to the same users: the batch
+    that finds out reads their counters once, instead of a collision (two round
+    trips, and a bounded number of them) per user."""
+    other = MongoInbox(
+        MongoDatabase(live.uri, store.database.name, server_selection_timeout=TIMEOUT)
+    )
+    try:
+        users = tuple(f"tw{i}" for i in range(300))
+        for turn in range(4):
+            for writer in (store, other):
+                before = writer.round_trips
+                (outcome,) = writer.store_messages([StoreRequest(msg(), users)], T0)
+                assert isinstance(outcome, StoreResult), outcome
+                assert outcome.seqs == (2 * turn + (writer is other) + 1,) * 300
+                per_command = FERRETDB_BATCH if writer.database.ferretdb else 300
+                assert writer.round_trips - before <= 8 + 300 // per_command
+    finally:
+        other.close()
+
+
 def test_a_push_to_1000_users_costs_a_handful_of_round_trips(store: MongoInbox) -> None:
     store.probe()
     users = [f"u{i}" for i in range(1000)]
