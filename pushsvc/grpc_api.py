@@ -65,9 +65,9 @@ MAX_BATCH = 1000  # pushes in one PushBatch
 # Methods charged per message (by the servicer), not per call (by the interceptor).
 PER_MESSAGE_LIMITED = frozenset({"PushStream", "PushBatch"})
 NODE_SERVICE = "pushsvc.v1.NodeService"
-# PushStream: a group whose push took at least _SETTLE_AFTER seconds (a store round
-# trip, not an online-only fan-out) lets the next wait for the requests its answers
-# release, for up to _SETTLE_SHARE of that time and at most _SETTLE_MAX seconds.
+# PushStream: a group that stored messages and took at least _SETTLE_AFTER seconds
+# lets the next wait for the requests its answers release, for up to _SETTLE_SHARE
+# of that time and at most _SETTLE_MAX seconds.
 _SETTLE_AFTER = 0.002
 _SETTLE_SHARE = 0.1
 _SETTLE_MAX = 0.02
@@ -187,10 +187,11 @@ class PushServicer(push_pb2_grpc.PushServiceServicer):
         next ones as the answers arrive; taken at once, the next group would hold
         only the requests that came while the last one was pushed, and the ones
         the answers release would wait for the group after (groups of half the
-        window each, twice the round trips). So after a group whose push took a
-        while, the next waits until as many requests are waiting as were just
-        answered -- at most ``_SETTLE_SHARE`` of that push's time, and
-        ``_SETTLE_MAX``; never when nothing was answered or the stream ended."""
+        window each, twice the round trips). So after a group that stored
+        messages and took a while, the next waits until as many requests are
+        waiting as were just answered -- at most ``_SETTLE_SHARE`` of that push's
+        time, and ``_SETTLE_MAX``; never after online-only groups, nor when the
+        stream ended."""
         key = caller_key(context.invocation_metadata())
         waiting: deque[push_pb2.PushRequest] = deque()
         arrived = Event()
@@ -232,9 +233,16 @@ class PushServicer(push_pb2_grpc.PushServiceServicer):
                 yield from self._answer(group, key, "PushStream")
                 took = time.monotonic() - began
                 answered = len(group)
-                settle = min(_SETTLE_MAX, took * _SETTLE_SHARE) if took >= _SETTLE_AFTER else 0.0
+                settle = 0.0
+                if took >= _SETTLE_AFTER and any(self._stored(r) for r in group):
+                    settle = min(_SETTLE_MAX, took * _SETTLE_SHARE)
         finally:
             reader.kill(block=False)
+
+    def _stored(self, request: push_pb2.PushRequest) -> bool:
+        """Whether the request asks to be stored (a non-zero TTL, or the default's)."""
+        ttl = request.ttl_seconds if request.HasField("ttl_seconds") else self._limits.default_ttl
+        return ttl > 0
 
     def _answer(
         self, pushes: Sequence[push_pb2.PushRequest], key: str, rpc: str
