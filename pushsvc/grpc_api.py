@@ -189,14 +189,14 @@ class PushServicer(push_pb2_grpc.PushServiceServicer):
         the answers release would wait for the group after (groups of half the
         window each, twice the round trips). So after a group that stored
         messages and took a while, the next waits until as many requests are
-        waiting as were just answered -- at most ``_SETTLE_SHARE`` of that push's
-        time, and ``_SETTLE_MAX``; never after online-only groups, nor when the
-        stream ended."""
+        waiting as were just answered, besides those that came meanwhile -- at
+        most ``_SETTLE_SHARE`` of that push's time, and ``_SETTLE_MAX``; never
+        after online-only groups, nor when the stream ended."""
         key = caller_key(context.invocation_metadata())
         waiting: deque[push_pb2.PushRequest] = deque()
         arrived = Event()
         ended: list[BaseException | None] = []
-        answered = 0  # requests in the last group
+        expected = 0  # requests the last group's answers release, and those already due
         settle = 0.0  # how long the next group may wait for their successors
 
         def read() -> None:
@@ -220,9 +220,9 @@ class PushServicer(push_pb2_grpc.PushServiceServicer):
                     if ended and ended[0] is not None:
                         raise ended[0]
                     return
-                if settle and len(waiting) < answered:
+                if settle and len(waiting) < expected:
                     deadline = time.monotonic() + settle
-                    while len(waiting) < answered and not ended:
+                    while len(waiting) < expected and not ended:
                         left = deadline - time.monotonic()
                         if left <= 0:
                             break
@@ -230,9 +230,12 @@ class PushServicer(push_pb2_grpc.PushServiceServicer):
                         arrived.wait(left)  # a bounded wait for requests, not synchronisation
                 group = [waiting.popleft() for _ in range(min(len(waiting), MAX_BATCH))]
                 began = time.monotonic()
-                yield from self._answer(group, key, "PushStream")
+                responses = self._answer(group, key, "PushStream")
                 took = time.monotonic() - began
-                answered = len(group)
+                # What came while the group was pushed (released by earlier answers)
+                # belongs with what its own answers release.
+                expected = min(len(group) + len(waiting), MAX_BATCH)
+                yield from responses
                 settle = 0.0
                 if took >= _SETTLE_AFTER and any(self._stored(r) for r in group):
                     settle = min(_SETTLE_MAX, took * _SETTLE_SHARE)
