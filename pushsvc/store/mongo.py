@@ -657,20 +657,10 @@ class MongoInbox(InboxStore):
     def _commit(self, pushes: list[_Push]) -> None:
         modified = 0
         for part in self.database.batches(pushes):
-            # One command, a statement per body: by _id, still pending, still this
-            # attempt's. (One statement with an $or of them was a scan of every
-            # body on FerretDB, which takes an index only for an _id equality: a
-            # commit took 0.2-1.4 s against a few ms per body, and grew with the
-            # collection.)
-            modified += self._messages.bulk_write(
-                [
-                    UpdateOne(
-                        {"_id": p.message.id, "w": p.w, "pending": True},
-                        {"$set": {"pending": False}},
-                    )
-                    for p in part
-                ],
-                ordered=False,
+            # One statement: each body by _id, still pending, still this attempt's.
+            modified += self._messages.update_many(
+                {"$or": [{"_id": p.message.id, "w": p.w} for p in part], "pending": True},
+                {"$set": {"pending": False}},
             ).modified_count
         lost: set[_Push] = set()
         if modified != len(pushes):
