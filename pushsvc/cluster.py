@@ -346,24 +346,60 @@ class ClusterFleet:
     def changed(self, user_id: str) -> None:
         self._presence.changed(user_id)
 
-    def _where(self, user_ids: Sequence[str]) -> dict[str, dict[str, int]]:
-        """Presence from the registry, or from the cache while the store is down."""
+    def _where(self, user_ids: Sequence[str], routing: bool = False) -> dict[str, dict[str, int]]:
+        """Presence from the registry, or from the cache while the store is down.
+
+        ``routing``: the lookup of a push, which reads only the presence records
+        and checks their nodes against the list of live nodes it routes with
+        (``_live``): one round trip per push group instead of two."""
         now = time.time()
         if not self._lookups.acquire(blocking=False):
             return self._cache.get(user_ids, now)
         try:
-            found = within(ROUTING_TIMEOUT, "the presence lookup", self._lookup, user_ids, now)
+            found = within(
+                ROUTING_TIMEOUT, "the presence lookup", self._lookup, user_ids, now, routing
+            )
+            if routing:
+                found = self._live(found, now)
         except StoreUnavailable as exc:
             self._health.failed(exc)
             return self._cache.get(user_ids, now)
         self._cache.put(user_ids, found, now)
         return found
 
-    def _lookup(self, user_ids: Sequence[str], now: float) -> dict[str, dict[str, int]]:
+    def _lookup(
+        self, user_ids: Sequence[str], now: float, routing: bool
+    ) -> dict[str, dict[str, int]]:
         try:
+            if routing:
+                return self._registry.held_by(user_ids)
             return self._registry.presence(user_ids, now)
         finally:
             self._lookups.release()
+
+    def _live(self, held: dict[str, dict[str, int]], now: float) -> dict[str, dict[str, int]]:
+        """``held`` without the records of nodes whose registration has expired, as
+        ``NodeRegistry.presence`` answers: judged by the list of nodes (at most
+        ``NODES_CACHE`` old), which is read again when it does not show a named
+        node alive -- a node that registered since, or renewed a lapsed
+        registration, or is really gone."""
+        named = {n for per_node in held.values() for n in per_node} - {self._node_id}
+        if not named:
+            return held
+        expiry = {n.node_id: n.expires_at for n in self.nodes()}
+        if any(expiry.get(n, 0.0) <= now for n in named):
+            self._nodes_at = -NODES_CACHE
+            expiry = {n.node_id: n.expires_at for n in self.nodes()}
+        out: dict[str, dict[str, int]] = {}
+        for user_id, per_node in held.items():
+            live = {
+                n: c
+                for n, c in sorted(per_node.items())
+                if n == self._node_id or expiry.get(n, 0.0) > now
+            }
+            if live:
+                out[user_id] = live
+        return out
 
     def presence(self, user_ids: Sequence[str]) -> dict[str, dict[str, int]]:
         where = self._where(user_ids)
@@ -438,10 +474,13 @@ class ClusterFleet:
 
     def _route_users(self, batch: Sequence[tuple[Message, Recipients]]) -> list[Event]:
         users = list(dict.fromkeys(u for _, recipients in batch for u, _ in recipients))
-        where = self._where(users)
-        nodes = self._remote_nodes()
+        where = self._where(users, routing=True)
         named = {node_id for per_node in where.values() for node_id in per_node}
-        if not named <= nodes.keys() | {self._node_id}:
+        named.discard(self._node_id)
+        if not named:
+            return []  # every recipient online is here (or nowhere): nothing to forward
+        nodes = self._remote_nodes()
+        if not named <= nodes.keys():
             self._nodes_at = -NODES_CACHE  # a node newer than the cached list holds a recipient
             nodes = self._remote_nodes()
         waits = []

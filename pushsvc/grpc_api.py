@@ -14,6 +14,7 @@ import functools
 import hmac
 import logging
 import secrets
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
@@ -64,6 +65,12 @@ MAX_BATCH = 1000  # pushes in one PushBatch
 # Methods charged per message (by the servicer), not per call (by the interceptor).
 PER_MESSAGE_LIMITED = frozenset({"PushStream", "PushBatch"})
 NODE_SERVICE = "pushsvc.v1.NodeService"
+# PushStream: a group that stored messages and took at least _SETTLE_AFTER seconds
+# lets the next wait for the requests its answers release, for up to _SETTLE_SHARE
+# of that time and at most _SETTLE_MAX seconds.
+_SETTLE_AFTER = 0.002
+_SETTLE_SHARE = 0.1
+_SETTLE_MAX = 0.02
 
 _STATUS: dict[type[PushError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -177,11 +184,23 @@ class PushServicer(push_pb2_grpc.PushServiceServicer):
     ) -> Iterator[push_pb2.PushResponse]:
         """Pipelined: a reader takes requests off the stream as they come, and
         every request waiting when the node is free is pushed in one group (one
-        durable write for the stored ones); responses go out in request order."""
+        durable write for the stored ones); responses go out in request order.
+
+        A producer that keeps a window of requests ahead of its answers sends the
+        next ones as the answers arrive; taken at once, the next group would hold
+        only the requests that came while the last one was pushed, and the ones
+        the answers release would wait for the group after (groups of half the
+        window each, twice the round trips). So after a group that stored
+        messages and took a while, the next waits until as many requests are
+        waiting as were just answered, besides those that came meanwhile -- at
+        most ``_SETTLE_SHARE`` of that push's time, and ``_SETTLE_MAX``; never
+        after online-only groups, nor when the stream ended."""
         key = caller_key(context.invocation_metadata())
         waiting: deque[push_pb2.PushRequest] = deque()
         arrived = Event()
         ended: list[BaseException | None] = []
+        expected = 0  # requests the last group's answers release, and those already due
+        settle = 0.0  # how long the next group may wait for their successors
 
         def read() -> None:
             try:
@@ -204,10 +223,32 @@ class PushServicer(push_pb2_grpc.PushServiceServicer):
                     if ended and ended[0] is not None:
                         raise ended[0]
                     return
+                if settle and len(waiting) < expected:
+                    deadline = time.monotonic() + settle
+                    while len(waiting) < expected and not ended:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            break
+                        arrived.clear()
+                        arrived.wait(left)  # a bounded wait for requests, not synchronisation
                 group = [waiting.popleft() for _ in range(min(len(waiting), MAX_BATCH))]
-                yield from self._answer(group, key, "PushStream")
+                began = time.monotonic()
+                responses = self._answer(group, key, "PushStream")
+                took = time.monotonic() - began
+                # What came while the group was pushed (released by earlier answers)
+                # belongs with what its own answers release.
+                expected = min(len(group) + len(waiting), MAX_BATCH)
+                yield from responses
+                settle = 0.0
+                if took >= _SETTLE_AFTER and any(self._stored(r) for r in group):
+                    settle = min(_SETTLE_MAX, took * _SETTLE_SHARE)
         finally:
             reader.kill(block=False)
+
+    def _stored(self, request: push_pb2.PushRequest) -> bool:
+        """Whether the request asks to be stored (a non-zero TTL, or the default's)."""
+        ttl = request.ttl_seconds if request.HasField("ttl_seconds") else self._limits.default_ttl
+        return ttl > 0
 
     def _answer(
         self, pushes: Sequence[push_pb2.PushRequest], key: str, rpc: str

@@ -5,7 +5,10 @@ false at once, the failure is counted, and it is logged once as what it is (one
 line when the store goes away, one when it is back), not as a traceback per
 call. A probe (a small durable write) runs every ``PROBE_INTERVAL`` seconds, so
 a store that fails while no traffic flows is noticed within that time, and a
-store that came back is noticed the same way.
+store that came back is noticed the same way. While stored pushes are being
+written (``wrote``) they are that proof, and the probe is skipped: a round trip
+less every ``PROBE_INTERVAL`` on a busy node. (A store that hangs right after a
+push is then noticed up to ``WROTE_RECENTLY`` later than by the probe alone.)
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ log = logging.getLogger("pushsvc.store")
 
 PROBE_INTERVAL = 0.5
 PROBE_TIMEOUT = 1.0
+#: A stored push this recent stands in for the probe (twice the period: pushes that
+#: take about as long as the period, as on a slow store, still replace it).
+WROTE_RECENTLY = 2 * PROBE_INTERVAL
 _NO_ANSWER = f"the store did not answer within {PROBE_TIMEOUT:g} s"
 LOG_QUIET = 30.0  # seconds: a store that keeps failing and recovering is logged once per this
 
@@ -66,6 +72,7 @@ class StoreHealth:
         "_probing",
         "_quiet",
         "_why",
+        "_wrote_at",
         "ok",
     )
 
@@ -77,6 +84,7 @@ class StoreHealth:
         self._why = ""
         self._logged_at = -LOG_QUIET
         self._quiet = 0  # failures since the last line logged
+        self._wrote_at = -PROBE_INTERVAL
         self.ok = True
 
     def failed(self, exc: BaseException) -> None:
@@ -96,6 +104,11 @@ class StoreHealth:
                 self._quiet += 1
         self.ok = False
         self._why = why
+
+    def wrote(self) -> None:
+        """A durable write (a stored push) just succeeded: no probe is needed
+        for ``WROTE_RECENTLY`` while the store is deemed available."""
+        self._wrote_at = time.monotonic()
 
     def succeeded(self) -> None:
         if not self.ok and not self._quiet:
@@ -144,5 +157,6 @@ class StoreHealth:
 
     def _run(self) -> None:
         while True:
-            self.check()
+            if not self.ok or time.monotonic() - self._wrote_at >= WROTE_RECENTLY:
+                self.check()
             gevent.sleep(PROBE_INTERVAL)  # the probe's period, not synchronisation

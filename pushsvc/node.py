@@ -372,6 +372,8 @@ class Node:
             if isinstance(outcome, StoreUnavailable):
                 self._health.failed(outcome)
             stored[i] = outcome
+        if any(isinstance(outcome, StoreResult) for outcome in results):
+            self._health.wrote()
         for i, first in repeats.items():
             done = stored[first]
             if isinstance(done, PushError):

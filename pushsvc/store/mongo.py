@@ -68,6 +68,19 @@ later guesses above ``t``. A writer's hint is at most a lease old when it
 inserts (below), far less than the retention, so a stale hint cannot reach a
 seq whose entry has already been removed.
 
+*Fresh hints.* The counters are read only for the users this process has no
+fresh hint for. A user's hint is fresh for ``HINT_AGE`` (a lease) after a batch
+that inserted the user's top seq this process knows (``_known``) began, once
+that batch has raised the user's counter (so it exists, and is raised with
+``$max``). Such a hint names an inserted seq, and every seq above it was
+inserted after that batch began (the chain), so none of them can have been
+removed before ``ENTRY_RETENTION`` has passed since -- far more than the hint's
+age plus the lease a batch has to commit. A hint gone stale because another
+writer took seqs meanwhile costs a duplicate key, as a counter read a moment
+too early does -- once: a fresh hint found taken makes the batch read the
+counters of its other fresh-hinted users, and later batches read counters for
+``HINT_AGE`` (users pushed to through several nodes go back to the counters).
+
 *Nothing moves past a seq in flight.* A pending body blocks readers at its seq
 until it commits or is abandoned. Abandonment is durable: the body is deleted.
 It happens when the push fails (its writer deletes the body, then gives back
@@ -98,10 +111,11 @@ commands, so writes go through ``MongoDatabase.batches``, which leaves them
 whole on MongoDB and cuts them into 50-document commands on FerretDB.
 
 Round trips: on MongoDB a batch of pushes costs one each for the idempotency
-claims (if any request has a key), the counters hint, the bodies, the entries,
-the counters raise and the commit -- however many pushes and recipients --
-plus two per seq collision. On FerretDB, raising the counters of users that
-have one and the commit take one command per 50 documents.
+claims (if any request has a key), the counters hint (unless every user's hint
+is fresh), the bodies, the entries, the counters raise and the commit --
+however many pushes and recipients -- plus two per seq collision. On FerretDB,
+raising the counters of users that have one and the commit take one command per
+50 documents.
 """
 
 from __future__ import annotations
@@ -166,6 +180,8 @@ _CLAIM_POLL = 0.05
 _COLLISIONS = 200
 #: Requests per group commit.
 MAX_BATCH = 1000
+#: A seq this process inserted is a hint on its own for this long (module notes).
+HINT_AGE = LEASE
 #: Counters read back and raised again at most this often (FerretDB).
 _COUNTER_REPAIRS = 5
 
@@ -230,6 +246,13 @@ class MongoInbox(InboxStore):
         # The highest seq this process inserted or saw taken, per user: a
         # guess's lower bound besides the counters (bounded; a guess only).
         self._known: dict[str, int] = {}
+        # Users whose ``_known`` seq this process inserted itself, and whose
+        # counter exists, with when (monotonic): within ``HINT_AGE`` of that, a
+        # batch guesses from ``_known`` alone (module notes: fresh hints).
+        self._fresh: dict[str, float] = {}
+        # When a fresh hint was last found taken (monotonic): other writers are
+        # pushing to these users, so counters are read again for ``HINT_AGE``.
+        self._contended_at = -HINT_AGE
         # Write attempts this process failed but could not clean up after (the
         # database was away): safe to take over at once, with no grace.
         self._unfinished: set[Attempt] = set()
@@ -326,8 +349,14 @@ class MongoInbox(InboxStore):
             writing = [p for p in writing if p.writing]
             if not writing:
                 return
-            counters = self._insert_entries(writing)
-            self._raise_counters(_tops(writing), counters)
+            counters = self._insert_entries(writing, began)
+            tops = _tops(writing)
+            self._raise_counters(tops, counters)
+            # Each user's top seq is one this batch inserted (after ``began``),
+            # and the user's counter exists now.
+            for u in tops:
+                if self._known.get(u) == tops[u]:
+                    self._fresh[u] = began
             if time.monotonic() - began > self.lease:
                 raise _LeaseExpired(
                     f"the message store took over {self.lease:.0f}s to store a batch; retry"
@@ -483,12 +512,15 @@ class MongoInbox(InboxStore):
 
     # -- step 2: entries, allocating seqs ----------------------------------------
 
-    def _insert_entries(self, pushes: list[_Push]) -> dict[str, int]:
+    def _insert_entries(self, pushes: list[_Push], began: float) -> dict[str, int]:
         """Insert every recipient's entry, allocating seqs (module notes, step 2).
-        Returns the counters read for the hints."""
+        Returns what is known of the counters: those read for the hints, and 0
+        for the users whose hint was fresh (their counter exists)."""
         users = list(dict.fromkeys(u for p in pushes for u in p.request.user_ids))
-        counters = self._read_counters(users)
+        fresh = self._fresh_hints(users, began)
+        counters = self._read_counters([u for u in users if u not in fresh])
         hint = {u: max(counters.get(u, 0), self._known.get(u, 0)) for u in users}
+        counters.update((u, 0) for u in fresh)
         # Each user's entries, in list order; users in order of first appearance.
         chains: dict[str, list[_Push]] = {u: [] for u in users}
         for p in pushes:
@@ -500,6 +532,7 @@ class MongoInbox(InboxStore):
             seq = nxt.get(u, hint[u] + 1)
             p.seqs[u] = seq
             nxt[u] = seq + 1
+        unread = set(fresh)  # fresh-hinted users whose counter was not read
         for _ in range(_COLLISIONS):
             try:
                 self._inbox.insert_many([_entry_doc(u, p) for u, p in todo], ordered=True)
@@ -513,17 +546,37 @@ class MongoInbox(InboxStore):
             self.collisions += 1
             self._learn((u, p.seqs[u]) for u, p in todo[:done])
             todo = todo[done:]
+            user = todo[0][0]
+            taken = todo[0][1].seqs[user]
+            if user in unread:
+                # Another writer took seqs since this process wrote them: the other
+                # fresh-hinted users are likely behind too. Read their counters (one
+                # round trip, not a collision each), and read counters for a while.
+                self._contended_at = time.monotonic()
+                firsts: dict[str, int] = {}
+                for u, p in todo:
+                    if u in unread:
+                        firsts.setdefault(u, p.seqs[u])
+                unread.clear()
+                for u, c in self._read_counters(list(firsts)).items():
+                    if c >= firsts[u]:
+                        _chain(todo, u, c + 1)
+                if todo[0][1].seqs[user] > taken:
+                    continue  # moved above the counter: try it
             # todo[0]'s seq is taken: the rest of that user's chain goes above
             # the user's top entry (which is at least the seq taken).
-            user = todo[0][0]
-            top = max(self._top(user), todo[0][1].seqs[user])
+            top = max(self._top(user), taken)
             self._learn([(user, top)])
-            seq = top + 1
-            for u, p in todo:
-                if u == user:
-                    p.seqs[u] = seq
-                    seq += 1
+            _chain(todo, user, top + 1)
         raise StoreUnavailable("could not allocate a free seq: the users' inboxes are contended")
+
+    def _fresh_hints(self, users: Sequence[str], began: float) -> set[str]:
+        """The users whose hint ``_known`` holds alone (module notes: fresh hints);
+        none for a while after another writer was found taking their seqs."""
+        if began - self._contended_at < HINT_AGE:
+            return set()
+        fresh = self._fresh
+        return {u for u in users if began - fresh.get(u, -HINT_AGE) < HINT_AGE}
 
     def _read_counters(self, users: Sequence[str]) -> dict[str, int]:
         """The counters of those users that have one."""
@@ -545,6 +598,7 @@ class MongoInbox(InboxStore):
     def _learn(self, seqs: Iterable[tuple[str, int]]) -> None:
         if len(self._known) > 100_000:
             self._known.clear()
+            self._fresh.clear()
         for u, s in seqs:
             if s > self._known.get(u, 0):
                 self._known[u] = s
@@ -948,6 +1002,14 @@ def _written(body: Doc) -> float:
 
 def _committed(body: Doc | None, w: str | None) -> bool:
     return body is not None and body.get("w") == w and not body.get("pending", True)
+
+
+def _chain(todo: Sequence[tuple[str, _Push]], user: str, seq: int) -> None:
+    """Give ``user``'s entries in ``todo`` consecutive seqs from ``seq`` on."""
+    for u, p in todo:
+        if u == user:
+            p.seqs[u] = seq
+            seq += 1
 
 
 def _tops(pushes: Iterable[_Push]) -> dict[str, int]:

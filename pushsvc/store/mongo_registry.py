@@ -212,15 +212,24 @@ class MongoRegistry(NodeRegistry):
             self.set_presence(node_id, there)
 
     @guarded
-    def presence(self, user_ids: Sequence[str], now: float) -> dict[str, dict[str, int]]:
-        if not user_ids:
-            return {}
+    def held_by(self, user_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+        return self._held_by(user_ids)
+
+    def _held_by(self, user_ids: Sequence[str]) -> dict[str, dict[str, int]]:
         held: dict[str, dict[str, int]] = {}
+        if not user_ids:
+            return held
+        users = list(dict.fromkeys(user_ids))
         for d in self._presence.find(
-            {"user_id": {"$in": list(dict.fromkeys(user_ids))}},
+            {"user_id": {"$in": users}},
             {"user_id": 1, "node_id": 1, "connections": 1},
         ):
             held.setdefault(d["user_id"], {})[d["node_id"]] = int(d["connections"])
+        return held
+
+    @guarded
+    def presence(self, user_ids: Sequence[str], now: float) -> dict[str, dict[str, int]]:
+        held = self._held_by(user_ids)
         if not held:
             return {}
         node_ids = sorted({n for nodes in held.values() for n in nodes})

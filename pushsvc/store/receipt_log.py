@@ -326,7 +326,10 @@ class MongoReceiptLog(ReceiptLog):
                 "$or": [{"message_id": m, "user_id": {"$in": us}} for m, us in chunk],
                 "exp": {"$gt": now},
             }
-            docs = list(self._inbox.find(query, {"message_id": 1, "user_id": 1, "seq": 1, "w": 1}))
+            # One entry per pair, as a rule: all in the first batch, no getMore.
+            size = sum(len(us) for _, us in chunk) + 1
+            fields = {"message_id": 1, "user_id": 1, "seq": 1, "w": 1}
+            docs = list(self._inbox.find(query, fields, batch_size=size))
             for d in self._committed(docs):
                 out[(d["message_id"], d["user_id"])] = int(d["seq"])
         return out
@@ -356,11 +359,11 @@ class MongoReceiptLog(ReceiptLog):
         ``mongo.MongoInbox``), never a message a caller was told about."""
         if not entries:
             return []
+        ids = list({e["message_id"] for e in entries})
         bodies = {
             b["_id"]: b
             for b in self._messages.find(
-                {"_id": {"$in": list({e["message_id"] for e in entries})}},
-                {"w": 1, "pending": 1},
+                {"_id": {"$in": ids}}, {"w": 1, "pending": 1}, batch_size=len(ids) + 1
             )
         }
         out = []

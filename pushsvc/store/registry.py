@@ -70,6 +70,12 @@ class NodeRegistry(ABC):
         Users without any are absent from the result."""
 
     @abstractmethod
+    def held_by(self, user_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+        """Every presence record of the users, whether its node is live or not:
+        {user: {node_id: connections}}. For a caller that knows which nodes are live
+        (the routing of pushes, from its list of nodes): one read instead of two."""
+
+    @abstractmethod
     def sweep(self, now: float) -> int:
         """Remove expired registrations and the presence of nodes that are gone."""
 
