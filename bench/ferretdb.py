@@ -19,6 +19,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 
 import pymongo
 from pymongo.errors import PyMongoError
@@ -144,6 +145,7 @@ class FerretDB:
         port: int | None = None,
         backend: str = "sqlite",
         pool: int = 50,
+        args: Sequence[str] = (),
     ) -> None:
         if backend not in ("sqlite", "postgresql"):
             raise ValueError(f"backend must be sqlite or postgresql, not {backend!r}")
@@ -157,6 +159,8 @@ class FerretDB:
         self.proc: subprocess.Popen[bytes] | None = None
         # ``pool``: FerretDB's connections to PostgreSQL (see docs/operations.md).
         self.postgres = Postgres(self.dir, pool) if backend == "postgresql" else None
+        #: More command-line flags for ferretdb.
+        self.args = list(args)
 
     @property
     def uri(self) -> str:
@@ -179,6 +183,7 @@ class FerretDB:
             "--debug-addr=-",  # no HTTP debug listener
             "--telemetry=disable",
             "--log-level=warn",
+            *self.args,
         ]
 
     def start(self, timeout: float = START_TIMEOUT) -> FerretDB:

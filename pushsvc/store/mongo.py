@@ -35,7 +35,11 @@ A push is written in four steps, each one round trip for the whole batch:
    this process inserted itself. A duplicate key means the seq is taken: the
    user's top entry is read and the rest of that user's entries go above it.
    Entries are inserted ``ordered=True``, each user's in list order, so a
-   user's later push never takes a lower seq than an earlier one.
+   user's later push never takes a lower seq than an earlier one. (FerretDB
+   keeps ``ordered`` only within its insert batch, 100 documents unless its
+   ``--batch-size`` is set below 50, which it must not be: entries go 50 per
+   command there, and a reply counting entries inserted past a duplicate key
+   fails the batch; ``_insert_in_order``.)
 3. ``counters`` is raised with ``$max`` to the seqs just inserted.
 4. Bodies are committed: ``pending`` set to false, conditionally on still
    being pending with this attempt's ``w``.
@@ -114,8 +118,8 @@ Round trips: on MongoDB a batch of pushes costs one each for the idempotency
 claims (if any request has a key), the counters hint (unless every user's hint
 is fresh), the bodies, the entries, the counters raise and the commit --
 however many pushes and recipients -- plus two per seq collision. On FerretDB,
-raising the counters of users that have one and the commit take one command per
-50 documents.
+the entries, raising the counters of users that have one and the commit take
+one command per 50 documents.
 """
 
 from __future__ import annotations
@@ -257,6 +261,9 @@ class MongoInbox(InboxStore):
         # database was away): safe to take over at once, with no grace.
         self._unfinished: set[Attempt] = set()
         self._batcher = GroupCommit(self._write_batch, MAX_BATCH)
+        # Entries per insert command, once a server was found to keep an insert's
+        # order only within smaller batches than ``database.batches`` makes.
+        self._entries_per_command = 0
         #: Seqs found taken by another writer (each costs two round trips).
         self.collisions = 0
         database.attach()
@@ -534,15 +541,10 @@ class MongoInbox(InboxStore):
             nxt[u] = seq + 1
         unread = set(fresh)  # fresh-hinted users whose counter was not read
         for _ in range(_COLLISIONS):
-            try:
-                self._inbox.insert_many([_entry_doc(u, p) for u, p in todo], ordered=True)
+            done = self._insert_in_order([_entry_doc(u, p) for u, p in todo])
+            if done is None:
                 self._learn((u, p.seqs[u]) for u, p in todo)
                 return counters
-            except BulkWriteError as exc:
-                errors = exc.details.get("writeErrors", [])
-                if not errors or errors[0].get("code") != DUPLICATE_KEY:
-                    raise
-                done = int(exc.details.get("nInserted", errors[0]["index"]))
             self.collisions += 1
             self._learn((u, p.seqs[u]) for u, p in todo[:done])
             todo = todo[done:]
@@ -569,6 +571,53 @@ class MongoInbox(InboxStore):
             self._learn([(user, top)])
             _chain(todo, user, top + 1)
         raise StoreUnavailable("could not allocate a free seq: the users' inboxes are contended")
+
+    def _insert_in_order(self, docs: list[Doc]) -> int | None:
+        """Insert entries in order, stopping at the first duplicate key. Returns
+        how many were inserted before it, or None if all were.
+
+        FerretDB 1.24 honours ``ordered`` only within its insert batch (100
+        documents by default): past a duplicate key it goes on with the next
+        batch and counts those in ``nInserted``. So on FerretDB entries go one
+        command per ``FERRETDB_BATCH``, and a command that reports more inserted
+        than precede its first error fails the batch: which of the entries after
+        that error were written is unknown, and ``_fail`` makes any that were
+        tombstones (the seqs stay taken). Later commands are then cut to what the
+        server's batch must have been (a FerretDB run with a small
+        ``--batch-size``)."""
+        done = 0
+        size = self._entries_per_command
+        parts = (
+            [docs[i : i + size] for i in range(0, len(docs), size)]
+            if size
+            else self.database.batches(docs)
+        )
+        for part in parts:
+            try:
+                self._inbox.insert_many(part, ordered=True)
+            except BulkWriteError as exc:
+                errors = exc.details.get("writeErrors", [])
+                if not errors or errors[0].get("code") != DUPLICATE_KEY:
+                    raise
+                index = int(errors[0]["index"])
+                inserted = int(exc.details.get("nInserted", index))
+                if inserted != index:
+                    # Its batch ended after ``index``; every later one was written.
+                    batch = max(1, min(len(part) - (inserted - index), len(part) // 2))
+                    log.warning(
+                        "the message store inserted entries past a duplicate key: it keeps"
+                        " an insert's order only %d documents at a time (FerretDB's"
+                        " --batch-size should be at least 50); inserting %d per command",
+                        batch,
+                        batch,
+                    )
+                    self._entries_per_command = batch
+                    raise StoreUnavailable(
+                        "the message store went on inserting past a duplicate seq; retry"
+                    ) from None
+                return done + index
+            done += len(part)
+        return None
 
     def _fresh_hints(self, users: Sequence[str], began: float) -> set[str]:
         """The users whose hint ``_known`` holds alone (module notes: fresh hints);
