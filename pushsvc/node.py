@@ -286,12 +286,12 @@ class Node:
             for i in range(0, len(users), POSITION_BATCH):
                 part = users[i : i + POSITION_BATCH]
                 try:
-                    starts = self._inbox.user_starts(part)
+                    starts = self._inbox.latest_seqs(part)
                 except StoreUnavailable as exc:
                     self._health.failed(exc)
                     break
                 for user in part:
-                    latest = starts[user].latest_seq if user in starts else 0
+                    latest = starts.get(user, 0)
                     for session in sessions[user]:
                         session.on_behind(latest)
 

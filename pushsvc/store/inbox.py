@@ -223,6 +223,12 @@ class InboxStore(ABC):
     def latest_seq(self, user_id: str) -> int:
         return self.user_starts([user_id])[user_id].latest_seq
 
+    def latest_seqs(self, user_ids: Sequence[str]) -> dict[str, int]:
+        """Each user's latest seq, for the periodic position check: at least every
+        seq committed before the call (``user_starts`` is, where the store's
+        counters cannot lose an update)."""
+        return {u: start.latest_seq for u, start in self.user_starts(user_ids).items()}
+
     def acked_seq(self, user_id: str) -> int:
         return self.user_starts([user_id])[user_id].acked_seq
 

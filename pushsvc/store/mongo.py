@@ -896,6 +896,29 @@ class MongoInbox(InboxStore):
         return {u: UserStart(latest[u], acked.get(u, 0)) for u in users}
 
     @guarded
+    def latest_seqs(self, user_ids: Sequence[str]) -> dict[str, int]:
+        """The counters; on FerretDB, whose ``$max`` can lose an update to a
+        concurrent one (leaving a counter below a committed entry), also the
+        entries above them: one query, a branch per distinct counter value."""
+        users = list(dict.fromkeys(user_ids))
+        if not users:
+            return {}
+        counters = self._read_counters(users)
+        latest = {u: max(counters.get(u, 0), self._known.get(u, 0)) for u in users}
+        if self.atomic_updates:
+            return latest
+        by_latest: dict[int, list[str]] = {}
+        for u, s in latest.items():
+            by_latest.setdefault(s, []).append(u)
+        above = {
+            "$or": [{"user_id": {"$in": us}, "seq": {"$gt": s}} for s, us in by_latest.items()]
+        }
+        for e in self._inbox.find(above, {"user_id": 1, "seq": 1}):
+            u = e["user_id"]
+            latest[u] = max(latest[u], int(e["seq"]))
+        return latest
+
+    @guarded
     def ack_many(self, acks: Mapping[str, int]) -> None:
         statements = [
             UpdateOne({"_id": u}, {"$max": {"acked_seq": max(int(s), 0)}}, upsert=True)

@@ -455,6 +455,32 @@ def test_a_server_that_inserts_past_a_taken_seq_fails_the_batch_and_loses_nothin
             store.close()
 
 
+def test_latest_seqs_see_entries_above_a_counter_that_lost_an_update(
+    live: FerretDB, store: MongoInbox
+) -> None:
+    """FerretDB's ``$max`` reads, then writes: two nodes raising one counter at
+    once can leave it below a committed entry. The position check (``latest_seqs``)
+    must not take such a counter's word, or a live connection whose announcement
+    was lost waits for the user's next message."""
+    for _ in range(3):
+        store.store_message(msg(), ["alice"], "", T0)
+    store.store_message(msg(), ["bob"], "", T0)
+    store._counters.update_one({"_id": "alice"}, {"$set": {"seq": 1}})  # the lost update
+    other = MongoInbox(
+        MongoDatabase(live.uri, store.database.name, server_selection_timeout=TIMEOUT)
+    )
+    try:  # another node: nothing of its own to go by
+        assert other.user_starts(["alice"])["alice"].latest_seq == 1
+        expected = 1 if other.atomic_updates else 3  # MongoDB's $max loses nothing
+        assert other.latest_seqs(["alice", "bob", "carol"]) == {
+            "alice": expected,
+            "bob": 1,
+            "carol": 0,
+        }
+    finally:
+        other.close()
+
+
 def test_a_batch_past_its_lease_gives_up_and_leaves_tombstones(store: MongoInbox) -> None:
     store.store_message(msg(), ["alice"], "", T0)
     store.lease = -1.0  # every batch is late
