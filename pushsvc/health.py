@@ -71,6 +71,7 @@ class StoreHealth:
         "_probe",
         "_probing",
         "_quiet",
+        "_stopped",
         "_why",
         "_wrote_at",
         "ok",
@@ -85,12 +86,17 @@ class StoreHealth:
         self._logged_at = -LOG_QUIET
         self._quiet = 0  # failures since the last line logged
         self._wrote_at = -PROBE_INTERVAL
+        self._stopped = False
         self.ok = True
 
     def failed(self, exc: BaseException) -> None:
         """A store call failed (StoreUnavailable, or a timeout waiting for it)."""
         self._metrics.store_errors.inc()
         why = str(exc) or type(exc).__name__
+        if self._stopped:
+            # The node is shutting down and has closed its store: work still
+            # finishing (a replay read, a flush) finds it closed; no outage.
+            return
         if self.ok:
             now = time.monotonic()
             if now - self._logged_at >= LOG_QUIET:
@@ -124,6 +130,7 @@ class StoreHealth:
         self._greenlet = gevent.spawn(self._run)
 
     def stop(self) -> None:
+        self._stopped = True
         if self._greenlet is not None:
             self._greenlet.kill(block=False)
 
