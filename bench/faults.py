@@ -328,18 +328,23 @@ def _diagnose(
         return state + (f"/{b.get('by')}" if b and b.get("by") else "")
 
     try:
-        for user, seqs in list(missing.items())[:20]:
+        # Subscribers connected at the end first: theirs are the deliveries that
+        # were due, not waiting for a client to get back in.
+        users = sorted(missing, key=lambda u: not by_user[u].online)
+        for user in users[:20]:
+            seqs = missing[user]
             sub = by_user[user]
             entries = [
-                f"{e['seq']}:{str(e['message_id'])[-8:]}:{body_state(e['message_id'])}"
+                f"{e['seq']}:{str(e['message_id'])[6:18]}:{body_state(e['message_id'])}"
                 for e in db.inbox.find({"user_id": user}).sort("seq", 1)
             ]
             for seq in seqs[:3]:
                 mid, how = report.oks.get((user, seq), ("?", "?"))
                 out.append(
-                    f"{user} missing {seq} (OK'd as {mid[-8:]} by {how}, body "
+                    f"{user} missing {seq} (OK'd as {str(mid)[6:18]} by {how}, body "
                     f"{body_state(mid)}): last={sub.last}; inbox {' '.join(entries)};"
                     f" welcomes={sub.welcomes} closes={sub.close_codes}"
+                    f" {'online' if sub.online else 'offline'} at the end"
                 )
     finally:
         client.close()
