@@ -364,10 +364,7 @@ class MongoInbox(InboxStore):
             for u in tops:
                 if self._known.get(u) == tops[u]:
                     self._fresh[u] = began
-            if time.monotonic() - began > self.lease:
-                raise _LeaseExpired(
-                    f"the message store took over {self.lease:.0f}s to store a batch; retry"
-                )
+            self._check_lease(began)
             commit_sent = True
             self._commit(writing)
         except (PyMongoError, StoreUnavailable, _LeaseExpired) as exc:
@@ -378,6 +375,12 @@ class MongoInbox(InboxStore):
             else:
                 error = StoreUnavailable(str(exc))
             self._fail(writing, error, commit_sent)
+
+    def _check_lease(self, began: float) -> None:
+        if time.monotonic() - began > self.lease:
+            raise _LeaseExpired(
+                f"the message store took over {self.lease:.0f}s to store a batch; retry"
+            )
 
     # -- step 0: idempotency keys -------------------------------------------------
 
@@ -547,6 +550,9 @@ class MongoInbox(InboxStore):
                 return counters
             self.collisions += 1
             self._learn((u, p.seqs[u]) for u, p in todo[:done])
+            # Its bodies hold their users' readers while it looks for free seqs:
+            # on a slow store, give up at the lease rather than hold them longer.
+            self._check_lease(began)
             todo = todo[done:]
             user = todo[0][0]
             taken = todo[0][1].seqs[user]

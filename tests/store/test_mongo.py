@@ -502,6 +502,21 @@ def test_a_batch_past_its_lease_gives_up_and_leaves_tombstones(store: MongoInbox
     assert [e.seq for e in store.read_inbox("alice", 0, 10, T0).entries] == [1, 3]
 
 
+def test_a_batch_still_finding_free_seqs_at_its_lease_gives_up(store: MongoInbox) -> None:
+    """A batch's pending bodies hold its users' readers: one that meets taken seqs
+    on a slow store gives up at its lease instead of holding them longer, and
+    what it wrote stays taken as tombstones."""
+    _in_flight(store, "alice", 1)  # alice's seq 1 is taken (counter not raised)
+    store.lease = -1.0  # every batch is late
+    (out,) = store.store_messages([StoreRequest(msg(), ("bob", "alice"))], T0)
+    store.lease = 60.0
+    assert isinstance(out, StoreUnavailable) and "took over" in str(out)
+    assert store.collisions == 1
+    assert store.read_inbox("bob", 0, 10, T0) == InboxPage(())  # its entry: a tombstone
+    assert store.user_starts(["bob"])["bob"].latest_seq == 1  # ...whose seq stays taken
+    assert store.store_message(msg(), ["bob"], "", T0).seqs == (2,)
+
+
 def test_a_writer_whose_body_was_abandoned_does_not_report_success(
     store: MongoInbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
