@@ -237,7 +237,10 @@ async function act(resultEl, fn) {
 
 function lookUpUser(userId) {
   const dl = $("user-result");
+  const form = $("user-form");
   $("user-error").textContent = "";
+  form.setAttribute("aria-busy", "true");
+  form.dataset.outcome = "pending";
   return api(`user?id=${encodeURIComponent(userId)}`).then(
     (u) => {
       dl.replaceChildren();
@@ -259,12 +262,14 @@ function lookUpUser(userId) {
         dl.append(dt, dd);
       }
       dl.hidden = false;
+      form.dataset.outcome = "shown";
     },
     (err) => {
       dl.hidden = true;
       if (err.status !== 401) $("user-error").textContent = err.message;
+      form.dataset.outcome = "failed";
     },
-  );
+  ).finally(() => form.removeAttribute("aria-busy"));
 }
 
 function pushFromForm() {
