@@ -92,11 +92,11 @@ class StoreHealth:
     def failed(self, exc: BaseException) -> None:
         """A store call failed (StoreUnavailable, or a timeout waiting for it)."""
         self._metrics.store_errors.inc()
-        why = str(exc) or type(exc).__name__
         if self._stopped:
             # The node is shutting down and has closed its store: work still
             # finishing (a replay read, a flush) finds it closed; no outage.
             return
+        why = str(exc) or type(exc).__name__
         if self.ok:
             now = time.monotonic()
             if now - self._logged_at >= LOG_QUIET:

@@ -888,13 +888,17 @@ class MongoInbox(InboxStore):
                 out.setdefault(e["message_id"], {})[e["user_id"]] = int(e["seq"])
         return out
 
+    def _hinted_latest(self, users: Sequence[str]) -> dict[str, int]:
+        """Each user's counter, or the higher seq this process knows of."""
+        counters = self._read_counters(users)
+        return {u: max(counters.get(u, 0), self._known.get(u, 0)) for u in users}
+
     @guarded
     def user_starts(self, user_ids: Sequence[str]) -> dict[str, UserStart]:
         users = list(dict.fromkeys(user_ids))
         if not users:
             return {}
-        counters = self._read_counters(users)
-        latest = {u: max(counters.get(u, 0), self._known.get(u, 0)) for u in users}
+        latest = self._hinted_latest(users)
         acked = {
             d["_id"]: int(d["acked_seq"])
             for d in self._acks.find({"_id": {"$in": users}}, {"acked_seq": 1})
@@ -909,8 +913,7 @@ class MongoInbox(InboxStore):
         users = list(dict.fromkeys(user_ids))
         if not users:
             return {}
-        counters = self._read_counters(users)
-        latest = {u: max(counters.get(u, 0), self._known.get(u, 0)) for u in users}
+        latest = self._hinted_latest(users)
         if self.atomic_updates:
             return latest
         by_latest: dict[int, list[str]] = {}
