@@ -14,6 +14,7 @@ the hub directly.
 from __future__ import annotations
 
 import logging
+import random
 import socket
 import time
 from dataclasses import dataclass
@@ -49,6 +50,11 @@ log = logging.getLogger("pushsvc.session")
 MAX_SUBSCRIPTIONS = 100
 REPLAY_PAGE = 200
 ACK_COST = 0.2  # an ack costs a fifth of a frame against the client's rate limit
+# A connection's first ping comes between a quarter of ping_interval and all of it after
+# it opened, at random, and every ping_interval after that: the connections of a storm
+# of connects are then not all pinged in one heartbeat pass, nor their pongs all read
+# at once, every ping_interval (thousands of them queued ahead of the pushes).
+PING_PHASE_SPREAD = 0.75
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +123,7 @@ class Session:
         now = time.monotonic()
         self.opened_at = now
         self.last_seen = now
-        self._last_ping = now
+        self._last_ping = now - random.random() * PING_PHASE_SPREAD * limits.ping_interval
         self._first_frame_by = 0.0  # while awaited: when the client's first frame is due
         self._bucket = TokenBucket(limits.client_rate, limits.client_burst)
         self._strikes = 0.0
@@ -339,7 +345,7 @@ class Session:
         """Ping when due; close a connection silent for ping_timeout, or one with no
         first frame by its deadline (pinged at half of it)."""
         limits = self.limits
-        if self._closing is not None:
+        if self._closing is not None or self.closed:
             return
         if self._first_frame_by:
             due = self._first_frame_by
