@@ -90,14 +90,30 @@ def status_of(exc: PushError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def _error_response(exc: PushError) -> push_pb2.PushResponse:
-    """A failed push inside a stream or a batch."""
-    return push_pb2.PushResponse(
-        error=push_pb2.Error(code=status_of(exc).value[0], message=str(exc))
-    )
-
-
 _NOT_RUN = PushError("not processed")
+
+# What became of one push of a stream or a batch: its command and outcome, or why
+# it failed (a PushError without a subclass answers INTERNAL).
+Result = tuple[PushCommand, PushOutcome] | PushError
+
+
+def _emit(make: Callable[..., Any], request: push_pb2.PushRequest, result: Result) -> Any:
+    """The response to ``request`` made with ``make``: the PushResponse constructor,
+    or the ``add`` of a batch response's repeated field (which builds it in place).
+    Fields at their defaults are left out (each one passed costs a conversion)."""
+    if isinstance(result, PushError):
+        return make(error=push_pb2.Error(code=status_of(result).value[0], message=str(result)))
+    cmd, out = result
+    seqs = out.seqs
+    if not seqs and not out.duplicate:
+        return make(message_id=out.message_id)  # online-only
+    requested = request.user_ids
+    if len(requested) != len(cmd.user_ids):  # the request named a user twice
+        seqs = unfold_seqs(list(requested), cmd.user_ids, seqs)
+    if out.duplicate:
+        return make(message_id=out.message_id, seqs=seqs, duplicate=True)
+    return make(message_id=out.message_id, seqs=seqs)
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -159,19 +175,12 @@ class PushServicer(push_pb2_grpc.PushServiceServicer):
             owner=owner,
         )
 
-    @staticmethod
-    def _response(
-        request: push_pb2.PushRequest, cmd: PushCommand, out: PushOutcome
-    ) -> push_pb2.PushResponse:
-        requested = request.user_ids
-        seqs = out.seqs
-        if len(requested) != len(cmd.user_ids):  # the request named a user twice
-            seqs = unfold_seqs(list(requested), cmd.user_ids, out.seqs)
-        return push_pb2.PushResponse(message_id=out.message_id, seqs=seqs, duplicate=out.duplicate)
-
     def _push(self, request: push_pb2.PushRequest, owner: str) -> push_pb2.PushResponse:
         cmd = self._command(request, owner)
-        return self._response(request, cmd, self._node.push(cmd))
+        response: push_pb2.PushResponse = _emit(
+            push_pb2.PushResponse, request, (cmd, self._node.push(cmd))
+        )
+        return response
 
     @_domain_errors
     def Push(
@@ -253,9 +262,15 @@ class PushServicer(push_pb2_grpc.PushServiceServicer):
     def _answer(
         self, pushes: Sequence[push_pb2.PushRequest], key: str, rpc: str
     ) -> list[push_pb2.PushResponse]:
+        """One response per request, in order (``_results``)."""
+        results = self._results(pushes, key, rpc)
+        make = push_pb2.PushResponse
+        return [_emit(make, push, r) for push, r in zip(pushes, results, strict=True)]
+
+    def _results(self, pushes: Sequence[push_pb2.PushRequest], key: str, rpc: str) -> list[Result]:
         """Push each request (charged one by one against the key's limit), all in one
-        group; one response per request, in order, failures as responses."""
-        responses: list[push_pb2.PushResponse] = [_error_response(_NOT_RUN)] * len(pushes)
+        group; one result per request, in order, failures as results."""
+        results: list[Result] = [_NOT_RUN] * len(pushes)
         accepted: list[tuple[int, PushCommand]] = []
         owner = self._owners.of_key(key)
         for i, push in enumerate(pushes):
@@ -264,27 +279,19 @@ class PushServicer(push_pb2_grpc.PushServiceServicer):
                     raise RateLimited("over the API key's rate limit")
                 accepted.append((i, self._command(push, owner)))
             except PushError as exc:
-                responses[i] = _error_response(exc)
+                results[i] = exc
         try:
             outcomes = self._node.push_many([cmd for _, cmd in accepted])
         except Exception:
             request_id = secrets.token_hex(6)
             log.exception("rpc failed", extra={"rpc": rpc, "request": request_id})
-            failed = push_pb2.PushResponse(
-                error=push_pb2.Error(
-                    code=grpc.StatusCode.INTERNAL.value[0],
-                    message=f"internal error (request id {request_id} in the log)",
-                )
-            )
+            failed = PushError(f"internal error (request id {request_id} in the log)")
             for i, _ in accepted:
-                responses[i] = failed
-            return responses
+                results[i] = failed
+            return results
         for (i, cmd), out in zip(accepted, outcomes, strict=True):
-            if isinstance(out, PushError):
-                responses[i] = _error_response(out)
-            else:
-                responses[i] = self._response(pushes[i], cmd, out)
-        return responses
+            results[i] = out if isinstance(out, PushError) else (cmd, out)
+        return results
 
     @_domain_errors
     def PushBatch(
@@ -294,7 +301,12 @@ class PushServicer(push_pb2_grpc.PushServiceServicer):
         if not 1 <= len(pushes) <= MAX_BATCH:
             raise InvalidArgument(f"pushes has {len(pushes)} entries: send 1 to {MAX_BATCH}")
         key = caller_key(context.invocation_metadata())
-        return push_pb2.PushBatchResponse(responses=self._answer(pushes, key, "PushBatch"))
+        results = self._results(pushes, key, "PushBatch")
+        response = push_pb2.PushBatchResponse()
+        add = response.responses.add  # filled in place: no response message copied
+        for push, result in zip(pushes, results, strict=True):
+            _emit(add, push, result)
+        return response
 
     @_domain_errors
     def Publish(

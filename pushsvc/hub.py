@@ -96,6 +96,9 @@ class Hub:
         held = self._users.get(user_id)
         if not held:
             return 0
+        if len(held) == 1:  # the common case, without a copy and a generator
+            for conn in held:
+                return 1 if conn.deliver_online(wire) else 0
         return sum(conn.deliver_online(wire) for conn in tuple(held))
 
     # -- queries --------------------------------------------------------------------

@@ -59,7 +59,7 @@ def depth_within(text: str, max_depth: int) -> bool:
 
 def decode_utf8(data: bytes | bytearray | memoryview) -> str:
     """JSON bytes as text: UTF-8 only (RFC 8259 8.1), no byte order mark."""
-    raw = bytes(data)
+    raw = data if isinstance(data, bytes) else bytes(data)
     if raw.startswith(b"\xef\xbb\xbf"):
         raise JsonError("JSON text must not start with a byte order mark")
     try:

@@ -399,7 +399,9 @@ class Node:
         hub = self._hub
         if stored is None:  # online-only
             wire = wire_text(frame.online_only())
-            local = sum(hub.deliver_online(u, wire) for u in cmd.user_ids)
+            local = 0
+            for u in cmd.user_ids:
+                local += hub.deliver_online(u, wire)
             return PushOutcome(message.id, (), False, local), [(u, 0) for u in cmd.user_ids]
         if stored.duplicate:
             return PushOutcome(stored.message_id, stored.seqs, True, 0), []

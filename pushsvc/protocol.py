@@ -8,6 +8,7 @@ fan-out to many users costs one encode and N string joins.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 from dataclasses import dataclass
 from enum import Enum
@@ -79,8 +80,8 @@ class UserFrame(NamedTuple):
 
     @classmethod
     def build(cls, message_id: str, payload: bytes, content_type: str) -> UserFrame:
-        body = f',"content_type":{_dumps(content_type)},{encode_data(payload, content_type)}}}'
-        return cls(f'{{"type":"message","id":{_dumps(message_id)},"seq":', body)
+        body = f',"content_type":{_json_type(content_type)},{encode_data(payload, content_type)}}}'
+        return cls(f'{{"type":"message","id":{_json_id(message_id)},"seq":', body)
 
     def online_only(self) -> str:
         """The frame of an online-only message: no seq (it is never stored)."""
@@ -90,9 +91,22 @@ class UserFrame(NamedTuple):
 
 def topic_frame(message_id: str, topic: str, payload: bytes, content_type: str) -> str:
     return (
-        f'{{"type":"message","id":{_dumps(message_id)},"topic":{_dumps(topic)},'
-        f'"content_type":{_dumps(content_type)},{encode_data(payload, content_type)}}}'
+        f'{{"type":"message","id":{_json_id(message_id)},"topic":{_dumps(topic)},'
+        f'"content_type":{_json_type(content_type)},{encode_data(payload, content_type)}}}'
     )
+
+
+def _json_id(message_id: str) -> str:
+    """A message id as a JSON string: ours are letters and digits (no escaping)."""
+    if message_id.isascii() and message_id.isalnum():
+        return f'"{message_id}"'
+    return _dumps(message_id)
+
+
+@functools.lru_cache(maxsize=256)
+def _json_type(content_type: str) -> str:
+    """A content type as a JSON string (a service sends the same few)."""
+    return _dumps(content_type)
 
 
 def welcome_frame(conn_id: str, user: str, node: str, seq: int, ping_interval: float) -> str:

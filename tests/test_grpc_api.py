@@ -293,6 +293,7 @@ def test_push_batch_answers_each_push_on_its_own(
         assert list(r[0].seqs) == [1] and list(r[2].seqs) == [] and list(r[3].seqs) == [2]
         # The same idempotency key twice in one batch: stored once.
         assert r[4].duplicate and r[4].message_id == r[3].message_id
+        assert list(r[4].seqs) == [2] and not r[3].duplicate
         msgs = client.messages(3, timeout=30)
         assert client.barrier() == []
     assert [m["data"]["i"] for m in msgs] == [0, 2, 3]

@@ -1,0 +1,74 @@
+"""Server message frames: whatever the id, content type and payload, a frame is one
+JSON object carrying them exactly (the fast paths for the common case included)."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pushsvc.errors import InvalidArgument
+from pushsvc.messages import new_message_id, validate_payload
+from pushsvc.protocol import UserFrame, topic_frame
+
+JSON_PAYLOAD = b' {"a": [1, 2.5, "\xc3\xa9"], "b": null} '
+
+
+def test_an_id_of_ours_and_any_other_id_come_out_as_the_same_string() -> None:
+    for message_id in (new_message_id(owner="0123456789ab"), 'x"y\\z', "é-1", ""):
+        frame = json.loads(UserFrame.build(message_id, b"{}", "application/json").with_seq(7))
+        assert frame == {
+            "type": "message",
+            "id": message_id,
+            "seq": 7,
+            "content_type": "application/json",
+            "data": {},
+        }
+        topic = json.loads(topic_frame(message_id, "t.1", b"hi", 'text/plain; x="q"'))
+        assert (topic["id"], topic["content_type"], topic["data"]) == (
+            message_id,
+            'text/plain; x="q"',
+            "hi",
+        )
+
+
+@given(
+    message_id=st.text(max_size=40),
+    content_type=st.sampled_from(
+        ["application/json", "application/vnd.x+json", "text/plain", "application/octet-stream"]
+    ),
+    payload=st.binary(max_size=64),
+)
+def test_frames_are_json_whatever_they_carry(
+    message_id: str, content_type: str, payload: bytes
+) -> None:
+    if content_type.endswith("json"):
+        payload = JSON_PAYLOAD
+    frame = json.loads(UserFrame.build(message_id, payload, content_type).online_only())
+    assert frame["id"] == message_id and frame["content_type"] == content_type
+    assert "seq" not in frame
+    if content_type.endswith("json"):
+        assert frame["data"] == json.loads(JSON_PAYLOAD)
+    elif content_type == "text/plain":
+        assert frame["data"] == payload.decode("utf-8", errors="replace")
+    else:
+        assert base64.b64decode(frame["data_b64"]) == payload
+
+
+def test_content_types_are_checked_the_same_way_every_time() -> None:
+    # Repeated (the second answer comes from the cache): same normalisation, same refusal.
+    for _ in range(2):
+        assert validate_payload(b"{}", "", 100) == "application/json"
+        assert validate_payload(b"{}", " application/json\t", 100) == "application/json"
+        for bad in ("not a type", "text/plain\n", "x" * 300, " " * 100 + "text/plain" + "x" * 300):
+            try:
+                validate_payload(b"{}", bad, 100)
+            except InvalidArgument as exc:
+                assert "is not a MIME type" in str(exc)
+            else:
+                raise AssertionError(f"{bad!r} accepted")
+    # Long only because of its padding: still the type it pads.
+    padded = " " * 300 + "text/plain"
+    assert validate_payload(b"hi", padded, 100) == "text/plain"
