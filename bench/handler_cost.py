@@ -1,0 +1,138 @@
+"""The Python cost of the push handlers, per message, without the network.
+
+A node is built in this process as ``pushsvc serve`` builds it (embedded store in
+a temporary directory, no listener started) with 1,000 stand-in connections
+that take every frame without a socket, and ``PushServicer.PushBatch`` is
+called directly with batches of 100 online-only pushes (~100-byte JSON, one
+recipient each); the answer is serialised as grpcio would. What it measures is
+pushsvc's own work per message -- validation, frame building, routing, the
+answers -- which the suite's numbers hide under grpcio's hand-offs and the
+socket writes. Best of five rounds; then, with ``--profile``, the top functions
+by own time under cProfile (which slows everything several-fold: read the
+shares, not the times). Runs in seconds.
+
+    .venv/bin/python -m bench.handler_cost [--profile] [--record]
+"""
+
+from gevent import monkey
+
+monkey.patch_all()  # as in a node
+
+import argparse  # noqa: E402
+import cProfile  # noqa: E402
+import io  # noqa: E402
+import pstats  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+from bench.common import append_results, table  # noqa: E402
+
+USERS = 1000
+BATCH = 100
+PAYLOAD = b'{"kind":"bench","n":12345,"text":"hello world hello world hello","ok":true,"xs":[1,2]}'
+
+
+class _Connection:
+    """A connection that takes every frame (no socket: the write is not measured)."""
+
+    __slots__ = ("conn_id", "user_id")
+
+    def __init__(self, i: int) -> None:
+        self.conn_id = f"c{i}"
+        self.user_id = f"u{i}"
+
+    def deliver_online(self, wire: bytes) -> bool:
+        return True
+
+    def deliver_online_many(self, wires: tuple[bytes, ...], joined: bytes) -> bool:
+        return True
+
+    def deliver_user(self, seq: int, wire: bytes, message_id: str) -> None:
+        return None
+
+
+class _Context:
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", "Bearer bench-key"),)
+
+
+def _handler() -> tuple[Any, Any]:
+    from pushsvc.config import Settings
+    from pushsvc.grpc_api import CallerLimits, Limits, PushServicer
+    from pushsvc.owners import OwnerTags
+    from pushsvc.server import Server
+    from pushsvc_client.v1 import push_pb2
+
+    settings = Settings(data_dir=tempfile.mkdtemp(prefix="pushsvc-handler-cost-"))
+    node = Server(settings).node
+    for i in range(USERS):
+        node._hub.add(_Connection(i))  # stand-ins, in the node's own hub
+    servicer = PushServicer(
+        node,
+        Limits(settings.max_payload_bytes, settings.default_ttl_seconds, settings.max_ttl_seconds),
+        CallerLimits(0, 0),
+        OwnerTags("bench"),
+    )
+    request = push_pb2.PushBatchRequest(
+        pushes=[
+            push_pb2.PushRequest(user_ids=[f"u{i % USERS}"], payload=PAYLOAD, ttl_seconds=0)
+            for i in range(BATCH)
+        ]
+    )
+    context: Any = _Context()
+
+    def call() -> None:
+        servicer.PushBatch(request, context).SerializeToString()
+
+    servicer.data_dir = settings.data_dir  # removed when the run ends
+    return call, servicer
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--calls", type=int, default=2000, help="PushBatch calls per round")
+    p.add_argument("--profile", action="store_true", help="also print the top functions")
+    p.add_argument("--record", action="store_true", help="append to bench/RESULTS.md")
+    args = p.parse_args()
+    call, servicer = _handler()
+    for _ in range(200):  # warm up
+        call()
+    best = float("inf")
+    for _ in range(5):
+        began = time.perf_counter()
+        for _ in range(args.calls):
+            call()
+        best = min(best, time.perf_counter() - began)
+    per_message = best / (args.calls * BATCH) * 1e6
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    rows = [["PushBatch, 100 online-only pushes", f"{per_message:.2f}"]]
+    text = f"pushsvc {commit}\n\n" + table(["handler", "µs per message (best of 5)"], rows)
+    if args.profile:
+        profile = cProfile.Profile()
+        profile.enable()
+        for _ in range(500):
+            call()
+        profile.disable()
+        out = io.StringIO()
+        pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(15)
+        lines = [ln for ln in out.getvalue().splitlines() if ln.strip()]
+        start = next(i for i, ln in enumerate(lines) if ln.lstrip().startswith("ncalls"))
+        text += "\n\ncProfile, top 15 by own time:\n\n```\n" + "\n".join(lines[start:]) + "\n```"
+    print(text)
+    shutil.rmtree(servicer.data_dir, ignore_errors=True)
+    if args.record:
+        append_results(
+            "Push handler cost without the network",
+            __doc__.split("\n\n")[1].replace("\n", " ") + "\n\n" + text,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
