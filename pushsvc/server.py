@@ -693,8 +693,12 @@ def run_server(settings: Settings, announce: Callable[[Server], None] | None = N
     """Run a node until SIGTERM/SIGINT, then drain. Returns the exit code."""
     configure_logging(settings.log_level, settings.log_format)
     route_gevent_errors(gevent.get_hub())
-    # The embedded store runs SQLite on its own OS thread; a short switch interval
-    # hands the GIL back to it quickly while the event loop is busy.
+    # OS threads wait for the GIL while the event loop runs Python: grpcio's
+    # completion-queue pollers (one hand-off per RPC event) and the embedded
+    # store's SQLite thread. A short switch interval bounds that wait. Tried on
+    # 10,000 connections: 1 ms or more gives more pushes per core at saturation,
+    # and several times the p99 of one-message pushes at half load. Latency is
+    # what is kept.
     sys.setswitchinterval(0.0005)
     try:
         server = Server(settings)
