@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import gevent
+from gevent.event import AsyncResult
 
 from pushsvc.fanout import COALESCE, SLICE, TopicFanout
 from pushsvc.hub import Hub
@@ -134,3 +137,99 @@ def test_publishes_queued_behind_a_fan_out_go_out_together_in_order() -> None:
         assert s.wires == [f"{i}".encode() for i in range(COALESCE + 2)]
         assert s.writes == 2  # COALESCE frames joined, then the 2 left
     assert metrics.fanout_incomplete._value.get() == COALESCE + 2  # per publish
+
+
+class Hooked(Recorder):
+    """A subscriber that runs ``action`` the first time a frame is written to it:
+    something happening while a fan-out is under way."""
+
+    def __init__(self, conn_id: str, user_id: str, action: Callable[[], None]) -> None:
+        super().__init__(conn_id, user_id)
+        self.action: Callable[[], None] | None = action
+
+    def _fire(self) -> None:
+        action, self.action = self.action, None
+        if action is not None:
+            action()
+
+    def deliver_online(self, wire: bytes) -> bool:
+        self._fire()
+        return super().deliver_online(wire)
+
+    def deliver_online_many(self, wires: tuple[bytes, ...], joined: bytes) -> bool:
+        self._fire()
+        return super().deliver_online_many(wires, joined)
+
+
+def test_a_publish_queued_during_a_pass_joins_it_for_the_subscribers_not_yet_reached() -> None:
+    hub = Hub()
+    metrics = Metrics()
+    fanout = TopicFanout(hub, metrics)
+    later: list[AsyncResult] = []
+    subs: list[Recorder] = [Hooked("c0", "u0", lambda: later.append(fanout.publish("t", b"2")))]
+    subs += [Recorder(f"c{i}", f"u{i}") for i in range(1, 3 * SLICE)]
+    for c in subs:
+        hub.add(c)
+        hub.subscribe(c, "t")
+    first = fanout.publish("t", b"1")
+    assert first.get(timeout=10) == 3 * SLICE
+    (second,) = later
+    assert second.get(timeout=10) == 3 * SLICE
+    for i, c in enumerate(subs):
+        assert c.wires == [b"1", b"2"], i  # each once, in order
+        # "2" came during the first slice: it joined at the second, so the rest of
+        # the subscribers got both in one write, and the first slice got it after.
+        assert c.writes == (2 if i < SLICE else 1), (i, c.writes)
+    gevent.sleep(0)
+    assert fanout.pending == 0
+    assert metrics.fanout_incomplete._value.get() == 0
+
+
+def test_the_rest_of_a_joined_publish_goes_to_the_subscribers_of_its_time() -> None:
+    hub = Hub()
+    fanout = TopicFanout(hub, Metrics())
+    later: list[AsyncResult] = []
+    newcomer = Recorder("new", "new")
+
+    def change_membership() -> None:  # while the second slice is written
+        hub.add(newcomer)
+        hub.subscribe(newcomer, "t")
+        hub.unsubscribe(subs[1], "t")  # already got "1"; "2" has not reached it yet
+
+    subs: list[Recorder] = [Hooked("c0", "u0", lambda: later.append(fanout.publish("t", b"2")))]
+    subs += [Recorder(f"c{i}", f"u{i}") for i in range(1, SLICE + 1)]
+    subs.append(Hooked("hook", "hook", change_membership))
+    subs += [Recorder(f"d{i}", f"v{i}") for i in range(SLICE)]
+    for c in subs:
+        hub.add(c)
+        hub.subscribe(c, "t")
+    first = fanout.publish("t", b"1")
+    assert first.get(timeout=10) == len(subs)
+    (second,) = later
+    # Everyone subscribed when its pass went by: all but the one that left, and
+    # the newcomer, which subscribed before the rest of "2" went out.
+    assert second.get(timeout=10) == len(subs) - 1 + 1
+    assert subs[1].wires == [b"1"]
+    assert newcomer.wires == [b"2"]
+    for c in subs[:1] + subs[2:]:
+        assert c.wires == [b"1", b"2"], c.conn_id
+
+
+def test_publishes_joining_a_pass_keep_their_refusals_apart() -> None:
+    hub = Hub()
+    metrics = Metrics()
+    fanout = TopicFanout(hub, metrics)
+    later: list[AsyncResult] = []
+    subs: list[Recorder] = [Hooked("c0", "u0", lambda: later.append(fanout.publish("t", b"2")))]
+    subs += [Refusing("r0", "r0")]  # refuses "1" (first slice) and, in the next pass, "2"
+    subs += [Recorder(f"c{i}", f"u{i}") for i in range(1, SLICE)]
+    subs += [Refusing("r1", "r1")]  # refuses both, in one write
+    subs += [Recorder(f"d{i}", f"v{i}") for i in range(SLICE)]
+    for c in subs:
+        hub.add(c)
+        hub.subscribe(c, "t")
+    first = fanout.publish("t", b"1")
+    assert first.get(timeout=10) == len(subs) - 2
+    (second,) = later
+    assert second.get(timeout=10) == len(subs) - 2
+    assert metrics.fanout_incomplete._value.get() == 4  # two refusals per publish
