@@ -28,13 +28,14 @@ import grpc
 from gevent.event import Event
 from grpc_health.v1 import health_pb2
 
-from pushsvc import demo, edge, grpc_api
+from pushsvc import cpuload, demo, edge, grpc_api
 from pushsvc.admin import AdminApp
 from pushsvc.admin_api import AdminApi, PushLimits
 from pushsvc.admin_console import AdminConsole
 from pushsvc.auth import ApiKeys, TokenVerifier, load_or_create_secret
 from pushsvc.authhook import AuthHook
 from pushsvc.config import Address, Settings, check_secure
+from pushsvc.cpuload import CpuLoad
 from pushsvc.errors import ConfigError, StoreUnavailable
 from pushsvc.fleet import Fleet, LocalFleet
 from pushsvc.health import StoreHealth, within
@@ -176,6 +177,12 @@ class Server:
                 "When the certificate in use expires (Unix time); it changes on a reload",
                 lambda: tls.material.not_after.timestamp(),
             )
+        self.cpu_load = CpuLoad()
+        self.metrics.gauge(
+            "pushsvc_cpu_busy_ratio",
+            "Share of one core the node used over the last second (about 1: saturated)",
+            lambda: self.cpu_load.busy,
+        )
         self.notifier = Notifier()
         self._reloads = 0  # SIGHUPs handled, for the answer `pushsvc reload` waits for
         self.hub = Hub()
@@ -343,6 +350,7 @@ class Server:
         )
         self.health.check()  # readiness reflects the store from the first answer
         self.health.start()
+        self.cpu_load.start()
         self.node.prepare()  # the revocation list, before the first connect
         self.ws_server.start()
         self.admin_server.start()
@@ -586,6 +594,7 @@ class Server:
         self.notifier.status(f"stopped: {closed} connections handed over (node {self.node_id})")
         if self._watchdog is not None:
             self._watchdog.kill(block=False)
+        self.cpu_load.stop()
         self.notifier.close()
         log.info("stopped", extra={"closed": closed, "seconds": round(budget - left(), 3)})
 
@@ -693,13 +702,7 @@ def run_server(settings: Settings, announce: Callable[[Server], None] | None = N
     """Run a node until SIGTERM/SIGINT, then drain. Returns the exit code."""
     configure_logging(settings.log_level, settings.log_format)
     route_gevent_errors(gevent.get_hub())
-    # OS threads wait for the GIL while the event loop runs Python: grpcio's
-    # completion-queue pollers (one hand-off per RPC event) and the embedded
-    # store's SQLite thread. A short switch interval bounds that wait. Tried on
-    # 10,000 connections: 1 ms or more gives more pushes per core at saturation,
-    # and several times the p99 of one-message pushes at half load. Latency is
-    # what is kept.
-    sys.setswitchinterval(0.0005)
+    sys.setswitchinterval(cpuload.SHORT)  # then set by the node's CPU share (cpuload.py)
     try:
         server = Server(settings)
         server.start()

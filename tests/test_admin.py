@@ -22,6 +22,7 @@ FAMILIES = (
     "pushsvc_push_duration_seconds",
     "pushsvc_forward_total",
     "pushsvc_store_errors_total",
+    "pushsvc_cpu_busy_ratio",
 )
 
 
