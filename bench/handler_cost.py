@@ -27,6 +27,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
 from bench.common import append_results, table  # noqa: E402
@@ -60,7 +61,7 @@ class _Context:
         return (("authorization", "Bearer bench-key"),)
 
 
-def _handler() -> tuple[Any, Any]:
+def _handler() -> tuple[Callable[[], None], str]:
     from pushsvc.config import Settings
     from pushsvc.grpc_api import CallerLimits, Limits, PushServicer
     from pushsvc.owners import OwnerTags
@@ -88,8 +89,7 @@ def _handler() -> tuple[Any, Any]:
     def call() -> None:
         servicer.PushBatch(request, context).SerializeToString()
 
-    servicer.data_dir = settings.data_dir  # removed when the run ends
-    return call, servicer
+    return call, settings.data_dir  # the directory is removed when the run ends
 
 
 def main() -> int:
@@ -98,7 +98,7 @@ def main() -> int:
     p.add_argument("--profile", action="store_true", help="also print the top functions")
     p.add_argument("--record", action="store_true", help="append to bench/RESULTS.md")
     args = p.parse_args()
-    call, servicer = _handler()
+    call, data_dir = _handler()
     for _ in range(200):  # warm up
         call()
     best = float("inf")
@@ -125,7 +125,7 @@ def main() -> int:
         start = next(i for i, ln in enumerate(lines) if ln.lstrip().startswith("ncalls"))
         text += "\n\ncProfile, top 15 by own time:\n\n```\n" + "\n".join(lines[start:]) + "\n```"
     print(text)
-    shutil.rmtree(servicer.data_dir, ignore_errors=True)
+    shutil.rmtree(data_dir, ignore_errors=True)
     if args.record:
         append_results(
             "Push handler cost without the network",
