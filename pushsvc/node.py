@@ -128,7 +128,11 @@ class Node:
             ask_peers=lambda seconds: self.fleet.ask_for_receipts(seconds),
         )
         self.receipts = Receipts(
-            inbox, health, receipt_log=streaming.log, on_batch=self._receipts_recorded
+            inbox,
+            health,
+            interval=inbox.receipt_interval,
+            receipt_log=streaming.log,
+            on_batch=self._receipts_recorded,
         )
         self._revocations = (
             Revocations(revocation_store, health, self._close_revoked)

@@ -14,21 +14,24 @@ import (
 
 // The MongoDB wire proxy: every connection from the node is piped to the
 // database, and each message the node sends is counted (by opcode and, for
-// OP_MSG, by command name). A request is one round trip: the driver waits for
-// the answer before it uses the connection again. On "stats" on stdin it
-// prints the counts as one JSON line.
+// OP_MSG, by command name, and by command and collection: "update counters").
+// A request is one round trip: the driver waits for the answer before it uses
+// the connection again. On "stats" on stdin it prints the counts as one JSON
+// line.
 
 type counts struct {
 	mu       sync.Mutex
 	requests int64
 	byCmd    map[string]int64
+	byTarget map[string]int64
 	conns    int64
 }
 
-func (c *counts) add(cmd string) {
+func (c *counts) add(cmd, target string) {
 	c.mu.Lock()
 	c.requests++
 	c.byCmd[cmd]++
+	c.byTarget[target]++
 	c.mu.Unlock()
 }
 
@@ -39,7 +42,13 @@ func (c *counts) snapshot() map[string]any {
 	for k, v := range c.byCmd {
 		by[k] = v
 	}
-	return map[string]any{"requests": c.requests, "by_command": by, "connections": c.conns}
+	target := make(map[string]int64, len(c.byTarget))
+	for k, v := range c.byTarget {
+		target[k] = v
+	}
+	return map[string]any{
+		"requests": c.requests, "by_command": by, "by_target": target, "connections": c.conns,
+	}
 }
 
 func proxyMain(args []string) int {
@@ -52,7 +61,7 @@ func proxyMain(args []string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	c := &counts{byCmd: map[string]int64{}}
+	c := &counts{byCmd: map[string]int64{}, byTarget: map[string]int64{}}
 	fmt.Printf("READY %d\n", ln.Addr().(*net.TCPAddr).Port)
 	go func() {
 		for {
@@ -113,13 +122,14 @@ func proxyConn(down net.Conn, upstream string, c *counts) {
 }
 
 // commandName: for OP_MSG (2013) the first key of the section-0 document;
-// other opcodes by name.
-func commandName(opcode uint32, body []byte) string {
+// other opcodes by name. target: the command and, when the key's value is a
+// string (a collection, for find, insert, update, delete...), that string.
+func commandName(opcode uint32, body []byte) (name, target string) {
 	switch opcode {
 	case 2013:
 		// flagBits(4) then sections; kind 0 = one BSON document.
 		if len(body) < 4+1+4+1 || body[4] != 0 {
-			return "OP_MSG"
+			return "OP_MSG", "OP_MSG"
 		}
 		doc := body[5:]
 		// int32 length, then element: type byte, cstring name.
@@ -127,14 +137,24 @@ func commandName(opcode uint32, body []byte) string {
 		for i < len(doc) && doc[i] != 0 {
 			i++
 		}
-		if i > len(doc) {
-			return "OP_MSG"
+		if i >= len(doc) {
+			return "OP_MSG", "OP_MSG"
 		}
-		return string(doc[5:i])
+		name = string(doc[5:i])
+		target = name
+		// A string value: int32 length (with the NUL), then the bytes.
+		if doc[4] == 0x02 && i+5 <= len(doc) {
+			n := int(binary.LittleEndian.Uint32(doc[i+1 : i+5]))
+			if n > 0 && i+5+n <= len(doc) {
+				target = name + " " + string(doc[i+5:i+5+n-1])
+			}
+		}
+		return name, target
 	case 2004:
-		return "OP_QUERY"
+		return "OP_QUERY", "OP_QUERY"
 	case 2012:
-		return "OP_COMPRESSED"
+		return "OP_COMPRESSED", "OP_COMPRESSED"
 	}
-	return fmt.Sprintf("op%d", opcode)
+	name = fmt.Sprintf("op%d", opcode)
+	return name, name
 }

@@ -211,6 +211,10 @@ class InboxStore(ABC):
     #: How many inbox pages a node reads at once: what the backend serves well
     #: beside the writes (replays queue behind this many reads in flight).
     read_concurrency: int = 16
+    #: How long delivery receipts and acks may wait before they are written
+    #: (``receipts.Receipts`` flushes at this period, or sooner when a batch
+    #: fills): each flush costs the same few round trips whatever it carries.
+    receipt_interval: float = 0.05
 
     @property
     def round_trips(self) -> int:

@@ -10,7 +10,8 @@ Collections
 -----------
 - ``messages``: ``{_id: message id, w, payload, content_type, created_at, exp,
   expires_at, t, pending}`` -- the body, once per message. ``w`` names the
-  write attempt; ``t`` is when it was written (the writer's ``now``);
+  write attempt (one name for all the bodies of a batch, so the commit is one
+  statement); ``t`` is when it was written (the writer's ``now``);
   ``pending`` is true until the push commits.
 - ``inbox``: ``{user_id, seq, message_id, w, i, exp, expires_at, delivered}``,
   unique on ``(user_id, seq)``; an entry belongs to the body with the same
@@ -184,6 +185,11 @@ _CLAIM_POLL = 0.05
 _COLLISIONS = 200
 #: Requests per group commit.
 MAX_BATCH = 1000
+#: Seconds receipts and acks wait for the next flush on MongoDB.
+RECEIPT_INTERVAL = 1.0
+#: Delivery marks one update statement carries (an ``$or`` of (message, user)
+#: pairs, each served by the ``message_id`` index on MongoDB).
+MARKS_PER_STATEMENT = 500
 #: A seq this process inserted is a hint on its own for this long (module notes).
 HINT_AGE = LEASE
 #: Counters read back and raised again at most this often (FerretDB).
@@ -280,6 +286,11 @@ class MongoInbox(InboxStore):
         that share it wait behind a wall of replays."""
         return 4 if self.database.ferretdb else 32
 
+    #: A flush is up to ten round trips to a shared server (docs/scaling.md): once
+    #: a second, not twenty times, bounds them per node whatever the load; a
+    #: full batch of receipts still goes at once.
+    receipt_interval = RECEIPT_INTERVAL
+
     @property
     def atomic_updates(self) -> bool:
         """False on servers whose single-document updates are not atomic (FerretDB)."""
@@ -313,7 +324,8 @@ class MongoInbox(InboxStore):
         return self._batcher.submit(requests, now)
 
     def _write_batch(self, calls: list[Call]) -> None:
-        pushes = [_Push(r, c.now, self.writer) for c in calls for r in c.requests]
+        w = _token()  # one attempt name for the batch: its commit is one statement
+        pushes = [_Push(r, c.now, self.writer, w) for c in calls for r in c.requests]
         try:
             ensure_ready(self)
             self._write(pushes)
@@ -711,11 +723,20 @@ class MongoInbox(InboxStore):
     def _commit(self, pushes: list[_Push]) -> None:
         modified = 0
         for part in self.database.batches(pushes):
-            # One statement: each body by _id, still pending, still this attempt's.
-            modified += self._messages.update_many(
-                {"$or": [{"_id": p.message.id, "w": p.w} for p in part], "pending": True},
-                {"$set": {"pending": False}},
-            ).modified_count
+            # One statement per attempt (a batch is one): its bodies by _id, still
+            # pending, still this attempt's. No $or: FerretDB evaluates one per
+            # document it scans, four times the cost of the $in.
+            by_w: dict[str, list[str]] = {}
+            for p in part:
+                by_w.setdefault(p.w, []).append(p.message.id)
+            commits = [
+                UpdateMany(
+                    {"_id": {"$in": ids}, "w": w, "pending": True}, {"$set": {"pending": False}}
+                )
+                for w, ids in by_w.items()
+            ]
+            for ops in self.database.update_batches(commits):
+                modified += self._messages.bulk_write(ops, ordered=False).modified_count
         lost: set[_Push] = set()
         if modified != len(pushes):
             # Some bodies were abandoned under us: which is the body's word.
@@ -938,16 +959,17 @@ class MongoInbox(InboxStore):
 
     @guarded
     def mark_delivered(self, receipts: Sequence[tuple[str, str]]) -> None:
-        for part in self.database.batches(list(dict.fromkeys(receipts))):
-            by_message: dict[str, list[str]] = {}
-            for message_id, user_id in part:
-                by_message.setdefault(message_id, []).append(user_id)
-            marks = [
-                UpdateMany({"message_id": m, "user_id": {"$in": us}}, {"$set": {"delivered": True}})
-                for m, us in by_message.items()
-            ]
-            for ops in self.database.update_batches(marks):
-                self._inbox.bulk_write(ops, ordered=False)
+        # One statement per piece, not one per message: on FerretDB each statement
+        # scans the inbox (it pushes down only _id), and takes a pool connection.
+        marks = [
+            UpdateMany(
+                {"$or": [{"message_id": m, "user_id": u} for m, u in part]},
+                {"$set": {"delivered": True}},
+            )
+            for part in self.database.batches(list(dict.fromkeys(receipts)), MARKS_PER_STATEMENT)
+        ]
+        for ops in self.database.update_batches(marks):
+            self._inbox.bulk_write(ops, ordered=False)
 
     @guarded
     def message_status(self, message_id: str, now: float) -> list[RecipientStatus]:

@@ -217,12 +217,15 @@ class MongoDatabase:
         self.ferretdb = "ferretdbVersion" in info
         self._detected = True
 
-    def batches(self, items: Sequence[T]) -> list[Sequence[T]]:
-        """``items`` in pieces, each for one write command: whole on MongoDB;
-        on FerretDB, ``FERRETDB_BATCH`` at a time (see the module notes)."""
+    def batches(self, items: Sequence[T], most: int | None = None) -> list[Sequence[T]]:
+        """``items`` in pieces, each for one write command (or statement): whole
+        on MongoDB, or ``most`` at a time; on FerretDB, ``FERRETDB_BATCH`` at a
+        time, or fewer (see the module notes)."""
         if not items:
             return []
-        size = FERRETDB_BATCH if self.ferretdb else len(items)
+        size = len(items) if most is None else max(1, most)
+        if self.ferretdb:
+            size = min(size, FERRETDB_BATCH)
         return [items[i : i + size] for i in range(0, len(items), size)]
 
     def update_batches(self, statements: Sequence[T]) -> list[Sequence[T]]:

@@ -294,6 +294,18 @@ def test_mark_delivered_and_message_status(store: InboxStore) -> None:
         store.message_status(m.id, T0 + 100)
 
 
+def test_delivery_marks_are_per_pair_in_one_call(store: InboxStore) -> None:
+    # Many pairs in one call (more than one statement holds on FerretDB), crossed so
+    # that marking by message or by user alone would mark the wrong recipients.
+    users = [f"u{i}" for i in range(6)]
+    ids = [push(store, users).message_id for _ in range(20)]
+    marked = {(m, u) for i, m in enumerate(ids) for j, u in enumerate(users) if (i + j) % 2}
+    store.mark_delivered(sorted(marked))
+    for m in ids:
+        for s in store.message_status(m, T0):
+            assert s.delivered == ((m, s.user_id) in marked), (m, s.user_id)
+
+
 # -- failures leave nothing behind ----------------------------------------------------
 
 

@@ -1,0 +1,79 @@
+"""When delivery receipts and acks reach the store: at the store's period, or as soon
+as a batch fills, and never lost on the way (``pushsvc.receipts``)."""
+
+from __future__ import annotations
+
+import pathlib
+import time
+from collections.abc import Callable, Iterator
+
+import gevent
+import pytest
+
+from pushsvc.health import StoreHealth
+from pushsvc.messages import Message
+from pushsvc.metrics import Metrics
+from pushsvc.receipts import Receipts
+from pushsvc.store.embedded import EmbeddedStore
+from pushsvc.store.inbox import InboxStore
+from pushsvc.store.mongo import RECEIPT_INTERVAL, MongoInbox
+
+T0 = time.time()
+
+
+def msg(mid: str) -> Message:
+    return Message(mid, b'{"n":1}', "application/json", T0, T0 + 3600)
+
+
+@pytest.fixture
+def store(tmp_path: pathlib.Path) -> Iterator[EmbeddedStore]:
+    s = EmbeddedStore(tmp_path)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def delivered(store: InboxStore, message_id: str) -> bool:
+    return all(r.delivered for r in store.message_status(message_id, time.time()))
+
+
+def gevent_wait(cond: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Poll ``cond`` from a greenlet, letting the flusher run, with a deadline."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out waiting for the flush"
+        gevent.sleep(0.01)  # polling a condition with a deadline
+
+
+def test_receipts_wait_for_the_period_unless_a_batch_fills(store: EmbeddedStore) -> None:
+    for mid, user in (("m1", "alice"), ("m2", "bob")):
+        store.store_message(msg(mid), [user], "", T0)
+    receipts = Receipts(store, StoreHealth(store.probe, Metrics()), interval=3600.0, batch=2)
+    receipts.start()
+    try:
+        receipts.delivered("m1", "alice", 1)
+        for _ in range(5):
+            gevent.idle()  # every greenlet that is ready has run
+        assert not delivered(store, "m1")  # one receipt: it waits for the hour
+        receipts.delivered("m2", "bob", 1)  # the batch is full: written at once
+        gevent_wait(lambda: delivered(store, "m1") and delivered(store, "m2"))
+    finally:
+        receipts.stop()
+
+
+def test_stopping_writes_what_waits(store: EmbeddedStore) -> None:
+    store.store_message(msg("m1"), ["alice"], "", T0)
+    receipts = Receipts(store, StoreHealth(store.probe, Metrics()), interval=3600.0)
+    receipts.start()
+    receipts.delivered("m1", "alice", 1)
+    receipts.ack("alice", 1)
+    receipts.stop()
+    assert delivered(store, "m1")
+    assert store.user_starts(["alice"])["alice"].acked_seq == 1
+
+
+def test_a_remote_store_is_flushed_less_often_than_the_embedded_one() -> None:
+    # Each flush to MongoDB costs round trips to a shared server (docs/scaling.md).
+    assert EmbeddedStore.receipt_interval == InboxStore.receipt_interval == 0.05
+    assert MongoInbox.receipt_interval == RECEIPT_INTERVAL == 1.0
