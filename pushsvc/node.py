@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
@@ -52,6 +52,42 @@ POSITION_BATCH = 500  # users whose latest seq one position-check read asks for
 T = TypeVar("T")
 TURN = 256  # connections a periodic pass handles before it lets other greenlets run
 LOOKUP_TIMEOUT = 2.0  # seconds an operator's inbox lookup waits for the store
+
+
+class InFlight:
+    """Users with a stored push of this node between its write and its delivery.
+
+    The position check leaves them alone: their seqs are counted as written (the
+    stores raise their hints before they commit) while the push is still being
+    committed, so a connection would read a page that stops at it, and poll the
+    store until it commits, for a frame that push delivers itself. Skipping
+    loses nothing: a seq whose announcement really was lost is read as soon as
+    the next frame shows the gap, or by the next check."""
+
+    __slots__ = ("_users",)
+
+    def __init__(self) -> None:
+        self._users: dict[str, int] = {}
+
+    def enter(self, users: Iterable[str]) -> None:
+        counts = self._users
+        for u in users:
+            counts[u] = counts.get(u, 0) + 1
+
+    def leave(self, users: Iterable[str]) -> None:
+        counts = self._users
+        for u in users:
+            n = counts[u] - 1
+            if n:
+                counts[u] = n
+            else:
+                del counts[u]
+
+    def __contains__(self, user_id: object) -> bool:
+        return user_id in self._users
+
+    def __len__(self) -> int:
+        return len(self._users)
 
 
 class PushOutcome(NamedTuple):
@@ -154,6 +190,7 @@ class Node:
         self._left = Event()  # set whenever a connection leaves
         self._ticker: gevent.Greenlet | None = None
         self._position_check = position_check
+        self._pushing = InFlight()
         self._checker: gevent.Greenlet | None = None
         self._sampler: gevent.Greenlet | None = None
         self.history = History()  # the last minutes of this node's figures
@@ -301,6 +338,8 @@ class Node:
                     self._health.failed(exc)
                     break
                 for user in part:
+                    if user in self._pushing:
+                        continue  # that push delivers its own frame (``InFlight``)
                     latest = starts.get(user, 0)
                     for session in sessions[user]:
                         if not session.closing:
@@ -332,21 +371,26 @@ class Node:
                     UserFrame.build(message_id, cmd.payload, cmd.content_type),
                 )
             )
-        stored = self._store(cmds, [m for m, _ in messages], now)
-        outcomes: list[PushOutcome | PushError] = []
-        forwards: list[tuple[Message, Recipients]] = []
-        for i, cmd in enumerate(cmds):
-            message, frame = messages[i]
-            result = stored.get(i)
-            if isinstance(result, PushError):
-                outcomes.append(result)
-                continue
-            outcome, recipients = self._deliver_push(cmd, message, frame, result)
-            outcomes.append(outcome)
-            if recipients:
-                forwards.append((message, recipients))
-        if forwards:
-            self.fleet.forward_users(forwards)
+        pushing = [u for cmd in cmds if cmd.ttl_seconds for u in cmd.user_ids]
+        self._pushing.enter(pushing)
+        try:
+            stored = self._store(cmds, [m for m, _ in messages], now)
+            outcomes: list[PushOutcome | PushError] = []
+            forwards: list[tuple[Message, Recipients]] = []
+            for i, cmd in enumerate(cmds):
+                message, frame = messages[i]
+                result = stored.get(i)
+                if isinstance(result, PushError):
+                    outcomes.append(result)
+                    continue
+                outcome, recipients = self._deliver_push(cmd, message, frame, result)
+                outcomes.append(outcome)
+                if recipients:
+                    forwards.append((message, recipients))
+            if forwards:
+                self.fleet.forward_users(forwards)
+        finally:
+            self._pushing.leave(pushing)
         self.counters.observe_push(
             time.perf_counter() - started, sum(isinstance(o, PushOutcome) for o in outcomes)
         )

@@ -1,5 +1,6 @@
 """The node's periodic passes over its connections: they take turns with the rest
-of the event loop, and connections opened together are not pinged together."""
+of the event loop, connections opened together are not pinged together, and the
+position check knows which users have a push of this node in flight."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from pushsvc.auth import Identity
 from pushsvc.metrics import Counters
-from pushsvc.node import in_turns
+from pushsvc.node import InFlight, in_turns
 from pushsvc.session import PING_PHASE_SPREAD, Session, SessionLimits
 
 INTERVAL = 10.0
@@ -107,3 +108,14 @@ def test_connections_opened_together_get_their_first_pings_spread_out(
     # Not all in one pass: 200 phases drawn at random fall in most of the 8 possible
     # seconds (all in at most 3 has a probability far below 1e-40).
     assert len(set(first_ping.values())) >= 4, sorted(first_ping.values())
+
+
+def test_in_flight_counts_each_push_of_a_user() -> None:
+    pushing = InFlight()
+    pushing.enter(["alice", "bob"])
+    pushing.enter(["alice"])  # a second push to alice, concurrent
+    assert "alice" in pushing and "bob" in pushing and len(pushing) == 2
+    pushing.leave(["alice", "bob"])
+    assert "alice" in pushing and "bob" not in pushing  # alice's second is still out
+    pushing.leave(["alice"])
+    assert "alice" not in pushing and len(pushing) == 0
