@@ -1380,9 +1380,12 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     print(f"\n(run took {minutes:.1f} min; logs in {log_dir})")
     if args.record:
+        if args.targets == ["mongo"]:  # the MongoDB-wire node alone: its own connections
+            title = f"pushsvc on the MongoDB wire: {args.mongo_connections:,} connections"
+        else:
+            title = f"Suite against the peers: {args.connections:,} connections"
         append_results(
-            f"Suite against the peers{' (--quick)' if args.quick else ''}: "
-            f"{args.connections:,} connections",
+            title.replace(":", " (--quick):", 1) if args.quick else title,
             describe(args, minutes) + "\n\n" + text,
             command=_command(),
             host=machine_line(),
