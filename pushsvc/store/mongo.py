@@ -19,7 +19,8 @@ Collections
 - ``counters``: ``{_id: user id, seq}``, a lower bound of the user's seqs (below).
 - ``acks``: ``{_id: user id, acked_seq}``.
 - ``idempotency``: ``{_id: key, message_id, w, users, created_at, exp, expires_at}``.
-- ``probe``: one document, rewritten by ``probe`` (the readiness check).
+- ``probe``: ``{_id: node id, at}``, rewritten by that node's ``probe`` (the
+  readiness check); ``sweep`` removes those not rewritten for a day.
 
 ``exp`` is the exact expiry (what every read compares); ``expires_at`` is the
 date a TTL index (or, on FerretDB, ``sweep``) removes the document at: the
@@ -185,6 +186,8 @@ _CLAIM_POLL = 0.05
 _COLLISIONS = 200
 #: Requests per group commit.
 MAX_BATCH = 1000
+#: A node's probe document outlives its last probe by this long.
+PROBE_RETENTION = 86400.0
 #: Seconds receipts and acks wait for the next flush on MongoDB.
 RECEIPT_INTERVAL = 1.0
 #: Delivery marks one update statement carries (an ``$or`` of (message, user)
@@ -1007,9 +1010,12 @@ class MongoInbox(InboxStore):
 
     @guarded
     def probe(self) -> None:
+        """A small durable write: one document per node (its id), not one for the
+        fleet, whose every node would contend for it twice a second."""
+        node = self.writer.rpartition("/")[0] or "probe"
         retry_duplicate(
             lambda: self._probe.update_one(
-                {"_id": "probe"}, {"$set": {"at": time.time()}}, upsert=True
+                {"_id": node}, {"$set": {"at": time.time()}}, upsert=True
             )
         )
 
@@ -1047,6 +1053,8 @@ class MongoInbox(InboxStore):
             removed += self._inbox.delete_many(expired(now)).deleted_count
         removed += self._messages.delete_many(expired(now)).deleted_count
         removed += self._idempotency.delete_many(expired(now)).deleted_count
+        # Probe documents of nodes gone for a day (a handful: one per node id).
+        self._probe.delete_many({"at": {"$lt": now - PROBE_RETENTION}})
         return removed
 
     def close(self) -> None:

@@ -20,7 +20,13 @@ from pymongo.errors import AutoReconnect
 from pushsvc.errors import NotFound, StoreUnavailable
 from pushsvc.messages import Message
 from pushsvc.store.inbox import InboxPage, StoreRequest, StoreResult, UserStart
-from pushsvc.store.mongo import DEAD_WRITER_GRACE, ENTRY_RETENTION, PENDING_GRACE, MongoInbox
+from pushsvc.store.mongo import (
+    DEAD_WRITER_GRACE,
+    ENTRY_RETENTION,
+    PENDING_GRACE,
+    PROBE_RETENTION,
+    MongoInbox,
+)
 from pushsvc.store.mongo_database import FERRETDB_BATCH, MongoDatabase
 from tests.ferretdb import FerretDB
 
@@ -257,6 +263,31 @@ def test_sweep_abandons_a_dead_writers_push_after_its_lease(store: MongoInbox) -
     assert store.read_inbox("cy", 0, 10, past_lease).blocked_at == 1
     assert store.sweep(past_lease, live_writers={"n1", "n2"}) == 1  # n3 is gone
     assert store.read_inbox("cy", 0, 10, past_lease) == InboxPage(())
+
+
+def test_each_node_probes_its_own_document_and_stale_ones_are_swept(
+    store: MongoInbox,
+) -> None:
+    other = MongoInbox(store.database, writer="n2/run1")
+    mine = MongoInbox(store.database, writer="n1/run1")
+    try:
+        mine.probe()
+        other.probe()
+        mine.probe()
+        probes = {d["_id"]: d["at"] for d in store.database.db["probe"].find()}
+        assert set(probes) == {"n1", "n2"}  # one per node, not one for the fleet
+        now = time.time()
+        mine.sweep(now)
+        assert count(store, "probe") == 2  # both recent
+        # n2 stopped probing more than a day ago; n1 goes on
+        store.database.db["probe"].update_one(
+            {"_id": "n2"}, {"$set": {"at": now - PROBE_RETENTION - 1}}
+        )
+        mine.sweep(now)
+        assert [d["_id"] for d in store.database.db["probe"].find()] == ["n1"]
+    finally:
+        other.close()
+        mine.close()
 
 
 # -- round trips: a batch costs a handful, whatever its size --------------------------
