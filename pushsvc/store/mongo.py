@@ -289,7 +289,7 @@ class MongoInbox(InboxStore):
         that share it wait behind a wall of replays."""
         return 4 if self.database.ferretdb else 32
 
-    #: A flush is up to ten round trips to a shared server (docs/scaling.md): once
+    #: A flush is up to eight round trips to a shared server (docs/scaling.md): once
     #: a second, not twenty times, bounds them per node whatever the load; a
     #: full batch of receipts still goes at once.
     receipt_interval = RECEIPT_INTERVAL
