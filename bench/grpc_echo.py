@@ -9,7 +9,12 @@ application). Three ways to run grpcio's Python server, as pushsvc could:
 - ``gevent``: gevent monkey-patching plus ``grpc.experimental.gevent``, a
   thread pool of greenlets (what a pushsvc node does today);
 - ``threads``: plain threads, ``grpc.server(ThreadPoolExecutor)``;
-- ``aio``: ``grpc.aio`` on asyncio.
+- ``aio``: ``grpc.aio`` on asyncio;
+- ``handoff``: gevent monkey-patching without its threads, grpcio's own
+  threads, and each request handed to the gevent event loop of the main thread
+  and answered from there (the loop drains what queued in one pass): what a
+  node could do with gRPC off the event loop, with the same per-request
+  hand-off to it that pushing to its connections would need.
 
     python -m bench.grpc_echo --mode threads --port 0
 """
@@ -24,7 +29,7 @@ from typing import Any
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--mode", choices=("gevent", "threads", "aio"), required=True)
+    parser.add_argument("--mode", choices=("gevent", "threads", "aio", "handoff"), required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--workers", type=int, default=256, help="thread pool size")
@@ -36,10 +41,16 @@ def main() -> int:
         import grpc.experimental.gevent as grpc_gevent
 
         grpc_gevent.init_gevent()
+    if args.mode == "handoff":
+        from gevent import monkey
+
+        monkey.patch_all(thread=False, queue=False)  # grpcio keeps native threads, queues
     if args.mode == "aio":
         import asyncio
 
         asyncio.run(serve_aio(args.host, args.port))
+    elif args.mode == "handoff":
+        serve_handoff(args.host, args.port, args.workers)
     else:
         serve_sync(args.host, args.port, args.workers, args.mode)
     return 0
@@ -86,6 +97,72 @@ def serve_sync(host: str, port: int, workers: int, mode: str) -> None:
         signal.signal(signal.SIGINT, lambda *_: stop.set())
     while not stop.wait(1.0):
         pass
+    server.stop(grace=1).wait()
+
+
+def serve_handoff(host: str, port: int, workers: int) -> None:
+    """grpcio on native threads; every request answered by the gevent loop."""
+    import signal
+    import threading
+    from _queue import SimpleQueue  # native, whatever gevent patched
+    from collections import deque
+    from concurrent import futures
+
+    import gevent
+    import grpc
+    from gevent.event import Event as LoopEvent
+
+    from pushsvc_client.v1 import push_pb2, push_pb2_grpc
+
+    answer = push_pb2.PushResponse(message_id="echo")
+    queued: deque[threading.Event] = deque()  # appends from any thread are atomic
+    wake = LoopEvent()
+    hub = gevent.get_hub()
+    signal_loop = hub.loop.async_()
+    signal_loop.start(wake.set)  # runs in the loop: only wake the drainer
+
+    def submit() -> threading.Event:
+        done = threading.Event()
+        queued.append(done)
+        signal_loop.send()  # thread-safe: wakes the loop (coalesced while pending)
+        return done
+
+    def drain() -> None:  # a greenlet of the main thread's loop
+        while True:
+            wake.wait()
+            wake.clear()
+            while queued:
+                queued.popleft().set()  # the node's work for a push would go here
+
+    class Echo(servicer_base()):  # type: ignore[misc]
+        def Push(self, request: Any, context: Any) -> Any:
+            submit().wait()
+            return answer
+
+        def PushStream(self, requests: Iterator[Any], context: Any) -> Iterator[Any]:
+            pending: SimpleQueue[threading.Event | None] = SimpleQueue()
+
+            def read() -> None:  # pipelined: requests go on while answers wait
+                for _ in requests:
+                    pending.put(submit())
+                pending.put(None)
+
+            threading.Thread(target=read, daemon=True).start()
+            while (done := pending.get()) is not None:
+                done.wait()
+                yield answer
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
+    push_pb2_grpc.add_PushServiceServicer_to_server(Echo(), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    server.start()
+    print(f"READY {bound}", flush=True)
+    stop = LoopEvent()
+    gevent.signal_handler(signal.SIGTERM, stop.set)
+    gevent.signal_handler(signal.SIGINT, stop.set)
+    drainer = gevent.spawn(drain)
+    stop.wait()
+    drainer.kill()
     server.stop(grace=1).wait()
 
 

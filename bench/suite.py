@@ -887,7 +887,7 @@ class Suite:
         if "centrifugo" in targets:
             self.run_server(Centrifugo(), self.plan_centrifugo)
         if "echo" in targets and "unicast" in a.scenarios:
-            for mode in ("gevent", "threads", "aio"):
+            for mode in ("gevent", "threads", "aio", "handoff"):
                 self.run_server(Echo(mode), self.plan_echo)
         if "mongo" in targets and "stored" in a.scenarios:
             self.run_mongo()
