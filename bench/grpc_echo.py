@@ -62,14 +62,28 @@ def servicer_base() -> Any:
     return push_pb2_grpc.PushServiceServicer
 
 
-def serve_sync(host: str, port: int, workers: int, mode: str) -> None:
-    import signal
-    import threading
+def start_threaded(servicer: Any, host: str, port: int, workers: int) -> Any:
+    """``servicer`` on a grpcio server with a pool of ``workers`` threads, started;
+    says ``READY <port>`` on stdout."""
     from concurrent import futures
 
     import grpc
 
-    from pushsvc_client.v1 import push_pb2, push_pb2_grpc
+    from pushsvc_client.v1 import push_pb2_grpc
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
+    push_pb2_grpc.add_PushServiceServicer_to_server(servicer, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    server.start()
+    print(f"READY {bound}", flush=True)
+    return server
+
+
+def serve_sync(host: str, port: int, workers: int, mode: str) -> None:
+    import signal
+    import threading
+
+    from pushsvc_client.v1 import push_pb2
 
     answer = push_pb2.PushResponse(message_id="echo")
 
@@ -81,11 +95,7 @@ def serve_sync(host: str, port: int, workers: int, mode: str) -> None:
             for _ in requests:
                 yield answer
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
-    push_pb2_grpc.add_PushServiceServicer_to_server(Echo(), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
-    server.start()
-    print(f"READY {bound}", flush=True)
+    server = start_threaded(Echo(), host, port, workers)
     stop = threading.Event()
     if mode == "gevent":
         import gevent
@@ -106,13 +116,11 @@ def serve_handoff(host: str, port: int, workers: int) -> None:
     import threading
     from _queue import SimpleQueue  # native, whatever gevent patched
     from collections import deque
-    from concurrent import futures
 
     import gevent
-    import grpc
     from gevent.event import Event as LoopEvent
 
-    from pushsvc_client.v1 import push_pb2, push_pb2_grpc
+    from pushsvc_client.v1 import push_pb2
 
     answer = push_pb2.PushResponse(message_id="echo")
     queued: deque[threading.Event] = deque()  # appends from any thread are atomic
@@ -152,11 +160,7 @@ def serve_handoff(host: str, port: int, workers: int) -> None:
                 done.wait()
                 yield answer
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
-    push_pb2_grpc.add_PushServiceServicer_to_server(Echo(), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
-    server.start()
-    print(f"READY {bound}", flush=True)
+    server = start_threaded(Echo(), host, port, workers)
     stop = LoopEvent()
     gevent.signal_handler(signal.SIGTERM, stop.set)
     gevent.signal_handler(signal.SIGINT, stop.set)
