@@ -4,7 +4,7 @@ It serves pushsvc's own ``PushService`` contract, so the load generator sends
 it exactly what it sends a node, but ``Push`` answers at once and
 ``PushStream`` answers each request as it arrives: what is left is grpcio's
 per-request cost (HTTP/2, protobuf, the hand-offs between its threads and the
-application). Three ways to run grpcio's Python server, as pushsvc could:
+application). Four ways to run grpcio's Python server, as pushsvc could:
 
 - ``gevent``: gevent monkey-patching plus ``grpc.experimental.gevent``, a
   thread pool of greenlets (what a pushsvc node does today);
@@ -125,8 +125,7 @@ def serve_handoff(host: str, port: int, workers: int) -> None:
     answer = push_pb2.PushResponse(message_id="echo")
     queued: deque[threading.Event] = deque()  # appends from any thread are atomic
     wake = LoopEvent()
-    hub = gevent.get_hub()
-    signal_loop = hub.loop.async_()
+    signal_loop = gevent.get_hub().loop.async_()
     signal_loop.start(wake.set)  # runs in the loop: only wake the drainer
 
     def submit() -> threading.Event:

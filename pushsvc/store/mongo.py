@@ -726,20 +726,13 @@ class MongoInbox(InboxStore):
     def _commit(self, pushes: list[_Push]) -> None:
         modified = 0
         for part in self.database.batches(pushes):
-            # One statement per attempt (a batch is one): its bodies by _id, still
-            # pending, still this attempt's. No $or: FerretDB evaluates one per
+            # One statement: the bodies by _id, still pending, still this attempt's
+            # (a batch's pushes share its ``w``). No $or: FerretDB evaluates one per
             # document it scans, four times the cost of the $in.
-            by_w: dict[str, list[str]] = {}
-            for p in part:
-                by_w.setdefault(p.w, []).append(p.message.id)
-            commits = [
-                UpdateMany(
-                    {"_id": {"$in": ids}, "w": w, "pending": True}, {"$set": {"pending": False}}
-                )
-                for w, ids in by_w.items()
-            ]
-            for ops in self.database.update_batches(commits):
-                modified += self._messages.bulk_write(ops, ordered=False).modified_count
+            modified += self._messages.update_many(
+                {"_id": {"$in": [p.message.id for p in part]}, "w": part[0].w, "pending": True},
+                {"$set": {"pending": False}},
+            ).modified_count
         lost: set[_Push] = set()
         if modified != len(pushes):
             # Some bodies were abandoned under us: which is the body's word.
