@@ -14,9 +14,9 @@ shares, not the times). Runs in seconds.
     .venv/bin/python -m bench.handler_cost [--profile] [--record]
 """
 
-from gevent import monkey
+from pushsvc.nativethreads import cooperate
 
-monkey.patch_all()  # as in a node
+cooperate()  # as in a node
 
 import argparse  # noqa: E402
 import cProfile  # noqa: E402

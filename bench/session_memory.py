@@ -11,13 +11,9 @@ socket buffers and the C-level parts tracemalloc does not see).
 
 from __future__ import annotations
 
-from gevent import monkey
+from pushsvc.nativethreads import cooperate
 
-monkey.patch_all()
-
-from grpc.experimental import gevent as grpc_gevent  # type: ignore[attr-defined]  # noqa: E402
-
-grpc_gevent.init_gevent()
+cooperate()  # as in a node
 
 import argparse  # noqa: E402
 import gc  # noqa: E402

@@ -194,17 +194,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return 0
     overrides = {"demo": True} if args.dev else None
     settings = load_settings(args.config, overrides=overrides)
-    # The node's process is cooperative: gevent patches the standard library and
-    # gRPC switches to its gevent mode before anything of the node is imported.
-    from gevent import monkey
-
     # gRPC's core writes its own lines to stderr, past the log formatter (at INFO,
     # one per failed TLS handshake): errors only.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-    monkey.patch_all()
-    from grpc.experimental import gevent as grpc_gevent  # type: ignore[attr-defined]
+    from pushsvc.nativethreads import cooperate
 
-    grpc_gevent.init_gevent()
+    cooperate()  # before anything of the node is imported
     from pushsvc.server import run_server
 
     return run_server(settings, announce=_banner)

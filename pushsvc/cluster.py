@@ -11,7 +11,9 @@
   read, bounded, so online-only pushes keep being routed while the store is
   down (its age is a metric).
 - Forwarding is batched per destination node: each peer has an outbox drained
-  by its own greenlet into ``NodeService.Deliver`` calls with a deadline, over
+  by its own greenlet into ``NodeService.Deliver`` calls with a deadline (made
+  on a native thread of a pool: grpcio's calls block the thread that makes
+  them, see ``nativethreads``), over
   one channel kept per peer (TLS, with this node's client certificate under
   mutual TLS, when the node has a certificate; renewed when it is reloaded).
   A slow or stopped peer delays only its own outbox; a failed forward leaves
@@ -31,6 +33,7 @@ import grpc
 from gevent.event import Event
 from gevent.lock import BoundedSemaphore, Semaphore
 from gevent.pool import Pool
+from gevent.threadpool import ThreadPool
 
 from pushsvc.errors import StoreUnavailable
 from pushsvc.fleet import Recipients
@@ -54,6 +57,7 @@ PRESENCE_BATCH_WINDOW = 0.2  # seconds presence changes are gathered before a wr
 PRESENCE_CACHE_SIZE = 100_000  # users whose last-read presence is kept for outages
 ROUTING_TIMEOUT = 1.0  # seconds a presence or node lookup may take before the cache answers
 ROUTING_LOOKUPS = 16  # presence lookups in flight at once; beyond, the cache answers
+CALL_THREADS = 32  # Deliver calls in flight at once (one per peer at most)
 
 
 class PresenceWriter:
@@ -169,9 +173,11 @@ class Peer:
         cluster_key: str,
         timeout: float,
         metrics: Metrics,
+        calls: ThreadPool,
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.info = info
+        self._calls = calls
         self._metadata = (("authorization", f"Bearer {cluster_key}"),)
         self._timeout = timeout
         self._metrics = metrics
@@ -208,7 +214,11 @@ class Peer:
         """One Deliver call with the deadline; None when it failed."""
         request = node_pb2.DeliverRequest(node_id=self.info.node_id, deliveries=deliveries)
         try:
-            response = self._stub.Deliver(request, timeout=self._timeout, metadata=self._metadata)
+            response = self._calls.apply(
+                self._stub.Deliver,
+                (request,),
+                {"timeout": self._timeout, "metadata": self._metadata},
+            )
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else None
             result = "timeout" if code == grpc.StatusCode.DEADLINE_EXCEEDED else "error"
@@ -273,6 +283,7 @@ class ClusterFleet:
         self._presence = PresenceWriter(registry, hub, self._node_id, health)
         self._cache = PresenceCache(metrics)
         self._pool = Pool(64)
+        self._calls = ThreadPool(CALL_THREADS)
         # A store that hangs must not collect a lookup per push: beyond this many
         # in flight (each may outlive its caller's wait), the cache answers.
         self._lookups = BoundedSemaphore(ROUTING_LOOKUPS)
@@ -333,6 +344,7 @@ class ClusterFleet:
         self._registry.deregister_node(self._node_id)
 
     def close(self) -> None:
+        self._calls.kill()
         self._registry.close()
 
     def sweep(self, now: float) -> int:
@@ -442,7 +454,7 @@ class ClusterFleet:
             if peer is not None:
                 peer.close()
             credentials = self._credentials() if self._credentials is not None else None
-            peer = Peer(info, self._key, self._timeout, self._metrics, credentials)
+            peer = Peer(info, self._key, self._timeout, self._metrics, self._calls, credentials)
             self._peers[info.node_id] = peer
         return peer
 

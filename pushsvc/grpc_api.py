@@ -17,7 +17,6 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent import futures
 from typing import Any, TypeVar
 
 import gevent
@@ -37,6 +36,7 @@ from pushsvc.errors import (
     Unauthenticated,
     Unavailable,
 )
+from pushsvc.handoff import Loop, on_loop
 from pushsvc.messages import (
     Message,
     PushCommand,
@@ -49,6 +49,7 @@ from pushsvc.messages import (
     validate_user_id,
     validate_user_ids,
 )
+from pushsvc.nativethreads import ThreadPool, allocate_lock
 from pushsvc.node import Node, PushOutcome
 from pushsvc.owners import OwnerTags
 from pushsvc.ratelimit import TokenBucket
@@ -497,20 +498,23 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
 
 
 class CallerLimits:
-    """One token bucket per API key; rate 0 means unlimited."""
+    """One token bucket per API key; rate 0 means unlimited. Taken from grpcio's
+    threads (per call, by the interceptor) and the event loop (per message)."""
 
     def __init__(self, rate: float, burst: int) -> None:
         self.rate = rate
         self.burst = burst
         self._buckets: dict[str, TokenBucket] = {}
+        self._lock = allocate_lock()  # native: never held across a switch
 
     def take(self, key: str) -> bool:
         if self.rate <= 0:
             return True
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst)
-        return bucket.take()
+        with self._lock:
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                bucket = self._buckets[key] = TokenBucket(self.rate, self.burst)
+            return bucket.take()
 
 
 def caller_key(metadata: Any) -> str:
@@ -631,13 +635,18 @@ def _abort_handler(
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
+    """Runs on grpcio's threads: refuses what it must, and hands every other call's
+    behaviour to the event loop (``handoff``)."""
+
     def __init__(
         self,
         api_keys: ApiKeys,
         cluster_key: str | None,
         limits: CallerLimits,
+        loop: Loop,
         mutual_tls: bool = False,
     ) -> None:
+        self._loop = loop
         self._api_keys = api_keys
         self._cluster_key = cluster_key.encode() if cluster_key else None
         self._limits = limits
@@ -664,7 +673,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         rpc = details.method.lstrip("/")
         service = rpc.partition("/")[0]
         guard = _peer_certificate_required if self._mutual_tls and service == NODE_SERVICE else None
-        guarded: grpc.RpcMethodHandler = _guarded(handler, rpc, guard)
+        guarded = on_loop(_guarded(handler, rpc, guard), self._loop)
         self._wrapped[details.method] = (handler, guarded)
         return guarded
 
@@ -699,14 +708,17 @@ def make_server(
     cluster_key: str | None,
     callers: CallerLimits,
     owners: OwnerTags,
+    loop: Loop,
     max_workers: int = 256,
     mutual_tls: bool = False,
 ) -> tuple[grpc.Server, health.HealthServicer]:
-    """The gRPC server, its ports not added yet. ``mutual_tls``: NodeService answers
-    only calls that came with a verified client certificate (the cluster listener)."""
+    """The gRPC server, its ports not added yet: grpcio's native threads (up to
+    ``max_workers`` calls at once), every call's behaviour run on ``loop``.
+    ``mutual_tls``: NodeService answers only calls that came with a verified
+    client certificate (the cluster listener)."""
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers),
-        interceptors=[AuthInterceptor(api_keys, cluster_key, callers, mutual_tls)],
+        ThreadPool(max_workers),  # type: ignore[arg-type]  # grpcio only submits
+        interceptors=[AuthInterceptor(api_keys, cluster_key, callers, loop, mutual_tls)],
         options=[
             ("grpc.max_receive_message_length", limits.max_payload + 1024 * 1024),
             ("grpc.so_reuseport", 0),

@@ -5,8 +5,9 @@ the WebSocket edge, the gRPC server, the admin listener); ``Server`` binds the
 listeners (with TLS when a certificate is set), starts the housekeeping (store
 probe, sweeper, systemd watchdog), reloads the TLS certificate on ``SIGHUP``
 and drains on ``SIGTERM``. The process must be cooperative before anything here
-runs: ``cli.serve`` monkey-patches the standard library with gevent and switches
-gRPC to its gevent mode first.
+runs: ``cli.serve`` monkey-patches the standard library with gevent and gives
+grpcio native threads first (``nativethreads``); every gRPC call's behaviour is
+handed to the event loop (``handoff``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from pushsvc.config import Address, Settings, check_secure
 from pushsvc.cpuload import CpuLoad
 from pushsvc.errors import ConfigError, StoreUnavailable
 from pushsvc.fleet import Fleet, LocalFleet
+from pushsvc.handoff import Loop
 from pushsvc.health import StoreHealth, within
 from pushsvc.httpwire import HeadLimits
 from pushsvc.hub import Hub
@@ -264,6 +266,7 @@ class Server:
             s.cluster_key,
             grpc_api.CallerLimits(s.api_rate, s.api_burst),
             OwnerTags(self._owner_secret()),
+            Loop(),
             mutual_tls=self.tls is not None and self.tls.mutual,
         )
         self.admin_console = self._admin_console() if s.admin_ui else None
@@ -573,8 +576,8 @@ class Server:
         closed = self._close_connections(deadline - tail)
         log.info("connections closed", extra={"closed": closed, "open": self.node.connection_count})
         grace = min(GRPC_GRACE, left(0.1 * budget))
-        stopped = self.grpc_server.stop(grace=grace)
-        done = stopped.wait(left(0.05 * budget))
+        stopped = self.grpc_server.stop(grace=grace)  # a native event: waited off the loop
+        done = gevent.get_hub().threadpool.apply(stopped.wait, (left(0.05 * budget),))
         log.info("grpc stopped", extra={"grace": round(grace, 3), "in_time": bool(done)})
         try:
             within(max(0.01, left(0.02 * budget)), "the last flush", self.node.stop)

@@ -1,0 +1,274 @@
+"""grpcio's native threads hand each call to the node's event loop.
+
+The node's state -- connections, hub, store clients -- lives in the gevent loop of
+the main thread and is touched only from there. grpcio answers each call on a
+native thread of its own pool (``nativethreads``). ``Loop`` carries work across:
+
+- ``post(fn, *args)`` from any thread queues a short callback for the loop;
+- ``call(fn, *args)`` from a native thread runs ``fn`` in a new greenlet of the
+  loop and blocks the calling thread until it returns (or re-raises what it
+  raised there).
+
+What was posted is run in one pass of the loop after one wake-up (an async
+watcher, coalesced while pending): a burst of calls costs the loop one wake-up,
+not one per call, and a call costs its thread one native lock.
+
+``on_loop(handler, loop)`` wraps a gRPC method handler so that its behaviour runs
+on the loop, whatever its streaming kind:
+
+- a single request is passed as it is;
+- streamed requests are read by a native thread of the call, and the behaviour
+  iterates them on the loop as an ``Inbound``;
+- streamed responses are produced by a greenlet iterating the behaviour's
+  responses, and handed to grpcio's thread through an ``Outbound`` that holds
+  at most ``WINDOW`` of them (the greenlet waits beyond that);
+- the context's ``add_callback`` callbacks (run by grpcio's threads when the call
+  ends) are posted to the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar, cast
+
+import gevent
+import grpc
+from gevent.event import Event
+
+from pushsvc.nativethreads import SimpleQueue, allocate_lock, get_ident, start_new_thread
+
+log = logging.getLogger("pushsvc.grpc")
+
+T = TypeVar("T")
+WINDOW = 256  # responses of one stream waiting for grpcio's thread
+
+
+class Loop:
+    """The event loop of the thread that made it, reachable from native threads."""
+
+    def __init__(self) -> None:
+        self._thread = get_ident()
+        self._queued: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
+        self._watcher = gevent.get_hub().loop.async_()
+        self._watcher.start(self._run)
+
+    def on_loop(self) -> bool:
+        return get_ident() == self._thread
+
+    def post(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the loop soon (it must not block). Any thread."""
+        self._queued.append((fn, args))  # deque appends are atomic across threads
+        self._watcher.send()  # thread-safe; coalesced while a wake-up is pending
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` run in a new greenlet of the loop; its result, or what it
+        raised, in the calling native thread (which waits)."""
+        if self.on_loop():
+            return fn(*args)
+        job = _Call(fn, args)
+        self.post(gevent.spawn_raw, job.run)
+        return job.result()
+
+    def _run(self) -> None:
+        queued = self._queued
+        while queued:
+            fn, args = queued.popleft()
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("a callback handed to the event loop failed")
+
+    def close(self) -> None:
+        self._watcher.stop()
+        self._watcher.close()
+
+
+class _Call(Generic[T]):
+    __slots__ = ("args", "done", "error", "fn", "value")
+
+    def __init__(self, fn: Callable[..., T], args: tuple[Any, ...]) -> None:
+        self.fn = fn
+        self.args = args
+        self.done = allocate_lock()
+        self.done.acquire()
+        self.value: T | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:  # a greenlet of the loop
+        try:
+            self.value = self.fn(*self.args)
+        except BaseException as exc:  # re-raised in the waiting thread
+            self.error = exc
+        finally:
+            self.done.release()
+
+    def result(self) -> T:  # the waiting native thread
+        self.done.acquire()
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
+        return self.value  # type: ignore[return-value]
+
+
+class _Ended:
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException | None) -> None:
+        self.error = error
+
+
+class Inbound(Generic[T]):
+    """A call's streamed requests, read off grpcio's iterator by a native thread
+    of the call and iterated on the loop."""
+
+    def __init__(self, loop: Loop, requests: Iterator[T]) -> None:
+        self._loop = loop
+        self._requests = requests
+        self._items: deque[T | _Ended] = deque()
+        self._arrived = Event()
+        self._ended: _Ended | None = None
+
+    def start(self) -> Inbound[T]:
+        start_new_thread(self._read, ())
+        return self
+
+    def _read(self) -> None:  # the native reader
+        try:
+            for request in self._requests:
+                self._items.append(request)
+                self._loop.post(self._arrived.set)
+            self._items.append(_Ended(None))
+        except BaseException as exc:  # the stream broke: the behaviour sees why
+            self._items.append(_Ended(exc))
+        self._loop.post(self._arrived.set)
+        self._requests = iter(())  # grpcio's iterator holds the call's state
+
+    def __iter__(self) -> Inbound[T]:
+        return self
+
+    def __next__(self) -> T:  # on the loop
+        if self._ended is not None:
+            if self._ended.error is not None:
+                raise self._ended.error
+            raise StopIteration
+        items = self._items
+        while not items:
+            self._arrived.clear()
+            if not items:
+                self._arrived.wait()
+        item = items.popleft()
+        if isinstance(item, _Ended):
+            self._ended = item
+            return self.__next__()
+        return item
+
+
+class Outbound(Generic[T]):
+    """A call's streamed responses: produced on the loop by a greenlet iterating
+    the behaviour's responses, taken by grpcio's native thread."""
+
+    def __init__(self, loop: Loop, responses: Callable[[], Iterator[T]]) -> None:
+        self._loop = loop
+        self._responses = responses
+        self._items: Any = SimpleQueue()
+        self._given = 0  # by the greenlet
+        self._taken = 0  # by the native thread
+        self._paused = False
+        self._room = Event()
+        self._greenlet: gevent.Greenlet | None = None
+
+    def _start(self) -> None:  # on the loop
+        self._greenlet = gevent.spawn(self._produce)
+
+    def _produce(self) -> None:  # on the loop
+        try:
+            for item in self._responses():
+                self._items.put(item)
+                self._given += 1
+                while self._given - self._taken >= WINDOW:
+                    self._paused = True
+                    self._room.clear()
+                    if self._given - self._taken < WINDOW:
+                        break
+                    self._room.wait()
+                self._paused = False
+            self._items.put(_Ended(None))
+        except BaseException as exc:  # an abort, a failure, or stopped
+            self._items.put(_Ended(exc))
+
+    def _stop(self) -> None:  # on the loop
+        if self._greenlet is not None:
+            self._greenlet.kill(block=False)
+
+    def __iter__(self) -> Iterator[T]:  # grpcio's native thread
+        self._loop.post(self._start)
+        try:
+            while True:
+                item = self._items.get()
+                self._taken += 1
+                if self._paused:
+                    self._loop.post(self._room.set)
+                if isinstance(item, _Ended):
+                    if item.error is not None:
+                        raise item.error
+                    return
+                yield item
+        finally:
+            self._loop.post(self._stop)  # the caller went away: stop producing
+
+
+class LoopContext:
+    """A call's ``grpc.ServicerContext`` for a behaviour on the loop: callbacks
+    grpcio runs when the call ends are posted to the loop."""
+
+    __slots__ = ("_context", "_loop")
+
+    def __init__(self, context: grpc.ServicerContext, loop: Loop) -> None:
+        self._context = context
+        self._loop = loop
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        loop = self._loop
+        return bool(self._context.add_callback(lambda: loop.post(callback)))
+
+    def invocation_metadata(self) -> Any:
+        return self._context.invocation_metadata()
+
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self._context.abort(code, details)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+def on_loop(handler: grpc.RpcMethodHandler, loop: Loop) -> grpc.RpcMethodHandler:
+    """``handler`` with its behaviour run on ``loop`` (see the module's text)."""
+    parse, serialize = handler.request_deserializer, handler.response_serializer
+    if handler.request_streaming:
+        stream_in = handler.stream_stream or handler.stream_unary
+        assert stream_in is not None
+
+        def many(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+            inbound = Inbound(loop, requests).start()
+            ctx = cast(grpc.ServicerContext, LoopContext(context, loop))
+            if handler.response_streaming:
+                return iter(Outbound(loop, lambda: stream_in(inbound, ctx)))
+            return loop.call(stream_in, inbound, ctx)
+
+        if handler.response_streaming:
+            return grpc.stream_stream_rpc_method_handler(many, parse, serialize)
+        return grpc.stream_unary_rpc_method_handler(many, parse, serialize)
+    unary_in = handler.unary_stream or handler.unary_unary
+    assert unary_in is not None
+
+    def one(request: Any, context: grpc.ServicerContext) -> Any:
+        ctx = cast(grpc.ServicerContext, LoopContext(context, loop))
+        if handler.response_streaming:
+            return iter(Outbound(loop, lambda: unary_in(request, ctx)))
+        return loop.call(unary_in, request, ctx)
+
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(one, parse, serialize)
+    return grpc.unary_unary_rpc_method_handler(one, parse, serialize)

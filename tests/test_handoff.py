@@ -1,0 +1,337 @@
+"""The hand-off between grpcio's native threads and the event loop (``handoff``,
+``nativethreads``): calls run as greenlets of the loop and answer the waiting
+thread, streams keep their order and their window, and a caller that goes away
+stops the producer."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Generator, Iterator
+from typing import Any
+
+import gevent
+import pytest
+from gevent.event import Event
+
+from pushsvc import handoff
+from pushsvc.handoff import Inbound, Loop, Outbound
+from pushsvc.nativethreads import ThreadPool, allocate_lock, get_ident, start_new_thread
+
+DEADLINE = 60.0  # generous: an event that never comes fails the test, a slow one does not
+
+
+class Done:
+    """Set on the loop when a native thread's work has finished."""
+
+    def __init__(self) -> None:
+        self.event = Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+
+def in_thread(loop: Loop, fn: Callable[[], Any]) -> Done:
+    """Run ``fn`` on a new native thread; ``Done`` says how it ended."""
+    done = Done()
+
+    def run() -> None:
+        try:
+            done.value = fn()
+        except BaseException as exc:
+            done.error = exc
+        loop.post(done.event.set)
+
+    start_new_thread(run, ())
+    return done
+
+
+def finished(done: Done) -> Any:
+    assert done.event.wait(DEADLINE), "the native thread did not finish"
+    if done.error is not None:
+        raise done.error
+    return done.value
+
+
+def wait_until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        gevent.sleep(0.01)
+
+
+@pytest.fixture
+def loop() -> Iterator[Loop]:
+    made = Loop()
+    yield made
+    made.close()
+
+
+def test_a_call_runs_in_a_greenlet_of_the_loop_and_answers_the_thread(loop: Loop) -> None:
+    main = get_ident()
+    seen: list[tuple[int, bool]] = []
+
+    def work(x: int) -> int:
+        seen.append((get_ident(), gevent.getcurrent() is not gevent.get_hub()))
+        gevent.sleep(0)  # it may switch: it is a greenlet
+        return x * 2
+
+    assert finished(in_thread(loop, lambda: loop.call(work, 21))) == 42
+    assert seen == [(main, True)]
+    assert loop.call(work, 1) == 2  # on the loop already: called in place
+
+
+def test_what_the_call_raised_is_raised_in_the_thread(loop: Loop) -> None:
+    def fail() -> None:
+        raise ValueError("refused on the loop")
+
+    with pytest.raises(ValueError, match="refused on the loop"):
+        finished(in_thread(loop, lambda: loop.call(fail)))
+
+
+def test_calls_run_concurrently_on_the_loop(loop: Loop) -> None:
+    """The first call waits for what the second one does: each call is its own
+    greenlet, so they are not served one after the other."""
+    go = Event()
+
+    def first() -> str:
+        assert go.wait(DEADLINE)
+        return "first"
+
+    def second() -> str:
+        go.set()
+        return "second"
+
+    one = in_thread(loop, lambda: loop.call(first))
+    two = in_thread(loop, lambda: loop.call(second))
+    assert (finished(one), finished(two)) == ("first", "second")
+
+
+def test_a_burst_of_calls_all_answered(loop: Loop) -> None:
+    count = 200
+
+    def echo(i: int) -> Callable[[], int]:
+        return lambda: loop.call(lambda: i)
+
+    threads = [in_thread(loop, echo(i)) for i in range(count)]
+    assert [finished(t) for t in threads] == list(range(count))
+
+
+def test_inbound_iterates_the_requests_in_order_then_ends(loop: Loop) -> None:
+    inbound = Inbound(loop, iter(range(1000))).start()
+    assert list(inbound) == list(range(1000))
+    assert list(inbound) == []  # ended stays ended
+
+
+def test_inbound_raises_what_broke_the_stream(loop: Loop) -> None:
+    def broken() -> Iterator[int]:
+        yield 1
+        raise ConnectionError("the caller went away")
+
+    inbound = Inbound(loop, broken()).start()
+    assert next(inbound) == 1
+    with pytest.raises(ConnectionError):
+        next(inbound)
+    with pytest.raises(ConnectionError):  # and again: the stream stays broken
+        next(inbound)
+
+
+def test_outbound_hands_every_response_in_order(loop: Loop) -> None:
+    def responses() -> Iterator[int]:
+        for i in range(3 * handoff.WINDOW):
+            if i % 100 == 0:
+                gevent.sleep(0)
+            yield i
+
+    got = finished(in_thread(loop, lambda: list(Outbound(loop, responses))))
+    assert got == list(range(3 * handoff.WINDOW))
+
+
+def test_outbound_raises_what_the_behaviour_raised(loop: Loop) -> None:
+    def responses() -> Iterator[int]:
+        yield 1
+        raise LookupError("no such receipt")
+
+    got: list[int] = []
+
+    def take() -> None:
+        for item in Outbound(loop, responses):
+            got.append(item)
+
+    with pytest.raises(LookupError):
+        finished(in_thread(loop, take))
+    assert got == [1]
+
+
+def test_outbound_producer_waits_beyond_the_window(loop: Loop) -> None:
+    """A caller that takes nothing more holds the producer at the window; when it
+    takes again, the producer goes on to the end."""
+    produced = [0]
+    total = 4 * handoff.WINDOW
+
+    def responses() -> Iterator[int]:
+        for i in range(total):
+            produced[0] += 1
+            yield i
+
+    outbound = Outbound(loop, responses)
+    taking = allocate_lock()
+    taking.acquire()
+    got: list[int] = []
+
+    def take() -> None:
+        it = iter(outbound)
+        got.append(next(it))
+        taking.acquire()  # hold on until the test lets go (a native wait)
+        got.extend(it)
+
+    done = in_thread(loop, take)
+    wait_until(lambda: outbound._paused)
+    held = produced[0]
+    for _ in range(50):  # the loop goes on; the producer stays where it is
+        gevent.sleep(0)
+    assert produced[0] == held <= handoff.WINDOW + 1
+    taking.release()
+    finished(done)
+    assert got == list(range(total))
+
+
+def test_a_caller_that_goes_away_stops_the_producer(loop: Loop) -> None:
+    stopped = Event()
+
+    def responses() -> Iterator[int]:
+        try:
+            i = 0
+            while True:
+                yield i
+                i += 1
+                gevent.sleep(0)
+        finally:
+            stopped.set()
+
+    def take_three() -> list[int]:
+        it = iter(Outbound(loop, responses))
+        assert isinstance(it, Generator)
+        got = [next(it), next(it), next(it)]
+        it.close()  # what grpcio does when the call ends
+        return got
+
+    assert finished(in_thread(loop, take_three)) == [0, 1, 2]
+    assert stopped.wait(DEADLINE)
+
+
+def test_context_callbacks_run_on_the_loop(loop: Loop) -> None:
+    class Context:
+        def __init__(self) -> None:
+            self.callbacks: list[Callable[[], None]] = []
+
+        def add_callback(self, fn: Callable[[], None]) -> bool:
+            self.callbacks.append(fn)
+            return True
+
+        def peer(self) -> str:
+            return "ipv4:127.0.0.1:1"
+
+    raw = Context()
+    ctx = handoff.LoopContext(raw, loop)  # type: ignore[arg-type]
+    ran_on: list[int] = []
+    assert ctx.add_callback(lambda: ran_on.append(get_ident()))
+    assert ctx.peer() == "ipv4:127.0.0.1:1"
+    finished(in_thread(loop, lambda: raw.callbacks[0]()))  # grpcio's thread ends the call
+    wait_until(lambda: bool(ran_on))
+    assert ran_on == [get_ident()]
+
+
+def test_thread_pool_starts_threads_as_work_needs_them() -> None:
+    """Twenty pieces of work that each wait for all twenty to have started: only
+    a thread each lets them finish."""
+    pool = ThreadPool(32)
+    count = 20
+    started = [0]
+    guard = allocate_lock()
+    all_in = allocate_lock()
+    all_in.acquire()
+    finished_count = [0]
+    callbacks: list[object] = []
+    done = allocate_lock()
+    done.acquire()
+
+    def work() -> None:
+        with guard:
+            started[0] += 1
+            if started[0] == count:
+                all_in.release()
+        all_in.acquire()
+        all_in.release()
+
+    def on_done(submitted: object) -> None:
+        with guard:
+            callbacks.append(submitted)
+            finished_count[0] += 1
+            if finished_count[0] == count:
+                done.release()
+
+    for _ in range(count):
+        pool.submit(work).add_done_callback(on_done)
+    assert done.acquire(timeout=DEADLINE)
+    assert pool.threads == count and len(callbacks) == count
+
+
+def test_thread_pool_queues_work_beyond_its_threads() -> None:
+    pool = ThreadPool(2)
+    results: list[int] = []
+    guard = allocate_lock()
+    done = allocate_lock()
+    done.acquire()
+
+    def work(i: int) -> None:
+        with guard:
+            results.append(i)
+            if len(results) == 10:
+                done.release()
+
+    for i in range(10):
+        pool.submit(work, i)
+    assert done.acquire(timeout=DEADLINE)
+    assert sorted(results) == list(range(10)) and pool.threads == 2
+    late: list[object] = []
+    submitted = pool.submit(work, 10)
+    wait = allocate_lock()
+    wait.acquire()
+
+    def on_done(s: object) -> None:
+        late.append(s)
+        wait.release()
+
+    submitted.add_done_callback(on_done)
+    assert wait.acquire(timeout=DEADLINE)  # added after the work ran or before: called once
+    assert len(late) == 1
+
+
+def test_grpc_gets_native_threads_in_a_patched_process() -> None:
+    """After ``cooperate()`` the rest of the process is gevent's, but grpcio's
+    threads are native: one of its threads runs while the main thread is blocked
+    in a native lock (a greenlet could not, and the child would hang)."""
+    code = textwrap.dedent(
+        """
+        from pushsvc.nativethreads import allocate_lock, cooperate
+        cooperate()
+        import threading
+        import grpc._server
+        from gevent.monkey import is_module_patched
+        assert is_module_patched("threading")
+        lock = allocate_lock()
+        lock.acquire()
+        grpc._server.threading.Thread(target=lock.release, daemon=True).start()
+        assert lock.acquire(timeout=30), "grpcio's thread did not run"
+        assert grpc._server.threading is not threading
+        print("native")
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "native"
+    assert out.stderr == ""
