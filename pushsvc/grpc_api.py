@@ -55,6 +55,7 @@ from pushsvc.owners import OwnerTags
 from pushsvc.ratelimit import TokenBucket
 from pushsvc.receipt_stream import decode_cursor
 from pushsvc.revocations import revocation_from_request
+from pushsvc.rpc_handlers import behaviour_of, same_kind
 from pushsvc.store.receipt_log import Kind, ReceiptBatch, ReceiptEvent, ReceiptFilter
 from pushsvc.store.revocation import Revocation
 from pushsvc_client.v1 import node_pb2, node_pb2_grpc, push_pb2, push_pb2_grpc
@@ -568,7 +569,6 @@ def _guarded(handler: grpc.RpcMethodHandler, method: str, guard: Guard | None) -
     """``handler`` with tolerant decoding (undecodable → INVALID_ARGUMENT) and, when
     given, ``guard(context)`` run before the behaviour (it aborts to refuse)."""
     parse = _tolerant(handler.request_deserializer)
-    serialize = handler.response_serializer
 
     def check_one(request: Any, context: grpc.ServicerContext) -> None:
         if guard is not None:
@@ -582,28 +582,21 @@ def _guarded(handler: grpc.RpcMethodHandler, method: str, guard: Guard | None) -
                 _refuse_undecodable(method, request, context)
             yield request
 
+    inner = behaviour_of(handler)
     if handler.request_streaming:
-        inner_stream = handler.stream_stream or handler.stream_unary
-        assert inner_stream is not None
 
         def stream_in(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
             if guard is not None:
                 guard(context)
-            return inner_stream(checked(requests, context), context)
+            return inner(checked(requests, context), context)
 
-        if handler.response_streaming:
-            return grpc.stream_stream_rpc_method_handler(stream_in, parse, serialize)
-        return grpc.stream_unary_rpc_method_handler(stream_in, parse, serialize)
-    inner_unary = handler.unary_stream or handler.unary_unary
-    assert inner_unary is not None
+        return same_kind(handler, stream_in, parse)
 
     def unary_in(request: Any, context: grpc.ServicerContext) -> Any:
         check_one(request, context)
-        return inner_unary(request, context)
+        return inner(request, context)
 
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(unary_in, parse, serialize)
-    return grpc.unary_unary_rpc_method_handler(unary_in, parse, serialize)
+    return same_kind(handler, unary_in, parse)
 
 
 def _peer_certificate_required(context: grpc.ServicerContext) -> None:
@@ -625,13 +618,7 @@ def _abort_handler(
     def fail(request: Any, context: grpc.ServicerContext) -> Any:
         context.abort(code, message)
 
-    if like is not None and like.request_streaming and like.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(fail)
-    if like is not None and like.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(fail)
-    if like is not None and like.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(fail)
-    return grpc.unary_unary_rpc_method_handler(fail)
+    return same_kind(like, fail, raw=True)  # refused before its request is decoded
 
 
 class AuthInterceptor(grpc.ServerInterceptor):

@@ -38,6 +38,7 @@ import grpc
 from gevent.event import Event
 
 from pushsvc.nativethreads import SimpleQueue, allocate_lock, get_ident, start_new_thread
+from pushsvc.rpc_handlers import behaviour_of, same_kind
 
 log = logging.getLogger("pushsvc.grpc")
 
@@ -245,30 +246,15 @@ class LoopContext:
 
 def on_loop(handler: grpc.RpcMethodHandler, loop: Loop) -> grpc.RpcMethodHandler:
     """``handler`` with its behaviour run on ``loop`` (see the module's text)."""
-    parse, serialize = handler.request_deserializer, handler.response_serializer
-    if handler.request_streaming:
-        stream_in = handler.stream_stream or handler.stream_unary
-        assert stream_in is not None
+    behaviour = behaviour_of(handler)
+    streams_in, streams_out = handler.request_streaming, handler.response_streaming
 
-        def many(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
-            inbound = Inbound(loop, requests).start()
-            ctx = cast(grpc.ServicerContext, LoopContext(context, loop))
-            if handler.response_streaming:
-                return iter(Outbound(loop, lambda: stream_in(inbound, ctx)))
-            return loop.call(stream_in, inbound, ctx)
-
-        if handler.response_streaming:
-            return grpc.stream_stream_rpc_method_handler(many, parse, serialize)
-        return grpc.stream_unary_rpc_method_handler(many, parse, serialize)
-    unary_in = handler.unary_stream or handler.unary_unary
-    assert unary_in is not None
-
-    def one(request: Any, context: grpc.ServicerContext) -> Any:
+    def bridged(request: Any, context: grpc.ServicerContext) -> Any:
+        if streams_in:
+            request = Inbound(loop, request).start()
         ctx = cast(grpc.ServicerContext, LoopContext(context, loop))
-        if handler.response_streaming:
-            return iter(Outbound(loop, lambda: unary_in(request, ctx)))
-        return loop.call(unary_in, request, ctx)
+        if streams_out:
+            return iter(Outbound(loop, lambda: behaviour(request, ctx)))
+        return loop.call(behaviour, request, ctx)
 
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(one, parse, serialize)
-    return grpc.unary_unary_rpc_method_handler(one, parse, serialize)
+    return same_kind(handler, bridged)
