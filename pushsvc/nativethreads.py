@@ -3,8 +3,8 @@
 The node runs under ``gevent.monkey.patch_all()``: ``threading`` makes greenlets,
 and locks and queues cooperate with the event loop. grpcio is the exception. Its
 completion queues block in C, and under ``grpc.experimental.gevent`` every event
-of every call crosses from a helper thread to the loop and back (measured: about
-half the node's CPU on one-message pushes went to those crossings). So grpcio
+of every call crosses from a helper thread to the loop and back (py-spy put about a
+third of the node's samples on one-message pushes in those crossings). So grpcio
 keeps native threads here -- its server's poller, its pool of handler threads,
 its channels -- and the node hands each call to the event loop once
 (``handoff``). Nothing else is unpatched: the store drivers, the admin server and
