@@ -7,14 +7,14 @@ per-request cost (HTTP/2, protobuf, the hand-offs between its threads and the
 application). Four ways to run grpcio's Python server, as pushsvc could:
 
 - ``gevent``: gevent monkey-patching plus ``grpc.experimental.gevent``, a
-  thread pool of greenlets (what a pushsvc node does today);
+  thread pool of greenlets (what a pushsvc node did before 5f34b97);
 - ``threads``: plain threads, ``grpc.server(ThreadPoolExecutor)``;
 - ``aio``: ``grpc.aio`` on asyncio;
 - ``handoff``: gevent monkey-patching without its threads, grpcio's own
   threads, and each request handed to the gevent event loop of the main thread
-  and answered from there (the loop drains what queued in one pass): what a
-  node could do with gRPC off the event loop, with the same per-request
-  hand-off to it that pushing to its connections would need.
+  and answered from there (the loop drains what queued in one pass): the
+  model a node runs since 5f34b97 (``pushsvc/handoff.py``), with the same
+  per-request hand-off to the loop that pushing to its connections needs.
 
     python -m bench.grpc_echo --mode threads --port 0
 """
