@@ -59,16 +59,18 @@ def test_abandoned_streams_leave_no_threads_behind(
 ) -> None:
     assert node.proc is not None
     pid = node.proc.pid
+    push = push_pb2.PushRequest(user_ids=["before"], payload=b"{}", ttl_seconds=0)
+    assert stub.Push(push, metadata=AUTH, timeout=30).message_id
+    before = threads_of(pid)
     abandon_streams(stub, 1)
-    after_first = threads_of(pid)  # the handler pool has grown to the streams it served
-    for round_no in (2, 3, 4):
-        abandon_streams(stub, round_no)
-    # A reader thread or a handler thread kept per abandoned stream would add 25 a
-    # round; the pool's threads are reused and each stream's reader ends with it.
+    # Each stream held a handler thread of the pool (kept for later calls) and had a
+    # reader thread of its own, which must end with it: a reader kept per abandoned
+    # stream would leave STREAMS more threads than the pool can account for.
+    bound = before + STREAMS + RECEIPT_STREAMS + 5
     wait_for(
-        lambda: threads_of(pid) <= after_first + 5,
+        lambda: threads_of(pid) <= bound,
         timeout=60,
-        what=f"the node's threads back to at most {after_first + 5}",
+        what=f"the node's threads back to at most {bound} (the pool's, no readers)",
     )
     answer = stub.Push(
         push_pb2.PushRequest(user_ids=["after"], payload=b"{}", ttl_seconds=0),

@@ -187,11 +187,12 @@ def test_outbound_producer_waits_beyond_the_window(loop: Loop) -> None:
         got.extend(it)
 
     done = in_thread(loop, take)
-    wait_until(lambda: outbound._paused)
-    held = produced[0]
+    # Once the caller took one, the producer stops one past the window, whichever
+    # of the two got there first.
+    wait_until(lambda: len(got) == 1 and outbound._paused and produced[0] == handoff.WINDOW + 1)
     for _ in range(50):  # the loop goes on; the producer stays where it is
         gevent.sleep(0)
-    assert produced[0] == held <= handoff.WINDOW + 1
+    assert produced[0] == handoff.WINDOW + 1 and outbound._paused
     taking.release()
     finished(done)
     assert got == list(range(total))
