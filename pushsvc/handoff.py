@@ -55,9 +55,6 @@ class Loop:
         self._watcher = gevent.get_hub().loop.async_()
         self._watcher.start(self._run)
 
-    def on_loop(self) -> bool:
-        return get_ident() == self._thread
-
     def post(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` on the loop soon (it must not block). Any thread."""
         self._queued.append((fn, args))  # deque appends are atomic across threads
@@ -66,7 +63,7 @@ class Loop:
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` run in a new greenlet of the loop; its result, or what it
         raised, in the calling native thread (which waits)."""
-        if self.on_loop():
+        if get_ident() == self._thread:  # already on the loop
             return fn(*args)
         job = _Call(fn, args)
         self.post(gevent.spawn_raw, job.run)
@@ -234,11 +231,8 @@ class LoopContext:
         loop = self._loop
         return bool(self._context.add_callback(lambda: loop.post(callback)))
 
-    def invocation_metadata(self) -> Any:
+    def invocation_metadata(self) -> Any:  # every call asks: not through __getattr__
         return self._context.invocation_metadata()
-
-    def abort(self, code: grpc.StatusCode, details: str) -> None:
-        self._context.abort(code, details)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)

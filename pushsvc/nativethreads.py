@@ -18,6 +18,7 @@ grpcio's server runs its handlers on.
 from __future__ import annotations
 
 import _queue
+import importlib
 import importlib.util
 import logging
 import sys
@@ -92,8 +93,6 @@ def install_into_grpc() -> None:
     calls then block the thread that makes them, so the node makes them from
     native threads only (its servers' handler pool, a thread pool for the calls
     it makes to peers)."""
-    import importlib
-
     native = threading_module()
     for name in GRPC_MODULES:
         try:
