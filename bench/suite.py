@@ -606,28 +606,56 @@ class Suite:
             )
         self._quiesce(server, "the broadcast")
         prof = self._profile(server, "broadcast")
-        t0 = time.monotonic()
-        with cpu_of(server.pid) as cpu, cpu_of(lg.proc.pid) as lg_cpu:
-            r = lg.cmd(
-                self._timeout(self.args.duration + self.args.rounds * 30),
-                op="broadcast",
-                topic=topic,
-                rounds=self.args.rounds,
-                duration_s=self.args.duration,
-                window=self.args.window,
-                timeout_s=30,
-            )
-        self._profile_done(prof, server, "broadcast")
+        r = lg.cmd(
+            self._timeout(self.args.rounds * 30),
+            op="broadcast",
+            topic=topic,
+            rounds=self.args.rounds,
+            duration_s=0,
+            timeout_s=30,
+        )
         if not r.get("ok"):
             raise LoadgenError(f"broadcast: {r.get('error')}")
+        # Sustained: one publish call at a time, and as many as the window in flight;
+        # the better one counts. A server whose publish answers on acceptance keeps
+        # the window full with one caller; one that answers once its fan-out is done
+        # (pushsvc, whose answer counts the subscribers written to) needs several.
+        best: tuple[float, dict[str, Any], float, float, float] | None = None
+        notes = _errors_note(r)
+        for publishers in dict.fromkeys((1, self.args.window)):
+            t0 = time.monotonic()
+            with cpu_of(server.pid) as cpu, cpu_of(lg.proc.pid) as lg_cpu:
+                sr = lg.cmd(
+                    self._timeout(self.args.duration + 30),
+                    op="broadcast",
+                    topic=topic,
+                    rounds=0,
+                    duration_s=self.args.duration,
+                    window=self.args.window,
+                    publishers=publishers,
+                    timeout_s=30,
+                )
+            wall = time.monotonic() - t0
+            if not sr.get("ok"):
+                raise LoadgenError(f"broadcast: {sr.get('error')}")
+            notes += _errors_note(sr)
+            sustained = sr.get("sustained") or {}
+            rate = float(sustained.get("rate") or 0)
+            print(f"   sustained, {publishers} publish call(s) in flight: {rate:,.0f} frames/s")
+            if best is None or rate > best[0]:
+                best = (rate, sustained, cpu[0], lg_cpu[0], wall)
+        self._profile_done(prof, server, "broadcast")
+        assert best is not None
+        _, s, server_cpu, loadgen_cpu, wall = best
         rounds = r.get("rounds") or []
         p99s = sorted(_ms(x["latency"].get("p99_ms")) for x in rounds)
         p50s = sorted(_ms(x["latency"].get("p50_ms")) for x in rounds)
         all_in = sorted(float(x["all_in_s"]) * 1000 for x in rounds)
         incomplete = [x for x in rounds if not x.get("complete")]
-        s = r.get("sustained") or {}
         frames = float(s.get("frames") or 0)
-        note = _errors_note(r)
+        note = notes
+        if int(s.get("publishers") or 1) > 1:
+            note += f" sustained with {s['publishers']} publish calls in flight;"
         if incomplete:
             note += f" {len(incomplete)} single broadcasts incomplete;"
         if s.get("incomplete"):
@@ -642,13 +670,13 @@ class Suite:
                 float(s.get("rate") or NAN),
                 _ms(lat.get("p50_ms")),
                 _ms(lat.get("p99_ms")),
-                cpu[0] / frames * 1e6 if frames else NAN,
+                server_cpu / frames * 1e6 if frames else NAN,
                 {
                     "one broadcast p50 (ms)": _median(p50s),
                     "one broadcast p99 (ms)": _median(p99s),
                     "one broadcast all in (ms)": _median(all_in),
                     "broadcasts": s.get("broadcasts", 0),
-                    **_cores(cpu[0], lg_cpu[0], time.monotonic() - t0),
+                    **_cores(server_cpu, loadgen_cpu, wall),
                 },
                 note.strip(),
             )
@@ -1423,7 +1451,8 @@ def describe(args: argparse.Namespace, minutes: float) -> str:
         )
         + f"- {args.duration:g} s per throughput measurement; {args.rounds} single broadcasts, "
         "then "
-        f"sustained with at most {args.window} broadcasts undelivered; one-message calls "
+        f"sustained with at most {args.window} broadcasts undelivered (the better of one "
+        f"publish call at a time and {args.window} in flight); one-message calls "
         f"{args.concurrency} in flight, batches of {args.batch} "
         f"({args.batch_concurrency} in flight), "
         f"{args.streams} stream(s) {args.stream_window} requests ahead; at most "

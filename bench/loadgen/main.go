@@ -16,6 +16,7 @@ import (
 	"math"
 	"net/url"
 	"os"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -157,6 +158,14 @@ func runMain(args []string) int {
 	payload := fs.Int("payload", 100, "payload size in bytes")
 	_ = fs.Parse(args)
 	PayloadSize = *payload
+	if path := os.Getenv("LOADGEN_CPUPROFILE"); path != "" {
+		// A CPU profile of the whole run, for finding the load generator's own cost.
+		if f, err := os.Create(path); err == nil {
+			if pprof.StartCPUProfile(f) == nil {
+				defer pprof.StopCPUProfile()
+			}
+		}
+	}
 	lg := &Loadgen{target: *target, secret: []byte(*secret), channels: *channels, errs: map[string]int{}}
 	if *topics != "" {
 		lg.topics = strings.Split(*topics, ",")
@@ -224,6 +233,7 @@ func runMain(args []string) int {
 			res = map[string]any{"ok": true}
 		case "close":
 			lg.closeAll()
+			pprof.StopCPUProfile() // before the answer: the suite stops this process after it
 			reply(map[string]any{"ok": true})
 			return 0
 		default:
@@ -246,6 +256,7 @@ type Command struct {
 	Rounds      int     `json:"rounds"`
 	DurationS   float64 `json:"duration_s"`
 	Window      int     `json:"window"`
+	Publishers  int     `json:"publishers"` // broadcast: publish calls in flight (1 when absent)
 	Mode        string  `json:"mode"`
 	Batch       int     `json:"batch"`
 	Streams     int     `json:"streams"`

@@ -156,22 +156,59 @@ func (lg *Loadgen) broadcast(cmd Command) map[string]any {
 	start := time.Now()
 	stop := start.Add(seconds(cmd.DurationS, 10*time.Second))
 	var pubErr error
-	pubDone := make(chan struct{})
-	go func() { // the publisher: keeps at most window broadcasts undelivered
-		defer close(pubDone)
-		for time.Now().Before(stop) && published.Load() < maxBroadcasts {
-			if published.Load()-done.Load() >= int64(window) {
-				time.Sleep(200 * time.Microsecond) // flow control: poll the delivery counter
-				continue
-			}
+	var pubErrOnce sync.Once
+	var reserve sync.Mutex
+	// next reserves a broadcast's number once fewer than window are undelivered;
+	// false when the phase is over. published counts the numbers handed out.
+	next := func() (int64, bool) {
+		reserve.Lock()
+		defer reserve.Unlock()
+		for {
 			n := published.Load()
-			sentAt[n] = time.Now()
-			if err := lg.ingress.Publish(ctx, cmd.Topic, makePayload(ph.id, n)); err != nil {
-				pubErr = err
-				return
+			if !time.Now().Before(stop) || n >= maxBroadcasts || pubErr != nil {
+				return 0, false
 			}
-			published.Add(1)
+			if n-done.Load() < int64(window) {
+				sentAt[n] = time.Now()
+				published.Add(1)
+				return n, true
+			}
+			time.Sleep(200 * time.Microsecond) // flow control: poll the delivery counter
 		}
+	}
+	// Publishers, each with one call in flight. One keeps the window full for a
+	// server whose publish call answers on acceptance; a server whose call answers
+	// once its fan-out is done has window broadcasts to work on only with window
+	// publishers (their calls overlap, so the order between them is the server's).
+	npub := cmd.Publishers
+	if npub <= 0 {
+		npub = 1
+	}
+	pubDone := make(chan struct{})
+	var publishers sync.WaitGroup
+	for i := 0; i < npub; i++ {
+		publishers.Add(1)
+		go func() {
+			defer publishers.Done()
+			for {
+				n, ok := next()
+				if !ok {
+					return
+				}
+				if err := lg.ingress.Publish(ctx, cmd.Topic, makePayload(ph.id, n)); err != nil {
+					pubErrOnce.Do(func() {
+						reserve.Lock()
+						pubErr = err
+						reserve.Unlock()
+					})
+					return
+				}
+			}
+		}()
+	}
+	go func() {
+		publishers.Wait()
+		close(pubDone)
 	}()
 	finish := func(final bool) {
 		for d := done.Load(); d < published.Load(); d = done.Load() {
@@ -199,7 +236,7 @@ func (lg *Loadgen) broadcast(cmd Command) map[string]any {
 				"broadcasts": published.Load(), "incomplete": incomplete,
 				"frames": ph.received.Load(), "seconds": elapsed,
 				"rate": float64(ph.received.Load()) / elapsed, "latency": ph.e2e.Summary(),
-				"window": window,
+				"window": window, "publishers": npub,
 			}
 			if pubErr != nil {
 				sustained["error"] = pubErr.Error()
