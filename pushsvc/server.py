@@ -12,7 +12,6 @@ handed to the event loop (``handoff``).
 
 from __future__ import annotations
 
-import gc
 import logging
 import math
 import resource
@@ -29,7 +28,7 @@ import grpc
 from gevent.event import Event
 from grpc_health.v1 import health_pb2
 
-from pushsvc import cpuload, demo, edge, grpc_api
+from pushsvc import collector, cpuload, demo, edge, grpc_api
 from pushsvc.admin import AdminApp
 from pushsvc.admin_api import AdminApi, PushLimits
 from pushsvc.admin_console import AdminConsole
@@ -363,6 +362,7 @@ class Server:
             gevent.spawn(self._sweep_loop),
             gevent.spawn(self._status_loop),
             gevent.spawn(self._tidy_loop),
+            gevent.spawn(self._collect_loop),
         ]
         self.grpc_health.set("", health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -499,6 +499,14 @@ class Server:
                     log.debug("swept %d expired records", removed)
             except StoreUnavailable as exc:
                 self.health.failed(exc)
+
+    def _collect_loop(self) -> None:
+        """Once an hour, one full garbage-collector pass over everything, the objects
+        frozen after earlier passes included (collector.py)."""
+        while not self._stop.wait(collector.RELEASE_INTERVAL):
+            found = collector.release()
+            if found:
+                log.info("garbage collector: full pass", extra={"unreachable": found})
 
     def _tidy_loop(self) -> None:
         """While the store is healthy: first abandon what an earlier run of this
@@ -676,31 +684,6 @@ def _listen_grpc(
     return port
 
 
-# Tracked objects allocated (net) between two collections of the youngest generation;
-# Python's default is 700. See tune_gc.
-GC_YOUNG_THRESHOLD = 7000
-
-
-def tune_gc() -> None:
-    """Keep the cyclic garbage collector's full passes rare and short on a node.
-
-    A node keeps tens of objects per connection for the connection's life. CPython
-    runs a full collection, which visits every tracked object, each time the
-    long-lived objects have grown by a quarter and ten middle-generation passes have
-    happened: during a storm of connects that is a pause of 50 to 150 ms every
-    second or so at 10,000 connections (measured), time the connects wait for and
-    nothing is ever freed by. So: what start-up made (modules, classes, settings,
-    the wiring: garbage never) is frozen out of every later pass, and the youngest
-    generation holds ten times the default before it is collected, which makes every
-    older pass ten times rarer. Young cycles still go within a few thousand objects;
-    reference counting frees everything else at once, as before.
-    """
-    gc.collect()
-    gc.freeze()
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
-
-
 def run_server(settings: Settings, announce: Callable[[Server], None] | None = None) -> int:
     """Run a node until SIGTERM/SIGINT, then drain. Returns the exit code."""
     configure_logging(settings.log_level, settings.log_format)
@@ -709,7 +692,7 @@ def run_server(settings: Settings, announce: Callable[[Server], None] | None = N
     try:
         server = Server(settings)
         server.start()
-        tune_gc()
+        collector.tune()
     except ConfigError as exc:
         print(f"{journal_prefix()}pushsvc: error: {exc}", file=sys.stderr)
         return 2
