@@ -121,6 +121,9 @@ class Admission:
                     continue
                 self._slots.acquire()
                 gevent.spawn(self._admit_batch, batch)
+                # Its greenlet holds the batch; this loop must not while it waits for
+                # the next connects, or closed sessions would stay alive until then.
+                del batch
 
     def _take(self) -> list[Waiting]:
         batch: list[Waiting] = []

@@ -310,11 +310,17 @@ class Node:
         of milliseconds of work, which pushes must not wait behind in one block."""
         while True:
             gevent.sleep(self._tick)  # the heartbeat's period, not synchronisation
-            for some in in_turns(self._hub.connections()):
-                now = time.monotonic()
-                for conn in some:
-                    session: Session = conn  # type: ignore[assignment]
-                    session.tick(now)
+            self._tick_pass()
+
+    def _tick_pass(self) -> None:
+        """One heartbeat pass. Its snapshot of the connections ends with it: a pass's
+        locals kept until the next would keep closed sessions alive meanwhile (and
+        for good once the node has no connections left)."""
+        for some in in_turns(self._hub.connections()):
+            now = time.monotonic()
+            for conn in some:
+                session: Session = conn  # type: ignore[assignment]
+                session.tick(now)
 
     def _position_loop(self) -> None:
         """Every ``position_check`` seconds, compare each connection's position with
@@ -323,28 +329,32 @@ class Node:
         waiting for the user's next message. One store read per 500 users."""
         while True:
             gevent.sleep(self._position_check)  # the check's period, not synchronisation
-            sessions: dict[str, list[Session]] = {}
-            for some in in_turns(self._hub.connections()):
-                for conn in some:
-                    session: Session = conn  # type: ignore[assignment]
-                    if session.welcomed and not session.closing:
-                        sessions.setdefault(session.user_id, []).append(session)
-            users = list(sessions)
-            for i in range(0, len(users), POSITION_BATCH):
-                part = users[i : i + POSITION_BATCH]
-                try:
-                    starts = self._inbox.latest_seqs(part)
-                except StoreUnavailable as exc:
-                    self._health.failed(exc)
-                    break
-                for user in part:
-                    if user in self._pushing:
-                        continue  # that push delivers its own frame (``InFlight``)
-                    latest = starts.get(user, 0)
-                    for session in sessions[user]:
-                        if not session.closing:
-                            session.on_behind(latest)
-                gevent.sleep(0)  # the read may not have yielded (a cached answer)
+            self._position_pass()
+
+    def _position_pass(self) -> None:
+        """One position check (its snapshot of the sessions ends with it)."""
+        sessions: dict[str, list[Session]] = {}
+        for some in in_turns(self._hub.connections()):
+            for conn in some:
+                session: Session = conn  # type: ignore[assignment]
+                if session.welcomed and not session.closing:
+                    sessions.setdefault(session.user_id, []).append(session)
+        users = list(sessions)
+        for i in range(0, len(users), POSITION_BATCH):
+            part = users[i : i + POSITION_BATCH]
+            try:
+                starts = self._inbox.latest_seqs(part)
+            except StoreUnavailable as exc:
+                self._health.failed(exc)
+                return
+            for user in part:
+                if user in self._pushing:
+                    continue  # that push delivers its own frame (``InFlight``)
+                latest = starts.get(user, 0)
+                for session in sessions[user]:
+                    if not session.closing:
+                        session.on_behind(latest)
+            gevent.sleep(0)  # the read may not have yielded (a cached answer)
 
     # -- pushes -------------------------------------------------------------------------
 

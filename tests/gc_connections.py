@@ -2,8 +2,10 @@
 process, with the node's garbage-collector policy (pushsvc/collector.py), and
 WebSocket clients (greenlets on raw sockets) that open connections, let a full
 pass freeze them, then end them every way a connection ends. Prints, as JSON,
-how many objects were frozen before, while and after the connections were open,
-and the types of every cyclic garbage object one full pass then finds.
+the types a connection holds objects of, how many objects were frozen while the
+connections were open, the types of every cyclic garbage object the full passes
+after they ended found, and those of the connections' types still alive in
+numbers (``retained``).
 
     python -m tests.gc_connections N
 """
@@ -43,6 +45,17 @@ def wait_for(what: str, condition: object) -> None:
         gevent.sleep(0.05)
 
 
+def census() -> collections.Counter[str]:
+    """Live objects by type, after one full pass over everything (frozen included;
+    the policy freezes what survives the pass, so it is unfrozen again to be seen)."""
+    gc.unfreeze()
+    gc.collect()
+    gc.unfreeze()
+    return collections.Counter(
+        f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.get_objects()
+    )
+
+
 def main(n: int) -> int:
     settings = load_settings(
         environ={
@@ -60,9 +73,10 @@ def main(n: int) -> int:
     collector.tune()
     node = server.node
     port = server.ws_port
-    wait_for("the node to settle", lambda: node.connection_count == 0)
-    collector.release()
-    frozen_before = gc.get_freeze_count()
+    edge_server = server.ws_server
+    assert edge_server is not None
+    before = census()
+    gc.freeze()
 
     def open_one(kind: str, i: int) -> RawWS | None:
         token = mint_token(SECRET, f"{kind}-{i}", 3600)
@@ -99,26 +113,44 @@ def main(n: int) -> int:
     gevent.joinall(opened, raise_error=True)
     open_count = sum(1 for kind, _ in work if kind != "refused")
     wait_for("every connection open", lambda: node.connection_count == open_count)
+    # The types a connection holds objects of (at least one each while open).
+    grew = census() - before
+    held = {t for t, count in grew.items() if count >= open_count}
     gc.collect()  # a full pass: the policy freezes what survived it
-    frozen_open = gc.get_freeze_count()
+    frozen = gc.get_freeze_count()
     ended = [
         gevent.spawn(end_one, kind, i, g.value) for (kind, i), g in zip(work, opened, strict=True)
     ]
     del opened
     gevent.joinall(ended, raise_error=True)
     del ended
-    wait_for("every connection closed", lambda: node.connection_count == 0)
-    # Reference counting frees a closed connection's frozen objects as its greenlet
-    # ends: the count falls back most of the way (what stays is alive: per-user
-    # state the node keeps for a while, which the full pass below does not free).
-    grown = frozen_open - frozen_before
     wait_for(
-        "the frozen objects to be freed",
-        lambda: gc.get_freeze_count() < frozen_before + grown // 4,
+        "every connection closed and its socket released",
+        lambda: node.connection_count == 0 and edge_server.sockets == 0,
     )
-    frozen_after = gc.get_freeze_count()
+    # From here every full pass keeps what it finds unreachable in gc.garbage: a
+    # frozen object that became cyclic garbage (only a pass over everything frees
+    # it) shows up there. Passes run until no type has more live objects than
+    # before the connections (their handlers' greenlets end just after the sockets
+    # are released).
     gc.set_debug(gc.DEBUG_SAVEALL)
-    collector.release()
+
+    def retained() -> dict[str, int]:
+        """The connections' types still alive in numbers: any object of a class of
+        pushsvc's or a socket; of a generic type (dict, tuple, a gevent waiter...),
+        more than half a connection's worth (the node's own loops hold a few)."""
+        grown = (census() - before).items()
+        return {
+            t: c
+            for t, c in grown
+            if t in held and (t.startswith("pushsvc.") or "socket" in t or c >= open_count // 2)
+        }
+
+    left = retained()
+    deadline = time.monotonic() + DEADLINE
+    while left and time.monotonic() < deadline:
+        gevent.sleep(0.05)
+        left = retained()
     gc.set_debug(0)
     garbage = collections.Counter(
         f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.garbage
@@ -128,10 +160,10 @@ def main(n: int) -> int:
         json.dumps(
             {
                 "connections": len(work),
-                "frozen_before": frozen_before,
-                "frozen_open": frozen_open,
-                "frozen_after": frozen_after,
+                "held": sorted(held),
+                "frozen": frozen,
                 "garbage": dict(garbage),
+                "retained": left,
             }
         ),
         flush=True,
