@@ -33,17 +33,22 @@ def test_start_up_objects_are_frozen_and_the_young_generation_is_larger() -> Non
     assert gc.isenabled()
 
 
+class _Node:
+    other: object = None
+
+
+def _cycle() -> tuple[_Node, weakref.ref[_Node]]:
+    """Two objects referring to each other: one of them, and a weak reference to it."""
+    a, b = _Node(), _Node()
+    a.other, b.other = b, a
+    return a, weakref.ref(a)
+
+
 @pytest.mark.usefixtures("restored_gc")
 def test_cycles_made_after_start_up_are_still_collected() -> None:
     tune()
-
-    class Node:
-        other: object = None
-
-    a, b = Node(), Node()
-    a.other, b.other = b, a
-    ref = weakref.ref(a)
-    del a, b
+    a, ref = _cycle()
+    del a
     gc.collect()
     assert ref() is None
 
@@ -61,15 +66,9 @@ def test_every_pass_of_an_older_generation_freezes_its_survivors() -> None:
 @pytest.mark.usefixtures("restored_gc")
 def test_a_cycle_that_became_garbage_after_it_was_frozen_goes_at_the_release() -> None:
     tune()
-
-    class Node:
-        other: object = None
-
-    a, b = Node(), Node()
-    a.other, b.other = b, a
-    ref = weakref.ref(a)
+    a, ref = _cycle()
     gc.collect()  # survives, and is frozen
-    del a, b
+    del a
     gc.collect()
     assert ref() is not None  # frozen garbage: no pass sees it
     assert release() >= 2
