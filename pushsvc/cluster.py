@@ -236,13 +236,18 @@ class Peer:
             self._wakeup.wait()
             self._wakeup.clear()
             while self._outbox:
-                batch = [self._outbox.popleft() for _ in range(min(BATCH, len(self._outbox)))]
-                try:
-                    self.call([delivery for delivery, _ in batch])
-                finally:
-                    for _, done in batch:
-                        if done is not None:
-                            done.set()
+                self._send_batch()
+
+    def _send_batch(self) -> None:
+        """The next batch of the outbox, in one call (which lets go of its messages
+        when it returns, not when the next batch comes)."""
+        batch = [self._outbox.popleft() for _ in range(min(BATCH, len(self._outbox)))]
+        try:
+            self.call([delivery for delivery, _ in batch])
+        finally:
+            for _, done in batch:
+                if done is not None:
+                    done.set()
 
     def close(self) -> None:
         self._greenlet.kill(block=False)

@@ -88,19 +88,21 @@ class Replay:
 
     def _work(self) -> None:
         while True:
-            reader, after = self._queue.get()
-            if reader.closing:
-                continue
-            try:
-                page = self._inbox.read_inbox(
-                    reader.user_id, after, reader.read_page_size, time.time()
-                )
-            except StoreUnavailable as exc:
-                self._health.failed(exc)
-                reader.on_read_failed()
-                continue
-            if page.blocked_at is None:
-                timer = self._later.pop(reader, None)  # progress: the next wait starts short
-                if timer is not None:
-                    timer[0].stop()
-            reader.on_page(page)
+            # One read per call: nothing of it (the reader, its page) stays referenced
+            # while this worker waits for the next, or a closed session would.
+            self._read(*self._queue.get())
+
+    def _read(self, reader: Reader, after: int) -> None:
+        if reader.closing:
+            return
+        try:
+            page = self._inbox.read_inbox(reader.user_id, after, reader.read_page_size, time.time())
+        except StoreUnavailable as exc:
+            self._health.failed(exc)
+            reader.on_read_failed()
+            return
+        if page.blocked_at is None:
+            timer = self._later.pop(reader, None)  # progress: the next wait starts short
+            if timer is not None:
+                timer[0].stop()
+        reader.on_page(page)
