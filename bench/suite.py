@@ -641,7 +641,10 @@ class Suite:
             notes += _errors_note(sr)
             sustained = sr.get("sustained") or {}
             rate = float(sustained.get("rate") or 0)
-            print(f"   sustained, {publishers} publish call(s) in flight: {rate:,.0f} frames/s")
+            print(
+                f"   sustained, {publishers} publish call(s) in flight: {rate:,.0f} frames/s",
+                flush=True,
+            )
             if best is None or rate > best[0]:
                 best = (rate, sustained, cpu[0], lg_cpu[0], wall)
         self._profile_done(prof, server, "broadcast")

@@ -30,19 +30,11 @@ from pushsvc.auth import mint_token  # noqa: E402
 from pushsvc.config import load_settings  # noqa: E402
 from pushsvc.server import Server  # noqa: E402
 from tests.rawws import HandshakeRefused, RawWS  # noqa: E402
+from tests.waiting import wait_for  # noqa: E402  (time.sleep is gevent's here)
 
 SECRET = "gc-test-jwt-secret-of-sufficient-length"
 KINDS = ("close", "drop", "kick", "bad-frame", "refused")
 DEADLINE = 120.0
-
-
-def wait_for(what: str, condition: object) -> None:
-    """Run the event loop until ``condition()`` holds (generous deadline)."""
-    deadline = time.monotonic() + DEADLINE
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        gevent.sleep(0.05)
 
 
 def census() -> collections.Counter[str]:
@@ -112,7 +104,7 @@ def main(n: int) -> int:
     opened = [gevent.spawn(open_one, kind, i) for kind, i in work]
     gevent.joinall(opened, raise_error=True)
     open_count = sum(1 for kind, _ in work if kind != "refused")
-    wait_for("every connection open", lambda: node.connection_count == open_count)
+    wait_for(lambda: node.connection_count == open_count, DEADLINE, "every connection open")
     # The types a connection holds objects of (at least one each while open).
     grew = census() - before
     held = {t for t, count in grew.items() if count >= open_count}
@@ -125,8 +117,9 @@ def main(n: int) -> int:
     gevent.joinall(ended, raise_error=True)
     del ended
     wait_for(
-        "every connection closed and its socket released",
         lambda: node.connection_count == 0 and edge_server.sockets == 0,
+        DEADLINE,
+        "every connection closed and its socket released",
     )
     # From here every full pass keeps what it finds unreachable in gc.garbage: a
     # frozen object that became cyclic garbage (only a pass over everything frees
