@@ -518,6 +518,7 @@ class ClusterFleet:
                             payload=message.payload,
                             content_type=message.content_type,
                             recipients=recips,
+                            expires_at=message.expires_at or 0.0,
                         )
                     ),
                     done,

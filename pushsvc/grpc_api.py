@@ -466,7 +466,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             kind = d.WhichOneof("kind")
             if kind == "user":
                 u = d.user
-                msg = Message(u.message_id, u.payload, u.content_type, 0.0)
+                msg = Message(u.message_id, u.payload, u.content_type, 0.0, u.expires_at or None)
                 counts.append(
                     self._node.deliver_users(msg, [(r.user_id, r.seq) for r in u.recipients])
                 )

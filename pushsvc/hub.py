@@ -26,8 +26,11 @@ class Connection(Protocol):
     @property
     def user_id(self) -> str: ...
 
-    def deliver_user(self, seq: int, wire: bytes, message_id: str) -> None:
-        """A stored message with the user's ``seq``; the connection keeps the order."""
+    def deliver_user(
+        self, seq: int, wire: bytes, message_id: str, expires_at: float | None
+    ) -> None:
+        """A stored message with the user's ``seq`` (and its expiry, for the delivery
+        receipt); the connection keeps the order."""
 
     def deliver_online(self, wire: bytes) -> bool:
         """An online-only or topic frame; False if it was not queued (closed, overflow)."""
@@ -81,14 +84,21 @@ class Hub:
 
     # -- delivery -----------------------------------------------------------------
 
-    def deliver_user(self, user_id: str, seq: int, frame: UserFrame, message_id: str) -> int:
+    def deliver_user(
+        self,
+        user_id: str,
+        seq: int,
+        frame: UserFrame,
+        message_id: str,
+        expires_at: float | None,
+    ) -> int:
         """A stored message for one user: one encode, handed to each of the user's connections."""
         held = self._users.get(user_id)
         if not held:
             return 0
         wire = wire_text(frame.with_seq(seq))
         for conn in tuple(held):
-            conn.deliver_user(seq, wire, message_id)
+            conn.deliver_user(seq, wire, message_id, expires_at)
         return len(held)
 
     def deliver_online(self, user_id: str, wire: bytes) -> int:

@@ -465,7 +465,7 @@ class Node:
             return PushOutcome(stored.message_id, stored.seqs, True, 0), []
         local = 0
         for uid, seq in zip(cmd.user_ids, stored.seqs, strict=True):
-            local += hub.deliver_user(uid, seq, frame, message.id)
+            local += hub.deliver_user(uid, seq, frame, message.id, message.expires_at)
         recipients = list(zip(cmd.user_ids, stored.seqs, strict=True))
         return PushOutcome(message.id, stored.seqs, False, local), recipients
 
@@ -485,7 +485,7 @@ class Node:
         online_wire: bytes | None = None
         for uid, seq in recipients:
             if seq:
-                total += self._hub.deliver_user(uid, seq, frame, message.id)
+                total += self._hub.deliver_user(uid, seq, frame, message.id, message.expires_at)
             else:
                 if online_wire is None:
                     online_wire = wire_text(frame.online_only())

@@ -49,7 +49,8 @@ class Receipts:
         self._batch = batch
         self._log = receipt_log
         self._on_batch = on_batch
-        self._delivered: dict[tuple[str, str], int] = {}  # (message id, user id) -> seq
+        # (message id, user id) -> (seq, the message's expiry or None if unknown)
+        self._delivered: dict[tuple[str, str], tuple[int, float | None]] = {}
         self._acks: dict[str, int] = {}
         self._wakeup = Event()
         self._stopping = False
@@ -58,8 +59,10 @@ class Receipts:
     def start(self) -> None:
         self._greenlet = gevent.spawn(self._run)
 
-    def delivered(self, message_id: str, user_id: str, seq: int) -> None:
-        self._delivered[(message_id, user_id)] = seq
+    def delivered(
+        self, message_id: str, user_id: str, seq: int, expires_at: float | None = None
+    ) -> None:
+        self._delivered[(message_id, user_id)] = (seq, expires_at)
         if len(self._delivered) >= self._batch:
             self._wakeup.set()
 
@@ -86,7 +89,7 @@ class Receipts:
         try:
             events = self._events(delivered, acks, now) if self._log is not None else []
             if delivered:
-                self._inbox.mark_delivered(list(delivered))
+                self._inbox.mark_delivered([(m, u, exp) for (m, u), (_, exp) in delivered.items()])
             if events and self._log is not None:
                 batch = self._log.append(events, now)
             if acks:
@@ -105,7 +108,10 @@ class Receipts:
             self._on_batch(batch)
 
     def _events(
-        self, delivered: dict[tuple[str, str], int], acks: dict[str, int], now: float
+        self,
+        delivered: dict[tuple[str, str], tuple[int, float | None]],
+        acks: dict[str, int],
+        now: float,
     ) -> list[Receipt]:
         """The events of this flush: deliveries with the seq their frame carried; acks
         resolved against the inbox."""
@@ -113,7 +119,7 @@ class Receipts:
         delivered_kind = Kind.DELIVERED
         events: list[Receipt] = [
             Receipt(delivered_kind, message_id, user_id, seq, owner_of(message_id), now)
-            for (message_id, user_id), seq in delivered.items()
+            for (message_id, user_id), (seq, _) in delivered.items()
         ]
         if acks:
             starts = self._inbox.user_starts(list(acks))

@@ -70,7 +70,7 @@ class SessionLimits:
 
 # A live message as the ordering machine carries it: (wire bytes, message id).
 # A replayed one is its InboxEntry, encoded only when it is actually sent.
-Item = tuple[bytes, str] | InboxEntry
+Item = tuple[bytes, str, float | None] | InboxEntry
 
 
 class Session:
@@ -151,9 +151,11 @@ class Session:
         self._node.counters.other_frames_sent += 1
         self._act(self._order.start(after, latest))
 
-    def deliver_user(self, seq: int, wire: bytes, message_id: str) -> None:
+    def deliver_user(
+        self, seq: int, wire: bytes, message_id: str, expires_at: float | None
+    ) -> None:
         if self._closing is None:
-            self._act(self._order.on_live(seq, (wire, message_id)))
+            self._act(self._order.on_live(seq, (wire, message_id, expires_at)))
 
     def deliver_online(self, wire: bytes) -> bool:
         if self._closing is not None:
@@ -190,8 +192,8 @@ class Session:
         if self._closing is None:
             self._act(self._order.on_read_failed())
 
-    def frame_written(self, message_id: str, seq: int) -> None:
-        self._node.receipts.delivered(message_id, self.user_id, seq)
+    def frame_written(self, message_id: str, seq: int, expires_at: float | None) -> None:
+        self._node.receipts.delivered(message_id, self.user_id, seq, expires_at)
 
     def on_drained(self) -> None:
         """The writer's queue emptied: a read deferred for it may go now."""
@@ -209,10 +211,10 @@ class Session:
                     wire = wire_text(
                         UserFrame.build(msg.id, msg.payload, msg.content_type).with_seq(action.seq)
                     )
-                    frames.append((wire, (msg.id, action.seq)))
+                    frames.append((wire, (msg.id, action.seq, msg.expires_at)))
                 else:
-                    wire, message_id = item
-                    frames.append((wire, (message_id, action.seq)))
+                    wire, message_id, expires_at = item
+                    frames.append((wire, (message_id, action.seq, expires_at)))
             elif self.writer.backlog >= max(1, self.limits.send_queue_size // 2):
                 # Leave room for live traffic: read on once the queue drained.
                 self._read_wanted = action

@@ -35,15 +35,16 @@ CLOSE_GRACE = 2.0  # seconds a close frame may take before the socket is cut
 FLUSH_CHUNK = 256 * 1024  # bytes handed to one send() while draining a queue
 
 
-# What a frame reports to the owner once written: the message id and seq of a stored
-# message's frame (a delivery receipt); None for every other frame.
-Delivery = tuple[str, int] | None
+# What a frame reports to the owner once written: the message id, seq and expiry of a
+# stored message's frame (a delivery receipt); None for every other frame.
+StoredFrame = tuple[str, int, float | None]
+Delivery = StoredFrame | None
 
 
 class Owner(Protocol):
     """Who hears about the writer's progress (the session)."""
 
-    def frame_written(self, message_id: str, seq: int) -> None:
+    def frame_written(self, message_id: str, seq: int, expires_at: float | None) -> None:
         """A stored message's frame reached the socket: a delivery receipt."""
 
     def on_drained(self) -> None:
@@ -55,7 +56,7 @@ class _Gone:
     lets go of the session when it stops, and both are freed without waiting for
     the cycle collector (a node's memory returns as soon as its clients leave)."""
 
-    def frame_written(self, message_id: str, seq: int) -> None:
+    def frame_written(self, message_id: str, seq: int, expires_at: float | None) -> None:
         pass
 
     def on_drained(self) -> None:
@@ -144,7 +145,7 @@ class Writer:
         # Queued while the socket would block: (bytes, message ids of its frames).
         # None while nothing waits: most connections never need one (a deque is
         # most of a kilobyte).
-        self._queue: deque[tuple[bytes, tuple[tuple[str, int], ...]]] | None = None
+        self._queue: deque[tuple[bytes, tuple[StoredFrame, ...]]] | None = None
         self._head_sent = 0  # bytes of the queue's first element already written
         self._held: list[tuple[bytes, Delivery]] | None = []  # None once released
         self._flusher: gevent.Greenlet | None = None
@@ -266,7 +267,7 @@ class Writer:
 
     # -- the socket --------------------------------------------------------------------
 
-    def _send_now(self, data: bytes, deliveries: tuple[tuple[str, int], ...]) -> bool:
+    def _send_now(self, data: bytes, deliveries: tuple[StoredFrame, ...]) -> bool:
         """Write with one non-blocking send(); queue what the socket did not take.
         True when everything was written."""
         try:
@@ -277,8 +278,8 @@ class Writer:
             self._fail()
             return False
         if sent == len(data):
-            for message_id, seq in deliveries:
-                self._owner.frame_written(message_id, seq)
+            for message_id, seq, expires_at in deliveries:
+                self._owner.frame_written(message_id, seq, expires_at)
             return True
         if self._queue is None:
             self._queue = deque()
@@ -312,7 +313,7 @@ class Writer:
             if not self.dead and not self._closing:
                 self._owner.on_drained()
 
-    def _pending_chunk(self, queue: deque[tuple[bytes, tuple[tuple[str, int], ...]]]) -> bytes:
+    def _pending_chunk(self, queue: deque[tuple[bytes, tuple[StoredFrame, ...]]]) -> bytes:
         """The unsent bytes at the head of the queue, several frames joined."""
         first, _ = queue[0]
         parts = [memoryview(first)[self._head_sent :]]
@@ -324,7 +325,7 @@ class Writer:
             size += len(data)
         return b"".join(parts)
 
-    def _consume(self, queue: deque[tuple[bytes, tuple[tuple[str, int], ...]]], sent: int) -> None:
+    def _consume(self, queue: deque[tuple[bytes, tuple[StoredFrame, ...]]], sent: int) -> None:
         """Drop what ``sent`` bytes covered from the head of the queue."""
         left = self._head_sent + sent
         while queue:
@@ -333,8 +334,8 @@ class Writer:
                 break
             left -= len(data)
             queue.popleft()
-            for message_id, seq in deliveries:
-                self._owner.frame_written(message_id, seq)
+            for message_id, seq, expires_at in deliveries:
+                self._owner.frame_written(message_id, seq, expires_at)
         self._head_sent = left if queue else 0
 
     def _fail(self) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import pymongo
 import pytest
+from pymongo.database import Database
 from websockets.exceptions import ConnectionClosed
 
 from pushsvc_client.v1 import push_pb2
@@ -311,3 +312,38 @@ def test_a_lost_forward_reaches_the_live_connection_by_the_position_check(
     (m,) = ivy.messages(1, timeout=60)  # no new push, no reconnect: the check finds it
     assert m["id"] == sent.message_id and m["seq"] == 1
     assert ivy.barrier() == []
+
+
+def test_a_forwarded_push_is_marked_delivered_for_as_long_as_it_lives(
+    ferretdb: FerretDB,  # noqa: F811
+    fleet: Fleet,
+    clients: list[Client],
+) -> None:
+    """The node holding the user learns the message's expiry with the forward, and
+    its delivery receipt is kept that long: the status reads delivered through the
+    node that took the push."""
+    a, b = fleet(2)
+    erin = open_ws(b, "erin")
+    clients.append(erin)
+    wait_for(lambda: presence(a, "erin").online, 30, "erin visible from a")
+    sent = push(a, ["erin"], {"n": 1}, ttl=600)
+    (m,) = erin.messages(1)
+    assert m["id"] == sent.message_id
+
+    def delivered() -> bool:
+        with a.stub() as stub:
+            status = stub.GetMessageStatus(
+                push_pb2.GetMessageStatusRequest(message_id=sent.message_id),
+                metadata=auth(),
+                timeout=5,
+            )
+        return [(r.user_id, r.delivered) for r in status.recipients] == [("erin", True)]
+
+    wait_for(delivered, 30, "erin's receipt stored")
+    db: pymongo.MongoClient[dict[str, Any]]
+    with pymongo.MongoClient(ferretdb.uri) as db:
+        store: Database[dict[str, Any]] = db[a.env["PUSHSVC_MONGO_DB"]]
+        body = store.messages.find_one({"_id": sent.message_id})
+        mark = store.delivered.find_one({"_id": f"{sent.message_id}/erin"})
+    assert body is not None and mark is not None
+    assert mark["exp"] == body["exp"]  # the message's own expiry, from node a via b

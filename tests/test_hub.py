@@ -22,6 +22,7 @@ class Recorder:
         self.topics: set[str] = set()
         self.wires: list[bytes] = []
         self.seqs: list[int] = []
+        self.expiries: list[float | None] = []
         self.writes = 0  # calls: a joined batch of frames is one
 
     def deliver_online(self, wire: bytes) -> bool:
@@ -35,9 +36,12 @@ class Recorder:
         self.writes += 1
         return True
 
-    def deliver_user(self, seq: int, wire: bytes, message_id: str) -> None:
+    def deliver_user(
+        self, seq: int, wire: bytes, message_id: str, expires_at: float | None
+    ) -> None:
         self.seqs.append(seq)
         self.wires.append(wire)
+        self.expiries.append(expires_at)
 
 
 def test_topic_frame_is_encoded_once_for_all_subscribers() -> None:
@@ -57,10 +61,11 @@ def test_user_frame_is_encoded_once_per_user_for_all_connections() -> None:
     for c in conns:
         hub.add(c)
     frame = UserFrame.build("m1", b'{"a":1}', "application/json")
-    assert hub.deliver_user("alice", 7, frame, "m1") == 5
+    assert hub.deliver_user("alice", 7, frame, "m1", 1e9) == 5
     first = conns[0].wires[0]
     assert all(c.wires[0] is first for c in conns)
     assert all(c.seqs == [7] for c in conns)
+    assert all(c.expiries == [1e9] for c in conns)  # for the delivery receipts
     assert first.endswith(b'"seq":7,"content_type":"application/json","data":{"a":1}}')
 
 

@@ -25,11 +25,11 @@ from tests.pki import Issued, Pki
 
 class Owner:
     def __init__(self) -> None:
-        self.written: list[tuple[str, int]] = []
+        self.written: list[tuple[str, int, float | None]] = []
         self.drained = 0
 
-    def frame_written(self, message_id: str, seq: int) -> None:
-        self.written.append((message_id, seq))
+    def frame_written(self, message_id: str, seq: int, expires_at: float | None) -> None:
+        self.written.append((message_id, seq, expires_at))
 
     def on_drained(self) -> None:
         self.drained += 1
@@ -86,10 +86,10 @@ def test_frames_go_straight_out_and_report_receipts(
     owner = Owner()
     w = Writer(a, 16, owner)
     w.release(wire_text('{"type":"welcome"}'))
-    assert w.write(wire_text('{"n":1}'), ("m1", 1))
-    assert w.write_many([(wire_text('{"n":2}'), ("m2", 2)), (wire_text('{"n":3}'), None)])
+    assert w.write(wire_text('{"n":1}'), ("m1", 1, 1e9))
+    assert w.write_many([(wire_text('{"n":2}'), ("m2", 2, None)), (wire_text('{"n":3}'), None)])
     assert w.backlog == 0  # nothing queued: the socket took it all
-    assert owner.written == [("m1", 1), ("m2", 2)]
+    assert owner.written == [("m1", 1, 1e9), ("m2", 2, None)]
     with gevent.Timeout(10):
         got = frames(b.recv(65536))
     assert [p for _, p in got] == [b'{"type":"welcome"}', b'{"n":1}', b'{"n":2}', b'{"n":3}']
@@ -119,7 +119,7 @@ def test_a_full_socket_queues_then_drains_in_order(
     w.release(wire_text("{}"))
     payloads = [f'{{"n":{i},"pad":"{"x" * 500}"}}'.encode() for i in range(200)]
     for i, p in enumerate(payloads):
-        assert w.write(wire_frame(OP_TEXT, p), (f"m{i}", i))
+        assert w.write(wire_frame(OP_TEXT, p), (f"m{i}", i, float(i)))
     assert w.backlog > 0  # the far end has not read: the rest waits in the queue
     reader = gevent.spawn(read_all, b)
     with gevent.Timeout(10):
@@ -128,7 +128,7 @@ def test_a_full_socket_queues_then_drains_in_order(
     a.shutdown(socket.SHUT_WR)
     got = frames(reader.get(timeout=10))
     assert [p for _, p in got[1:]] == payloads
-    assert owner.written == [(f"m{i}", i) for i in range(200)]
+    assert owner.written == [(f"m{i}", i, float(i)) for i in range(200)]
     assert owner.drained >= 1
 
 
@@ -232,7 +232,7 @@ def test_over_tls_a_full_socket_queues_then_drains_whole_frames(tls_pair: Pair) 
     w.release(wire_text("{}"))
     payloads = [f'{{"n":{i},"pad":"{"x" * 700}"}}'.encode() for i in range(300)]
     for i, p in enumerate(payloads):
-        assert w.write(wire_frame(OP_TEXT, p), (f"m{i}", i))
+        assert w.write(wire_frame(OP_TEXT, p), (f"m{i}", i, float(i)))
     assert w.backlog > 0  # the client has not read: the rest waits
     reader = gevent.spawn(read_all, b)
     with gevent.Timeout(10):
@@ -241,7 +241,7 @@ def test_over_tls_a_full_socket_queues_then_drains_whole_frames(tls_pair: Pair) 
     a.shutdown(socket.SHUT_WR)
     got = frames(reader.get(timeout=10))
     assert [p for _, p in got[1:]] == payloads
-    assert owner.written == [(f"m{i}", i) for i in range(300)]
+    assert owner.written == [(f"m{i}", i, float(i)) for i in range(300)]
 
 
 def test_over_tls_the_close_goes_ahead_of_the_queue_in_whole_frames(tls_pair: Pair) -> None:
@@ -276,7 +276,7 @@ def test_a_stopped_writer_lets_its_session_go_without_the_cycle_collector(
     gc.disable()
     try:
         session = Session(a)
-        session.writer.write(wire_text('{"n":1}'), ("m1", 1))
+        session.writer.write(wire_text('{"n":1}'), ("m1", 1, None))
         session.writer.stop()
         gone = weakref.ref(session)
         del session

@@ -46,6 +46,7 @@ from pushsvc.messages import Message
 from pushsvc.store.batching import Call, GroupCommit
 from pushsvc.store.inbox import (
     IDEMPOTENCY_WINDOW,
+    DeliveredMark,
     InboxEntry,
     InboxPage,
     InboxStore,
@@ -362,12 +363,13 @@ class EmbeddedStore(InboxStore):
             )
         )
 
-    def mark_delivered(self, receipts: Sequence[tuple[str, str]]) -> None:
+    def mark_delivered(self, receipts: Sequence[DeliveredMark]) -> None:
         if not receipts:
             return
+        pairs = [(m, u) for m, u, _ in receipts]  # a mark lives in its entry: no expiry of its own
 
         def mark(conn: sqlite3.Connection) -> None:
-            for sql, params in values_statements(conn, "VALUES ", receipts):
+            for sql, params in values_statements(conn, "VALUES ", pairs):
                 # The pairs as a subquery of their own: so the index is searched
                 # (with a bare VALUES list, SQLite 3.40 scans the whole table).
                 conn.execute(

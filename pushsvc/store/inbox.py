@@ -88,6 +88,10 @@ class UserStart(NamedTuple):
     acked_seq: int
 
 
+#: A delivery receipt as stored: (message id, user id, the message's expiry or None).
+DeliveredMark = tuple[str, str, float | None]
+
+
 @dataclass(frozen=True, slots=True)
 class RecipientStatus:
     user_id: str
@@ -173,8 +177,10 @@ class InboxStore(ABC):
         """Raise each user's acked seq to the given seq (never lowers it)."""
 
     @abstractmethod
-    def mark_delivered(self, receipts: Sequence[tuple[str, str]]) -> None:
-        """Record (message_id, user_id) pairs as written to a live socket."""
+    def mark_delivered(self, receipts: Sequence[DeliveredMark]) -> None:
+        """Record (message_id, user_id) pairs as written to a live socket, each with
+        its message's expiry (None where it is not known): how long the mark must
+        last for ``message_status``."""
 
     @abstractmethod
     def message_status(self, message_id: str, now: float) -> list[RecipientStatus]:

@@ -50,7 +50,7 @@ def test_data_survives_close_and_reopen(tmp_path: pathlib.Path) -> None:
     first = store.store_message(msg("m1", b'{"keep":1}'), ["alice", "bob"], "k-1", T0)
     store.store_message(msg("m2"), ["alice"], "", T0)
     store.ack("alice", 1)
-    store.mark_delivered([("m1", "bob")])
+    store.mark_delivered([("m1", "bob", None)])
     store.close()
 
     store = EmbeddedStore(tmp_path)
@@ -263,7 +263,7 @@ def test_marking_receipts_searches_the_index_not_the_whole_inbox(
         conn.set_progress_handler(step, 10)
 
     store._call(count)
-    store.mark_delivered([("m1", "user-7"), ("m3", "user-500")])
+    store.mark_delivered([("m1", "user-7", T0 + 60), ("m3", "user-500", None)])
     store._call(lambda conn: conn.set_progress_handler(None, 0))
     # A scan visits every entry: thousands of virtual machine steps per hundred
     # rows. Two index searches take a few hundred steps in all.

@@ -79,7 +79,7 @@ def store(live: FerretDB) -> Iterator[MongoInbox]:
 def test_ttl_index_fallback_is_detected_and_sweep_does_the_work(store: MongoInbox) -> None:
     assert store.ttl_indexes is False  # FerretDB answers createIndexes+TTL with code 238
     assert store.atomic_updates is False  # ... and its $inc is read-modify-write
-    for name in ("messages", "inbox", "idempotency"):
+    for name in ("messages", "inbox", "idempotency", "delivered"):
         keys = [list(ix["key"]) for ix in store.database.db[name].index_information().values()]
         assert [("expires_at", 1)] in keys, name
     inbox_keys = {
@@ -93,13 +93,18 @@ def test_ttl_index_fallback_is_detected_and_sweep_does_the_work(store: MongoInbo
     store.store_message(short, ["alice", "bob"], "k-short", T0)
     store.store_message(long_, ["alice"], "", T0)
     assert (count(store, "messages"), count(store, "inbox")) == (2, 3)
+    store.mark_delivered([(short.id, "alice", T0 + 100), (long_.id, "alice", T0 + 200)])
+    assert count(store, "delivered") == 2
 
     # nothing removes expired documents by itself on FerretDB; readers skip them
     assert store.sweep(T0 + 150) == 0
     assert [e.message.id for e in store.read_inbox("alice", 0, 10, T0 + 150).entries] == [long_.id]
-    # bodies go once a dead writer's would have been abandoned (t + 600 s) ...
-    assert store.sweep(T0 + 700) == 2
-    assert count(store, "messages") == 0
+    # bodies go once a dead writer's would have been abandoned (t + 600 s), delivery
+    # marks MARK_MARGIN after their message's expiry ...
+    assert store.sweep(T0 + 450) == 1  # short's mark
+    assert [d["_id"] for d in store.database.db["delivered"].find()] == [f"{long_.id}/alice"]
+    assert store.sweep(T0 + 700) == 2 + 1
+    assert count(store, "messages") == count(store, "delivered") == 0
     assert store.read_inbox("alice", 0, 10, T0).entries == ()
     # ... entries an hour after their expiry, the counters raised over them first
     assert count(store, "inbox") == 3

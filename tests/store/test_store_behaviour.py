@@ -273,7 +273,12 @@ def test_mark_delivered_and_message_status(store: InboxStore) -> None:
     assert all(not s.delivered and not s.acked for s in status.values())
     assert [status[u].seq for u in ("alice", "bob", "carol")] == list(result.seqs)
 
-    store.mark_delivered([(m.id, "alice"), (m.id, "bob"), ("no-such-message", "alice")])
+    # bob's receipt came through a node that did not know the expiry (a forward
+    # from a node of an earlier version): marked all the same
+    store.mark_delivered(
+        [(m.id, "alice", T0 + 100), (m.id, "bob", None), ("no-such-message", "alice", T0 + 100)]
+    )
+    store.mark_delivered([(m.id, "alice", T0 + 100)])  # a second device: marked once
     store.mark_delivered([])
     store.ack("bob", 1)
     store.ack("carol", 0)
@@ -287,6 +292,10 @@ def test_mark_delivered_and_message_status(store: InboxStore) -> None:
 
     store.ack("alice", 2)  # cumulative: covers seq 1 too
     assert {s.user_id: s.acked for s in store.message_status(m.id, T0)}["alice"]
+    # the marks last as long as the message, and its sweep leaves them so
+    store.sweep(T0 + 99)
+    status = {s.user_id: s for s in store.message_status(m.id, T0 + 99)}
+    assert [status[u].delivered for u in ("alice", "bob", "carol")] == [True, True, False]
 
     with pytest.raises(NotFound):
         store.message_status("no-such-message", T0)
@@ -300,7 +309,10 @@ def test_delivery_marks_are_per_pair_in_one_call(store: InboxStore) -> None:
     users = [f"u{i}" for i in range(6)]
     ids = [push(store, users).message_id for _ in range(20)]
     marked = {(m, u) for i, m in enumerate(ids) for j, u in enumerate(users) if (i + j) % 2}
-    store.mark_delivered(sorted(marked))
+    # half with the expiry known, half without (the two ways a mark is stored)
+    store.mark_delivered(
+        [(m, u, T0 + 3600 if (i % 2) else None) for i, (m, u) in enumerate(sorted(marked))]
+    )
     for m in ids:
         for s in store.message_status(m, T0):
             assert s.delivered == ((m, s.user_id) in marked), (m, s.user_id)
