@@ -53,7 +53,9 @@ class _Connection:
     def deliver_online_many(self, wires: tuple[bytes, ...], joined: bytes) -> bool:
         return True
 
-    def deliver_user(self, seq: int, wire: bytes, message_id: str) -> None:
+    def deliver_user(
+        self, seq: int, wire: bytes, message_id: str, expires_at: float | None
+    ) -> None:
         return None
 
 
