@@ -73,6 +73,11 @@ class Receipts:
                 self._wakeup.set()
 
     def _run(self) -> None:
+        if self._log is not None:
+            try:
+                self._log.prepare()
+            except StoreUnavailable:
+                pass  # the first flush that has events tries again
         while not self._stopping:
             self._wakeup.wait(self._interval)  # the flush period, or a full batch
             self._wakeup.clear()

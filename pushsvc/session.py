@@ -68,7 +68,8 @@ class SessionLimits:
     abuse_limit: int
 
 
-# A live message as the ordering machine carries it: (wire bytes, message id).
+# A live message as the ordering machine carries it: (wire bytes, message id, its
+# expiry -- for the delivery receipt).
 # A replayed one is its InboxEntry, encoded only when it is actually sent.
 Item = tuple[bytes, str, float | None] | InboxEntry
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pathlib
 import time
+import uuid
 from collections.abc import Callable, Iterator
 
 import gevent
@@ -17,6 +18,9 @@ from pushsvc.receipts import Receipts
 from pushsvc.store.embedded import EmbeddedStore
 from pushsvc.store.inbox import InboxStore
 from pushsvc.store.mongo import RECEIPT_INTERVAL, MongoInbox
+from pushsvc.store.mongo_database import MongoDatabase
+from pushsvc.store.receipt_log import MongoReceiptLog
+from tests.ferretdb import FerretDB, ferretdb  # noqa: F401
 
 T0 = time.time()
 
@@ -77,3 +81,34 @@ def test_a_remote_store_is_flushed_less_often_than_the_embedded_one() -> None:
     # Each flush to MongoDB costs round trips to a shared server (docs/scaling.md).
     assert EmbeddedStore.receipt_interval == InboxStore.receipt_interval == 0.05
     assert MongoInbox.receipt_interval == RECEIPT_INTERVAL == 1.0
+
+
+def test_the_receipt_log_is_set_up_when_the_flusher_starts(ferretdb: FerretDB) -> None:  # noqa: F811
+    """Its index and its source's position, before any receipt: the first flush
+    then writes its events and its mark, and reads nothing."""
+    mdb = MongoDatabase(ferretdb.uri, f"flush_{uuid.uuid4().hex}")
+    inbox = MongoInbox(mdb)
+    log = MongoReceiptLog(mdb, "node-a", 3600.0)
+    receipts = Receipts(
+        inbox, StoreHealth(inbox.probe, Metrics()), interval=3600.0, receipt_log=log
+    )
+    sent = mdb.commands_sent(["receipts", "receipt_sources"])
+    receipts.start()
+    try:
+        events = mdb.db["receipts"]
+        gevent_wait(
+            lambda: (
+                [("source", 1), ("n", 1)]
+                in [list(ix["key"]) for ix in events.index_information().values()]
+            )
+        )
+        gevent_wait(lambda: mdb.commands_sent(["receipts", "receipt_sources"]) >= sent + 4)
+        inbox.store_message(msg("m-set-up"), ["alice"], "", T0)
+        before = mdb.commands_sent(["receipts", "receipt_sources"])
+        receipts.delivered("m-set-up", "alice", 1, T0 + 3600)
+    finally:
+        receipts.stop()  # writes what waits
+        log.close()
+        inbox.close()
+    # the event's insert and the source's mark, nothing read
+    assert mdb.commands_sent(["receipts", "receipt_sources"]) - before == 2

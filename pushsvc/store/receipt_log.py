@@ -144,14 +144,25 @@ class ReceiptLog(ABC):
         self.retention = retention
         self._last: int | None = None  # the last n handed out (None: not read yet)
 
+    def prepare(self) -> None:
+        """Set the log up and read where this source stands, ahead of the first
+        append (which does it otherwise): at a node's start, while the database is
+        quiet -- FerretDB can hang on an index creation that meets a busy pool.
+        Raises ``StoreUnavailable``; the first append then tries again."""
+        self._position()
+
+    def _position(self) -> int:
+        """The last n handed out, read from the log the first time."""
+        if self._last is None:
+            self._last = self._stored_max()
+        return self._last
+
     def append(self, receipts: Sequence[Receipt], now: float) -> ReceiptBatch:
         """Record and commit ``receipts`` (durable when it returns); the batch holds
         the events actually added (repeats of recorded events are left out).
         Raises ``StoreUnavailable``; the events may then be recorded in part, and
         appending them again records the rest."""
-        if self._last is None:
-            self._last = self._stored_max()
-        prev = self._last
+        prev = self._position()
         # n is the time in microseconds, or one above the last if that is later.
         first = max(prev + 1, int(now * 1_000_000))
         events = [ReceiptEvent(self.source, first + i, *r) for i, r in enumerate(receipts)]
