@@ -59,9 +59,7 @@ class Receipts:
     def start(self) -> None:
         self._greenlet = gevent.spawn(self._run)
 
-    def delivered(
-        self, message_id: str, user_id: str, seq: int, expires_at: float | None = None
-    ) -> None:
+    def delivered(self, message_id: str, user_id: str, seq: int, expires_at: float | None) -> None:
         self._delivered[(message_id, user_id)] = (seq, expires_at)
         if len(self._delivered) >= self._batch:
             self._wakeup.set()

@@ -56,11 +56,11 @@ def test_receipts_wait_for_the_period_unless_a_batch_fills(store: EmbeddedStore)
     receipts = Receipts(store, StoreHealth(store.probe, Metrics()), interval=3600.0, batch=2)
     receipts.start()
     try:
-        receipts.delivered("m1", "alice", 1)
+        receipts.delivered("m1", "alice", 1, T0 + 3600)
         for _ in range(5):
             gevent.idle()  # every greenlet that is ready has run
         assert not delivered(store, "m1")  # one receipt: it waits for the hour
-        receipts.delivered("m2", "bob", 1)  # the batch is full: written at once
+        receipts.delivered("m2", "bob", 1, T0 + 3600)  # the batch is full: written at once
         gevent_wait(lambda: delivered(store, "m1") and delivered(store, "m2"))
     finally:
         receipts.stop()
@@ -70,7 +70,7 @@ def test_stopping_writes_what_waits(store: EmbeddedStore) -> None:
     store.store_message(msg("m1"), ["alice"], "", T0)
     receipts = Receipts(store, StoreHealth(store.probe, Metrics()), interval=3600.0)
     receipts.start()
-    receipts.delivered("m1", "alice", 1)
+    receipts.delivered("m1", "alice", 1, T0 + 3600)
     receipts.ack("alice", 1)
     receipts.stop()
     assert delivered(store, "m1")

@@ -981,11 +981,8 @@ class MongoInbox(InboxStore):
             if exp is None:
                 unknown.append((m, u))
             else:
-                docs[_mark_id(m, u)] = {
-                    "_id": _mark_id(m, u),
-                    "exp": exp,
-                    "expires_at": bson_date(exp + MARK_MARGIN),
-                }
+                key = _mark_id(m, u)
+                docs[key] = {"_id": key, "exp": exp, "expires_at": bson_date(exp + MARK_MARGIN)}
         marks = list(docs.values())
         for i in range(0, len(marks), MARKS_PER_INSERT):
             try:
