@@ -4,7 +4,7 @@ It serves pushsvc's own ``PushService`` contract, so the load generator sends
 it exactly what it sends a node, but ``Push`` answers at once and
 ``PushStream`` answers each request as it arrives: what is left is grpcio's
 per-request cost (HTTP/2, protobuf, the hand-offs between its threads and the
-application). Four ways to run grpcio's Python server, as pushsvc could:
+application). Five ways to run grpcio's Python server, as pushsvc could:
 
 - ``gevent``: gevent monkey-patching plus ``grpc.experimental.gevent``, a
   thread pool of greenlets (what a pushsvc node did before 5f34b97);
@@ -14,7 +14,10 @@ application). Four ways to run grpcio's Python server, as pushsvc could:
   threads, and each request handed to the gevent event loop of the main thread
   and answered from there (the loop drains what queued in one pass): the
   model a node runs since 5f34b97 (``pushsvc/handoff.py``), with the same
-  per-request hand-off to the loop that pushing to its connections needs.
+  per-request hand-off to the loop that pushing to its connections needs;
+- ``post``: a node's threading (``pushsvc.nativethreads``, ``pushsvc.handoff``),
+  each request posted to the loop and answered without waiting for it: how a node
+  answers an online-only unary ``Push`` when it is alone (``Loop.try_post``).
 
     python -m bench.grpc_echo --mode threads --port 0
 """
@@ -29,7 +32,9 @@ from typing import Any
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--mode", choices=("gevent", "threads", "aio", "handoff"), required=True)
+    parser.add_argument(
+        "--mode", choices=("gevent", "threads", "aio", "handoff", "post"), required=True
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--workers", type=int, default=256, help="thread pool size")
@@ -45,6 +50,12 @@ def main() -> int:
         from gevent import monkey
 
         monkey.patch_all(thread=False, queue=False)  # grpcio keeps native threads, queues
+    if args.mode == "post":
+        from pushsvc.nativethreads import cooperate
+
+        cooperate()  # as a node: gevent patches everything, grpcio keeps native threads
+        serve_post(args.host, args.port, args.workers)
+        return 0
     if args.mode == "aio":
         import asyncio
 
@@ -166,6 +177,48 @@ def serve_handoff(host: str, port: int, workers: int) -> None:
     drainer = gevent.spawn(drain)
     stop.wait()
     drainer.kill()
+    server.stop(grace=1).wait()
+
+
+def serve_post(host: str, port: int, workers: int) -> None:
+    """A node's threading (``pushsvc.nativethreads``, ``pushsvc.handoff``): each
+    request posted to the gevent loop and answered at once, without waiting."""
+    import signal
+
+    import gevent
+    import grpc
+    from gevent.event import Event as LoopEvent
+
+    from pushsvc.handoff import Loop
+    from pushsvc.nativethreads import ThreadPool
+    from pushsvc_client.v1 import push_pb2, push_pb2_grpc
+
+    answer = push_pb2.PushResponse(message_id="echo")
+    loop = Loop()
+    seen = [0]
+
+    def note() -> None:  # on the loop: the node's delivery would go here
+        seen[0] += 1
+
+    class Echo(servicer_base()):  # type: ignore[misc]
+        def Push(self, request: Any, context: Any) -> Any:
+            loop.post(note)
+            return answer
+
+        def PushStream(self, requests: Iterator[Any], context: Any) -> Iterator[Any]:
+            for _ in requests:
+                loop.post(note)
+                yield answer
+
+    server = grpc.server(ThreadPool(workers))  # type: ignore[arg-type]
+    push_pb2_grpc.add_PushServiceServicer_to_server(Echo(), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    server.start()
+    print(f"READY {bound}", flush=True)
+    stop = LoopEvent()
+    gevent.signal_handler(signal.SIGTERM, stop.set)
+    gevent.signal_handler(signal.SIGINT, stop.set)
+    stop.wait()
     server.stop(grace=1).wait()
 
 

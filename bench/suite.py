@@ -321,6 +321,9 @@ class Centrifugo(Server):
         ]
 
 
+ECHO_MODES = ("gevent", "threads", "aio", "handoff", "post")
+
+
 class Echo(Server):
     def __init__(self, mode: str) -> None:
         self.mode = mode
@@ -337,7 +340,8 @@ class Echo(Server):
         self.port = self.proc.ready_port()
 
     def loadgen_args(self) -> list[str]:
-        return ["--target=echo", f"--grpc=127.0.0.1:{self.port}"]
+        # The same calls a node gets, its API key header included (the echo ignores it).
+        return ["--target=echo", f"--grpc=127.0.0.1:{self.port}", f"--api-key={API_KEY}"]
 
 
 class MongoProxy:
@@ -396,7 +400,7 @@ class Results:
 class Profiler:
     """py-spy on the pushsvc node for the length of one scenario."""
 
-    def __init__(self, pid: int, out: Path, rate: int) -> None:
+    def __init__(self, pid: int, out: Path, rate: int, gil: bool = False) -> None:
         self.out = out
         self.proc = Proc(
             f"py-spy-{out.stem}",
@@ -408,6 +412,7 @@ class Profiler:
                 "--format=raw",
                 f"--output={out}",
                 "--nonblocking",
+                *(["--gil"] if gil else []),
             ],
             out.parent,
             core=LOADGEN_CORE,
@@ -503,14 +508,19 @@ class Suite:
 
     def _profile(self, server: Server, scenario: str, label: str = "") -> Profiler | None:
         """py-spy for one measurement of a profiled scenario (once per measurement)."""
-        if scenario not in self.args.py_spy or not isinstance(server, Pushsvc):
+        if scenario not in self.args.py_spy or not isinstance(server, Pushsvc | Echo):
             return None
         key = f"{server.name}:{label or scenario}"
         if key in self.profiled:
             return None
         self.profiled.add(key)
         safe = re.sub(r"[^a-z0-9]+", "-", key.lower()).strip("-")
-        return Profiler(server.pid, self.log_dir / f"py-spy-{safe}.txt", self.args.py_spy_rate)
+        return Profiler(
+            server.pid,
+            self.log_dir / f"py-spy-{safe}.txt",
+            self.args.py_spy_rate,
+            self.args.py_spy_gil,
+        )
 
     def _profile_done(
         self, prof: Profiler | None, server: Server, scenario: str, keep: bool = True
@@ -918,7 +928,7 @@ class Suite:
         if "centrifugo" in targets:
             self.run_server(Centrifugo(), self.plan_centrifugo)
         if "echo" in targets and "unicast" in a.scenarios:
-            for mode in ("gevent", "threads", "aio", "handoff"):
+            for mode in a.echo_modes:
                 self.run_server(Echo(mode), self.plan_echo)
         if "mongo" in targets and "stored" in a.scenarios:
             self.run_mongo()
@@ -1350,6 +1360,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "for the WebSocket servers: every other scenario needs the connections)",
     )
     p.add_argument(
+        "--echo-modes",
+        default="gevent,threads,aio,handoff,post",
+        help="grpcio echo servers to run (gevent,threads,aio,handoff,post)",
+    )
+    p.add_argument(
         "--socketio-modes",
         default="aiohttp,uvicorn,gevent",
         help="python-socketio deployments to run (aiohttp,uvicorn,gevent); ratios use the best",
@@ -1359,6 +1374,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="",
         help="sample the pushsvc node with py-spy during these scenarios (comma-separated: "
         "connect,broadcast,unicast,stored) and print the top self-time frames",
+    )
+    p.add_argument(
+        "--py-spy-gil",
+        action="store_true",
+        help="py-spy samples only the thread holding the GIL (where one core's time goes)",
     )
     p.add_argument("--py-spy-rate", type=int, default=200, help="py-spy samples per second")
     p.add_argument("--log-level", default="warning", help="pushsvc nodes' PUSHSVC_LOG_LEVEL")
@@ -1376,6 +1396,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for mode in args.socketio_modes:
         if mode not in ("aiohttp", "uvicorn", "gevent"):
             p.error(f"unknown python-socketio deployment {mode!r}")
+    args.echo_modes = [m.strip() for m in args.echo_modes.split(",") if m.strip()]
+    for mode in args.echo_modes:
+        if mode not in ECHO_MODES:
+            p.error(f"unknown grpcio echo mode {mode!r}")
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     args.py_spy = [s.strip() for s in args.py_spy.split(",") if s.strip()]
     if args.repeat < 1:

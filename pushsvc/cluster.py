@@ -257,6 +257,8 @@ class Peer:
 class ClusterFleet:
     """A node of a fleet (implements ``fleet.Fleet``)."""
 
+    alone = False
+
     def __init__(
         self,
         registry: NodeRegistry,

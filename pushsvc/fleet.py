@@ -27,6 +27,10 @@ class Fleet(Protocol):
     def registered(self) -> bool:
         """The node is known to its peers (always, alone)."""
 
+    @property
+    def alone(self) -> bool:
+        """No other node can hold a recipient: nothing is ever forwarded."""
+
     def start(self) -> None:
         """Register and keep the registration alive; write presence as it changes."""
 
@@ -79,6 +83,7 @@ class LocalFleet:
     """A node alone: the fleet of one."""
 
     registered = True
+    alone = True
 
     def __init__(self, hub: Hub, info: Callable[[], NodeInfo]) -> None:
         self._hub = hub

@@ -36,7 +36,7 @@ from pushsvc.errors import (
     Unauthenticated,
     Unavailable,
 )
-from pushsvc.handoff import Loop, on_loop
+from pushsvc.handoff import Answer, Loop, on_loop
 from pushsvc.messages import (
     Message,
     PushCommand,
@@ -73,6 +73,9 @@ NODE_SERVICE = "pushsvc.v1.NodeService"
 _SETTLE_AFTER = 0.002
 _SETTLE_SHARE = 0.1
 _SETTLE_MAX = 0.02
+# Online-only pushes answered before their delivery: not while this many
+# callbacks wait for the event loop (those calls wait for their turn instead).
+AT_ONCE_BACKLOG = 1000
 
 _STATUS: dict[type[PushError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -189,6 +192,24 @@ class PushServicer(push_pb2_grpc.PushServiceServicer):
         self, request: push_pb2.PushRequest, context: grpc.ServicerContext
     ) -> push_pb2.PushResponse:
         return self._push(request, self._owner(context))
+
+    def push_at_once(
+        self, loop: Loop, request: Any, context: grpc.ServicerContext
+    ) -> push_pb2.PushResponse | None:
+        """``Push`` on grpcio's thread, before its hand-off to the loop: an
+        online-only push on a node alone is answered here, its delivery posted to
+        the loop (``Node.prepare_at_once``). None -- ``Push`` answers on the loop --
+        for any other push, one that fails (refusals are logged there), and while
+        more than ``AT_ONCE_BACKLOG`` callbacks wait for the loop."""
+        if not isinstance(request, push_pb2.PushRequest):
+            return None  # undecodable: refused on the loop
+        try:
+            delivery = self._node.prepare_at_once(self._command(request, self._owner(context)))
+        except Exception:  # bad input (or a fault): the loop's Push answers and logs it
+            return None
+        if delivery is None or not loop.try_post(AT_ONCE_BACKLOG, delivery.deliver):
+            return None
+        return push_pb2.PushResponse(message_id=delivery.message_id)
 
     def PushStream(
         self, request_iterator: Iterator[push_pb2.PushRequest], context: grpc.ServicerContext
@@ -632,8 +653,11 @@ class AuthInterceptor(grpc.ServerInterceptor):
         limits: CallerLimits,
         loop: Loop,
         mutual_tls: bool = False,
+        at_once: dict[str, Answer] | None = None,
     ) -> None:
         self._loop = loop
+        # method -> what answers its call on grpcio's thread when it can (``on_loop``)
+        self._at_once = at_once or {}
         self._api_keys = api_keys
         self._cluster_key = cluster_key.encode() if cluster_key else None
         self._limits = limits
@@ -660,7 +684,8 @@ class AuthInterceptor(grpc.ServerInterceptor):
         rpc = details.method.lstrip("/")
         service = rpc.partition("/")[0]
         guard = _peer_certificate_required if self._mutual_tls and service == NODE_SERVICE else None
-        guarded = on_loop(_guarded(handler, rpc, guard), self._loop)
+        first = self._at_once.get(details.method) if guard is None else None
+        guarded = on_loop(_guarded(handler, rpc, guard), self._loop, first)
         self._wrapped[details.method] = (handler, guarded)
         return guarded
 
@@ -703,17 +728,19 @@ def make_server(
     ``max_workers`` calls at once), every call's behaviour run on ``loop``.
     ``mutual_tls``: NodeService answers only calls that came with a verified
     client certificate (the cluster listener)."""
+    pushes = PushServicer(node, limits, callers, owners)
+    at_once: dict[str, Answer] = {
+        f"/{PUSH_SERVICE}/Push": functools.partial(pushes.push_at_once, loop)
+    }
     server = grpc.server(
         ThreadPool(max_workers),  # type: ignore[arg-type]  # grpcio only submits
-        interceptors=[AuthInterceptor(api_keys, cluster_key, callers, loop, mutual_tls)],
+        interceptors=[AuthInterceptor(api_keys, cluster_key, callers, loop, mutual_tls, at_once)],
         options=[
             ("grpc.max_receive_message_length", limits.max_payload + 1024 * 1024),
             ("grpc.so_reuseport", 0),
         ],
     )
-    push_pb2_grpc.add_PushServiceServicer_to_server(
-        PushServicer(node, limits, callers, owners), server
-    )
+    push_pb2_grpc.add_PushServiceServicer_to_server(pushes, server)
     node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(node), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

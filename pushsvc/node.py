@@ -97,6 +97,29 @@ class PushOutcome(NamedTuple):
     local_connections: int
 
 
+class OnlineDelivery:
+    """An online-only push of a node alone, answered before it is delivered
+    (``Node.prepare_at_once``): its id, and ``deliver`` to run on the loop."""
+
+    __slots__ = ("_counters", "_hub", "_started", "_user_ids", "_wire", "message_id")
+
+    def __init__(
+        self, node: Node, message_id: str, user_ids: Sequence[str], wire: bytes, started: float
+    ) -> None:
+        self._hub = node._hub
+        self._counters = node.counters
+        self.message_id = message_id
+        self._user_ids = user_ids
+        self._wire = wire
+        self._started = started
+
+    def deliver(self) -> None:  # on the loop
+        hub, wire = self._hub, self._wire
+        for u in self._user_ids:
+            hub.deliver_online(u, wire)
+        self._counters.observe_push(time.perf_counter() - self._started)
+
+
 @dataclass(frozen=True, slots=True)
 class PublishOutcome:
     message_id: str
@@ -363,6 +386,22 @@ class Node:
         if isinstance(outcome, PushError):
             raise outcome
         return outcome
+
+    def prepare_at_once(self, cmd: PushCommand) -> OnlineDelivery | None:
+        """From any thread: an online-only push on a node alone, made ready to be
+        answered at once -- what its caller hears (the message id) depends on
+        nothing the loop holds, and what the loop does with it (queue the frame on
+        the connections live when it runs) needs no answer. None for a push that
+        goes through ``push``: stored, or in a fleet (its call waits for the nodes
+        it is forwarded to)."""
+        if cmd.ttl_seconds or not self.fleet.alone:
+            return None
+        started = time.perf_counter()
+        message_id = new_message_id(time.time(), cmd.owner)
+        frame = UserFrame.build(message_id, cmd.payload, cmd.content_type)
+        return OnlineDelivery(
+            self, message_id, cmd.user_ids, wire_text(frame.online_only()), started
+        )
 
     def push_many(self, cmds: Sequence[PushCommand]) -> list[PushOutcome | PushError]:
         """Store (one group commit for all), then deliver each; one outcome per command.

@@ -13,6 +13,7 @@ from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import gevent
+import grpc
 import pytest
 from gevent.event import Event
 
@@ -242,6 +243,53 @@ def test_context_callbacks_run_on_the_loop(loop: Loop) -> None:
     finished(in_thread(loop, lambda: raw.callbacks[0]()))  # grpcio's thread ends the call
     wait_until(lambda: bool(ran_on))
     assert ran_on == [get_ident()]
+
+
+def test_first_answers_on_grpcs_thread_without_the_loop(loop: Loop) -> None:
+    """What ``first`` answers needs no turn of the loop: the loop's thread is held
+    in a native lock (no greenlet runs) until the call has its answer."""
+    ran: list[Any] = []
+
+    def behaviour(request: str, context: Any) -> str:
+        ran.append(request)
+        return f"loop:{request}"
+
+    def first(request: str, context: Any) -> str | None:
+        return f"first:{request}" if request.startswith("quick") else None
+
+    handler = handoff.on_loop(grpc.unary_unary_rpc_method_handler(behaviour), loop, first)
+    unary: Any = handler.unary_unary  # (request, context) -> answer
+    answered = allocate_lock()
+    answered.acquire()
+    answers: list[str] = []
+
+    def call() -> None:
+        answers.append(unary("quick-1", None))
+        answered.release()
+
+    start_new_thread(call, ())
+    assert answered.acquire(timeout=DEADLINE), "the call waited for the loop"
+    assert answers == ["first:quick-1"] and ran == []
+    # What ``first`` leaves is handed to the loop as before.
+    assert finished(in_thread(loop, lambda: unary("slow", None))) == "loop:slow"
+    assert ran == ["slow"]
+
+
+def test_first_is_for_a_single_request(loop: Loop) -> None:
+    handler = grpc.stream_unary_rpc_method_handler(lambda requests, context: None)
+    with pytest.raises(ValueError):
+        handoff.on_loop(handler, loop, lambda request, context: None)
+
+
+def test_try_post_refuses_while_the_loop_is_behind(loop: Loop) -> None:
+    ran: list[int] = []
+    # The loop's thread does not yield in between: nothing queued runs yet.
+    assert all(loop.try_post(3, ran.append, i) for i in range(3))
+    assert not loop.try_post(3, ran.append, 99)  # three wait: the fourth is refused
+    wait_until(lambda: len(ran) == 3)
+    assert ran == [0, 1, 2]
+    assert loop.try_post(3, ran.append, 3)  # caught up: posted again
+    wait_until(lambda: len(ran) == 4)
 
 
 def test_thread_pool_starts_threads_as_work_needs_them() -> None:
