@@ -73,16 +73,16 @@ def servicer_base() -> Any:
     return push_pb2_grpc.PushServiceServicer
 
 
-def start_threaded(servicer: Any, host: str, port: int, workers: int) -> Any:
-    """``servicer`` on a grpcio server with a pool of ``workers`` threads, started;
-    says ``READY <port>`` on stdout."""
+def start_threaded(servicer: Any, host: str, port: int, workers: int, pool: Any = None) -> Any:
+    """``servicer`` on a grpcio server with a pool of ``workers`` threads (``pool``,
+    or a ``concurrent.futures`` one), started; says ``READY <port>`` on stdout."""
     from concurrent import futures
 
     import grpc
 
     from pushsvc_client.v1 import push_pb2_grpc
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
+    server = grpc.server(pool or futures.ThreadPoolExecutor(max_workers=workers))
     push_pb2_grpc.add_PushServiceServicer_to_server(servicer, server)
     bound = server.add_insecure_port(f"{host}:{port}")
     server.start()
@@ -121,9 +121,21 @@ def serve_sync(host: str, port: int, workers: int, mode: str) -> None:
     server.stop(grace=1).wait()
 
 
+def until_signalled_on_loop() -> None:
+    """Wait on the gevent loop for SIGTERM or SIGINT."""
+    import signal
+
+    import gevent
+    from gevent.event import Event as LoopEvent
+
+    stop = LoopEvent()
+    gevent.signal_handler(signal.SIGTERM, stop.set)
+    gevent.signal_handler(signal.SIGINT, stop.set)
+    stop.wait()
+
+
 def serve_handoff(host: str, port: int, workers: int) -> None:
     """grpcio on native threads; every request answered by the gevent loop."""
-    import signal
     import threading
     from _queue import SimpleQueue  # native, whatever gevent patched
     from collections import deque
@@ -171,11 +183,8 @@ def serve_handoff(host: str, port: int, workers: int) -> None:
                 yield answer
 
     server = start_threaded(Echo(), host, port, workers)
-    stop = LoopEvent()
-    gevent.signal_handler(signal.SIGTERM, stop.set)
-    gevent.signal_handler(signal.SIGINT, stop.set)
     drainer = gevent.spawn(drain)
-    stop.wait()
+    until_signalled_on_loop()
     drainer.kill()
     server.stop(grace=1).wait()
 
@@ -183,15 +192,9 @@ def serve_handoff(host: str, port: int, workers: int) -> None:
 def serve_post(host: str, port: int, workers: int) -> None:
     """A node's threading (``pushsvc.nativethreads``, ``pushsvc.handoff``): each
     request posted to the gevent loop and answered at once, without waiting."""
-    import signal
-
-    import gevent
-    import grpc
-    from gevent.event import Event as LoopEvent
-
     from pushsvc.handoff import Loop
     from pushsvc.nativethreads import ThreadPool
-    from pushsvc_client.v1 import push_pb2, push_pb2_grpc
+    from pushsvc_client.v1 import push_pb2
 
     answer = push_pb2.PushResponse(message_id="echo")
     loop = Loop()
@@ -210,15 +213,8 @@ def serve_post(host: str, port: int, workers: int) -> None:
                 loop.post(note)
                 yield answer
 
-    server = grpc.server(ThreadPool(workers))  # type: ignore[arg-type]
-    push_pb2_grpc.add_PushServiceServicer_to_server(Echo(), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
-    server.start()
-    print(f"READY {bound}", flush=True)
-    stop = LoopEvent()
-    gevent.signal_handler(signal.SIGTERM, stop.set)
-    gevent.signal_handler(signal.SIGINT, stop.set)
-    stop.wait()
+    server = start_threaded(Echo(), host, port, workers, ThreadPool(workers))
+    until_signalled_on_loop()
     server.stop(grace=1).wait()
 
 
