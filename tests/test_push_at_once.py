@@ -57,9 +57,13 @@ def node(tmp_path: Path) -> Iterator[Node]:
             "PUSHSVC_LOG_LEVEL": "error",
         }
     )
-    server = Server(settings)
+    server = Server(settings)  # built, not started: no listeners, no workers
     yield server.node
     server.node.stop()
+    if server.receipt_log is not None:
+        server.receipt_log.close()
+    server.revocation_store.close()
+    server.inbox.close()
 
 
 @pytest.fixture
