@@ -194,9 +194,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return 0
     overrides = {"demo": True} if args.dev else None
     settings = load_settings(args.config, overrides=overrides)
-    # gRPC's core writes its own lines to stderr, past the log formatter (at INFO,
-    # one per failed TLS handshake): errors only.
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    # gRPC's core writes its own lines straight to fd 2, past the log formatter: one per
+    # failed TLS handshake at INFO, one per malformed HTTP/2 header at ERROR (a peer's
+    # fault, which the node survives). None by default, so every line on stderr stays a
+    # formatted event; GRPC_VERBOSITY set in the environment still asks for them.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     from pushsvc.nativethreads import cooperate
 
     cooperate()  # before anything of the node is imported

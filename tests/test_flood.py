@@ -77,6 +77,8 @@ def grpc_garbage() -> list[bytes]:
     return [
         preface + os.urandom(300),
         preface + settings + b"\x00\x00\x05\x01\x05\x00\x00\x00\x01" + os.urandom(5),
+        # HEADERS with a literal ":status: x": gRPC's core has a line at ERROR for it.
+        preface + settings + b"\x00\x00\x03\x01\x05\x00\x00\x00\x01" + b"\x08\x01x",
         preface + settings + b"\x00\xff\xff\x00\x00\x00\x00\x00\x01" + os.urandom(2000),
         preface + b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" + os.urandom(8),  # GOAWAY
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
