@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -270,6 +271,41 @@ def test_push_stream(node: NodeProcess, stub: push_pb2_grpc.PushServiceStub) -> 
     assert [m["seq"] for m in msgs] == list(range(1, 200))
     assert [m["data"]["i"] for m in msgs] == [i for i in range(200) if i != bad_at]
     assert [m["id"] for m in msgs] == [r.message_id for r in good]
+
+
+def test_push_stream_mixing_online_only_and_stored_keeps_order(
+    node: NodeProcess, stub: push_pb2_grpc.PushServiceStub
+) -> None:
+    """Online-only requests are answered on the stream's reader, stored ones on the
+    loop: answers and deliveries still follow the requests' order."""
+    mix = random.Random(9)
+    ttls = [mix.choice([0, 0, 0, 60]) for _ in range(300)]
+
+    def requests() -> Iterator[push_pb2.PushRequest]:
+        for i, ttl in enumerate(ttls):
+            payload = json.dumps({"i": i}).encode()
+            yield push_pb2.PushRequest(user_ids=["mixer"], payload=payload, ttl_seconds=ttl)
+
+    with open_ws(node, "mixer") as client:
+        responses = list(stub.PushStream(requests(), metadata=AUTH, timeout=60))
+        msgs = client.messages(len(ttls), timeout=30)
+        assert client.barrier() == []
+    assert not any(r.HasField("error") for r in responses)
+    assert [m["data"]["i"] for m in msgs] == list(range(len(ttls)))
+    assert [m["id"] for m in msgs] == [r.message_id for r in responses]
+    stored = [list(r.seqs) for r, ttl in zip(responses, ttls, strict=True) if ttl]
+    assert stored == [[s] for s in range(1, len(stored) + 1)]
+    assert all(not r.seqs for r, ttl in zip(responses, ttls, strict=True) if not ttl)
+
+
+def test_push_stream_is_charged_per_message(node_factory: Callable[..., NodeProcess]) -> None:
+    node = node_factory(env={"PUSHSVC_API_RATE": "0.001", "PUSHSVC_API_BURST": "3"})
+    pushes = [push_pb2.PushRequest(user_ids=["u"], payload=b"{}", ttl_seconds=0)] * 5
+    with node.stub() as stub:
+        out = list(stub.PushStream(iter(pushes), metadata=AUTH, timeout=30))
+    codes = [x.error.code for x in out]
+    limited = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert codes == [0, 0, 0, limited, limited], codes
 
 
 def test_push_batch_answers_each_push_on_its_own(

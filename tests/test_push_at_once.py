@@ -153,3 +153,43 @@ def test_a_loop_that_is_behind_makes_the_push_wait(node: Node, loop: Loop) -> No
     assert servicer.push_at_once(loop, request, _Context()) is None  # type: ignore[arg-type]
     _until(lambda: len(ran) == grpc_api.AT_ONCE_BACKLOG)
     assert servicer.push_at_once(loop, request, _Context()) is not None  # type: ignore[arg-type]
+
+
+# -- the requests of a PushStream, answered on the stream's reader --------------------------
+
+
+def test_a_stream_answers_online_only_requests_each_charged(node: Node, loop: Loop) -> None:
+    """``stream_at_once``: each online-only request is charged against the API
+    key's per-message limit; past it, the request goes to the loop, which answers
+    it ``RATE_LIMITED`` as a result of the stream."""
+    alice = _Connection("alice")
+    node._hub.add(alice)  # type: ignore[arg-type]
+    servicer = PushServicer(node, Limits(4096, 3600, 86400), CallerLimits(0.001, 3), OwnerTags("s"))
+    answer = servicer.stream_at_once(loop, _Context())  # type: ignore[arg-type]
+    request = push_pb2.PushRequest(user_ids=["alice"], payload=b'{"n": 1}', ttl_seconds=0)
+    answers = [answer(request) for _ in range(5)]
+    assert [a is not None for a in answers] == [True, True, True, False, False]
+    _until(lambda: len(alice.frames) == 3)
+    ids = [_frame(wire)["id"] for wire in alice.frames]
+    assert ids == [a.message_id for a in answers[:3] if a is not None]
+
+
+def test_a_stream_leaves_other_requests_to_the_loop_uncharged(node: Node, loop: Loop) -> None:
+    """Stored, bad and undecodable requests go to the loop without taking from the
+    limit (the loop charges them); so does every request while the loop is behind."""
+    servicer = PushServicer(node, Limits(4096, 3600, 86400), CallerLimits(0.001, 1), OwnerTags("s"))
+    answer = servicer.stream_at_once(loop, _Context())  # type: ignore[arg-type]
+    for other in (
+        push_pb2.PushRequest(user_ids=["alice"], payload=b"{}", ttl_seconds=60),
+        push_pb2.PushRequest(user_ids=["alice"], payload=b"{"),
+        grpc_api._Undecodable("truncated message"),
+    ):
+        assert answer(other) is None
+    ran: list[int] = []
+    for i in range(grpc_api.AT_ONCE_BACKLOG):
+        loop.post(ran.append, i)
+    online = push_pb2.PushRequest(user_ids=["alice"], payload=b"{}", ttl_seconds=0)
+    assert answer(online) is None  # the loop is behind
+    _until(lambda: len(ran) == grpc_api.AT_ONCE_BACKLOG)
+    assert answer(online) is not None  # the one token was still there
+    assert answer(online) is None  # and is gone now
