@@ -24,6 +24,7 @@ See bench/README.md. ``--record`` appends the tables to bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import queue
@@ -491,9 +492,10 @@ def wait_idle(pid: int, timeout: float = 60.0, busy: float = 0.2) -> float:
 
 
 class Suite:
-    def __init__(self, args: argparse.Namespace, log_dir: Path) -> None:
+    def __init__(self, args: argparse.Namespace, log_dir: Path, round_index: int = 0) -> None:
         self.args = args
         self.log_dir = log_dir
+        self.round_index = round_index
         self.res = Results()
         self.profiled: set[str] = set()
 
@@ -918,18 +920,25 @@ class Suite:
     def run(self) -> Results:
         a = self.args
         targets = a.targets
+        servers: list[tuple[Callable[[], Server], Callable[[Server, Loadgen], None]]] = []
         if "pushsvc" in targets:
-            self.run_server(Pushsvc("pushsvc", {}, a.log_level), self.plan_pushsvc)
+            servers.append((lambda: Pushsvc("pushsvc", {}, a.log_level), self.plan_pushsvc))
         if "bare" in targets:
-            self.run_server(Bare(), self.plan_http_peer)
+            servers.append((Bare, self.plan_http_peer))
         if "socketio" in targets:
             for mode in a.socketio_modes:
-                self.run_server(SocketIO(mode), self.plan_http_peer)
+                servers.append((functools.partial(SocketIO, mode), self.plan_http_peer))
         if "centrifugo" in targets:
-            self.run_server(Centrifugo(), self.plan_centrifugo)
+            servers.append((Centrifugo, self.plan_centrifugo))
         if "echo" in targets and "unicast" in a.scenarios:
             for mode in a.echo_modes:
-                self.run_server(Echo(mode), self.plan_echo)
+                servers.append((functools.partial(Echo, mode), self.plan_echo))
+        # Each round starts one server further on (pushsvc first in the first round,
+        # second in the next...), so a drift of the machine's speed within a round
+        # does not always favour the same servers.
+        turn = self.round_index % len(servers) if servers else 0
+        for make, plan in servers[turn:] + servers[:turn]:
+            self.run_server(make(), plan)
         if "mongo" in targets and "stored" in a.scenarios:
             self.run_mongo()
         return self.res
@@ -1424,7 +1433,7 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(args.repeat):
             if args.repeat > 1:
                 print(f"=== round {rep + 1} of {args.repeat}", flush=True)
-            runs.append(Suite(args, log_dir).run())
+            runs.append(Suite(args, log_dir, rep).run())
         res = best_of(runs)
     except KeyboardInterrupt:
         print("interrupted: every process this run started has been stopped", file=sys.stderr)
@@ -1471,8 +1480,8 @@ def describe(args: argparse.Namespace, minutes: float) -> str:
         f"GOMAXPROCS=1; {os.cpu_count()} cores shared with other work, so absolute numbers are "
         "noisy: compare the ratios, which come from this run\n"
         + (
-            f"- best of {args.repeat} rounds (every server in turn, each round): each measure's "
-            "highest rate and smallest KiB per connection\n"
+            f"- best of {args.repeat} rounds (every server in turn, each round starting one "
+            "server further on): each measure's highest rate and smallest KiB per connection\n"
             if args.repeat > 1
             else ""
         )
