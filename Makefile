@@ -32,7 +32,7 @@ test: $(STAMP) tools lint deb
 lint: $(STAMP)
 	$(BIN)/ruff check pushsvc tests bench setup.py $(CLIENT_PY)/setup.py $(CLIENT_PY)/pushsvc_client
 	$(BIN)/ruff format --check pushsvc tests bench setup.py $(CLIENT_PY)/setup.py $(CLIENT_PY)/pushsvc_client
-	$(BIN)/mypy pushsvc tests $(CLIENT_PY)/pushsvc_client
+	$(BIN)/mypy pushsvc tests bench $(CLIENT_PY)/pushsvc_client
 
 # Regenerate pushsvc_client.v1 (clients/python) after a change to protos/.
 proto: $(STAMP)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import re
@@ -69,6 +70,11 @@ class Node(NodeProcess):
 
     def fds(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+
+def _same(conn: SlowConn) -> SlowConn:
+    """The protocol factory of one connection: the object already made."""
+    return conn
 
 
 class SlowConn(asyncio.Protocol):
@@ -131,7 +137,7 @@ async def run_round(node: Node, args: argparse.Namespace, round_no: int) -> Roun
     for i in range(args.slow):
         conn = SlowConn(head, silent=i < args.silent)
         conn.opened = time.monotonic()  # before the node can have accepted it
-        await loop.create_connection(lambda conn=conn: conn, "127.0.0.1", node.ws_port)
+        await loop.create_connection(functools.partial(_same, conn), "127.0.0.1", node.ws_port)
         result.slow.append(conn)
 
     async def dripper() -> None:
@@ -204,7 +210,7 @@ async def run_round(node: Node, args: argparse.Namespace, round_no: int) -> Roun
     deadline = time.monotonic() + 60
     while len(received) < len(welcomed) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)  # polling a condition with a deadline
-    await channel.close()
+    await channel.close(grace=None)
     result.delivered = len(received)
     result.legit_done_at = time.monotonic()
     result.slow_open_while_legit = sum(1 for c in result.slow if c.closed_at is None)
@@ -217,9 +223,9 @@ async def run_round(node: Node, args: argparse.Namespace, round_no: int) -> Roun
     # 4. everyone leaves; the node settles
     for c in conns:
         c.close()
-    for c in result.slow:
-        if c.transport is not None:
-            c.transport.abort()
+    for slow in result.slow:
+        if slow.transport is not None:
+            slow.transport.abort()
     deadline = time.monotonic() + 60
     while node.metric("pushsvc_connections") != 0 and time.monotonic() < deadline:
         await asyncio.sleep(0.1)  # polling a condition with a deadline
