@@ -145,10 +145,13 @@ class Server:
 
 
 class Pushsvc(Server):
-    def __init__(self, name: str, extra_env: dict[str, str], log_level: str) -> None:
+    def __init__(
+        self, name: str, extra_env: dict[str, str], log_level: str, tree: Path | None = None
+    ) -> None:
         self.name = name
         self.extra_env = extra_env
         self.log_level = log_level
+        self.tree = tree  # another revision's source tree (``--baseline``), run from there
         self.data_dir = Path(tempfile.mkdtemp(prefix="pushsvc-bench-node-"))
 
     def start(self, log_dir: Path) -> None:
@@ -171,6 +174,7 @@ class Pushsvc(Server):
                 log_dir,
                 core=SERVER_CORE,
                 env=env,
+                cwd=self.tree,  # ``-m`` imports pushsvc from the working directory first
             )
             try:
                 wait_until(self._ready, 60.0, f"{self.name} /readyz")
@@ -923,6 +927,11 @@ class Suite:
         servers: list[tuple[Callable[[], Server], Callable[[Server, Loadgen], None]]] = []
         if "pushsvc" in targets:
             servers.append((lambda: Pushsvc("pushsvc", {}, a.log_level), self.plan_pushsvc))
+            if a.baseline:
+                rev, tree = a.baseline, a.baseline_tree
+                servers.append(
+                    (lambda: Pushsvc(f"pushsvc {rev}", {}, a.log_level, tree), self.plan_pushsvc)
+                )
         if "bare" in targets:
             servers.append((Bare, self.plan_http_peer))
         if "socketio" in targets:
@@ -1305,6 +1314,21 @@ def versions() -> str:
     )
 
 
+def baseline_tree(rev: str, log_dir: Path) -> Path:
+    """pushsvc's source at ``rev``, extracted under ``log_dir`` (``git archive``)."""
+    tree = log_dir / "baseline"
+    tree.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", "--format=tar", rev, "pushsvc"],
+        capture_output=True,
+        check=False,
+    )
+    if archive.returncode != 0:
+        raise SystemExit(f"--baseline {rev}: {archive.stderr.decode().strip()}")
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    return tree
+
+
 def raise_nofile(need: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
@@ -1391,6 +1415,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--py-spy-rate", type=int, default=200, help="py-spy samples per second")
     p.add_argument("--log-level", default="warning", help="pushsvc nodes' PUSHSVC_LOG_LEVEL")
+    p.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run pushsvc at this git revision (its own tree, same plan, in turn with "
+        "the others) as the server 'pushsvc REV': a before-and-after from one run",
+    )
     p.add_argument("--no-build", dest="build", action="store_false", help="skip bench/install.sh")
     p.add_argument("--keep", action="store_true", help="keep the logs and py-spy files")
     args = p.parse_args(argv)
@@ -1427,6 +1457,7 @@ def main(argv: list[str] | None = None) -> int:
         build(args)
     log_dir = Path(tempfile.mkdtemp(prefix="pushsvc-bench-"))
     print(f"logs in {log_dir}", flush=True)
+    args.baseline_tree = baseline_tree(args.baseline, log_dir) if args.baseline else None
     started = time.monotonic()
     try:
         runs = []
@@ -1475,7 +1506,13 @@ def describe(args: argparse.Namespace, minutes: float) -> str:
     return (
         f"- versions: {versions()}\n"
         f"- run took {minutes:.1f} min\n"
-        f"- servers pinned to core {SERVER_CORE}, the Go load generator to core {LOADGEN_CORE} "
+        + (
+            f"- `pushsvc {args.baseline}`: pushsvc's source at {args.baseline} (`--baseline`), "
+            "run with the same plan in the same rounds: the before beside the after\n"
+            if args.baseline
+            else ""
+        )
+        + f"- servers pinned to core {SERVER_CORE}, the Go load generator to core {LOADGEN_CORE} "
         f"(`taskset`); FerretDB and the round-trip proxy on core {LOADGEN_CORE}; Centrifugo with "
         f"GOMAXPROCS=1; {os.cpu_count()} cores shared with other work, so absolute numbers are "
         "noisy: compare the ratios, which come from this run\n"
