@@ -36,7 +36,7 @@ from pushsvc.errors import (
     Unauthenticated,
     Unavailable,
 )
-from pushsvc.handoff import Answer, EachAnswer, Loop, on_loop
+from pushsvc.handoff import Answer, Loop, on_loop
 from pushsvc.messages import (
     Message,
     PushCommand,
@@ -50,7 +50,7 @@ from pushsvc.messages import (
     validate_user_ids,
 )
 from pushsvc.nativethreads import ThreadPool, allocate_lock
-from pushsvc.node import Node, OnlineDelivery, PushOutcome
+from pushsvc.node import Node, PushOutcome
 from pushsvc.owners import OwnerTags
 from pushsvc.ratelimit import TokenBucket
 from pushsvc.receipt_stream import decode_cursor
@@ -201,42 +201,15 @@ class PushServicer(push_pb2_grpc.PushServiceServicer):
         the loop (``Node.prepare_at_once``). None -- ``Push`` answers on the loop --
         for any other push, one that fails (refusals are logged there), and while
         more than ``AT_ONCE_BACKLOG`` callbacks wait for the loop."""
-        delivery = self._prepare_at_once(request, self._owner(context))
+        if not isinstance(request, push_pb2.PushRequest):
+            return None  # undecodable: refused on the loop
+        try:
+            delivery = self._node.prepare_at_once(self._command(request, self._owner(context)))
+        except Exception:  # bad input (or a fault): the loop's Push answers and logs it
+            return None
         if delivery is None or not loop.try_post(AT_ONCE_BACKLOG, delivery.deliver):
             return None
         return push_pb2.PushResponse(message_id=delivery.message_id)
-
-    def stream_at_once(
-        self, loop: Loop, context: grpc.ServicerContext
-    ) -> Callable[[Any], push_pb2.PushResponse | None]:
-        """For one ``PushStream`` call: what answers its requests on the stream's
-        reader (``handoff.Ahead``) -- as ``push_at_once``, each request charged
-        against the API key's per-message limit there (refused ones are answered,
-        as ``RATE_LIMITED`` results, on the loop)."""
-        key = caller_key(context.invocation_metadata())
-        owner = self._owners.of_key(key)
-
-        def answer(request: Any) -> push_pb2.PushResponse | None:
-            delivery = self._prepare_at_once(request, owner)
-            if delivery is None or loop.backlog >= AT_ONCE_BACKLOG:
-                return None
-            if not self._callers.take(key):
-                return None
-            loop.post(delivery.deliver)
-            return push_pb2.PushResponse(message_id=delivery.message_id)
-
-        return answer
-
-    def _prepare_at_once(self, request: Any, owner: str) -> OnlineDelivery | None:
-        """``Node.prepare_at_once`` for a request; None when it is not one (refused
-        on the loop), it fails (bad input, or a fault: the loop answers and logs
-        it), or it is not an online-only push on a node alone."""
-        if not isinstance(request, push_pb2.PushRequest):
-            return None
-        try:
-            return self._node.prepare_at_once(self._command(request, owner))
-        except Exception:
-            return None
 
     def PushStream(
         self, request_iterator: Iterator[push_pb2.PushRequest], context: grpc.ServicerContext
@@ -681,13 +654,10 @@ class AuthInterceptor(grpc.ServerInterceptor):
         loop: Loop,
         mutual_tls: bool = False,
         at_once: dict[str, Answer] | None = None,
-        ahead: dict[str, EachAnswer] | None = None,
     ) -> None:
         self._loop = loop
         # method -> what answers its call on grpcio's thread when it can (``on_loop``)
         self._at_once = at_once or {}
-        # stream method -> what answers its requests on the stream's reader (``on_loop``)
-        self._ahead = ahead or {}
         self._api_keys = api_keys
         self._cluster_key = cluster_key.encode() if cluster_key else None
         self._limits = limits
@@ -715,8 +685,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         service = rpc.partition("/")[0]
         guard = _peer_certificate_required if self._mutual_tls and service == NODE_SERVICE else None
         first = self._at_once.get(details.method) if guard is None else None
-        each = self._ahead.get(details.method) if guard is None else None
-        guarded = on_loop(_guarded(handler, rpc, guard), self._loop, first, each)
+        guarded = on_loop(_guarded(handler, rpc, guard), self._loop, first)
         self._wrapped[details.method] = (handler, guarded)
         return guarded
 
@@ -763,15 +732,9 @@ def make_server(
     at_once: dict[str, Answer] = {
         f"/{PUSH_SERVICE}/Push": functools.partial(pushes.push_at_once, loop)
     }
-    ahead: dict[str, EachAnswer] = {
-        f"/{PUSH_SERVICE}/PushStream": functools.partial(pushes.stream_at_once, loop)
-    }
-    interceptor = AuthInterceptor(
-        api_keys, cluster_key, callers, loop, mutual_tls, at_once=at_once, ahead=ahead
-    )
     server = grpc.server(
         ThreadPool(max_workers),  # type: ignore[arg-type]  # grpcio only submits
-        interceptors=[interceptor],
+        interceptors=[AuthInterceptor(api_keys, cluster_key, callers, loop, mutual_tls, at_once)],
         options=[
             ("grpc.max_receive_message_length", limits.max_payload + 1024 * 1024),
             ("grpc.so_reuseport", 0),

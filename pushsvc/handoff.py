@@ -30,10 +30,6 @@ given to ``on_loop``, answers on grpcio's thread and posts what the loop must do
 (``try_post``, refused while the loop is behind). A waiting thread costs a native
 lock, a wake-up of the loop and one of the thread: about a quarter of a bare
 unary call's server time (``bench/grpc_echo.py``, modes ``handoff`` and ``post``).
-``each`` does the same for the requests of a stream that answers every request
-with one response, in order: the stream's reader answers a request itself while
-every request it handed to the loop before has its response queued, so a request
-the loop must handle holds back the answers of those behind it (``Ahead``).
 """
 
 from __future__ import annotations
@@ -69,11 +65,6 @@ class Loop:
         """Run ``fn(*args)`` on the loop soon (it must not block). Any thread."""
         self._queued.append((fn, args))  # deque appends are atomic across threads
         self._watcher.send()  # thread-safe; coalesced while a wake-up is pending
-
-    @property
-    def backlog(self) -> int:
-        """How many callbacks wait for the loop (any thread)."""
-        return len(self._queued)
 
     def try_post(self, limit: int, fn: Callable[..., Any], *args: Any) -> bool:
         """``post`` unless ``limit`` callbacks already wait for the loop (it is
@@ -146,12 +137,9 @@ class Inbound(Generic[T]):
     """A call's streamed requests, read off grpcio's iterator by a native thread
     of the call and iterated on the loop."""
 
-    def __init__(
-        self, loop: Loop, requests: Iterator[T], ahead: Callable[[T], bool] | None = None
-    ) -> None:
+    def __init__(self, loop: Loop, requests: Iterator[T]) -> None:
         self._loop = loop
         self._requests = requests
-        self._ahead = ahead  # answers a request on the reader (True), or leaves it
         self._items: deque[T | _Ended] = deque()
         self._arrived = Event()
         self._ended: _Ended | None = None
@@ -161,11 +149,8 @@ class Inbound(Generic[T]):
         return self
 
     def _read(self) -> None:  # the native reader
-        ahead = self._ahead
         try:
             for request in self._requests:
-                if ahead is not None and ahead(request):
-                    continue
                 self._items.append(request)
                 self._loop.post(self._arrived.set)
             self._items.append(_Ended(None))
@@ -203,7 +188,6 @@ class Outbound(Generic[T]):
         self._responses = responses
         self._items: Any = SimpleQueue()
         self._given = 0  # by the greenlet
-        self._given_ahead = 0  # by the reader of the call's requests (``Ahead``)
         self._taken = 0  # by the native thread
         self._paused = False
         self._room = Event()
@@ -217,31 +201,16 @@ class Outbound(Generic[T]):
             for item in self._responses():
                 self._items.put(item)
                 self._given += 1
-                while self.queued >= WINDOW:
+                while self._given - self._taken >= WINDOW:
                     self._paused = True
                     self._room.clear()
-                    if self.queued < WINDOW:
+                    if self._given - self._taken < WINDOW:
                         break
                     self._room.wait()
                 self._paused = False
             self._items.put(_Ended(None))
         except BaseException as exc:  # an abort, a failure, or stopped
             self._items.put(_Ended(exc))
-
-    @property
-    def given(self) -> int:
-        """Responses the greenlet has queued (each counted once queued)."""
-        return self._given
-
-    @property
-    def queued(self) -> int:
-        """Responses queued and not yet taken by grpcio's thread."""
-        return self._given + self._given_ahead - self._taken
-
-    def put_ahead(self, item: T) -> None:
-        """Queue a response made off the loop (``Ahead``, on the call's reader)."""
-        self._items.put(item)
-        self._given_ahead += 1
 
     def _stop(self) -> None:  # on the loop
         if self._greenlet is not None:
@@ -262,37 +231,6 @@ class Outbound(Generic[T]):
                 yield item
         finally:
             self._loop.post(self._stop)  # the caller went away: stop producing
-
-
-class Ahead(Generic[T]):
-    """A stream's requests answered by its reader, in order with the loop's answers.
-
-    For a method that answers every streamed request with one response, in order.
-    The reader offers each request to ``answer`` (on its native thread) while every
-    request it handed to the loop has its response queued and fewer than ``WINDOW``
-    responses wait for grpcio's thread; ``answer``'s response (None: it cannot) is
-    queued behind them. Otherwise the request is handed to the loop, and the ones
-    after it wait for its response: answers keep the order of the requests."""
-
-    __slots__ = ("_answer", "_handed", "_out")
-
-    def __init__(self, answer: Callable[[T], Any | None], out: Outbound[Any]) -> None:
-        self._answer = answer
-        self._out = out
-        self._handed = 0  # requests handed to the loop (only the reader counts)
-
-    def __call__(self, request: T) -> bool:  # the call's native reader
-        out = self._out
-        if self._handed == out.given and out.queued < WINDOW:
-            try:
-                response = self._answer(request)
-            except Exception:  # handed over: the loop answers it, and logs what fails
-                response = None  # (logging's locks are the loop's, not this thread's)
-            if response is not None:
-                out.put_ahead(response)
-                return True
-        self._handed += 1
-        return False
 
 
 class LoopContext:
@@ -317,42 +255,27 @@ class LoopContext:
 
 
 Answer = Callable[[Any, grpc.ServicerContext], Any]
-# Per call of a stream: what answers its requests on the reader (see ``Ahead``).
-EachAnswer = Callable[[grpc.ServicerContext], Callable[[Any], Any]]
 
 
 def on_loop(
-    handler: grpc.RpcMethodHandler,
-    loop: Loop,
-    first: Answer | None = None,
-    each: EachAnswer | None = None,
+    handler: grpc.RpcMethodHandler, loop: Loop, first: Answer | None = None
 ) -> grpc.RpcMethodHandler:
     """``handler`` with its behaviour run on ``loop`` (see the module's text).
     ``first`` (a single request's methods only): tried on grpcio's thread before
-    the hand-off; a response it returns is the answer, None hands the call over.
-    ``each`` (streams answering every request with one response, in order): called
-    with the call's context, it gives what the reader offers each request to
-    (``Ahead``)."""
+    the hand-off; a response it returns is the answer, None hands the call over."""
     behaviour = behaviour_of(handler)
     streams_in, streams_out = handler.request_streaming, handler.response_streaming
     if streams_in and first is not None:
         raise ValueError("first answers a single request")
-    if each is not None and not (streams_in and streams_out):
-        raise ValueError("each answers the requests of a stream with responses")
 
     def bridged(request: Any, context: grpc.ServicerContext) -> Any:
         if first is not None:
             answer = first(request, context)
             if answer is not None:
                 return answer
-        ctx = cast(grpc.ServicerContext, LoopContext(context, loop))
-        if each is not None:
-            inbound: Inbound[Any] | None = None
-            out = Outbound(loop, lambda: behaviour(inbound, ctx))
-            inbound = Inbound(loop, request, Ahead(each(context), out)).start()
-            return iter(out)
         if streams_in:
             request = Inbound(loop, request).start()
+        ctx = cast(grpc.ServicerContext, LoopContext(context, loop))
         if streams_out:
             return iter(Outbound(loop, lambda: behaviour(request, ctx)))
         return loop.call(behaviour, request, ctx)

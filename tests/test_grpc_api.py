@@ -276,8 +276,8 @@ def test_push_stream(node: NodeProcess, stub: push_pb2_grpc.PushServiceStub) -> 
 def test_push_stream_mixing_online_only_and_stored_keeps_order(
     node: NodeProcess, stub: push_pb2_grpc.PushServiceStub
 ) -> None:
-    """Online-only requests are answered on the stream's reader, stored ones on the
-    loop: answers and deliveries still follow the requests' order."""
+    """Online-only and stored requests in one stream: answers and deliveries follow
+    the requests' order, and only the stored ones take seqs."""
     mix = random.Random(9)
     ttls = [mix.choice([0, 0, 0, 60]) for _ in range(300)]
 

@@ -16,19 +16,11 @@ import gevent
 import grpc
 import pytest
 from gevent.event import Event
-from gevent.monkey import get_original
 
 from pushsvc import handoff
 from pushsvc.handoff import Inbound, Loop, Outbound
-from pushsvc.nativethreads import (
-    SimpleQueue,
-    ThreadPool,
-    allocate_lock,
-    get_ident,
-    start_new_thread,
-)
+from pushsvc.nativethreads import ThreadPool, allocate_lock, get_ident, start_new_thread
 
-native_sleep: Callable[[float], None] = get_original("time", "sleep")
 DEADLINE = 60.0  # generous: an event that never comes fails the test, a slow one does not
 
 
@@ -287,113 +279,6 @@ def test_first_is_for_a_single_request(loop: Loop) -> None:
     handler = grpc.stream_unary_rpc_method_handler(lambda requests, context: None)
     with pytest.raises(ValueError):
         handoff.on_loop(handler, loop, lambda request, context: None)
-
-
-class _Stream:
-    """A stream call of an ``on_loop`` handler made on a native thread: the test
-    feeds its requests and reads its responses through native queues, so the
-    loop's thread can wait in a native call (no greenlet runs) meanwhile."""
-
-    END = object()
-
-    def __init__(self, handler: grpc.RpcMethodHandler) -> None:
-        self.requests: Any = SimpleQueue()
-        self.responses: Any = SimpleQueue()
-        start_new_thread(self._call, (handler,))
-
-    def _requests(self) -> Iterator[str]:
-        while (request := self.requests.get()) is not self.END:
-            yield request
-
-    def _call(self, handler: grpc.RpcMethodHandler) -> None:
-        stream: Any = handler.stream_stream  # (requests, context) -> responses
-        for response in stream(self._requests(), None):
-            self.responses.put(response)
-        self.responses.put(self.END)
-
-    def send(self, *requests: Any) -> None:
-        for request in requests:
-            self.requests.put(request)
-
-    def answer(self) -> Any:
-        """The next response, the loop's thread held in a native wait for it."""
-        return self.responses.get(timeout=DEADLINE)
-
-
-def _native_wait_until(condition: Callable[[], bool]) -> None:
-    """``wait_until`` without turning the loop (its thread sleeps natively)."""
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        native_sleep(0.001)
-
-
-def _each_quick(context: Any) -> Callable[[str], str | None]:
-    return lambda request: f"ahead:{request}" if request.startswith("quick") else None
-
-
-def test_each_answers_a_streams_requests_on_its_reader_in_order(loop: Loop) -> None:
-    """Requests ``each`` answers need no turn of the loop; one it leaves holds back
-    those behind it (they go to the loop too) until its answer is queued; after
-    that the reader answers again. Responses keep the requests' order."""
-    ran: list[str] = []
-
-    def behaviour(requests: Iterator[str], context: Any) -> Iterator[str]:
-        for request in requests:
-            ran.append(request)
-            yield f"loop:{request}"
-
-    handler = handoff.on_loop(
-        grpc.stream_stream_rpc_method_handler(behaviour), loop, each=_each_quick
-    )
-    call = _Stream(handler)
-    call.send("quick-1", "quick-2")
-    assert [call.answer(), call.answer()] == ["ahead:quick-1", "ahead:quick-2"]
-    before = loop.backlog
-    call.send("slow-3", "quick-4")
-    # Both handed to the loop (each posted its wake-up), neither answered: quick-4
-    # waits behind slow-3, which only the loop answers.
-    _native_wait_until(lambda: loop.backlog == before + 2)
-    assert call.responses.empty() and ran == []
-    wait_until(lambda: call.responses.qsize() == 2)  # the loop runs
-    assert [call.answer(), call.answer()] == ["loop:slow-3", "loop:quick-4"]
-    call.send("quick-5")  # every request handed over is answered: the reader again
-    assert call.answer() == "ahead:quick-5"
-    call.send(_Stream.END)
-    wait_until(lambda: not call.responses.empty())
-    assert call.answer() is _Stream.END
-    assert ran == ["slow-3", "quick-4"]
-
-
-def test_answers_ahead_stop_at_the_window(loop: Loop) -> None:
-    """Responses nobody takes count against the window: past it, requests go to
-    the loop (whose producer waits there) instead of piling up."""
-    handed: list[str] = []
-
-    def behaviour(requests: Iterator[str], context: Any) -> Iterator[str]:
-        for request in requests:
-            handed.append(request)
-            yield request
-
-    handler = handoff.on_loop(
-        grpc.stream_stream_rpc_method_handler(behaviour), loop, each=_each_quick
-    )
-    stream: Any = handler.stream_stream
-    requests = [f"quick-{i}" for i in range(handoff.WINDOW + 2)]
-    before = loop.backlog
-    stream(iter(requests), None)  # its responses never taken
-    # The reader answered WINDOW of them; the last two were handed to the loop
-    # (each posted its wake-up, then the end of the stream posted one).
-    _native_wait_until(lambda: loop.backlog == before + 3)
-
-
-def test_each_is_for_a_stream_of_requests_and_responses(loop: Loop) -> None:
-    for handler in (
-        grpc.unary_stream_rpc_method_handler(lambda request, context: iter(())),
-        grpc.stream_unary_rpc_method_handler(lambda requests, context: None),
-    ):
-        with pytest.raises(ValueError):
-            handoff.on_loop(handler, loop, each=_each_quick)
 
 
 def test_try_post_refuses_while_the_loop_is_behind(loop: Loop) -> None:
