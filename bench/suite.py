@@ -926,11 +926,12 @@ class Suite:
         targets = a.targets
         servers: list[tuple[Callable[[], Server], Callable[[Server, Loadgen], None]]] = []
         if "pushsvc" in targets:
-            servers.append((lambda: Pushsvc("pushsvc", {}, a.log_level), self.plan_pushsvc))
+            env = dict(a.pushsvc_env)
+            servers.append((lambda: Pushsvc("pushsvc", env, a.log_level), self.plan_pushsvc))
             if a.baseline:
                 rev, tree = a.baseline, a.baseline_tree
                 servers.append(
-                    (lambda: Pushsvc(f"pushsvc {rev}", {}, a.log_level, tree), self.plan_pushsvc)
+                    (lambda: Pushsvc(f"pushsvc {rev}", env, a.log_level, tree), self.plan_pushsvc)
                 )
         if "bare" in targets:
             servers.append((Bare, self.plan_http_peer))
@@ -1342,6 +1343,14 @@ def raise_nofile(need: int) -> None:
         )
 
 
+def _setting(text: str) -> tuple[str, str]:
+    """``--pushsvc-env``'s NAME=VALUE."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.startswith("PUSHSVC_"):
+        raise argparse.ArgumentTypeError(f"expected PUSHSVC_NAME=VALUE, got {text!r}")
+    return name, value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m bench.suite", description=(__doc__ or "").splitlines()[0]
@@ -1415,6 +1424,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--py-spy-rate", type=int, default=200, help="py-spy samples per second")
     p.add_argument("--log-level", default="warning", help="pushsvc nodes' PUSHSVC_LOG_LEVEL")
+    p.add_argument(
+        "--pushsvc-env",
+        metavar="NAME=VALUE",
+        action="append",
+        type=_setting,
+        default=[],
+        help="a PUSHSVC_ setting for the pushsvc nodes of the suite (repeatable), e.g. "
+        "PUSHSVC_PING_INTERVAL=600",
+    )
     p.add_argument(
         "--baseline",
         metavar="REV",
@@ -1506,6 +1524,13 @@ def describe(args: argparse.Namespace, minutes: float) -> str:
     return (
         f"- versions: {versions()}\n"
         f"- run took {minutes:.1f} min\n"
+        + (
+            "- pushsvc's settings besides the suite's: "
+            + ", ".join(f"`{k}={v}`" for k, v in args.pushsvc_env)
+            + "\n"
+            if args.pushsvc_env
+            else ""
+        )
         + (
             f"- `pushsvc {args.baseline}`: pushsvc's source at {args.baseline} (`--baseline`), "
             "run with the same plan in the same rounds: the before beside the after\n"
