@@ -1315,19 +1315,27 @@ def versions() -> str:
     )
 
 
-def baseline_tree(rev: str, log_dir: Path) -> Path:
-    """pushsvc's source at ``rev``, extracted under ``log_dir`` (``git archive``)."""
+def baseline_tree(rev: str, log_dir: Path) -> tuple[str, Path]:
+    """``rev``'s short commit id, and pushsvc's source at it extracted under
+    ``log_dir`` (``git archive``)."""
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "--verify", f"{rev}^{{commit}}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if commit.returncode != 0:
+        raise SystemExit(f"--baseline {rev}: not a commit of {REPO}")
+    short = commit.stdout.strip()
     tree = log_dir / "baseline"
     tree.mkdir()
     archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", "--format=tar", rev, "pushsvc"],
+        ["git", "-C", str(REPO), "archive", "--format=tar", short, "pushsvc"],
         capture_output=True,
-        check=False,
+        check=True,
     )
-    if archive.returncode != 0:
-        raise SystemExit(f"--baseline {rev}: {archive.stderr.decode().strip()}")
     subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
-    return tree
+    return short, tree
 
 
 def raise_nofile(need: int) -> None:
@@ -1475,7 +1483,10 @@ def main(argv: list[str] | None = None) -> int:
         build(args)
     log_dir = Path(tempfile.mkdtemp(prefix="pushsvc-bench-"))
     print(f"logs in {log_dir}", flush=True)
-    args.baseline_tree = baseline_tree(args.baseline, log_dir) if args.baseline else None
+    if args.baseline:  # named by its commit: HEAD or a branch moves on
+        args.baseline, args.baseline_tree = baseline_tree(args.baseline, log_dir)
+    else:
+        args.baseline_tree = None
     started = time.monotonic()
     try:
         runs = []
