@@ -50,7 +50,6 @@ log = logging.getLogger("pushsvc.grpc")
 
 T = TypeVar("T")
 WINDOW = 256  # responses of one stream waiting for grpcio's thread
-MAX_PRIORITY = 2  # libev's highest watcher priority (EV_MAXPRI)
 
 
 class Loop:
@@ -60,9 +59,6 @@ class Loop:
         self._thread = get_ident()
         self._queued: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
         self._watcher = gevent.get_hub().loop.async_()
-        # Run ahead of the sockets that are ready in the same turn of the loop: a burst
-        # of reads (thousands of pongs) does not hold back what grpcio's threads posted.
-        self._watcher.priority = MAX_PRIORITY
         self._watcher.start(self._run)
 
     def post(self, fn: Callable[..., Any], *args: Any) -> None:
