@@ -40,19 +40,25 @@ class Connection(Protocol):
         when the socket keeps up); False if they were not all queued."""
 
 
+SHARES = 10  # groups of connections a periodic pass can visit one at a time
+
+
 class Hub:
-    __slots__ = ("_conns", "_topics", "_users")
+    __slots__ = ("_conns", "_shares", "_topics", "_users")
 
     def __init__(self) -> None:
         self._users: dict[str, dict[Connection, None]] = {}
         self._topics: dict[str, dict[Connection, None]] = {}
         self._conns: dict[str, Connection] = {}
+        # The connections again, each in one share for its life (by its id's hash).
+        self._shares: tuple[dict[str, Connection], ...] = tuple({} for _ in range(SHARES))
 
     # -- membership ---------------------------------------------------------------
 
     def add(self, conn: Connection) -> int:
         """Register a connection; returns how many connections its user has here now."""
         self._conns[conn.conn_id] = conn
+        self._shares[hash(conn.conn_id) % SHARES][conn.conn_id] = conn
         held = self._users.setdefault(conn.user_id, {})
         held[conn] = None
         return len(held)
@@ -61,6 +67,7 @@ class Hub:
         """Unregister a connection (and its topics); returns its user's connections left."""
         if self._conns.pop(conn.conn_id, None) is None:
             return self.connections_of(conn.user_id)
+        self._shares[hash(conn.conn_id) % SHARES].pop(conn.conn_id, None)
         for topic in topics:
             self.unsubscribe(conn, topic)
         held = self._users.get(conn.user_id)
@@ -128,6 +135,15 @@ class Hub:
 
     def connections(self) -> list[Connection]:
         return list(self._conns.values())
+
+    def connections_in_shares(self, first: int, stop: int) -> list[Connection]:
+        """The connections of shares ``first`` to ``stop - 1`` (of ``SHARES``): a
+        connection stays in its share while it is registered, so visiting the shares
+        in turn visits each connection once a round, whoever comes and goes."""
+        out: list[Connection] = []
+        for share in self._shares[first:stop]:
+            out.extend(share.values())
+        return out
 
     @property
     def connection_count(self) -> int:

@@ -28,7 +28,7 @@ from pushsvc.errors import FailedPrecondition, PushError, StoreUnavailable
 from pushsvc.fanout import TopicFanout
 from pushsvc.fleet import Fleet, Recipients
 from pushsvc.health import StoreHealth, within
-from pushsvc.hub import Hub
+from pushsvc.hub import SHARES, Hub
 from pushsvc.messages import Message, PushCommand, new_message_id
 from pushsvc.metrics import Metrics
 from pushsvc.protocol import Close, UserFrame, topic_frame, wire_text
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pushsvc.node")
 
 TICK_MAX = 1.0  # seconds between heartbeat passes over the connections, at most
+TICK_SHARE = 0.1  # seconds between two visits of the heartbeat, each to a share of them
 POSITION_BATCH = 500  # users whose latest seq one position-check read asks for
 T = TypeVar("T")
 TURN = 256  # connections a periodic pass handles before it lets other greenlets run
@@ -330,16 +331,27 @@ class Node:
     def _tick_loop(self) -> None:
         """Pings and ping timeouts for every connection, from one greenlet, in
         slices: a pass over 10,000 connections that pings a third of them is tens
-        of milliseconds of work, which pushes must not wait behind in one block."""
-        while True:
-            gevent.sleep(self._tick)  # the heartbeat's period, not synchronisation
-            self._tick_pass()
+        of milliseconds of work, which pushes must not wait behind in one block.
 
-    def _tick_pass(self) -> None:
-        """One heartbeat pass. Its snapshot of the connections ends with it: a pass's
-        locals kept until the next would keep closed sessions alive meanwhile (and
-        for good once the node has no connections left)."""
-        for some in in_turns(self._hub.connections()):
+        Each connection is visited once a period (``_tick``), but the period is
+        spread over visits every ``TICK_SHARE`` seconds, each to some of the hub's
+        shares of the connections: the pings of a period go out, and their pongs
+        come back, in ten small groups instead of one large one (about 500 pongs
+        read in one turn of the loop every second, at 10,000 connections, which
+        the pushes of that turn wait behind)."""
+        visits = min(SHARES, max(1, round(self._tick / TICK_SHARE)))
+        visit = 0
+        while True:
+            gevent.sleep(self._tick / visits)  # the heartbeat's period, not synchronisation
+            self._tick_pass(visit * SHARES // visits, (visit + 1) * SHARES // visits)
+            visit = (visit + 1) % visits
+
+    def _tick_pass(self, first: int = 0, stop: int = SHARES) -> None:
+        """One heartbeat visit, to the connections of the hub's shares ``first`` to
+        ``stop - 1`` (all by default). Its snapshot of the connections ends with it:
+        a pass's locals kept until the next would keep closed sessions alive
+        meanwhile (and for good once the node has no connections left)."""
+        for some in in_turns(self._hub.connections_in_shares(first, stop)):
             now = time.monotonic()
             for conn in some:
                 session: Session = conn  # type: ignore[assignment]

@@ -8,7 +8,7 @@ import gevent
 from gevent.event import AsyncResult
 
 from pushsvc.fanout import COALESCE, SLICE, TopicFanout
-from pushsvc.hub import Hub
+from pushsvc.hub import SHARES, Hub
 from pushsvc.metrics import Metrics
 from pushsvc.protocol import UserFrame, wire_text
 
@@ -80,6 +80,31 @@ def test_membership_counts_connections_per_user() -> None:
     assert hub.remove(a) == 1  # removing twice changes nothing
     assert hub.remove(b) == 0
     assert hub.user_count == 0 and hub.connection_count == 0
+
+
+def test_each_connection_is_in_one_share_for_its_life() -> None:
+    """A periodic pass visiting the shares in turn meets every connection once a
+    round, while others come and go around it."""
+    hub = Hub()
+    conns = [Recorder(f"c{i}", f"u{i % 7}") for i in range(500)]
+    for conn in conns:
+        hub.add(conn)
+
+    def share_of(conn: Recorder) -> int:
+        found = [i for i in range(SHARES) if conn in hub.connections_in_shares(i, i + 1)]
+        assert len(found) == 1, found
+        return found[0]
+
+    before = {conn.conn_id: share_of(conn) for conn in conns}
+    assert sorted(hub.connections_in_shares(0, SHARES), key=id) == sorted(conns, key=id)
+    assert len({*before.values()}) > 1  # spread, not all in one
+    for conn in conns[::2]:
+        hub.remove(conn)
+    hub.add(Recorder("late", "u1"))
+    kept = conns[1::2]
+    assert {c.conn_id: share_of(c) for c in kept} == {c.conn_id: before[c.conn_id] for c in kept}
+    assert len(hub.connections_in_shares(0, SHARES)) == len(kept) + 1
+    assert all(c not in hub.connections_in_shares(0, SHARES) for c in conns[::2])
 
 
 class Refusing(Recorder):
