@@ -792,6 +792,11 @@ class Suite:
             row.extra["half-rate p99 (ms)"] = _ms(lat2.get("p99_ms"))
         rows.append(row)
         extra = f", {row.extra['db round trips/msg']:.2f} db round trips/msg" if proxy else ""
+        if "half-rate p99 (ms)" in row.extra:
+            extra += (
+                f"; at half rate p50 {row.extra['half-rate p50 (ms)']:.2f} ms,"
+                f" p99 {row.extra['half-rate p99 (ms)']:.2f} ms"
+            )
         print(
             f"   {what}: {row.rate:,.0f} msgs/s, p50 {row.p50:.2f} ms, p99 {row.p99:.2f} ms"
             f"{extra} {row.note}",
