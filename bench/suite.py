@@ -995,8 +995,20 @@ def best_of(runs: list[Results]) -> Results:
         rss=pick([r.rss for r in runs], smaller),
         stored=pick([r.stored for r in runs], faster),
     )
+    kept = {
+        id(row)
+        for rows in (out.broadcast, out.unicast, out.connect, out.rss, out.stored)
+        for row in rows
+    }
     for i, r in enumerate(runs, 1):
         out.notes += [f"round {i}: {n}" for n in r.notes]
+        # What went wrong in a round whose row was not kept would not show otherwise.
+        out.notes += [
+            f"round {i}: {row.server}, {row.what} ({row.rate:,.0f}/s, not kept): {row.note.strip()}"
+            for rows in (r.broadcast, r.unicast, r.connect, r.rss, r.stored)
+            for row in rows
+            if row.note.strip() and id(row) not in kept
+        ]
         out.profiles += [f"(round {i}) {p}" for p in r.profiles]
     return out
 
