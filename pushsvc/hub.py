@@ -44,20 +44,18 @@ SHARES = 10  # groups of connections a periodic pass can visit one at a time
 
 
 class Hub:
-    __slots__ = ("_conns", "_shares", "_topics", "_users")
+    __slots__ = ("_shares", "_topics", "_users")
 
     def __init__(self) -> None:
         self._users: dict[str, dict[Connection, None]] = {}
         self._topics: dict[str, dict[Connection, None]] = {}
-        self._conns: dict[str, Connection] = {}
-        # The connections again, each in one share for its life (by its id's hash).
+        # The connections by id, each in one share for its life (by its id's hash).
         self._shares: tuple[dict[str, Connection], ...] = tuple({} for _ in range(SHARES))
 
     # -- membership ---------------------------------------------------------------
 
     def add(self, conn: Connection) -> int:
         """Register a connection; returns how many connections its user has here now."""
-        self._conns[conn.conn_id] = conn
         self._shares[hash(conn.conn_id) % SHARES][conn.conn_id] = conn
         held = self._users.setdefault(conn.user_id, {})
         held[conn] = None
@@ -65,9 +63,8 @@ class Hub:
 
     def remove(self, conn: Connection, topics: Iterator[str] | tuple[str, ...] = ()) -> int:
         """Unregister a connection (and its topics); returns its user's connections left."""
-        if self._conns.pop(conn.conn_id, None) is None:
+        if self._shares[hash(conn.conn_id) % SHARES].pop(conn.conn_id, None) is None:
             return self.connections_of(conn.user_id)
-        self._shares[hash(conn.conn_id) % SHARES].pop(conn.conn_id, None)
         for topic in topics:
             self.unsubscribe(conn, topic)
         held = self._users.get(conn.user_id)
@@ -134,7 +131,7 @@ class Hub:
         return list(self._users)
 
     def connections(self) -> list[Connection]:
-        return list(self._conns.values())
+        return self.connections_in_shares(0, SHARES)
 
     def connections_in_shares(self, first: int, stop: int) -> list[Connection]:
         """The connections of shares ``first`` to ``stop - 1`` (of ``SHARES``): a
@@ -147,7 +144,7 @@ class Hub:
 
     @property
     def connection_count(self) -> int:
-        return len(self._conns)
+        return sum(len(share) for share in self._shares)
 
     @property
     def user_count(self) -> int:
