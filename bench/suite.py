@@ -1505,6 +1505,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         args.baseline_tree = None
     started = time.monotonic()
+    args.versions = versions()  # before the run: a commit made during it is not what ran
     try:
         runs = []
         for rep in range(args.repeat):
@@ -1550,7 +1551,7 @@ def machine_line() -> str:
 
 def describe(args: argparse.Namespace, minutes: float) -> str:
     return (
-        f"- versions: {versions()}\n"
+        f"- versions: {args.versions}\n"
         f"- run took {minutes:.1f} min\n"
         + (
             "- pushsvc's settings besides the suite's: "

@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -70,12 +72,16 @@ func (lg *Loadgen) unicast(cmd Command) map[string]any {
 			go func() { defer wg.Done(); u.stream() }()
 		}
 	} else {
+		u.callStarts = make([]atomic.Int64, cmd.Concurrency)
 		for w := 0; w < cmd.Concurrency; w++ {
 			wg.Add(1)
-			go func() { defer wg.Done(); u.calls() }()
+			go func() { defer wg.Done(); u.calls(&u.callStarts[w]) }()
 		}
 	}
+	watching := make(chan struct{})
+	go u.watchSlowCalls(watching)
 	wg.Wait()
+	close(watching)
 	sendEnd := time.Now()
 	// Drain: wait for what was accepted to arrive (bounded).
 	if !echo {
@@ -119,6 +125,38 @@ type uni struct {
 	unimplemented atomic.Bool
 	errOnce       sync.Once
 	err           atomic.Value
+	callStarts    []atomic.Int64 // per calls() worker: its call's start (nowNs), 0 between calls
+}
+
+// slowCall is how long a call may stay unanswered before it is reported.
+const slowCall = 5 * time.Second
+
+// watchSlowCalls writes one line to stderr (the load generator's log) for each
+// call unanswered after slowCall, with the wall-clock time it was sent, so a
+// stall can be matched against the server's log and sampled while it lasts.
+func (u *uni) watchSlowCalls(done <-chan struct{}) {
+	reported := make([]int64, len(u.callStarts))
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-tick.C:
+		}
+		now := nowNs()
+		for i := range u.callStarts {
+			t0 := u.callStarts[i].Load()
+			if t0 == 0 || t0 == reported[i] || time.Duration(now-t0) < slowCall {
+				continue
+			}
+			reported[i] = t0
+			sent := clockBase.Add(time.Duration(t0))
+			fmt.Fprintf(os.Stderr, "slow call: %s unanswered for %.1f s, sent at %s\n",
+				u.cmd.Mode, time.Duration(now-t0).Seconds(), sent.UTC().Format("15:04:05.000"))
+			u.lg.noteError(u.cmd.Mode + ": a call unanswered for more than 5 s")
+		}
+	}
 }
 
 func (u *uni) fail(err error) {
@@ -179,7 +217,7 @@ func (u *uni) msg(n int64) Msg {
 }
 
 // calls: one worker of unary or batch calls.
-func (u *uni) calls() {
+func (u *uni) calls(started *atomic.Int64) {
 	ctx := context.Background()
 	k := u.cmd.Batch
 	msgs := make([]Msg, k)
@@ -192,9 +230,11 @@ func (u *uni) calls() {
 			msgs[i] = u.msg(first + int64(i))
 		}
 		t0 := nowNs()
+		started.Store(t0)
 		cctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 		n, err := u.lg.ingress.Send(cctx, u.cmd.Mode, msgs, u.cmd.TTL)
 		cancel()
+		started.Store(0)
 		lat := (nowNs() - t0) / 1000
 		u.ph.rpc.Record(lat)
 		u.accepted.Add(int64(n))
