@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 MAX_DEPTH = 64
 
@@ -39,6 +40,12 @@ def _finite(text: str) -> float:
 
 
 _decoder = json.JSONDecoder(parse_constant=_constant, parse_float=_finite)
+# What ``_decoder.decode`` does, without its two Python frames per document: the
+# (C) scanner between optional whitespace, nothing after it.
+_scan: Callable[[str, int], tuple[Any, int]] = _decoder.scan_once  # type: ignore[attr-defined]
+_space = cast(  # always matches (perhaps nothing): never None
+    "Callable[..., re.Match[str]]", re.compile(r"[ \t\n\r]*").match
+)
 
 
 def depth_within(text: str, max_depth: int) -> bool:
@@ -74,7 +81,14 @@ def loads(data: str | bytes | bytearray | memoryview, max_depth: int = MAX_DEPTH
     if not depth_within(text, max_depth):
         raise JsonError(f"JSON nested more than {max_depth} levels deep")
     try:
-        return _decoder.decode(text)
+        try:
+            value, end = _scan(text, _space(text).end())
+        except StopIteration as stop:
+            raise json.JSONDecodeError("Expecting value", text, stop.value) from None
+        end = _space(text, end).end()
+        if end != len(text):
+            raise json.JSONDecodeError("Extra data", text, end)
+        return value
     except JsonError:
         raise
     except ValueError as exc:  # json.JSONDecodeError, and ints over 4300 digits

@@ -12,6 +12,7 @@ import random
 import re
 import time
 import unicodedata
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from pushsvc import jsontext
@@ -126,7 +127,9 @@ def validate_payload(payload: bytes, content_type: str, max_payload: int) -> str
     return content_type
 
 
-def validate_user_ids(user_ids: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+def validate_user_ids(user_ids: Sequence[str]) -> tuple[str, ...]:
+    if len(user_ids) == 1:  # the common case, without the dict of duplicates
+        return (validate_user_id(user_ids[0]),)
     if not user_ids:
         raise InvalidArgument("user_ids is empty: name at least one recipient")
     if len(user_ids) > MAX_RECIPIENTS:
@@ -173,7 +176,7 @@ def validate_topic(topic: str) -> str:
 
 
 def build_push(
-    user_ids: list[str] | tuple[str, ...],
+    user_ids: Sequence[str],
     payload: bytes,
     content_type: str,
     ttl_seconds: int | None,

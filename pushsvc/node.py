@@ -31,7 +31,7 @@ from pushsvc.health import StoreHealth, within
 from pushsvc.hub import SHARES, Hub
 from pushsvc.messages import Message, PushCommand, new_message_id
 from pushsvc.metrics import Metrics
-from pushsvc.protocol import Close, UserFrame, topic_frame, wire_text
+from pushsvc.protocol import Close, UserFrame, online_frame, topic_frame, wire_text
 from pushsvc.receipt_stream import Cursor, ReceiptHub, Subscription
 from pushsvc.receipts import Receipts
 from pushsvc.replay import Replay
@@ -410,10 +410,8 @@ class Node:
             return None
         started = time.perf_counter()
         message_id = new_message_id(time.time(), cmd.owner)
-        frame = UserFrame.build(message_id, cmd.payload, cmd.content_type)
-        return OnlineDelivery(
-            self, message_id, cmd.user_ids, wire_text(frame.online_only()), started
-        )
+        wire = wire_text(online_frame(message_id, cmd.payload, cmd.content_type))
+        return OnlineDelivery(self, message_id, cmd.user_ids, wire, started)
 
     def push_many(self, cmds: Sequence[PushCommand]) -> list[PushOutcome | PushError]:
         """Store (one group commit for all), then deliver each; one outcome per command.
@@ -422,32 +420,46 @@ class Node:
         """
         started = time.perf_counter()
         now = time.time()
-        messages: list[tuple[Message, UserFrame]] = []
-        for cmd in cmds:
-            message_id = new_message_id(now, cmd.owner)
-            expires = now + cmd.ttl_seconds if cmd.ttl_seconds else None
-            messages.append(
-                (
-                    Message(message_id, cmd.payload, cmd.content_type, now, expires),
-                    UserFrame.build(message_id, cmd.payload, cmd.content_type),
-                )
+        ids = [new_message_id(now, cmd.owner) for cmd in cmds]
+        # Message bodies for the store and the other nodes: an online-only push on
+        # a node alone needs none (its frame is made from the command).
+        alone = self.fleet.alone
+        messages = {
+            i: Message(
+                ids[i],
+                cmd.payload,
+                cmd.content_type,
+                now,
+                now + cmd.ttl_seconds if cmd.ttl_seconds else None,
             )
+            for i, cmd in enumerate(cmds)
+            if cmd.ttl_seconds or not alone
+        }
         pushing = [u for cmd in cmds if cmd.ttl_seconds for u in cmd.user_ids]
         self._pushing.enter(pushing)
         try:
-            stored = self._store(cmds, [m for m, _ in messages], now)
+            stored = self._store(cmds, messages, now) if pushing else {}
             outcomes: list[PushOutcome | PushError] = []
             forwards: list[tuple[Message, Recipients]] = []
+            hub = self._hub
             for i, cmd in enumerate(cmds):
-                message, frame = messages[i]
-                result = stored.get(i)
+                if not cmd.ttl_seconds:  # online-only
+                    wire = wire_text(online_frame(ids[i], cmd.payload, cmd.content_type))
+                    local = 0
+                    for u in cmd.user_ids:
+                        local += hub.deliver_online(u, wire)
+                    outcomes.append(PushOutcome(ids[i], (), False, local))
+                    if not alone:
+                        forwards.append((messages[i], [(u, 0) for u in cmd.user_ids]))
+                    continue
+                result = stored[i]
                 if isinstance(result, PushError):
                     outcomes.append(result)
                     continue
-                outcome, recipients = self._deliver_push(cmd, message, frame, result)
+                outcome, recipients = self._deliver_stored(cmd, messages[i], result)
                 outcomes.append(outcome)
                 if recipients:
-                    forwards.append((message, recipients))
+                    forwards.append((messages[i], recipients))
             if forwards:
                 self.fleet.forward_users(forwards)
         finally:
@@ -458,7 +470,7 @@ class Node:
         return outcomes
 
     def _store(
-        self, cmds: Sequence[PushCommand], messages: Sequence[Message], now: float
+        self, cmds: Sequence[PushCommand], messages: dict[int, Message], now: float
     ) -> dict[int, StoreResult | PushError]:
         """Store the commands with a TTL; a key repeated in the batch is stored once,
         and its repeats answer as duplicates of the first."""
@@ -501,19 +513,14 @@ class Node:
                 stored[i] = StoreResult(done.message_id, seqs, duplicate=True)
         return stored
 
-    def _deliver_push(
-        self, cmd: PushCommand, message: Message, frame: UserFrame, stored: StoreResult | None
+    def _deliver_stored(
+        self, cmd: PushCommand, message: Message, stored: StoreResult
     ) -> tuple[PushOutcome, Recipients]:
-        """Local delivery; returns the outcome and what to forward to other nodes."""
-        hub = self._hub
-        if stored is None:  # online-only
-            wire = wire_text(frame.online_only())
-            local = 0
-            for u in cmd.user_ids:
-                local += hub.deliver_online(u, wire)
-            return PushOutcome(message.id, (), False, local), [(u, 0) for u in cmd.user_ids]
+        """A stored push's local delivery; its outcome and what to forward to other nodes."""
         if stored.duplicate:
             return PushOutcome(stored.message_id, stored.seqs, True, 0), []
+        hub = self._hub
+        frame = UserFrame.build(message.id, message.payload, message.content_type)
         local = 0
         for uid, seq in zip(cmd.user_ids, stored.seqs, strict=True):
             local += hub.deliver_user(uid, seq, frame, message.id, message.expires_at)
@@ -539,7 +546,9 @@ class Node:
                 total += self._hub.deliver_user(uid, seq, frame, message.id, message.expires_at)
             else:
                 if online_wire is None:
-                    online_wire = wire_text(frame.online_only())
+                    online_wire = wire_text(
+                        online_frame(message.id, message.payload, message.content_type)
+                    )
                 total += self._hub.deliver_online(uid, online_wire)
         return total
 

@@ -24,3 +24,13 @@ class TokenBucket:
             self._tokens -= cost
             return True
         return False
+
+    def take_up_to(self, n: int) -> int:
+        """How many of ``n`` tokens were left (all taken): ``take`` called ``n``
+        times at one instant, counting the Trues."""
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        got = min(n, int(self._tokens))
+        self._tokens -= got
+        return got

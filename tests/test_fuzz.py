@@ -260,6 +260,36 @@ def test_strict_json(data: str | bytes) -> None:
         assert str(exc)
 
 
+@fuzz(800)
+@given(
+    st.one_of(
+        st.text(alphabet=' \t\n\r\x0b[]{}",:0123456789.eE+-truefalsnl\\u', max_size=40),
+        mutated(json_values.map(lambda v: json.dumps(v).encode())).map(
+            lambda b: b.decode("utf-8", "replace")
+        ),
+        json_values.map(json.dumps).map(lambda t: f" \n{t}\r\t "),
+    )
+)
+def test_strict_json_accepts_what_json_accepts(text: str) -> None:
+    """Beside what RFC 8259 forbids (checked above), the strict parser takes
+    exactly the documents Python's own decoder takes, whitespace and all, and
+    reads them to the same values."""
+    try:
+        expected = json.loads(text)
+    except (ValueError, RecursionError):
+        with pytest.raises(jsontext.JsonError):
+            jsontext.loads(text)
+        return
+    if "NaN" in text or "Infinity" in text or "[" * 65 in text.replace(" ", ""):
+        return
+    try:
+        got = jsontext.loads(text)
+    except jsontext.JsonError as exc:
+        assert "out of range" in str(exc) or "nested" in str(exc), exc
+        return
+    assert got == expected
+
+
 @fuzz(500)
 @given(json_values.filter(lambda v: "NaN" not in json.dumps(v) and "Infinity" not in json.dumps(v)))
 def test_strict_json_reads_what_json_writes(value: Any) -> None:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from pushsvc.errors import InvalidArgument
 from pushsvc.messages import new_message_id, validate_payload
-from pushsvc.protocol import UserFrame, topic_frame
+from pushsvc.protocol import UserFrame, online_frame, topic_frame
 
 JSON_PAYLOAD = b' {"a": [1, 2.5, "\xc3\xa9"], "b": null} '
 
@@ -46,7 +46,9 @@ def test_frames_are_json_whatever_they_carry(
 ) -> None:
     if content_type.endswith("json"):
         payload = JSON_PAYLOAD
-    frame = json.loads(UserFrame.build(message_id, payload, content_type).online_only())
+    text = UserFrame.build(message_id, payload, content_type).online_only()
+    assert online_frame(message_id, payload, content_type) == text
+    frame = json.loads(text)
     assert frame["id"] == message_id and frame["content_type"] == content_type
     assert "seq" not in frame
     if content_type.endswith("json"):
