@@ -531,13 +531,7 @@ class CallerLimits:
         self._lock = allocate_lock()  # native: never held across a switch
 
     def take(self, key: str) -> bool:
-        if self.rate <= 0:
-            return True
-        with self._lock:
-            bucket = self._buckets.get(key)
-            if bucket is None:
-                bucket = self._buckets[key] = TokenBucket(self.rate, self.burst)
-            return bucket.take()
+        return self.take_up_to(key, 1) == 1
 
     def take_up_to(self, key: str, n: int) -> int:
         """``take`` ``n`` times at once: how many of ``n`` messages (the first ones)
