@@ -84,15 +84,10 @@ class UserFrame(NamedTuple):
         body = f',"content_type":{_json_type(content_type)},{encode_data(payload, content_type)}}}'
         return cls(f'{{"type":"message","id":{_json_id(message_id)},"seq":', body)
 
-    def online_only(self) -> str:
-        """The frame of an online-only message: no seq (it is never stored)."""
-        head = self.prefix[: -len(',"seq":')]
-        return head + self.suffix
-
 
 def online_frame(message_id: str, payload: bytes, content_type: str) -> str:
-    """``UserFrame.build(...).online_only()`` made in one step: an online-only
-    push never needs the seq's hole."""
+    """The frame of an online-only message: a user frame without a seq (it is
+    never stored), made in one step."""
     return (
         f'{{"type":"message","id":{_json_id(message_id)},'
         f'"content_type":{_json_type(content_type)},{encode_data(payload, content_type)}}}'
