@@ -17,20 +17,23 @@ class TokenBucket:
         self._last = time.monotonic()
 
     def take(self, cost: float = 1.0) -> bool:
-        now = time.monotonic()
-        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-        self._last = now
-        if self._tokens >= cost:
-            self._tokens -= cost
+        tokens = self._refilled()
+        if tokens >= cost:
+            self._tokens = tokens - cost
             return True
         return False
 
     def take_up_to(self, n: int) -> int:
         """How many of ``n`` tokens were left (all taken): ``take`` called ``n``
         times at one instant, counting the Trues."""
+        tokens = self._refilled()
+        got = min(n, int(tokens))
+        self._tokens = tokens - got
+        return got
+
+    def _refilled(self) -> float:
+        """The tokens now (what accrued since the last take added, up to ``burst``)."""
         now = time.monotonic()
         self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
         self._last = now
-        got = min(n, int(self._tokens))
-        self._tokens -= got
-        return got
+        return self._tokens
