@@ -19,6 +19,10 @@ application). Five ways to run grpcio's Python server, as pushsvc could:
   each request posted to the loop and answered without waiting for it: how a node
   answers an online-only unary ``Push`` when it is alone (``Loop.try_post``).
 
+Every mode runs grpcio's I/O as a node does (``pushsvc.nativethreads.classic_grpc_io``:
+its completion-queue poller; ``GRPC_EXPERIMENTS`` set in the environment wins, and
+``GRPC_EXPERIMENTS=`` gives grpcio's own default), so the ratios compare like with like.
+
     python -m bench.grpc_echo --mode threads --port 0
 """
 
@@ -39,6 +43,9 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--workers", type=int, default=256, help="thread pool size")
     args = parser.parse_args()
+    from pushsvc.nativethreads import classic_grpc_io
+
+    classic_grpc_io()  # grpcio's I/O as in a node (GRPC_EXPERIMENTS set by hand wins)
     if args.mode == "gevent":
         from gevent import monkey
 

@@ -1324,6 +1324,16 @@ def versions() -> str:
             "import grpc, gevent; print(f'grpcio {grpc.__version__}, gevent {gevent.__version__}')",
         ]
     )
+    # What the nodes and the echo servers set before loading grpcio (``classic_grpc_io``).
+    io = run(
+        [
+            sys.executable,
+            "-c",
+            "import os; from pushsvc.nativethreads import classic_grpc_io; "
+            "classic_grpc_io(); print(os.environ.get('GRPC_EXPERIMENTS', ''))",
+        ]
+    )
+    grpcio += f" (GRPC_EXPERIMENTS={io})" if io else " (grpcio's default I/O)"
     commit = run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
     dirty = run(["git", "-C", str(REPO), "status", "--porcelain", "--", "pushsvc", "protos"])
     return (
