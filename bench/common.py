@@ -94,8 +94,13 @@ def machine() -> str:
     )
 
 
+# Environment that changes what a run measures: named before the command when set.
+_MEASURED_ENV = ("GRPC_EXPERIMENTS",)
+
+
 def command_line() -> str:
-    return shlex.join([".venv/bin/python", "-m", _module(), *sys.argv[1:]])
+    env = [f"{name}={os.environ[name]}" for name in _MEASURED_ENV if name in os.environ]
+    return shlex.join([*env, ".venv/bin/python", "-m", _module(), *sys.argv[1:]])
 
 
 def _module() -> str:
