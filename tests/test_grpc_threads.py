@@ -159,5 +159,5 @@ def test_a_node_process_serves_on_grpcios_classic_io_without_complaint() -> None
     )
     assert done.returncode == 0, done.stderr
     expected = nativethreads.CLASSIC_IO if nativethreads.grpcio_version() >= (1, 80) else ""
-    assert done.stdout.split() == [expected, "1"] if expected else ["1"], done.stdout
+    assert done.stdout.split() == ([expected, "1"] if expected else ["1"]), done.stdout
     assert "experiment" not in done.stderr.lower(), done.stderr
