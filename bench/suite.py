@@ -1317,23 +1317,17 @@ def versions() -> str:
             "('python-socketio', 'python-engineio', 'aiohttp', 'uvicorn')))",
         ]
     )
+    # grpcio loaded as the nodes and the echo servers load it (``classic_grpc_io`` first).
     grpcio = run(
         [
             sys.executable,
             "-c",
-            "import grpc, gevent; print(f'grpcio {grpc.__version__}, gevent {gevent.__version__}')",
+            "import os; from pushsvc.nativethreads import classic_grpc_io; classic_grpc_io(); "
+            "import grpc, gevent; io = os.environ.get('GRPC_EXPERIMENTS', ''); "
+            "print(f'grpcio {grpc.__version__}, gevent {gevent.__version__} ' "
+            "+ (f'(GRPC_EXPERIMENTS={io})' if io else \"(grpcio's default I/O)\"))",
         ]
     )
-    # What the nodes and the echo servers set before loading grpcio (``classic_grpc_io``).
-    io = run(
-        [
-            sys.executable,
-            "-c",
-            "import os; from pushsvc.nativethreads import classic_grpc_io; "
-            "classic_grpc_io(); print(os.environ.get('GRPC_EXPERIMENTS', ''))",
-        ]
-    )
-    grpcio += f" (GRPC_EXPERIMENTS={io})" if io else " (grpcio's default I/O)"
     commit = run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
     dirty = run(["git", "-C", str(REPO), "status", "--porcelain", "--", "pushsvc", "protos"])
     return (
