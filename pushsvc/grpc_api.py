@@ -15,13 +15,10 @@ import hmac
 import logging
 import secrets
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-import gevent
 import grpc
-from gevent.event import Event
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -36,7 +33,7 @@ from pushsvc.errors import (
     Unauthenticated,
     Unavailable,
 )
-from pushsvc.handoff import Answer, Loop, on_loop
+from pushsvc.handoff import Answer, Loop, arrivals, on_loop
 from pushsvc.messages import (
     Message,
     PushCommand,
@@ -228,54 +225,35 @@ class PushServicer(push_pb2_grpc.PushServiceServicer):
         most ``_SETTLE_SHARE`` of that push's time, and ``_SETTLE_MAX``; never
         after online-only groups, nor when the stream ended."""
         key = caller_key(context.invocation_metadata())
-        waiting: deque[push_pb2.PushRequest] = deque()
-        arrived = Event()
-        ended: list[BaseException | None] = []
+        requests = arrivals(request_iterator)
         expected = 0  # requests the last group's answers release, and those already due
         settle = 0.0  # how long the next group may wait for their successors
-
-        def read() -> None:
-            try:
-                for request in request_iterator:
-                    waiting.append(request)
-                    arrived.set()
-                ended.append(None)
-            except BaseException as exc:  # the stream broke: the responder ends it
-                ended.append(exc)
-            finally:
-                arrived.set()
-
-        reader = gevent.spawn(read)
         try:
             while True:
-                while not waiting and not ended:
-                    arrived.clear()
-                    arrived.wait()
-                if not waiting:
-                    if ended and ended[0] is not None:
-                        raise ended[0]
-                    return
-                if settle and len(waiting) < expected:
+                while not len(requests):
+                    if requests.over():  # raises what broke the stream
+                        return
+                    requests.wait()
+                if settle and len(requests) < expected:
                     deadline = time.monotonic() + settle
-                    while len(waiting) < expected and not ended:
+                    while len(requests) < expected and not requests.over():
                         left = deadline - time.monotonic()
                         if left <= 0:
                             break
-                        arrived.clear()
-                        arrived.wait(left)  # a bounded wait for requests, not synchronisation
-                group = [waiting.popleft() for _ in range(min(len(waiting), MAX_BATCH))]
+                        requests.wait(left)  # a bounded wait for requests, not synchronisation
+                group = requests.take(MAX_BATCH)
                 began = time.monotonic()
                 responses = self._answer(group, key, "PushStream")
                 took = time.monotonic() - began
                 # What came while the group was pushed (released by earlier answers)
                 # belongs with what its own answers release.
-                expected = min(len(group) + len(waiting), MAX_BATCH)
+                expected = min(len(group) + len(requests), MAX_BATCH)
                 yield from responses
                 settle = 0.0
                 if took >= _SETTLE_AFTER and any(self._stored(r) for r in group):
                     settle = min(_SETTLE_MAX, took * _SETTLE_SHARE)
         finally:
-            reader.kill(block=False)
+            requests.close()
 
     def _stored(self, request: push_pb2.PushRequest) -> bool:
         """Whether the request asks to be stored (a non-zero TTL, or the default's)."""

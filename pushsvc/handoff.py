@@ -18,7 +18,8 @@ on the loop, whatever its streaming kind:
 
 - a single request is passed as it is;
 - streamed requests are read by a native thread of the call, and the behaviour
-  iterates them on the loop as an ``Inbound``;
+  takes them on the loop from an ``Inbound``, one by one or in bursts (``take``
+  what has arrived, ``wait`` for more): a burst costs the loop one wake-up;
 - streamed responses are produced by a greenlet iterating the behaviour's
   responses, and handed to grpcio's thread through an ``Outbound`` that holds
   at most ``WINDOW`` of them (the greenlet waits beyond that);
@@ -133,50 +134,124 @@ class _Ended:
         self.error = error
 
 
-class Inbound(Generic[T]):
+class Arrivals(Generic[T]):
+    """A call's streamed requests as they arrive, taken on the loop one by one
+    (iteration) or in bursts: ``take`` what is there, ``wait`` for more. How they
+    arrive is the subclass's (``Inbound``: a native reader; ``LoopReader``: a
+    greenlet)."""
+
+    def __init__(self) -> None:
+        self._items: deque[T] = deque()
+        self._arrived = Event()
+        self._ended: _Ended | None = None  # set on the loop, after the last request
+
+    def _end(self, ended: _Ended) -> None:  # on the loop
+        self._ended = ended
+        self._arrived.set()
+
+    def __len__(self) -> int:
+        """Requests arrived and not yet taken."""
+        return len(self._items)
+
+    def take(self, most: int) -> list[T]:
+        """Up to ``most`` of the requests arrived, in order; never waits."""
+        items = self._items
+        return [items.popleft() for _ in range(min(most, len(items)))]
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Until the next request arrives or the stream is over (or ``timeout``).
+        (What arrives between a look at ``len`` and this call is not missed: it
+        is told the loop, which does not run until this waits.)"""
+        if self._ended is None:
+            self._arrived.clear()
+            self._arrived.wait(timeout)
+
+    def over(self) -> bool:
+        """Every request taken and the stream over; raises what broke it, if it broke."""
+        if self._items or self._ended is None:
+            return False
+        if self._ended.error is not None:
+            raise self._ended.error
+        return True
+
+    def close(self) -> None:
+        """The behaviour is done with the requests (an ``Inbound``'s reader ends
+        with the call)."""
+
+    def __iter__(self) -> Arrivals[T]:
+        return self
+
+    def __next__(self) -> T:  # on the loop
+        while not self._items:
+            if self.over():
+                raise StopIteration
+            self.wait()
+        return self._items.popleft()
+
+
+class Inbound(Arrivals[T]):
     """A call's streamed requests, read off grpcio's iterator by a native thread
-    of the call and iterated on the loop."""
+    of the call. The reader posts one wake-up of the loop for what arrives while
+    the last has not run yet, not one per request."""
 
     def __init__(self, loop: Loop, requests: Iterator[T]) -> None:
+        super().__init__()
         self._loop = loop
         self._requests = requests
-        self._items: deque[T | _Ended] = deque()
-        self._arrived = Event()
-        self._ended: _Ended | None = None
+        self._posted = False  # a wake-up is posted and has not run yet
 
     def start(self) -> Inbound[T]:
         start_new_thread(self._read, ())
         return self
 
     def _read(self) -> None:  # the native reader
+        items, post, wake = self._items, self._loop.post, self._wake
+        try:
+            for request in self._requests:
+                items.append(request)
+                if not self._posted:
+                    self._posted = True
+                    post(wake)
+            ended = _Ended(None)
+        except BaseException as exc:  # the stream broke: the behaviour sees why
+            ended = _Ended(exc)
+        self._requests = iter(())  # grpcio's iterator holds the call's state
+        post(self._end, ended)  # after every request it read
+
+    def _wake(self) -> None:  # on the loop
+        # Cleared before the event is set: a request the reader appends after its
+        # check of ``_posted`` either finds this wake-up still to come or posts one.
+        self._posted = False
+        self._arrived.set()
+
+
+class LoopReader(Arrivals[T]):
+    """Streamed requests from an iterator that yields on the loop (a greenlet
+    reads it): what a behaviour called without ``on_loop`` takes its bursts from."""
+
+    def __init__(self, requests: Iterator[T]) -> None:
+        super().__init__()
+        self._requests = requests
+        self._greenlet = gevent.spawn(self._read)
+
+    def _read(self) -> None:  # a greenlet of the loop
         try:
             for request in self._requests:
                 self._items.append(request)
-                self._loop.post(self._arrived.set)
-            self._items.append(_Ended(None))
+                self._arrived.set()
+            ended = _Ended(None)
         except BaseException as exc:  # the stream broke: the behaviour sees why
-            self._items.append(_Ended(exc))
-        self._loop.post(self._arrived.set)
-        self._requests = iter(())  # grpcio's iterator holds the call's state
+            ended = _Ended(exc)
+        self._end(ended)
 
-    def __iter__(self) -> Inbound[T]:
-        return self
+    def close(self) -> None:
+        self._greenlet.kill(block=False)  # it may be waiting for a request
 
-    def __next__(self) -> T:  # on the loop
-        if self._ended is not None:
-            if self._ended.error is not None:
-                raise self._ended.error
-            raise StopIteration
-        items = self._items
-        while not items:
-            self._arrived.clear()
-            if not items:
-                self._arrived.wait()
-        item = items.popleft()
-        if isinstance(item, _Ended):
-            self._ended = item
-            return self.__next__()
-        return item
+
+def arrivals(requests: Iterator[T]) -> Arrivals[T]:
+    """``requests`` as ``Arrivals``: themselves if they are (``on_loop`` gives an
+    ``Inbound``), else read by a greenlet (``LoopReader``)."""
+    return requests if isinstance(requests, Arrivals) else LoopReader(requests)
 
 
 class Outbound(Generic[T]):

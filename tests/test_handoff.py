@@ -18,7 +18,7 @@ import pytest
 from gevent.event import Event
 
 from pushsvc import handoff
-from pushsvc.handoff import Inbound, Loop, Outbound
+from pushsvc.handoff import Inbound, Loop, LoopReader, Outbound, arrivals
 from pushsvc.nativethreads import ThreadPool, allocate_lock, get_ident, start_new_thread
 
 DEADLINE = 60.0  # generous: an event that never comes fails the test, a slow one does not
@@ -136,6 +136,112 @@ def test_inbound_raises_what_broke_the_stream(loop: Loop) -> None:
         next(inbound)
     with pytest.raises(ConnectionError):  # and again: the stream stays broken
         next(inbound)
+
+
+def test_inbound_wakes_the_loop_once_for_what_arrived_while_it_was_busy(loop: Loop) -> None:
+    """A burst read while the loop is busy costs one wake-up (and one for the end),
+    and is taken in one piece."""
+    count = 500
+    read = allocate_lock()
+    read.acquire()
+
+    def requests() -> Iterator[int]:
+        yield from range(count)
+        read.release()  # the reader has every request: the loop may go on
+
+    posted: list[Callable[..., Any]] = []
+    post = loop.post
+
+    def counting(fn: Callable[..., Any], *args: Any) -> None:
+        posted.append(fn)
+        post(fn, *args)
+
+    loop.post = counting  # type: ignore[method-assign]
+    inbound = Inbound(loop, requests()).start()
+    assert read.acquire(timeout=DEADLINE)  # a native lock: the loop runs nothing meanwhile
+    inbound.wait()
+    assert len(inbound) == count
+    assert inbound.take(10) == list(range(10))
+    assert len(inbound) == count - 10
+    assert inbound.take(count) == list(range(10, count))
+    assert inbound.take(count) == []
+    while not inbound.over():
+        inbound.wait()
+    assert len(posted) == 2, posted  # the burst's wake-up and the end
+
+
+def test_inbound_requests_arriving_one_by_one_each_reach_the_loop(loop: Loop) -> None:
+    """A request that arrives after the loop took the last one wakes it again."""
+    gate = allocate_lock()
+    gate.acquire()
+
+    def requests() -> Iterator[int]:
+        for i in range(5):
+            yield i
+            assert gate.acquire(timeout=DEADLINE)  # the next once the loop took this one
+
+    inbound = Inbound(loop, requests()).start()
+    taken: list[int] = []
+    while not inbound.over():
+        if not len(inbound):
+            inbound.wait()
+            continue
+        taken += inbound.take(100)
+        gate.release()
+    assert taken == list(range(5))
+
+
+def test_a_timed_wait_for_requests_ends_without_one(loop: Loop) -> None:
+    never = Event()
+
+    def requests() -> Iterator[int]:
+        yield 1
+        never.wait()  # the caller sends nothing more
+        yield 2
+
+    reader = LoopReader(requests())
+    reader.wait()
+    assert reader.take(10) == [1]
+    reader.wait(0.05)  # a bounded wait: nothing came
+    assert len(reader) == 0 and not reader.over()
+    never.set()
+    reader.wait()
+    assert reader.take(10) == [2]
+    while not reader.over():
+        reader.wait()
+    reader.close()
+
+
+def test_arrivals_reads_a_plain_iterator_on_the_loop(loop: Loop) -> None:
+    def requests() -> Iterator[int]:
+        for i in range(50):
+            if i % 10 == 0:
+                gevent.sleep(0)
+            yield i
+
+    inbound = Inbound(loop, iter([1])).start()
+    assert arrivals(inbound) is inbound  # on_loop's requests are taken as they are
+    reader = arrivals(requests())
+    assert isinstance(reader, LoopReader)
+    assert list(reader) == list(range(50))
+
+
+def test_a_broken_stream_raises_once_its_requests_are_taken(loop: Loop) -> None:
+    def broken() -> Iterator[int]:
+        yield 1
+        yield 2
+        raise ConnectionError("the caller went away")
+
+    for made in (Inbound(loop, broken()).start(), LoopReader(broken())):
+        while len(made) < 2:
+            made.wait()
+        assert not made.over()  # requests still to take: not over, broken or not
+        assert made.take(5) == [1, 2]
+        with pytest.raises(ConnectionError):
+            while not made.over():
+                made.wait()
+        with pytest.raises(ConnectionError):  # and again: it stays broken
+            made.over()
 
 
 def test_outbound_hands_every_response_in_order(loop: Loop) -> None:
