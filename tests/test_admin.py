@@ -105,6 +105,34 @@ def test_metrics_move(node: NodeProcess) -> None:
     assert metrics(node)["pushsvc_store_errors_total"] == 0
 
 
+def test_metrics_count_online_only_pushes(node: NodeProcess) -> None:
+    """Answered on grpcio's thread before the loop delivers them: the loop counts
+    each frame and push when it delivers."""
+    before = metrics(node)
+    with node.stub() as stub, open_ws(node, "live-metered") as client:
+        for n in range(5):
+            stub.Push(
+                push_pb2.PushRequest(
+                    user_ids=["live-metered"], payload=b'{"n":%d}' % n, ttl_seconds=0
+                ),
+                metadata=AUTH,
+            )
+        assert [m["data"]["n"] for m in client.messages(5)] == [0, 1, 2, 3, 4]
+        after = wait_for(
+            lambda: (
+                (m := metrics(node))["pushsvc_frames_sent_total"]
+                == before["pushsvc_frames_sent_total"] + 5
+                and m
+            ),
+            what="frames_sent to move",
+        )
+        assert after["pushsvc_messages_pushed_total"] == before["pushsvc_messages_pushed_total"] + 5
+        assert (
+            after["pushsvc_push_duration_seconds_count"]
+            == before["pushsvc_push_duration_seconds_count"] + 5
+        )
+
+
 def test_sigterm_drains_with_1012_and_exits_0(node: NodeProcess) -> None:
     with open_ws(node, "drained") as client, open_ws(node, "drained2") as other:
         started = time.monotonic()

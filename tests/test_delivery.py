@@ -201,6 +201,20 @@ def test_two_connections_and_online_only(
         assert later.barrier() == []
 
 
+def test_online_only_pushes_one_after_another_arrive_in_their_order(
+    node: NodeProcess, stub: push_pb2_grpc.PushServiceStub
+) -> None:
+    """Each is answered before its delivery, which the loop runs in the order the
+    pushes were accepted: a caller's next push cannot overtake it, on either
+    connection."""
+    with open_ws(node, "inorder") as c1, open_ws(node, "inorder") as c2:
+        out = [push(stub, ["inorder"], {"n": n}, ttl_seconds=0) for n in range(100)]
+        for c in (c1, c2):
+            got = c.messages(100)
+            assert [m["id"] for m in got] == [r.message_id for r in out]
+            assert [m["data"]["n"] for m in got] == list(range(100))
+
+
 def test_online_only_to_offline_user_is_dropped(
     node: NodeProcess, stub: push_pb2_grpc.PushServiceStub
 ) -> None:
