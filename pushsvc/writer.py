@@ -17,18 +17,12 @@ dropped (a slow consumer sees its 4008 at once); if the close cannot be written
 within a grace period, the socket is shut down so the peer sees the end anyway.
 
 On a TLS connection (wss://) the non-blocking write goes through the TLS
-session (``TLSSender``), never to the socket under it. On a plain one it is the C
-library's ``send()`` called with the GIL kept (``GilSender``): a non-blocking
-send of a few frames takes microseconds, and a GIL let go for it goes to one of
-grpcio's threads waiting for it, which the loop then waits for in turn.
+session (``TLSSender``), never to the socket under it.
 """
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import itertools
-import os
 import socket
 import ssl
 from collections import deque
@@ -120,64 +114,12 @@ class TLSSender:
             return len(data) - 1
 
 
-def _libc_send() -> Any:
-    """The C library's ``send()``, called through ``ctypes.PyDLL``: the GIL is kept
-    for the call (a ``socket.send`` lets it go). None where it cannot be found."""
-    try:
-        send = ctypes.PyDLL(None, use_errno=True).send
-    except (AttributeError, OSError):
-        return None
-    send.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int)
-    send.restype = ctypes.c_ssize_t
-    return send
-
-
-_SEND = _libc_send()
-_SEND_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
-_WOULD_BLOCK = frozenset((errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR))
-
-
-class GilSender:
-    """A plain socket's non-blocking ``send()`` without letting the GIL go.
-
-    The socket module lets the GIL go around every send. For the event loop's
-    writes that is a loss: the send itself never waits (``MSG_DONTWAIT``) and takes
-    microseconds, while the GIL, once let go, passes to one of grpcio's threads
-    waiting for it, and the loop waits for it to come back. Same contract as
-    ``socket.send``: the bytes taken, ``BlockingIOError`` when none could be,
-    ``OSError`` when the connection failed.
-    """
-
-    __slots__ = ("_fd",)
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-
-    def fileno(self) -> int:
-        return self._fd
-
-    def send(self, data: bytes | bytearray | memoryview, /) -> int:
-        if type(data) is not bytes:
-            data = bytes(data)
-        sent: int = _SEND(self._fd, data, len(data), _SEND_FLAGS)
-        if sent >= 0:
-            return sent
-        err = ctypes.get_errno()
-        if err in _WOULD_BLOCK:
-            raise BlockingIOError(err, os.strerror(err))
-        raise OSError(err, os.strerror(err))
-
-
 def sender_of(sock: socket.socket) -> Sender:
     """What a non-blocking ``send()`` goes to: the TLS session of a wss:// connection,
-    else the real socket under gevent's wrapper, by the C library's ``send()`` with
-    the GIL kept where it can be called (else the socket's own, which never waits
-    either)."""
+    else the real socket under gevent's wrapper (its send() never waits)."""
     if getattr(sock, "_sslobj", None) is not None:
         return TLSSender(sock)
     raw: Sender = getattr(sock, "_sock", sock)
-    if _SEND is not None:
-        return GilSender(raw.fileno())
     return raw
 
 

@@ -7,7 +7,6 @@ client would see, frame boundaries included.
 
 from __future__ import annotations
 
-import errno
 import gc
 import socket
 import ssl
@@ -20,7 +19,7 @@ import gevent.ssl
 import pytest
 
 from pushsvc.protocol import OP_CLOSE, OP_PING, OP_TEXT, wire_close, wire_frame, wire_text
-from pushsvc.writer import GilSender, TLSSender, Writer, sender_of
+from pushsvc.writer import Writer
 from tests.pki import Issued, Pki
 
 
@@ -284,48 +283,3 @@ def test_a_stopped_writer_lets_its_session_go_without_the_cycle_collector(
         assert gone() is None  # freed by its reference count alone
     finally:
         gc.enable()
-
-
-def test_a_plain_socket_is_written_with_the_gil_kept(pair: Pair) -> None:
-    assert isinstance(sender_of(pair[0]), GilSender)
-
-
-def test_a_tls_socket_is_written_through_its_session(tls_pair: Pair) -> None:
-    assert isinstance(sender_of(tls_pair[0]), TLSSender)
-
-
-def test_the_gil_keeping_send_keeps_the_socket_contract(pair: Pair) -> None:
-    """What it took, then BlockingIOError once the socket is full; everything it
-    said it took arrives, in order; any bytes-like data."""
-    a, b = pair
-    sender = GilSender(a.fileno())
-    assert sender.fileno() == a.fileno()
-    assert sender.send(b"hello ") == 6
-    assert sender.send(bytearray(b"big ")) == 4
-    assert sender.send(memoryview(b"world")) == 5
-    taken = [b"hello big world"]
-    chunk = bytes(range(256)) * 64
-    with pytest.raises(BlockingIOError):
-        for _ in range(10_000):  # far more than the small buffers hold
-            n = sender.send(chunk)
-            assert 0 < n <= len(chunk)
-            taken.append(chunk[:n])
-    expected = b"".join(taken)
-    received = b""
-    with gevent.Timeout(30):
-        while len(received) < len(expected):
-            received += b.recv(65536)
-    assert received == expected
-
-
-def test_the_gil_keeping_send_reports_a_gone_peer_as_an_error(pair: Pair) -> None:
-    """A closed far end is an OSError (EPIPE or a reset), never a signal that ends
-    the process."""
-    a, b = pair
-    b.close()
-    sender = GilSender(a.fileno())
-    with pytest.raises(OSError) as failed:
-        for _ in range(10):
-            sender.send(b"x" * 100)
-    assert not isinstance(failed.value, BlockingIOError)
-    assert failed.value.errno in (errno.EPIPE, errno.ECONNRESET)
