@@ -17,7 +17,16 @@ application). Five ways to run grpcio's Python server, as pushsvc could:
   per-request hand-off to the loop that pushing to its connections needs;
 - ``post``: a node's threading (``pushsvc.nativethreads``, ``pushsvc.handoff``),
   each request posted to the loop and answered without waiting for it: how a node
-  answers an online-only unary ``Push`` when it is alone (``Loop.try_post``).
+  answers an online-only unary ``Push`` when it is alone (``Loop.try_post``);
+- ``split``: grpcio on plain threads in one process, each request's payload
+  written to a pipe read by a second process running a gevent loop, which
+  parses it (where a node's WebSocket side would deliver it): a node split in
+  two processes, its gRPC side free of the event loop's GIL turns.
+
+``--work`` (``threads``, ``aio``, ``split``; ``threads+work`` in ``bench.suite
+--echo-modes``) does a node's work for an online-only push on each request
+(validation, the message id, the frame) before answering it with that id: what
+a servicer's own Python costs on each of grpcio's servers.
 
 Every mode runs grpcio's I/O as a node does (``pushsvc.nativethreads.classic_grpc_io``:
 its completion-queue poller; ``GRPC_EXPERIMENTS`` set in the environment wins, and
@@ -36,8 +45,12 @@ from typing import Any
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    modes = ("gevent", "threads", "aio", "handoff", "post", "split")
+    parser.add_argument("--mode", choices=modes, required=True)
     parser.add_argument(
-        "--mode", choices=("gevent", "threads", "aio", "handoff", "post"), required=True
+        "--work",
+        action="store_true",
+        help="threads, aio, split: do a node's work for an online-only push per request",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
@@ -63,14 +76,17 @@ def main() -> int:
         cooperate()  # as a node: gevent patches everything, grpcio keeps native threads
         serve_post(args.host, args.port, args.workers)
         return 0
+    if args.mode == "split":
+        serve_split(args.host, args.port, args.workers, args.work)
+        return 0
     if args.mode == "aio":
         import asyncio
 
-        asyncio.run(serve_aio(args.host, args.port))
+        asyncio.run(serve_aio(args.host, args.port, args.work))
     elif args.mode == "handoff":
         serve_handoff(args.host, args.port, args.workers)
     else:
-        serve_sync(args.host, args.port, args.workers, args.mode)
+        serve_sync(args.host, args.port, args.workers, args.mode, args.work)
     return 0
 
 
@@ -78,6 +94,34 @@ def servicer_base() -> Any:
     from pushsvc_client.v1 import push_pb2_grpc
 
     return push_pb2_grpc.PushServiceServicer
+
+
+def node_work() -> Any:
+    """What a node does on grpcio's side of an online-only push, as a function of
+    the request: validate it, make its id and its frame; returns ``(answer,
+    frame)``."""
+    import time
+
+    from pushsvc.messages import build_push, new_message_id
+    from pushsvc.protocol import online_frame, wire_text
+    from pushsvc_client.v1 import push_pb2
+
+    def work(request: Any) -> tuple[Any, bytes]:
+        cmd = build_push(
+            request.user_ids,
+            request.payload,
+            request.content_type,
+            request.ttl_seconds if request.HasField("ttl_seconds") else 0,
+            request.idempotency_key,
+            max_payload=65536,
+            default_ttl=0,
+            max_ttl=86400,
+        )
+        message_id = new_message_id(time.time(), cmd.owner)
+        wire = wire_text(online_frame(message_id, cmd.payload, cmd.content_type))
+        return push_pb2.PushResponse(message_id=message_id), wire
+
+    return work
 
 
 def start_threaded(servicer: Any, host: str, port: int, workers: int, pool: Any = None) -> Any:
@@ -97,21 +141,25 @@ def start_threaded(servicer: Any, host: str, port: int, workers: int, pool: Any 
     return server
 
 
-def serve_sync(host: str, port: int, workers: int, mode: str) -> None:
+def serve_sync(host: str, port: int, workers: int, mode: str, work: bool) -> None:
     import signal
     import threading
 
     from pushsvc_client.v1 import push_pb2
 
     answer = push_pb2.PushResponse(message_id="echo")
+    do = node_work()
+
+    def respond(request: Any) -> Any:
+        return do(request)[0] if work else answer
 
     class Echo(servicer_base()):  # type: ignore[misc]
         def Push(self, request: Any, context: Any) -> Any:
-            return answer
+            return respond(request)
 
         def PushStream(self, requests: Iterator[Any], context: Any) -> Iterator[Any]:
-            for _ in requests:
-                yield answer
+            for request in requests:
+                yield respond(request)
 
     server = start_threaded(Echo(), host, port, workers)
     stop = threading.Event()
@@ -225,7 +273,99 @@ def serve_post(host: str, port: int, workers: int) -> None:
     server.stop(grace=1).wait()
 
 
-async def serve_aio(host: str, port: int) -> None:
+def split_reader(fd: int) -> None:
+    """The second process of ``split``: a gevent loop reading length-prefixed
+    records from ``fd`` until it closes."""
+    from gevent import monkey
+
+    monkey.patch_all()
+    import os
+    import struct
+
+    from gevent.os import make_nonblocking, nb_read
+
+    make_nonblocking(fd)
+    seen = 0
+    buffer = b""
+    while True:
+        chunk = nb_read(fd, 1 << 16)
+        if not chunk:
+            break
+        buffer += chunk
+        at = 0
+        end = len(buffer)
+        while end - at >= 4:
+            (size,) = struct.unpack_from("<I", buffer, at)
+            if end - at - 4 < size:
+                break
+            _record = buffer[at + 4 : at + 4 + size]  # the delivery would go here
+            seen += 1
+            at += 4 + size
+        buffer = buffer[at:]
+    os._exit(0)
+
+
+def serve_split(host: str, port: int, workers: int, work: bool) -> None:
+    """grpcio on plain threads; each request's payload (``work``: its frame)
+    written to a pipe that a gevent process reads."""
+    import os
+    import signal
+    import struct
+    import threading
+    import time
+    from collections import deque
+
+    from pushsvc_client.v1 import push_pb2
+
+    read_fd, write_fd = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(write_fd)
+        split_reader(read_fd)
+    os.close(read_fd)
+    pack = struct.Struct("<I").pack
+    pending: deque[bytes] = deque()  # appends and pops from any thread are atomic
+    answer = push_pb2.PushResponse(message_id="echo")
+    do = node_work()
+
+    def forward(request: Any) -> Any:
+        if not work:
+            pending.append(pack(len(request.payload)) + request.payload)
+            return answer
+        response, wire = do(request)
+        body = b"\0".join(u.encode() for u in request.user_ids) + b"\1" + wire
+        pending.append(pack(len(body)) + body)
+        return response
+
+    def flush() -> None:  # one write a millisecond at most, of all that queued
+        take = pending.popleft
+        while True:
+            time.sleep(0.001)
+            if pending:
+                os.write(write_fd, b"".join([take() for _ in range(len(pending))]))
+
+    threading.Thread(target=flush, daemon=True).start()
+
+    class Echo(servicer_base()):  # type: ignore[misc]
+        def Push(self, request: Any, context: Any) -> Any:
+            return forward(request)
+
+        def PushStream(self, requests: Iterator[Any], context: Any) -> Iterator[Any]:
+            for request in requests:
+                yield forward(request)
+
+    server = start_threaded(Echo(), host, port, workers)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        pass
+    server.stop(grace=1).wait()
+    os.close(write_fd)
+    os.waitpid(child, 0)
+
+
+async def serve_aio(host: str, port: int, work: bool) -> None:
     import asyncio
     import signal
 
@@ -234,16 +374,20 @@ async def serve_aio(host: str, port: int) -> None:
     from pushsvc_client.v1 import push_pb2, push_pb2_grpc
 
     answer = push_pb2.PushResponse(message_id="echo")
+    do = node_work()
+
+    def respond(request: Any) -> Any:
+        return do(request)[0] if work else answer
 
     class Echo(servicer_base()):  # type: ignore[misc]
         async def Push(self, request: Any, context: Any) -> Any:
-            return answer
+            return respond(request)
 
         async def PushStream(
             self, requests: AsyncIterator[Any], context: Any
         ) -> AsyncIterator[Any]:
-            async for _ in requests:
-                yield answer
+            async for request in requests:
+                yield respond(request)
 
     server = grpc.aio.server()
     push_pb2_grpc.add_PushServiceServicer_to_server(Echo(), server)

@@ -326,7 +326,8 @@ class Centrifugo(Server):
         ]
 
 
-ECHO_MODES = ("gevent", "threads", "aio", "handoff", "post")
+ECHO_MODES = ("gevent", "threads", "aio", "handoff", "post", "split")
+ECHO_WORK_MODES = ("threads", "aio", "split")  # may take "+work" (bench.grpc_echo --work)
 
 
 class Echo(Server):
@@ -335,9 +336,11 @@ class Echo(Server):
         self.name = f"grpcio echo ({mode})"
 
     def start(self, log_dir: Path) -> None:
+        base, _, work = self.mode.partition("+")
         self.proc = Proc(
-            f"echo-{self.mode}",
-            [sys.executable, "-m", "bench.grpc_echo", f"--mode={self.mode}", "--port=0"],
+            f"echo-{base}{'-work' if work else ''}",
+            [sys.executable, "-m", "bench.grpc_echo", f"--mode={base}", "--port=0"]
+            + (["--work"] if work else []),
             log_dir,
             core=SERVER_CORE,
             cwd=REPO,
@@ -1433,7 +1436,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--echo-modes",
         default="gevent,threads,aio,handoff,post",
-        help="grpcio echo servers to run (gevent,threads,aio,handoff,post)",
+        help=(
+            "grpcio echo servers to run (gevent,threads,aio,handoff,post,split; "
+            "threads, aio and split may take +work)"
+        ),
     )
     p.add_argument(
         "--socketio-modes",
@@ -1484,7 +1490,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"unknown python-socketio deployment {mode!r}")
     args.echo_modes = [m.strip() for m in args.echo_modes.split(",") if m.strip()]
     for mode in args.echo_modes:
-        if mode not in ECHO_MODES:
+        base, plus, extra = mode.partition("+")
+        if base not in ECHO_MODES or (plus and (extra != "work" or base not in ECHO_WORK_MODES)):
             p.error(f"unknown grpcio echo mode {mode!r}")
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     args.py_spy = [s.strip() for s in args.py_spy.split(",") if s.strip()]
