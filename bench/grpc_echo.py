@@ -26,7 +26,10 @@ application). Five ways to run grpcio's Python server, as pushsvc could:
 ``--work`` (``threads``, ``aio``, ``split``; ``threads+work`` in ``bench.suite
 --echo-modes``) does a node's work for an online-only push on each request
 (validation, the message id, the frame) before answering it with that id: what
-a servicer's own Python costs on each of grpcio's servers.
+a servicer's own Python costs on each of grpcio's servers. ``--spin US``
+(``threads``; ``threads+spinUS`` in ``bench.suite``) holds the GIL for ``US``
+microseconds of a busy loop on each request instead, allocating nothing: how the
+cost of a servicer's Python grows with the time it keeps the GIL.
 
 Every mode runs grpcio's I/O as a node does (``pushsvc.nativethreads.classic_grpc_io``:
 its completion-queue poller; ``GRPC_EXPERIMENTS`` set in the environment wins, and
@@ -52,10 +55,19 @@ def main() -> int:
         action="store_true",
         help="threads, aio, split: do a node's work for an online-only push per request",
     )
+    parser.add_argument(
+        "--spin",
+        type=float,
+        default=0.0,
+        metavar="US",
+        help="threads: busy-wait this many microseconds per request (no allocation)",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--workers", type=int, default=256, help="thread pool size")
     args = parser.parse_args()
+    if args.spin < 0 or (args.spin and args.mode != "threads"):
+        parser.error("--spin takes a non-negative number of microseconds, with --mode threads")
     from pushsvc.nativethreads import classic_grpc_io
 
     classic_grpc_io()  # grpcio's I/O as in a node (GRPC_EXPERIMENTS set by hand wins)
@@ -86,7 +98,7 @@ def main() -> int:
     elif args.mode == "handoff":
         serve_handoff(args.host, args.port, args.workers)
     else:
-        serve_sync(args.host, args.port, args.workers, args.mode, args.work)
+        serve_sync(args.host, args.port, args.workers, args.mode, args.work, args.spin)
     return 0
 
 
@@ -141,16 +153,26 @@ def start_threaded(servicer: Any, host: str, port: int, workers: int, pool: Any 
     return server
 
 
-def serve_sync(host: str, port: int, workers: int, mode: str, work: bool) -> None:
+def serve_sync(
+    host: str, port: int, workers: int, mode: str, work: bool, spin_us: float = 0.0
+) -> None:
     import signal
     import threading
+    import time
 
     from pushsvc_client.v1 import push_pb2
 
     answer = push_pb2.PushResponse(message_id="echo")
     do = node_work()
 
+    spin = spin_us / 1e6
+    clock = time.perf_counter
+
     def respond(request: Any) -> Any:
+        if spin:
+            until = clock() + spin
+            while clock() < until:
+                pass
         return do(request)[0] if work else answer
 
     class Echo(servicer_base()):  # type: ignore[misc]

@@ -330,17 +330,32 @@ ECHO_MODES = ("gevent", "threads", "aio", "handoff", "post", "split")
 ECHO_WORK_MODES = ("threads", "aio", "split")  # may take "+work" (bench.grpc_echo --work)
 
 
+def _echo_extra_ok(base: str, extra: str) -> bool:
+    """``+work`` on the modes that have it; ``+spinUS`` (``--spin US``) on threads."""
+    if extra == "work":
+        return base in ECHO_WORK_MODES
+    spin = extra.removeprefix("spin")
+    if base != "threads" or spin == extra:
+        return False
+    try:
+        return 0 < float(spin) < 1e6
+    except ValueError:
+        return False
+
+
 class Echo(Server):
     def __init__(self, mode: str) -> None:
         self.mode = mode
         self.name = f"grpcio echo ({mode})"
 
     def start(self, log_dir: Path) -> None:
-        base, _, work = self.mode.partition("+")
+        base, _, extra = self.mode.partition("+")
+        flags = ["--work"] if extra == "work" else []
+        if extra.startswith("spin"):
+            flags = [f"--spin={extra.removeprefix('spin')}"]
         self.proc = Proc(
-            f"echo-{base}{'-work' if work else ''}",
-            [sys.executable, "-m", "bench.grpc_echo", f"--mode={base}", "--port=0"]
-            + (["--work"] if work else []),
+            f"echo-{base}{'-' + extra if extra else ''}",
+            [sys.executable, "-m", "bench.grpc_echo", f"--mode={base}", "--port=0", *flags],
             log_dir,
             core=SERVER_CORE,
             cwd=REPO,
@@ -1438,7 +1453,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="gevent,threads,aio,handoff,post",
         help=(
             "grpcio echo servers to run (gevent,threads,aio,handoff,post,split; "
-            "threads, aio and split may take +work)"
+            "threads, aio and split may take +work; threads may take +spinUS, a busy "
+            "loop of US microseconds per request)"
         ),
     )
     p.add_argument(
@@ -1491,7 +1507,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.echo_modes = [m.strip() for m in args.echo_modes.split(",") if m.strip()]
     for mode in args.echo_modes:
         base, plus, extra = mode.partition("+")
-        if base not in ECHO_MODES or (plus and (extra != "work" or base not in ECHO_WORK_MODES)):
+        if base not in ECHO_MODES or (plus and not _echo_extra_ok(base, extra)):
             p.error(f"unknown grpcio echo mode {mode!r}")
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     args.py_spy = [s.strip() for s in args.py_spy.split(",") if s.strip()]
