@@ -108,6 +108,21 @@ def servicer_base() -> Any:
     return push_pb2_grpc.PushServiceServicer
 
 
+def answering(respond: Any) -> Any:
+    """A servicer whose unary ``Push`` and ``PushStream`` answer each request with
+    ``respond(request)``, on the calling grpcio thread."""
+
+    class Echo(servicer_base()):  # type: ignore[misc]
+        def Push(self, request: Any, context: Any) -> Any:
+            return respond(request)
+
+        def PushStream(self, requests: Iterator[Any], context: Any) -> Iterator[Any]:
+            for request in requests:
+                yield respond(request)
+
+    return Echo()
+
+
 def node_work() -> Any:
     """What a node does on grpcio's side of an online-only push, as a function of
     the request: validate it, make its id and its frame; returns ``(answer,
@@ -175,15 +190,7 @@ def serve_sync(
                 pass
         return do(request)[0] if work else answer
 
-    class Echo(servicer_base()):  # type: ignore[misc]
-        def Push(self, request: Any, context: Any) -> Any:
-            return respond(request)
-
-        def PushStream(self, requests: Iterator[Any], context: Any) -> Iterator[Any]:
-            for request in requests:
-                yield respond(request)
-
-    server = start_threaded(Echo(), host, port, workers)
+    server = start_threaded(answering(respond), host, port, workers)
     stop = threading.Event()
     if mode == "gevent":
         import gevent
@@ -368,15 +375,7 @@ def serve_split(host: str, port: int, workers: int, work: bool) -> None:
 
     threading.Thread(target=flush, daemon=True).start()
 
-    class Echo(servicer_base()):  # type: ignore[misc]
-        def Push(self, request: Any, context: Any) -> Any:
-            return forward(request)
-
-        def PushStream(self, requests: Iterator[Any], context: Any) -> Iterator[Any]:
-            for request in requests:
-                yield forward(request)
-
-    server = start_threaded(Echo(), host, port, workers)
+    server = start_threaded(answering(forward), host, port, workers)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
