@@ -66,8 +66,8 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--workers", type=int, default=256, help="thread pool size")
     args = parser.parse_args()
-    if args.spin < 0 or (args.spin and args.mode != "threads"):
-        parser.error("--spin takes a non-negative number of microseconds, with --mode threads")
+    if not 0 <= args.spin < 1e6 or (args.spin and args.mode != "threads"):
+        parser.error("--spin takes 0 to 999999 microseconds, with --mode threads")
     from pushsvc.nativethreads import classic_grpc_io
 
     classic_grpc_io()  # grpcio's I/O as in a node (GRPC_EXPERIMENTS set by hand wins)
