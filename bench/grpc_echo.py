@@ -130,7 +130,7 @@ def node_work() -> Any:
     import time
 
     from pushsvc.messages import build_push, new_message_id
-    from pushsvc.protocol import online_frame, wire_text
+    from pushsvc.protocol import online_wire
     from pushsvc_client.v1 import push_pb2
 
     def work(request: Any) -> tuple[Any, bytes]:
@@ -145,7 +145,7 @@ def node_work() -> Any:
             max_ttl=86400,
         )
         message_id = new_message_id(time.time(), cmd.owner)
-        wire = wire_text(online_frame(message_id, cmd.payload, cmd.content_type))
+        wire = online_wire(message_id, cmd.payload, cmd.content_type)
         return push_pb2.PushResponse(message_id=message_id), wire
 
     return work

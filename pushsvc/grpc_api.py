@@ -33,7 +33,7 @@ from pushsvc.errors import (
     Unauthenticated,
     Unavailable,
 )
-from pushsvc.handoff import Answer, Loop, arrivals, on_loop
+from pushsvc.handoff import Answer, Loop, Screen, arrivals, on_loop
 from pushsvc.messages import (
     Message,
     PushCommand,
@@ -572,7 +572,9 @@ Guard = Callable[[grpc.ServicerContext], None]
 
 def _guarded(handler: grpc.RpcMethodHandler, method: str, guard: Guard | None) -> Any:
     """``handler`` with tolerant decoding (undecodable → INVALID_ARGUMENT) and, when
-    given, ``guard(context)`` run before the behaviour (it aborts to refuse)."""
+    given, ``guard(context)`` run before the behaviour (it aborts to refuse).
+    Streamed requests are screened as they are read (``_screen``, given to
+    ``on_loop``): the behaviour takes them in bursts, as they came."""
     parse = _tolerant(handler.request_deserializer)
 
     def check_one(request: Any, context: grpc.ServicerContext) -> None:
@@ -581,19 +583,13 @@ def _guarded(handler: grpc.RpcMethodHandler, method: str, guard: Guard | None) -
         if isinstance(request, _Undecodable):
             _refuse_undecodable(method, request, context)
 
-    def checked(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
-        for request in requests:
-            if isinstance(request, _Undecodable):
-                _refuse_undecodable(method, request, context)
-            yield request
-
     inner = behaviour_of(handler)
     if handler.request_streaming:
 
         def stream_in(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
             if guard is not None:
                 guard(context)
-            return inner(checked(requests, context), context)
+            return inner(requests, context)
 
         return same_kind(handler, stream_in, parse)
 
@@ -602,6 +598,16 @@ def _guarded(handler: grpc.RpcMethodHandler, method: str, guard: Guard | None) -
         return inner(request, context)
 
     return same_kind(handler, unary_in, parse)
+
+
+def _screen(method: str) -> Screen:
+    """What refuses an undecodable streamed request of ``method`` (``on_loop``)."""
+
+    def screen(request: Any, context: grpc.ServicerContext) -> None:
+        if isinstance(request, _Undecodable):
+            _refuse_undecodable(method, request, context)
+
+    return screen
 
 
 def _peer_certificate_required(context: grpc.ServicerContext) -> None:
@@ -669,7 +675,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         service = rpc.partition("/")[0]
         guard = _peer_certificate_required if self._mutual_tls and service == NODE_SERVICE else None
         first = self._at_once.get(details.method) if guard is None else None
-        guarded = on_loop(_guarded(handler, rpc, guard), self._loop, first)
+        guarded = on_loop(_guarded(handler, rpc, guard), self._loop, first, _screen(rpc))
         self._wrapped[details.method] = (handler, guarded)
         return guarded
 

@@ -23,6 +23,13 @@ on the loop, whatever its streaming kind:
 - streamed responses are produced by a greenlet iterating the behaviour's
   responses, and handed to grpcio's thread through an ``Outbound`` that holds
   at most ``WINDOW`` of them (the greenlet waits beyond that);
+- when both stream, one burst is in flight at a time: ``take`` first waits until
+  grpcio's thread has taken every response given so far. What arrives while a
+  burst's answers are written is the next burst, so a call that keeps many
+  requests ahead of its answers is served in bursts as large as they come
+  (the loop wakes, and the work's code and data come into the cache, once per
+  burst rather than per request), and one that waits for each answer is served
+  as soon as it asks;
 - the context's ``add_callback`` callbacks (run by grpcio's threads when the call
   ends) are posted to the loop.
 
@@ -35,7 +42,9 @@ unary call's server time (``bench/grpc_echo.py``, modes ``handoff`` and ``post``
 
 from __future__ import annotations
 
+import functools
 import logging
+import sys
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar, cast
@@ -51,6 +60,7 @@ log = logging.getLogger("pushsvc.grpc")
 
 T = TypeVar("T")
 WINDOW = 256  # responses of one stream waiting for grpcio's thread
+_NOBODY = sys.maxsize  # no greenlet waits for grpcio's thread to take responses
 
 
 class Loop:
@@ -192,22 +202,36 @@ class Arrivals(Generic[T]):
 class Inbound(Arrivals[T]):
     """A call's streamed requests, read off grpcio's iterator by a native thread
     of the call. The reader posts one wake-up of the loop for what arrives while
-    the last has not run yet, not one per request."""
+    the last has not run yet, not one per request; ``screen``, if given, sees each
+    request first and raises to end the stream there (what it raised is what
+    broke the stream). With ``answers``, the call's ``Outbound``: ``take`` waits
+    until every answer given so far has been taken."""
 
-    def __init__(self, loop: Loop, requests: Iterator[T]) -> None:
+    def __init__(
+        self, loop: Loop, requests: Iterator[T], screen: Callable[[T], None] | None = None
+    ) -> None:
         super().__init__()
         self._loop = loop
         self._requests = requests
+        self._screen = screen
         self._posted = False  # a wake-up is posted and has not run yet
+        self.answers: Outbound[Any] | None = None
+
+    def take(self, most: int) -> list[T]:
+        if self.answers is not None:
+            self.answers.drain()
+        return super().take(most)
 
     def start(self) -> Inbound[T]:
         start_new_thread(self._read, ())
         return self
 
     def _read(self) -> None:  # the native reader
-        items, post, wake = self._items, self._loop.post, self._wake
+        items, post, wake, screen = self._items, self._loop.post, self._wake, self._screen
         try:
             for request in self._requests:
+                if screen is not None:
+                    screen(request)
                 items.append(request)
                 if not self._posted:
                     self._posted = True
@@ -264,7 +288,7 @@ class Outbound(Generic[T]):
         self._items: Any = SimpleQueue()
         self._given = 0  # by the greenlet
         self._taken = 0  # by the native thread
-        self._paused = False
+        self._wanted = _NOBODY  # how many taken the waiting greenlet waits for
         self._room = Event()
         self._greenlet: gevent.Greenlet | None = None
 
@@ -276,16 +300,32 @@ class Outbound(Generic[T]):
             for item in self._responses():
                 self._items.put(item)
                 self._given += 1
-                while self._given - self._taken >= WINDOW:
-                    self._paused = True
-                    self._room.clear()
-                    if self._given - self._taken < WINDOW:
-                        break
-                    self._room.wait()
-                self._paused = False
+                if self._given - self._taken >= WINDOW:
+                    self._until_taken(self._given - WINDOW + 1)
             self._items.put(_Ended(None))
         except BaseException as exc:  # an abort, a failure, or stopped
             self._items.put(_Ended(exc))
+
+    @property
+    def waiting(self) -> bool:
+        """Whether the producer waits for grpcio's thread to take responses."""
+        return self._wanted != _NOBODY
+
+    def drain(self) -> None:  # on the loop: the producing greenlet
+        """Until grpcio's thread has taken every response given so far."""
+        self._until_taken(self._given)
+
+    def _until_taken(self, count: int) -> None:  # on the loop: the producing greenlet
+        # The native thread posts a wake-up when its count reaches ``_wanted``: set
+        # before the event is cleared and the count looked at again, so a take in
+        # between is seen either here or by the native thread.
+        while self._taken < count:
+            self._wanted = count
+            self._room.clear()
+            if self._taken >= count:
+                break
+            self._room.wait()
+        self._wanted = _NOBODY
 
     def _stop(self) -> None:  # on the loop
         if self._greenlet is not None:
@@ -297,7 +337,7 @@ class Outbound(Generic[T]):
             while True:
                 item = self._items.get()
                 self._taken += 1
-                if self._paused:
+                if self._taken >= self._wanted:
                     self._loop.post(self._room.set)
                 if isinstance(item, _Ended):
                     if item.error is not None:
@@ -330,14 +370,21 @@ class LoopContext:
 
 
 Answer = Callable[[Any, grpc.ServicerContext], Any]
+Screen = Callable[[Any, grpc.ServicerContext], None]
 
 
 def on_loop(
-    handler: grpc.RpcMethodHandler, loop: Loop, first: Answer | None = None
+    handler: grpc.RpcMethodHandler,
+    loop: Loop,
+    first: Answer | None = None,
+    screen: Screen | None = None,
 ) -> grpc.RpcMethodHandler:
     """``handler`` with its behaviour run on ``loop`` (see the module's text).
     ``first`` (a single request's methods only): tried on grpcio's thread before
-    the hand-off; a response it returns is the answer, None hands the call over."""
+    the hand-off; a response it returns is the answer, None hands the call over.
+    ``screen`` (streamed requests only): called with each request and the call's
+    context as it is read, before the behaviour sees it; it raises (aborts the
+    call) to refuse it."""
     behaviour = behaviour_of(handler)
     streams_in, streams_out = handler.request_streaming, handler.response_streaming
     if streams_in and first is not None:
@@ -349,10 +396,18 @@ def on_loop(
             if answer is not None:
                 return answer
         if streams_in:
-            request = Inbound(loop, request).start()
+            check = None if screen is None else functools.partial(_screened, screen, context)
+            request = Inbound(loop, request, check).start()
         ctx = cast(grpc.ServicerContext, LoopContext(context, loop))
         if streams_out:
-            return iter(Outbound(loop, lambda: behaviour(request, ctx)))
+            answers = Outbound(loop, lambda: behaviour(request, ctx))
+            if streams_in:
+                request.answers = answers  # one burst in flight (see the module's text)
+            return iter(answers)
         return loop.call(behaviour, request, ctx)
 
     return same_kind(handler, bridged)
+
+
+def _screened(screen: Screen, context: grpc.ServicerContext, request: Any) -> None:
+    screen(request, context)

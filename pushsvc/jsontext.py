@@ -77,6 +77,25 @@ def decode_utf8(data: bytes | bytearray | memoryview) -> str:
 
 def loads(data: str | bytes | bytearray | memoryview, max_depth: int = MAX_DEPTH) -> Any:
     """Parse JSON text strictly; ``JsonError`` says what is wrong."""
+    if type(data) is bytes and data[-1:] in _CLOSERS:
+        # The common case -- UTF-8 bytes of one object or array with no space
+        # around it and few brackets -- in as few steps as it takes. Any doubt
+        # (including every error) goes the careful way below, which names it.
+        try:
+            text = data.decode()
+            if text.count("[") + text.count("{") <= max_depth:
+                value, end = _scan(text, 0)
+                if end == len(text):
+                    return value
+        except (ValueError, StopIteration, RecursionError):
+            pass
+    return _loads(data, max_depth)
+
+
+_CLOSERS = (b"}", b"]")
+
+
+def _loads(data: str | bytes | bytearray | memoryview, max_depth: int) -> Any:
     text = data if isinstance(data, str) else decode_utf8(data)
     if not depth_within(text, max_depth):
         raise JsonError(f"JSON nested more than {max_depth} levels deep")

@@ -31,7 +31,7 @@ from pushsvc.health import StoreHealth, within
 from pushsvc.hub import SHARES, Hub
 from pushsvc.messages import Message, PushCommand, new_message_id
 from pushsvc.metrics import Metrics
-from pushsvc.protocol import Close, UserFrame, online_frame, topic_frame, wire_text
+from pushsvc.protocol import Close, UserFrame, online_wire, topic_frame, wire_text
 from pushsvc.receipt_stream import Cursor, ReceiptHub, Subscription
 from pushsvc.receipts import Receipts
 from pushsvc.replay import Replay
@@ -410,7 +410,7 @@ class Node:
             return None
         started = time.perf_counter()
         message_id = new_message_id(time.time(), cmd.owner)
-        wire = wire_text(online_frame(message_id, cmd.payload, cmd.content_type))
+        wire = online_wire(message_id, cmd.payload, cmd.content_type)
         return OnlineDelivery(self, message_id, cmd.user_ids, wire, started)
 
     def push_many(self, cmds: Sequence[PushCommand]) -> list[PushOutcome | PushError]:
@@ -444,7 +444,7 @@ class Node:
             hub = self._hub
             for i, cmd in enumerate(cmds):
                 if not cmd.ttl_seconds:  # online-only
-                    wire = wire_text(online_frame(ids[i], cmd.payload, cmd.content_type))
+                    wire = online_wire(ids[i], cmd.payload, cmd.content_type)
                     local = 0
                     for u in cmd.user_ids:
                         local += hub.deliver_online(u, wire)
@@ -540,16 +540,14 @@ class Node:
     def deliver_users(self, message: Message, recipients: Sequence[tuple[str, int]]) -> int:
         frame = UserFrame.build(message.id, message.payload, message.content_type)
         total = 0
-        online_wire: bytes | None = None
+        wire: bytes | None = None  # the online-only frame, made for the first who needs it
         for uid, seq in recipients:
             if seq:
                 total += self._hub.deliver_user(uid, seq, frame, message.id, message.expires_at)
             else:
-                if online_wire is None:
-                    online_wire = wire_text(
-                        online_frame(message.id, message.payload, message.content_type)
-                    )
-                total += self._hub.deliver_online(uid, online_wire)
+                if wire is None:
+                    wire = online_wire(message.id, message.payload, message.content_type)
+                total += self._hub.deliver_online(uid, wire)
         return total
 
     def deliver_topic(self, message: Message, topic: str) -> int:

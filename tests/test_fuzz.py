@@ -290,6 +290,29 @@ def test_strict_json_accepts_what_json_accepts(text: str) -> None:
     assert got == expected
 
 
+@fuzz(800)
+@given(
+    st.one_of(
+        mutated(json_values.map(lambda v: json.dumps(v, separators=(",", ":")).encode())),
+        st.binary(max_size=80).map(lambda b: b"{" + b + b"}"),
+        st.binary(max_size=80).map(lambda b: b"[" * 9 + b + b"]"),
+    )
+)
+def test_strict_json_bytes_take_the_short_way_to_the_same_end(data: bytes) -> None:
+    """A payload's bytes that look like one document go a shorter way; whatever
+    they hold, it ends as the careful way does: the same value, or the same error."""
+
+    def outcome(read: Any) -> Any:
+        try:
+            return ("value", read())
+        except jsontext.JsonError as exc:
+            return ("error", str(exc))
+
+    assert outcome(lambda: jsontext.loads(data, 8)) == outcome(
+        lambda: jsontext._loads(data, 8)  # the careful way alone
+    )
+
+
 @fuzz(500)
 @given(json_values.filter(lambda v: "NaN" not in json.dumps(v) and "Infinity" not in json.dumps(v)))
 def test_strict_json_reads_what_json_writes(value: Any) -> None:

@@ -19,7 +19,13 @@ from gevent.event import Event
 
 from pushsvc import handoff
 from pushsvc.handoff import Inbound, Loop, LoopReader, Outbound, arrivals
-from pushsvc.nativethreads import ThreadPool, allocate_lock, get_ident, start_new_thread
+from pushsvc.nativethreads import (
+    SimpleQueue,
+    ThreadPool,
+    allocate_lock,
+    get_ident,
+    start_new_thread,
+)
 
 DEADLINE = 60.0  # generous: an event that never comes fails the test, a slow one does not
 
@@ -191,6 +197,79 @@ def test_inbound_requests_arriving_one_by_one_each_reach_the_loop(loop: Loop) ->
     assert taken == list(range(5))
 
 
+def test_a_screen_ends_the_stream_at_the_request_it_refuses(loop: Loop) -> None:
+    """What the screen raised breaks the stream after the requests before it;
+    nothing after it is read."""
+    read: list[int] = []
+
+    def requests() -> Iterator[int]:
+        for i in range(10):
+            read.append(i)
+            yield i
+
+    def screen(request: int) -> None:
+        if request == 3:
+            raise ValueError("request 3 is not a valid message")
+
+    inbound = Inbound(loop, requests(), screen).start()
+    assert [next(inbound) for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(ValueError, match="request 3"):
+        next(inbound)
+    assert read == [0, 1, 2, 3]
+
+
+def test_a_stream_takes_its_next_burst_once_its_answers_are_taken(loop: Loop) -> None:
+    """One burst in flight: what arrives while grpcio's thread still has answers to
+    take waits, and is taken in one piece when they are all taken."""
+    feed: Any = SimpleQueue()
+
+    def requests() -> Iterator[int]:
+        while (request := feed.get()) is not None:
+            yield request
+
+    inbound = Inbound(loop, requests()).start()
+    bursts: list[list[int]] = []
+
+    def behaviour() -> Iterator[int]:
+        while not inbound.over():
+            if not len(inbound):
+                inbound.wait()
+                continue
+            burst = inbound.take(1000)
+            bursts.append(burst)
+            yield from burst
+
+    outbound = Outbound(loop, behaviour)
+    inbound.answers = outbound
+    for i in range(3):
+        feed.put(i)
+    wait_until(lambda: len(inbound) == 3)
+    writing = allocate_lock()
+    writing.acquire()
+    got: list[int] = []
+
+    def answer() -> None:  # grpcio's thread: writes one answer, then is held
+        it = iter(outbound)
+        got.append(next(it))
+        assert writing.acquire(timeout=DEADLINE)
+        got.extend(it)
+
+    done = in_thread(loop, answer)
+    wait_until(lambda: got == [0] and bursts == [[0, 1, 2]])
+    for i in range(3, 7):
+        feed.put(i)
+    wait_until(lambda: len(inbound) == 4 and outbound.waiting)
+    for _ in range(50):  # the loop goes on; the behaviour waits for its answers
+        gevent.sleep(0)
+    assert bursts == [[0, 1, 2]] and len(inbound) == 4
+    writing.release()
+    wait_until(lambda: len(bursts) == 2)
+    feed.put(None)
+    finished(done)
+    assert bursts == [[0, 1, 2], [3, 4, 5, 6]]
+    assert got == list(range(7))
+
+
 def test_a_timed_wait_for_requests_ends_without_one(loop: Loop) -> None:
     never = Event()
 
@@ -296,10 +375,10 @@ def test_outbound_producer_waits_beyond_the_window(loop: Loop) -> None:
     done = in_thread(loop, take)
     # Once the caller took one, the producer stops one past the window, whichever
     # of the two got there first.
-    wait_until(lambda: len(got) == 1 and outbound._paused and produced[0] == handoff.WINDOW + 1)
+    wait_until(lambda: len(got) == 1 and outbound.waiting and produced[0] == handoff.WINDOW + 1)
     for _ in range(50):  # the loop goes on; the producer stays where it is
         gevent.sleep(0)
-    assert produced[0] == handoff.WINDOW + 1 and outbound._paused
+    assert produced[0] == handoff.WINDOW + 1 and outbound.waiting
     taking.release()
     finished(done)
     assert got == list(range(total))

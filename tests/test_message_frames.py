@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from pushsvc.errors import InvalidArgument
 from pushsvc.messages import new_message_id, validate_payload
-from pushsvc.protocol import UserFrame, online_frame, topic_frame
+from pushsvc.protocol import UserFrame, online_frame, online_wire, topic_frame, wire_text
 
 JSON_PAYLOAD = b' {"a": [1, 2.5, "\xc3\xa9"], "b": null} '
 
@@ -74,3 +74,28 @@ def test_content_types_are_checked_the_same_way_every_time() -> None:
     # Long only because of its padding: still the type it pads.
     padded = " " * 300 + "text/plain"
     assert validate_payload(b"hi", padded, 100) == "text/plain"
+
+
+@given(
+    message_id=st.one_of(st.builds(new_message_id, owner=st.sampled_from(["", "ab12"])), st.text()),
+    content_type=st.sampled_from(
+        ["application/json", "application/vnd.x+json; v=1", "text/plain", "image/png"]
+    ),
+    value=st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+        max_leaves=8,
+    ),
+    pad=st.sampled_from([0, 1, 60, 120, 70000]),
+    space=st.sampled_from(["", " ", "\n\t ", "\r\n"]),
+)
+def test_an_online_frame_on_the_wire_is_made_in_one_step_alike(
+    message_id: str, content_type: str, value: object, pad: int, space: str
+) -> None:
+    """``online_wire`` makes the bytes the frame and its header would be, for any
+    payload that passed validation (short, medium and long frames alike)."""
+    payload = (space + json.dumps([value, "x" * pad], ensure_ascii=False) + space).encode()
+    ctype = validate_payload(payload, content_type, 1 << 20)
+    assert online_wire(message_id, payload, ctype) == wire_text(
+        online_frame(message_id, payload, ctype)
+    )
