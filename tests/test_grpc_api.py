@@ -480,6 +480,36 @@ def _raw_unary(channel: grpc.Channel, method: str) -> Callable[..., bytes]:
     return call
 
 
+def test_an_undecodable_request_ends_a_stream_after_those_before_it(
+    node: NodeProcess, stub: push_pb2_grpc.PushServiceStub
+) -> None:
+    """In a ``PushStream`` (screened on the thread that reads it): the requests
+    before it are answered, the stream ends INVALID_ARGUMENT, nothing after it is
+    pushed, and the node serves on without a traceback in its log."""
+    good = push_pb2.PushRequest(
+        user_ids=["u-undecodable"], payload=b'{"n":1}', content_type="application/json"
+    ).SerializeToString()
+    with grpc.insecure_channel(node.grpc_addr) as channel:
+        call = channel.stream_stream(
+            "/pushsvc.v1.PushService/PushStream",
+            request_serializer=None,
+            response_deserializer=None,
+        )
+        for case, data in UNDECODABLE.items():
+            answers: list[bytes] = []
+            responses = call(iter([good, good, data, good]), metadata=tuple(AUTH), timeout=30)
+            err = rpc_error(lambda r=responses, a=answers: a.extend(r))  # type: ignore[misc]
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (case, err)
+            assert "not a valid protobuf message" in str(err.details()), err.details()
+            ids = [push_pb2.PushResponse.FromString(a).message_id for a in answers]
+            assert len(ids) == 2 and all(ids), (case, ids)
+    assert push(stub, ["u-undecodable"]).message_id
+    log = node.log()
+    refused = "rpc refused rpc=pushsvc.v1.PushService/PushStream code=INVALID_ARGUMENT why=decode"
+    assert log.count(refused) >= len(UNDECODABLE), log[-3000:]  # each refusal logged
+    assert "Traceback" not in log, log[-3000:]
+
+
 def test_undecodable_requests_answer_invalid_argument(
     node: NodeProcess, stub: push_pb2_grpc.PushServiceStub
 ) -> None:
