@@ -576,12 +576,12 @@ def _guarded(handler: grpc.RpcMethodHandler, method: str, guard: Guard | None) -
     Streamed requests are screened as they are read (``_screen``, given to
     ``on_loop``): the behaviour takes them in bursts, as they came."""
     parse = _tolerant(handler.request_deserializer)
+    screen = _screen(method)
 
     def check_one(request: Any, context: grpc.ServicerContext) -> None:
         if guard is not None:
             guard(context)
-        if isinstance(request, _Undecodable):
-            _refuse_undecodable(method, request, context)
+        screen(request, context)
 
     inner = behaviour_of(handler)
     if handler.request_streaming:

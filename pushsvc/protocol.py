@@ -96,28 +96,25 @@ def online_frame(message_id: str, payload: bytes, content_type: str) -> str:
 
 def online_wire(message_id: str, payload: bytes, content_type: str) -> bytes:
     """``wire_text(online_frame(...))`` of a push that passed ``build_push``: for a
-    JSON payload and one of our ids, made in one step, the payload's bytes embedded
-    as they came (ingress found them UTF-8 JSON without a byte order mark)."""
+    JSON payload and one of our ids, the payload's bytes embedded as they came
+    (ingress found them UTF-8 JSON without a byte order mark), not decoded and
+    encoded again."""
     if (
         is_json_type(content_type)
         and message_id.isascii()
         and message_id.isalnum()
         and not payload.startswith(b"\xef\xbb\xbf")
     ):
-        data = payload.strip(b" \t\n\r")
-        ctype = _json_type_bytes(content_type)
-        n = _ONLINE_LEN + len(message_id) + len(ctype) + len(data)
-        if 126 <= n < 65536:
-            return _ONLINE_MEDIUM % (n >> 8, n & 0xFF, message_id.encode(), ctype, data)
-        if n < 126:
-            return _ONLINE_SHORT % (n, message_id.encode(), ctype, data)
+        body = _ONLINE % (
+            message_id.encode(),
+            _json_type_bytes(content_type),
+            payload.strip(b" \t\n\r"),
+        )
+        return wire_frame(OP_TEXT, body)
     return wire_text(online_frame(message_id, payload, content_type))
 
 
 _ONLINE = b'{"type":"message","id":"%s","content_type":%s,"data":%s}'
-_ONLINE_LEN = len(_ONLINE) - 6  # without the three %s
-_ONLINE_SHORT = b"\x81%c" + _ONLINE  # FIN + text, 7-bit length
-_ONLINE_MEDIUM = b"\x81\x7e%c%c" + _ONLINE  # FIN + text, 16-bit length
 
 
 @functools.lru_cache(maxsize=256)
