@@ -200,6 +200,8 @@ class PushServicer(push_pb2_grpc.PushServiceServicer):
         more than ``AT_ONCE_BACKLOG`` callbacks wait for the loop."""
         if not isinstance(request, push_pb2.PushRequest):
             return None  # undecodable: refused on the loop
+        if self._stored(request) or not self._node.fleet.alone:
+            return None  # answered on the loop, and validated there only
         try:
             delivery = self._node.prepare_at_once(self._command(request, self._owner(context)))
         except Exception:  # bad input (or a fault): the loop's Push answers and logs it

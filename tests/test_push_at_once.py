@@ -128,6 +128,29 @@ def test_other_pushes_wait_for_the_loop(
     assert len(loop._queued) == 0  # nothing was posted
 
 
+def test_a_stored_push_is_validated_on_the_loop_only(
+    node: Node, loop: Loop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A push that will be stored is handed over as it came: ``Push`` on the loop
+    validates it, not grpcio's thread as well."""
+    servicer = _servicer(node)
+    built: list[push_pb2.PushRequest] = []
+    command = servicer._command
+
+    def counted(request: push_pb2.PushRequest, owner: str) -> Any:
+        built.append(request)
+        return command(request, owner)
+
+    monkeypatch.setattr(servicer, "_command", counted)
+    for ttl in ({"ttl_seconds": 60}, {}):  # a TTL given, and the default one
+        request = push_pb2.PushRequest(user_ids=["alice"], payload=b"{}", **ttl)
+        assert servicer.push_at_once(loop, request, _Context()) is None  # type: ignore[arg-type]
+    assert built == []
+    online = push_pb2.PushRequest(user_ids=["alice"], payload=b"{}", ttl_seconds=0)
+    assert servicer.push_at_once(loop, online, _Context()) is not None  # type: ignore[arg-type]
+    assert built == [online]
+
+
 def test_an_undecodable_request_waits_for_the_loop(node: Node, loop: Loop) -> None:
     undecodable = grpc_api._Undecodable("truncated message")
     assert _servicer(node).push_at_once(loop, undecodable, _Context()) is None  # type: ignore[arg-type]
