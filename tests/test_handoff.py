@@ -477,6 +477,69 @@ def test_try_post_refuses_while_the_loop_is_behind(loop: Loop) -> None:
     wait_until(lambda: len(ran) == 4)
 
 
+class _CountedWakes:
+    """Stands in for the loop's async watcher: counts the wake-ups asked of it."""
+
+    def __init__(self, watcher: Any) -> None:
+        self.watcher = watcher
+        self.sends = 0
+
+    def send(self) -> None:
+        self.sends += 1
+        self.watcher.send()
+
+    def stop(self) -> None:
+        self.watcher.stop()
+
+    def close(self) -> None:
+        self.watcher.close()
+
+
+def test_try_post_work_that_keeps_coming_is_run_without_a_wake_each() -> None:
+    """A native thread hands the loop one piece of work after another, each as soon
+    as the last has run (as grpcio's threads answer calls): the first wakes the
+    loop, the rest are found by its tick. The tick is long here, so that a busy
+    machine cannot make the thread miss it."""
+    loop = Loop(tick=0.05)
+    wakes = _CountedWakes(loop._watcher)
+    loop._watcher = wakes
+    items = 40
+    ran: list[int] = []
+    try:
+
+        def hand_over() -> None:
+            for i in range(items):
+                done = allocate_lock()
+                done.acquire()
+
+                def run(i: int = i, done: Any = done) -> None:
+                    ran.append(i)
+                    done.release()
+
+                assert loop.try_post(1000, run)
+                done.acquire()  # until it ran on the loop
+
+        finished(in_thread(loop, hand_over))
+        assert ran == list(range(items))
+        assert wakes.sends < items // 2, wakes.sends  # about one: the rest on the tick
+        wait_until(lambda: not loop._ticking)  # a look that found nothing stopped it
+        before = wakes.sends
+        assert loop.try_post(1000, ran.append, items)  # idle again: this one wakes it
+        assert wakes.sends == before + 1
+        wait_until(lambda: len(ran) == items + 1)
+    finally:
+        loop.close()
+
+
+def test_try_post_work_runs_before_post_work_handed_over_after_it(loop: Loop) -> None:
+    ran: list[str] = []
+    # The loop's thread does not yield in between: both wait for the same pass.
+    assert loop.try_post(1000, ran.append, "answered at once")
+    loop.post(ran.append, "waited for")
+    wait_until(lambda: len(ran) == 2)
+    assert ran == ["answered at once", "waited for"]
+
+
 def test_thread_pool_starts_threads_as_work_needs_them() -> None:
     """Twenty pieces of work that each wait for all twenty to have started: only
     a thread each lets them finish."""

@@ -125,7 +125,7 @@ def test_other_pushes_wait_for_the_loop(
 ) -> None:
     """None: ``Push`` answers on the loop (stores, or refuses and logs)."""
     assert _servicer(node).push_at_once(loop, request_, _Context()) is None  # type: ignore[arg-type]
-    assert len(loop._queued) == 0  # nothing was posted
+    assert not loop._queued and not loop._lazy  # nothing was posted
 
 
 def test_a_stored_push_is_validated_on_the_loop_only(
