@@ -142,8 +142,11 @@ def test_a_stored_push_is_validated_on_the_loop_only(
         return command(request, owner)
 
     monkeypatch.setattr(servicer, "_command", counted)
-    for ttl in ({"ttl_seconds": 60}, {}):  # a TTL given, and the default one
-        request = push_pb2.PushRequest(user_ids=["alice"], payload=b"{}", **ttl)
+    stored = [
+        push_pb2.PushRequest(user_ids=["alice"], payload=b"{}", ttl_seconds=60),
+        push_pb2.PushRequest(user_ids=["alice"], payload=b"{}"),  # the default TTL
+    ]
+    for request in stored:
         assert servicer.push_at_once(loop, request, _Context()) is None  # type: ignore[arg-type]
     assert built == []
     online = push_pb2.PushRequest(user_ids=["alice"], payload=b"{}", ttl_seconds=0)
