@@ -200,7 +200,7 @@ class PushServicer(push_pb2_grpc.PushServiceServicer):
         more than ``AT_ONCE_BACKLOG`` callbacks wait for the loop."""
         if not isinstance(request, push_pb2.PushRequest):
             return None  # undecodable: refused on the loop
-        if self._stored(request) or not self._node.fleet.alone:
+        if not self._node.answers_at_once(self._ttl(request)):
             return None  # answered on the loop, and validated there only
         try:
             delivery = self._node.prepare_at_once(self._command(request, self._owner(context)))
@@ -257,10 +257,13 @@ class PushServicer(push_pb2_grpc.PushServiceServicer):
         finally:
             requests.close()
 
+    def _ttl(self, request: push_pb2.PushRequest) -> int:
+        """The TTL the request asks for: its own, or the default (not validated)."""
+        return request.ttl_seconds if request.HasField("ttl_seconds") else self._limits.default_ttl
+
     def _stored(self, request: push_pb2.PushRequest) -> bool:
         """Whether the request asks to be stored (a non-zero TTL, or the default's)."""
-        ttl = request.ttl_seconds if request.HasField("ttl_seconds") else self._limits.default_ttl
-        return ttl > 0
+        return self._ttl(request) > 0
 
     def _answer(
         self, pushes: Sequence[push_pb2.PushRequest], key: str, rpc: str

@@ -399,6 +399,11 @@ class Node:
             raise outcome
         return outcome
 
+    def answers_at_once(self, ttl_seconds: int) -> bool:
+        """Whether a push with this TTL can be answered before its delivery: an
+        online-only one on a node alone (``prepare_at_once``)."""
+        return not ttl_seconds and self.fleet.alone
+
     def prepare_at_once(self, cmd: PushCommand) -> OnlineDelivery | None:
         """From any thread: an online-only push on a node alone, made ready to be
         answered at once -- what its caller hears (the message id) depends on
@@ -406,7 +411,7 @@ class Node:
         the connections live when it runs) needs no answer. None for a push that
         goes through ``push``: stored, or in a fleet (its call waits for the nodes
         it is forwarded to)."""
-        if cmd.ttl_seconds or not self.fleet.alone:
+        if not self.answers_at_once(cmd.ttl_seconds):
             return None
         started = time.perf_counter()
         message_id = new_message_id(time.time(), cmd.owner)
