@@ -801,6 +801,23 @@ class Suite:
                 for k, v in sorted(delta.items())
                 if v and accepted and k.split(" ")[0] not in MONITORING
             )
+            # Where the database's time went: ms waited for its replies per message,
+            # by command and collection, the largest first.
+            us0, us1 = db0.get("us_by_target", {}), db1.get("us_by_target", {})
+            waits = {k: (us1[k] - us0.get(k, 0)) / 1000 for k in us1}
+            busy = sorted(
+                (
+                    (k, ms)
+                    for k, ms in waits.items()
+                    if ms > 0 and k.split(" ")[0] not in MONITORING
+                ),
+                key=lambda kv: -kv[1],
+            )
+            if accepted and busy:
+                row.extra["db ms/msg"] = sum(ms for _, ms in busy) / accepted
+                row.extra["db ms/msg by command"] = ", ".join(
+                    f"{k} {ms / accepted:.3g}" for k, ms in busy
+                )
         if paced and a.paced and row.rate == row.rate and row.rate > 0:
             half = dict(params, rate=row.rate / 2, duration_s=duration)
             self._quiesce(server, f"{what} at half rate")
@@ -881,13 +898,64 @@ class Suite:
                 batch=a.batch,
             )
 
+    def _first_contact(self, node: Pushsvc, lg: Loadgen, proxy: MongoProxy) -> None:
+        """One stored message to every connected user (through ``PushStream``,
+        which every revision has), before the measured phases:
+        a user's first push creates its seq counter (a counter read and an insert
+        for each group that meets new users), a cost per user rather than per
+        message. Counted here and reported in the notes, so the measured phases
+        show the steady state."""
+        a = self.args
+        users = a.mongo_connections
+        self._quiesce(node, "first contact")
+        db0 = proxy.stats()
+        r = lg.cmd(
+            self._timeout(60),
+            op="unicast",
+            mode="grpc_stream",
+            duration_s=60,
+            messages=users,  # every user once (recipients go round robin)
+            concurrency=1,
+            batch=1,
+            streams=1,
+            window=min(a.stream_window, 32),
+            ttl=-1,
+            address="",
+            max_inflight=a.max_inflight,
+        )
+        db1 = proxy.stats()
+        if not r.get("ok"):
+            raise LoadgenError(f"first contact: {r.get('error')}")
+        by0, by1 = db0["by_target"], db1["by_target"]
+        delta = {k: by1.get(k, 0) - by0.get(k, 0) for k in by1}
+        work = {k: v for k, v in sorted(delta.items()) if v and k.split(" ")[0] not in MONITORING}
+        accepted = int(r.get("accepted") or 0)
+        note = (
+            f"{node.name}: first contact, not in the measures: {accepted} stored"
+            f" messages through PushStream to {users} users not pushed to before took"
+            f" {sum(work.values())} database round trips ("
+            + ", ".join(f"{k} {v}" for k, v in work.items())
+            + ")"
+        )
+        print(f"   {note}", flush=True)
+        self.res.notes.append(note)
+
     def plan_echo(self, server: Server, lg: Loadgen) -> None:
         self.unicast(server, lg, "unary (concurrent)", "echo_unary")
         self.unicast(server, lg, "stream", "echo_stream")
 
     def run_mongo(self) -> None:
+        """The MongoDB-wire node, then (with ``--baseline``) the baseline's, each
+        on a FerretDB of its own."""
         a = self.args
-        print("== pushsvc on the MongoDB wire (FerretDB)", flush=True)
+        self._run_mongo("pushsvc", None)
+        if a.baseline:
+            self._run_mongo(f"pushsvc {a.baseline}", a.baseline_tree)
+
+    def _run_mongo(self, name: str, tree: Path | None) -> None:
+        a = self.args
+        name = f"{name} (MongoDB wire)"
+        print(f"== {name} on FerretDB", flush=True)
         db = PinnedFerretDB(core=LOADGEN_CORE)
         proxy: MongoProxy | None = None
         node: Pushsvc | None = None
@@ -896,7 +964,7 @@ class Suite:
             db.start()
             proxy = MongoProxy(db.port, self.log_dir)
             node = Pushsvc(
-                "pushsvc (MongoDB wire)",
+                name,
                 {
                     "PUSHSVC_MONGO_URI": f"mongodb://127.0.0.1:{proxy.port}/",
                     "PUSHSVC_MONGO_DB": f"bench_{os.getpid()}",
@@ -904,9 +972,14 @@ class Suite:
                     "PUSHSVC_NODE_ID": f"bench-{os.getpid()}",
                 },
                 a.log_level,
+                tree,
             )
             node.start(self.log_dir)
-            lg = Loadgen("pushsvc-mongo", self.log_dir, node.loadgen_args())
+            lg = Loadgen(
+                name.replace(" ", "-").replace("(", "").replace(")", ""),
+                self.log_dir,
+                node.loadgen_args(),
+            )
             r = lg.cmd(
                 self._timeout(a.connect_deadline),
                 op="connect",
@@ -915,6 +988,7 @@ class Suite:
                 deadline_s=a.connect_deadline,
             )
             print(f"   connected {r.get('connected')}/{a.mongo_connections}", flush=True)
+            self._first_contact(node, lg, proxy)
             for what, mode, batch in (
                 ("MongoDB wire: PushStream", "grpc_stream", 1),
                 ("MongoDB wire: PushBatch", "grpc_batch", a.batch),
@@ -932,7 +1006,7 @@ class Suite:
                     window=min(a.stream_window, 32),
                 )
         except Exception as exc:  # one server failing must not end the run
-            msg = f"pushsvc (MongoDB wire): failed: {type(exc).__name__}: {exc}"
+            msg = f"{name}: failed: {type(exc).__name__}: {exc}"
             print(msg, flush=True)
             self.res.notes.append(msg.splitlines()[0][:400])
         finally:
@@ -1283,7 +1357,7 @@ def report(res: Results, args: argparse.Namespace) -> str:
 def _rate_table(rows: list[Row], unit: str, db: bool = False) -> str:
     extra_cols = ["server core %", "loadgen core %", "half-rate p50 (ms)", "half-rate p99 (ms)"]
     if db:
-        extra_cols += ["db round trips/msg", "db commands"]
+        extra_cols += ["db round trips/msg", "db commands", "db ms/msg", "db ms/msg by command"]
     headers = [
         "server",
         "how",
@@ -1374,7 +1448,38 @@ def baseline_tree(rev: str, log_dir: Path) -> tuple[str, Path]:
         check=True,
     )
     subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    _baseline_stubs(short, tree)
     return short, tree
+
+
+def _baseline_stubs(rev: str, tree: Path) -> None:
+    """Revisions before the stubs moved to ``pushsvc_client.v1`` import them from
+    ``pushsvc.v1``, generated at install time and not in git: generate them from
+    that revision's ``protos/`` (with the bench venv's grpcio-tools)."""
+    imports_v1 = subprocess.run(
+        ["grep", "-rlq", "from pushsvc.v1 import", str(tree / "pushsvc")], check=False
+    )
+    if imports_v1.returncode != 0 or (tree / "pushsvc" / "v1" / "push_pb2.py").exists():
+        return
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", "--format=tar", rev, "protos"],
+        capture_output=True,
+        check=True,
+    )
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    protos = sorted(
+        str(p.relative_to(tree / "protos")) for p in tree.glob("protos/pushsvc/v1/*.proto")
+    )
+    subprocess.run(
+        [
+            str(PEER_VENV / "bin" / "python"),
+            *("-m", "grpc_tools.protoc", "-Iprotos", "--python_out=.", "--grpc_python_out=."),
+            *protos,
+        ],
+        cwd=tree,
+        check=True,
+    )
+    (tree / "pushsvc" / "v1" / "__init__.py").touch()
 
 
 def raise_nofile(need: int) -> None:

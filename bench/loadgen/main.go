@@ -264,7 +264,8 @@ type Command struct {
 	Address     string  `json:"address"`
 	Rate        float64 `json:"rate"`
 	MaxInflight int     `json:"max_inflight"`
-	Users       int     `json:"users"` // echo: synthetic user ids
+	Users       int     `json:"users"`    // echo: synthetic user ids
+	Messages    int     `json:"messages"` // unicast: stop once this many were sent (0: the duration alone)
 }
 
 func (lg *Loadgen) closeAll() {

@@ -10,21 +10,31 @@ import (
 	"net"
 	"os"
 	"sync"
+	"time"
 )
 
 // The MongoDB wire proxy: every connection from the node is piped to the
 // database, and each message the node sends is counted (by opcode and, for
 // OP_MSG, by command name, and by command and collection: "update counters").
 // A request is one round trip: the driver waits for the answer before it uses
-// the connection again. On "stats" on stdin it prints the counts as one JSON
-// line.
+// the connection again. Its time, from the request's last byte read to its
+// reply's first byte, is added up per command and collection too (the reply is
+// matched by its responseTo). On "stats" on stdin it prints the counts as one
+// JSON line.
 
 type counts struct {
 	mu       sync.Mutex
 	requests int64
 	byCmd    map[string]int64
 	byTarget map[string]int64
+	usTarget map[string]int64 // microseconds waited for replies, by command and collection
 	conns    int64
+}
+
+func (c *counts) waited(target string, d time.Duration) {
+	c.mu.Lock()
+	c.usTarget[target] += d.Microseconds()
+	c.mu.Unlock()
 }
 
 func (c *counts) add(cmd, target string) {
@@ -46,8 +56,13 @@ func (c *counts) snapshot() map[string]any {
 	for k, v := range c.byTarget {
 		target[k] = v
 	}
+	us := make(map[string]int64, len(c.usTarget))
+	for k, v := range c.usTarget {
+		us[k] = v
+	}
 	return map[string]any{
 		"requests": c.requests, "by_command": by, "by_target": target, "connections": c.conns,
+		"us_by_target": us,
 	}
 }
 
@@ -61,7 +76,7 @@ func proxyMain(args []string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	c := &counts{byCmd: map[string]int64{}, byTarget: map[string]int64{}}
+	c := &counts{byCmd: map[string]int64{}, byTarget: map[string]int64{}, usTarget: map[string]int64{}}
 	fmt.Printf("READY %d\n", ln.Addr().(*net.TCPAddr).Port)
 	go func() {
 		for {
@@ -92,9 +107,39 @@ func proxyConn(down net.Conn, upstream string, c *counts) {
 		return
 	}
 	defer up.Close()
+	type asked struct {
+		target string
+		at     time.Time
+	}
+	var mu sync.Mutex
+	pending := map[uint32]asked{} // requestID -> what it was, when it went
 	go func() {
-		_, _ = io.Copy(down, up)
-		_ = down.Close()
+		defer down.Close()
+		r := bufio.NewReaderSize(up, 64<<10)
+		header := make([]byte, 16)
+		for {
+			if _, err := io.ReadFull(r, header); err != nil {
+				return
+			}
+			length := int(binary.LittleEndian.Uint32(header[0:4]))
+			if length < 16 || length > 64<<20 {
+				return
+			}
+			responseTo := binary.LittleEndian.Uint32(header[8:12])
+			mu.Lock()
+			a, ok := pending[responseTo]
+			delete(pending, responseTo)
+			mu.Unlock()
+			if ok {
+				c.waited(a.target, time.Since(a.at))
+			}
+			if _, err := down.Write(header); err != nil {
+				return
+			}
+			if _, err := io.CopyN(down, r, int64(length-16)); err != nil {
+				return
+			}
+		}
 	}()
 	r := bufio.NewReaderSize(down, 64<<10)
 	header := make([]byte, 16)
@@ -111,7 +156,14 @@ func proxyConn(down net.Conn, upstream string, c *counts) {
 		if _, err := io.ReadFull(r, body); err != nil {
 			return
 		}
-		c.add(commandName(opcode, body))
+		name, target := commandName(opcode, body)
+		c.add(name, target)
+		mu.Lock()
+		if len(pending) > 10000 { // requests no reply answers (moreToCome): forget them
+			clear(pending)
+		}
+		pending[binary.LittleEndian.Uint32(header[4:8])] = asked{target, time.Now()}
+		mu.Unlock()
 		if _, err := up.Write(header); err != nil {
 			return
 		}

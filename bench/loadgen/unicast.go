@@ -190,6 +190,9 @@ func (u *uni) next(k int) (first int64, ok bool) {
 		if u.unimplemented.Load() || time.Now().After(u.stop) {
 			return 0, false
 		}
+		if m := int64(u.cmd.Messages); m > 0 && u.seq.Load() >= m {
+			return 0, false // sent what was asked (a single sender: see the first-contact phase)
+		}
 		if u.echo || u.sent.Load()-u.ph.received.Load() < int64(u.cmd.MaxInflight) {
 			break
 		}
