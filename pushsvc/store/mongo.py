@@ -58,6 +58,9 @@ A push is written in four steps, each one round trip for the whole batch:
 Readers (``read_inbox``) read entries by ``(user_id, seq)`` ascending, then
 their bodies: a missing, expired or other-attempt body is a deletion (skipped);
 a pending one stops the page (``blocked_at``); a committed one is returned.
+A body whose ``pending`` names its attempt is as pending as that attempt's
+commit record, and a deletion once the record is gone (``commit_records``:
+step 4 as one document per batch; read with the bodies, in the same query).
 
 *Chain.* Every guess is at most one above a seq that was already inserted (the
 hint only ever names inserted seqs, and so does a top entry), so seq ``s`` is
@@ -152,6 +155,7 @@ from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError
 from pushsvc.errors import InvalidArgument, NotFound, PushError, StoreUnavailable
 from pushsvc.messages import Message
 from pushsvc.store.batching import Call, GroupCommit
+from pushsvc.store.commit_records import find_settled, is_record_id
 from pushsvc.store.inbox import (
     IDEMPOTENCY_WINDOW,
     DeliveredMark,
@@ -480,7 +484,9 @@ class MongoInbox(InboxStore):
             )
         }
         bodies = self._find_bodies(
-            [d["message_id"] for d in holders.values()], {"pending": 1, "w": 1}
+            [d["message_id"] for d in holders.values()],
+            {"pending": 1, "w": 1},
+            [d.get("w") for d in holders.values()],
         )
         seen = self._seqs_of(
             [
@@ -538,7 +544,8 @@ class MongoInbox(InboxStore):
                 doc = old.get(p.message.id)
                 if doc is None:
                     continue  # gone meanwhile: try again
-                other = (p.message.id, doc.get("w"))
+                # A body committed by its record is abandoned by deleting the record.
+                other = (doc.get("record", p.message.id), doc.get("w"))
                 if not doc.get("pending") or doc.get("w") in ours or attempt:
                     p.outcome = InvalidArgument(f"message id {p.message.id} is already stored")
                 elif other in self._unfinished or p.now - _written(doc) > PENDING_GRACE:
@@ -551,6 +558,8 @@ class MongoInbox(InboxStore):
             todo = [p for p in clashed if p.outcome is None]
             if not todo:
                 return
+        for p in todo:  # still clashing after a second try: never go on without a body
+            p.outcome = StoreUnavailable(f"message id {p.message.id} could not be stored; retry")
 
     # -- step 2: entries, allocating seqs ----------------------------------------
 
@@ -753,7 +762,9 @@ class MongoInbox(InboxStore):
         lost: set[_Push] = set()
         if modified != len(pushes):
             # Some bodies were abandoned under us: which is the body's word.
-            bodies = self._find_bodies([p.message.id for p in pushes], {"pending": 1, "w": 1})
+            bodies = self._find_bodies(
+                [p.message.id for p in pushes], {"pending": 1, "w": 1}, {p.w for p in pushes}
+            )
             lost = {p for p in pushes if not _committed(bodies.get(p.message.id), p.w)}
         for p in pushes:
             if p in lost:
@@ -795,9 +806,17 @@ class MongoInbox(InboxStore):
         bodies left under those ids (committed ones, or other attempts')."""
         if not attempts:
             return {}
-        ids = [mid for mid, _ in attempts]
+        # A commit record stands for its attempt's bodies (``commit_records``):
+        # deleting it abandons them all, so the counters go up over all their
+        # entries first. Their bodies stay (they read as deletions) until they
+        # expire: deleting them here could race a commit that won.
+        records = [rid for rid, _ in attempts if is_record_id(rid)]
+        covered = [(mid, w) for mid, w in attempts if not is_record_id(mid)]
+        if records:
+            for d in self._messages.find({"_id": {"$in": records}}, {"w": 1, "ids": 1}):
+                covered += [(mid, d.get("w")) for mid in d.get("ids", [])]
         tops: dict[str, int] = {}
-        for seqs in self._seqs_of(attempts).values():
+        for seqs in self._seqs_of(covered).values():
             for u, s in seqs.items():
                 tops[u] = max(tops.get(u, 0), s)
         self._raise_counters(tops)
@@ -807,7 +826,9 @@ class MongoInbox(InboxStore):
                 ordered=False,
             )
         self._unfinished.difference_update(attempts)
-        return self._find_bodies(ids, {"pending": 1, "w": 1})
+        return self._find_bodies(
+            [mid for mid, _ in covered], {"pending": 1, "w": 1}, [w for _, w in covered]
+        )
 
     def _pending_attempts(self, query: Doc) -> list[Attempt]:
         return [
@@ -872,6 +893,7 @@ class MongoInbox(InboxStore):
             bodies = self._find_bodies(
                 [d["message_id"] for d in live],
                 {"w": 1, "pending": 1, "payload": 1, "content_type": 1, "created_at": 1, "exp": 1},
+                [d.get("w") for d in live],
             )
             for d in batch:
                 body = bodies.get(d["message_id"]) if d["exp"] > now else None
@@ -900,14 +922,12 @@ class MongoInbox(InboxStore):
             docs = [again[s] for s in sorted(again)][:limit]
         return docs
 
-    def _find_bodies(self, ids: Iterable[str], fields: Doc) -> dict[str, Doc]:
-        ids = list(dict.fromkeys(ids))
-        if not ids:
-            return {}
-        return {
-            d["_id"]: d
-            for d in self._messages.find({"_id": {"$in": ids}}, fields, batch_size=len(ids) + 1)
-        }
+    def _find_bodies(
+        self, ids: Iterable[str], fields: Doc, attempts: Iterable[str | None] = ()
+    ) -> dict[str, Doc]:
+        """The bodies of ``ids`` as their attempts stand (``commit_records``):
+        abandoned ones left out. ``attempts``: the write attempts expected."""
+        return find_settled(self._messages, ids, fields, (a for a in attempts if a))
 
     def _seqs_of(self, attempts: Sequence[Attempt]) -> dict[str, dict[str, int]]:
         """Each recipient's seq of each ``(message id, w)``."""
@@ -1009,7 +1029,7 @@ class MongoInbox(InboxStore):
 
     @guarded
     def message_status(self, message_id: str, now: float) -> list[RecipientStatus]:
-        body = self._messages.find_one({"_id": message_id}, {"pending": 1, "exp": 1, "w": 1})
+        body = self._find_bodies([message_id], {"pending": 1, "exp": 1, "w": 1}).get(message_id)
         if body is None or body.get("pending") or body["exp"] <= now:
             raise NotFound(f"message {message_id} is unknown or has expired")
         entries = sorted(

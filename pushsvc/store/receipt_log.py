@@ -51,6 +51,7 @@ from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError
 
+from pushsvc.store.commit_records import find_settled
 from pushsvc.store.mongo_database import (
     DUPLICATE_KEY,
     Doc,
@@ -370,13 +371,12 @@ class MongoReceiptLog(ReceiptLog):
         ``mongo.MongoInbox``), never a message a caller was told about."""
         if not entries:
             return []
-        ids = list({e["message_id"] for e in entries})
-        bodies = {
-            b["_id"]: b
-            for b in self._messages.find(
-                {"_id": {"$in": ids}}, {"w": 1, "pending": 1}, batch_size=len(ids) + 1
-            )
-        }
+        bodies = find_settled(
+            self._messages,
+            (e["message_id"] for e in entries),
+            {"w": 1, "pending": 1},
+            (e["w"] for e in entries if e.get("w")),
+        )
         out = []
         for e in entries:
             body = bodies.get(e["message_id"])
