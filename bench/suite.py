@@ -970,6 +970,7 @@ class Suite:
                     "PUSHSVC_MONGO_DB": f"bench_{os.getpid()}",
                     "PUSHSVC_CLUSTER_KEY": CLUSTER_KEY,
                     "PUSHSVC_NODE_ID": f"bench-{os.getpid()}",
+                    **({} if tree else dict(a.mongo_env)),  # the baseline may not know them
                 },
                 a.log_level,
                 tree,
@@ -1581,6 +1582,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--py-spy-rate", type=int, default=200, help="py-spy samples per second")
     p.add_argument("--log-level", default="warning", help="pushsvc nodes' PUSHSVC_LOG_LEVEL")
     p.add_argument(
+        "--mongo-env",
+        metavar="NAME=VALUE",
+        action="append",
+        type=_setting,
+        default=[],
+        help="a PUSHSVC_ setting for this revision's MongoDB-wire node only (repeatable; not "
+        "the baseline's), e.g. PUSHSVC_MONGO_COMMIT_RECORDS=true",
+    )
+    p.add_argument(
         "--pushsvc-env",
         metavar="NAME=VALUE",
         action="append",
@@ -1690,6 +1700,13 @@ def describe(args: argparse.Namespace, minutes: float) -> str:
             + ", ".join(f"`{k}={v}`" for k, v in args.pushsvc_env)
             + "\n"
             if args.pushsvc_env
+            else ""
+        )
+        + (
+            "- the MongoDB-wire node's settings besides the suite's (not the baseline's): "
+            + ", ".join(f"`{k}={v}`" for k, v in args.mongo_env)
+            + "\n"
+            if args.mongo_env
             else ""
         )
         + (

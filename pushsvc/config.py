@@ -160,6 +160,11 @@ class Settings:
     )
     mongo_uri: str | None = _setting(None, _opt_str, "MongoDB URI; unset = embedded store")
     mongo_db: str = _setting("pushsvc", _as_str, "MongoDB database name")
+    mongo_commit_records: bool = _setting(
+        False,
+        _as_bool,
+        "commit each stored batch by one record (every node must read them: docs/operations.md)",
+    )
     data_dir: str = _setting("./pushsvc-data", _as_str, "embedded store directory")
     jwt_secret: str | None = _setting(None, _opt_str, "HS256 secret for client tokens")
     jwt_algorithm: str = _setting(

@@ -84,7 +84,11 @@ def _open_inbox(s: Settings) -> InboxStore:
     assert s.mongo_uri is not None
     # This run's name on what it writes: a later run of the node recovers it.
     writer = f"{s.resolved_node_id()}/{secrets.token_hex(6)}"
-    return MongoInbox(MongoDatabase(s.mongo_uri, s.mongo_db), writer=writer)
+    return MongoInbox(
+        MongoDatabase(s.mongo_uri, s.mongo_db),
+        writer=writer,
+        commit_records=s.mongo_commit_records,
+    )
 
 
 def _round_trips(inbox: InboxStore) -> int:

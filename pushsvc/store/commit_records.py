@@ -3,11 +3,11 @@
 A body of the MongoDB store (``mongo.py``) is committed by setting its
 ``pending`` to false: one update per body, which FerretDB answers with a scan
 of the collection per document (the notes of Dec 3 15:35 in
-``bench/RESULTS.md``: 9.4 of 13.5 ms of database time a stored message). The
-next form of the protocol commits a write attempt ``w`` (a batch's bodies) by
-its *record*, a document of the ``messages`` collection with the ``_id``
-``record_id(w)``, inserted pending in the same command as the bodies, ahead of
-them:
+``bench/RESULTS.md``: 9.4 of 13.5 ms of database time a stored message). With
+``PUSHSVC_MONGO_COMMIT_RECORDS`` a node commits a write attempt ``w`` (a
+batch's bodies) by its *record* instead, a document of the ``messages``
+collection with the ``_id`` ``record_id(w)``, inserted pending in the same
+command as the bodies, ahead of them, and listing their ids (``ids``):
 
 - a body whose ``pending`` is a string names its attempt: it is committed when
   that record's ``pending`` is false, in flight while it is true, and abandoned
@@ -16,11 +16,13 @@ them:
   body today;
 - every other body is read as before (``pending`` true or false).
 
-Readers learn this form before any writer writes it, so that a fleet upgraded
-node by node never has a node that misreads a body: this module is the
-readers' half. Nodes of earlier versions read a string ``pending`` as pending
-(they deliver such a message once they are upgraded), and never sweep it
-(their sweeps look for ``pending: true``).
+Every node reads this form whatever its own setting, so that the setting can be
+turned on once every node of a fleet runs a version that reads it
+(docs/operations.md). Nodes of earlier versions read a string ``pending`` as
+pending (they deliver such a message once they are upgraded), and never sweep
+it (their sweeps look for ``pending: true``). Abandoning an attempt raises the
+counters over the entries of every body its record lists, deletes the record
+if still pending, and then -- only once the record is seen gone -- the bodies.
 
 A record is fetched with the bodies whenever the reader knows the attempt
 (entries carry their ``w``): the same ``$in`` on ``_id``, no extra round trip.

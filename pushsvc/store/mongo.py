@@ -53,7 +53,11 @@ A push is written in four steps, each one round trip for the whole batch:
    fails the batch; ``_insert_in_order``.)
 3. ``counters`` is raised with ``$max`` to the seqs just inserted.
 4. Bodies are committed: ``pending`` set to false, conditionally on still
-   being pending with this attempt's ``w``.
+   being pending with this attempt's ``w``. (With ``commit_records``, step 1
+   also inserts the attempt's record ahead of its bodies, which name it, and
+   step 4 sets the record's ``pending`` to false instead: one document a batch;
+   see ``commit_records``. Everything below holds with the record in the
+   bodies' place.)
 
 Readers (``read_inbox``) read entries by ``(user_id, seq)`` ascending, then
 their bodies: a missing, expired or other-attempt body is a deletion (skipped);
@@ -155,7 +159,7 @@ from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError
 from pushsvc.errors import InvalidArgument, NotFound, PushError, StoreUnavailable
 from pushsvc.messages import Message
 from pushsvc.store.batching import Call, GroupCommit
-from pushsvc.store.commit_records import find_settled, is_record_id
+from pushsvc.store.commit_records import find_settled, is_record_id, record_id
 from pushsvc.store.inbox import (
     IDEMPOTENCY_WINDOW,
     DeliveredMark,
@@ -257,9 +261,19 @@ class _LeaseExpired(Exception):
 class MongoInbox(InboxStore):
     """Messages, inboxes, acks and receipts in MongoDB: ``MongoInbox(database)``."""
 
-    def __init__(self, database: MongoDatabase, *, lease: float = LEASE, writer: str = "") -> None:
+    def __init__(
+        self,
+        database: MongoDatabase,
+        *,
+        lease: float = LEASE,
+        writer: str = "",
+        commit_records: bool = False,
+    ) -> None:
         self.database = database
         self.lease = lease
+        #: Commit each batch by one record document (``commit_records``) rather
+        #: than by updating every body: only once every node reads records.
+        self.commit_records = commit_records
         #: ``<node id>/<run>``: recorded on every body this process writes, so a
         #: later run of the node (``recover``) or the sweeper can tell whose
         #: pending bodies can no longer commit.
@@ -511,9 +525,14 @@ class MongoInbox(InboxStore):
                 p.outcome = StoreResult(
                     mid, tuple(p.seqs.get(u, 0) for u in p.request.user_ids), duplicate=True
                 )
-            elif (mid, w) in self._unfinished or p.now - doc.get("created_at", 0) > PENDING_GRACE:
-                # The push holding it failed, or its node died: take over.
-                self._abandon_attempts([(mid, w)])
+            elif (
+                (mid, w) in self._unfinished
+                or (w is not None and (record_id(w), w) in self._unfinished)
+                or p.now - doc.get("created_at", 0) > PENDING_GRACE
+            ):
+                # The push holding it failed, or its node died: take over (its
+                # whole attempt, by its record if it has one).
+                self._abandon_attempts([(mid, w)] + ([(record_id(w), w)] if w else []))
                 self._idempotency.delete_one({"_id": key, "w": w})
                 again.append(p)
             else:
@@ -528,14 +547,24 @@ class MongoInbox(InboxStore):
         grace) is abandoned; one pending for a push still in flight is refused."""
         ours = {p.w for p in pushes}
         todo = pushes
+        by_record = self.commit_records
+        # The attempt's record goes first, in the same command: it exists before
+        # any entry of the batch does (``commit_records``).
+        head = [_record(pushes)] if by_record else []
         for attempt in range(2):
             try:
-                self._messages.insert_many([_body(p) for p in todo], ordered=False)
+                self._messages.insert_many(
+                    head + [_body(p, by_record) for p in todo], ordered=False
+                )
                 return
             except BulkWriteError as exc:
                 if not only_duplicate_keys(exc):
                     raise
-                clashed = [todo[e["index"]] for e in exc.details["writeErrors"]]
+                errors = exc.details["writeErrors"]
+                if head and any(e["index"] == 0 for e in errors):
+                    raise StoreUnavailable("a write attempt's name was taken; retry") from None
+                clashed = [todo[e["index"] - len(head)] for e in errors]
+                head = []
             old = self._find_bodies(
                 [p.message.id for p in clashed], {"pending": 1, "w": 1, "t": 1, "created_at": 1}
             )
@@ -750,6 +779,9 @@ class MongoInbox(InboxStore):
     # -- step 4: commit ---------------------------------------------------------------
 
     def _commit(self, pushes: list[_Push]) -> None:
+        if self.commit_records:
+            self._commit_record(pushes)
+            return
         modified = 0
         for part in self.database.batches(pushes):
             # One statement: the bodies by _id, still pending, still this attempt's
@@ -775,6 +807,27 @@ class MongoInbox(InboxStore):
             else:
                 p.outcome = StoreResult(p.message.id, tuple(p.seqs[u] for u in p.request.user_ids))
 
+    def _commit_record(self, pushes: list[_Push]) -> None:
+        """Step 4 as one document: the attempt's record, still pending (the
+        batch's pushes share its ``w``). If it is gone, the sweeper abandoned the
+        batch: none of it is stored."""
+        w = pushes[0].w
+        rid = record_id(w)
+        done = self._messages.update_one(
+            {"_id": rid, "w": w, "pending": True}, {"$set": {"pending": False}}
+        ).modified_count
+        if not done:
+            record = self._messages.find_one({"_id": rid}, {"pending": 1})
+            done = record is not None and record.get("pending") is False
+        for p in pushes:
+            if done:
+                p.outcome = StoreResult(p.message.id, tuple(p.seqs[u] for u in p.request.user_ids))
+            else:
+                p.outcome = StoreUnavailable(
+                    f"message {p.message.id} was abandoned before it committed; retry"
+                )
+                self._release_claim(p)
+
     # -- failure: abandon what was written ---------------------------------------------
 
     def _fail(self, pushes: list[_Push], error: StoreUnavailable, commit_sent: bool) -> None:
@@ -785,13 +838,14 @@ class MongoInbox(InboxStore):
         for p in pushes:
             if p.outcome is None:
                 p.outcome = error
+        attempts = _attempts(pushes)
         try:
             with pymongo.timeout(self.database.cleanup_timeout):
-                bodies = self._abandon_attempts([(p.message.id, p.w) for p in pushes])
+                bodies = self._abandon_attempts(attempts)
         except PyMongoError as exc:
             # The store's health logs the outage; tidy() finishes this once it is back.
             log.debug("could not abandon %d failed pushes yet: %s", len(pushes), short(exc))
-            self._unfinished.update((p.message.id, p.w) for p in pushes)
+            self._unfinished.update(attempts)
             return
         for p in pushes:
             if commit_sent and _committed(bodies.get(p.message.id), p.w):
@@ -808,8 +862,8 @@ class MongoInbox(InboxStore):
             return {}
         # A commit record stands for its attempt's bodies (``commit_records``):
         # deleting it abandons them all, so the counters go up over all their
-        # entries first. Their bodies stay (they read as deletions) until they
-        # expire: deleting them here could race a commit that won.
+        # entries first, and their bodies go only once the record is seen gone
+        # (a commit that won keeps both).
         records = [rid for rid, _ in attempts if is_record_id(rid)]
         covered = [(mid, w) for mid, w in attempts if not is_record_id(mid)]
         if records:
@@ -825,6 +879,15 @@ class MongoInbox(InboxStore):
                 [DeleteOne({"_id": mid, "w": w, "pending": True}) for mid, w in part],
                 ordered=False,
             )
+        if records:
+            kept = {d["_id"] for d in self._messages.find({"_id": {"$in": records}}, {"_id": 1})}
+            gone = {w for rid, w in attempts if is_record_id(rid) and rid not in kept}
+            leftovers = [(mid, w) for mid, w in covered if w in gone]
+            for part in self.database.batches(leftovers):
+                self._messages.bulk_write(
+                    [DeleteOne({"_id": mid, "w": w, "pending": w}) for mid, w in part],
+                    ordered=False,
+                )
         self._unfinished.difference_update(attempts)
         return self._find_bodies(
             [mid for mid, _ in covered], {"pending": 1, "w": 1}, [w for _, w in covered]
@@ -858,8 +921,10 @@ class MongoInbox(InboxStore):
         if not attempts:
             return 0
         left = self._abandon_attempts(attempts)
-        # Their keys go back too, unless a commit applied after all.
-        failed = [w for mid, w in attempts if w is not None and not _committed(left.get(mid), w)]
+        # Their keys go back too, unless a commit applied after all (a batch
+        # commits whole: one committed body says its attempt did).
+        stored = {w for mid, w in attempts if _committed(left.get(mid), w)}
+        failed = list({w for _, w in attempts if w is not None and w not in stored})
         for part in self.database.batches(failed):
             self._idempotency.delete_many({"w": {"$in": list(part)}})
         return len(attempts)
@@ -1130,7 +1195,8 @@ class MongoInbox(InboxStore):
 # -- documents ---------------------------------------------------------------------
 
 
-def _body(p: _Push) -> Doc:
+def _body(p: _Push, by_record: bool = False) -> Doc:
+    """A body, pending: until its own commit, or (``by_record``) its attempt's."""
     m = p.message
     exp = float(m.expires_at or 0.0)
     return {
@@ -1145,8 +1211,36 @@ def _body(p: _Push) -> Doc:
         "t": p.now,
         "by": p.writer,
         "node": p.writer.rpartition("/")[0],
+        "pending": p.w if by_record else True,
+    }
+
+
+def _record(pushes: Sequence[_Push]) -> Doc:
+    """The commit record of a batch's attempt (``commit_records``): pending, with
+    what the sweeper needs to abandon it (``t``, ``node``, ``by``) and its bodies'
+    ids, and kept as long as any of them."""
+    first = pushes[0]
+    bodies = [_body(p) for p in pushes]
+    return {
+        "_id": record_id(first.w),
+        "w": first.w,
+        "ids": [b["_id"] for b in bodies],
+        "created_at": min(p.now for p in pushes),
+        "exp": max(b["exp"] for b in bodies),
+        "expires_at": max(b["expires_at"] for b in bodies),
+        "t": min(p.now for p in pushes),
+        "by": first.writer,
+        "node": first.writer.rpartition("/")[0],
         "pending": True,
     }
+
+
+def _attempts(pushes: Sequence[_Push]) -> list[Attempt]:
+    """What abandoning a batch's pushes abandons: each body, and the attempt's
+    record (if it has none, deleting it does nothing)."""
+    attempts: list[Attempt] = [(p.message.id, p.w) for p in pushes]
+    attempts += [(record_id(w), w) for w in dict.fromkeys(p.w for p in pushes)]
+    return attempts
 
 
 def _entry_doc(user_id: str, p: _Push) -> Doc:

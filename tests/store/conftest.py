@@ -24,21 +24,26 @@ from pushsvc.store.mongo import MongoInbox
 from pushsvc.store.mongo_database import MongoDatabase
 from tests.ferretdb import ferretdb  # noqa: F401
 
-BACKENDS = ["embedded", "mongo"]
+# mongo-records: the MongoDB store committing each batch by its record
+# (``pushsvc/store/commit_records.py``).
+BACKENDS = ["embedded", "mongo", "mongo-records"]
 
 
 def make_store(name: str, tmp_path: pathlib.Path, mongo_uri: str = "") -> InboxStore:
     """A fresh, empty store of the named backend, private to one test."""
     if name == "embedded":
         return EmbeddedStore(tmp_path / "data")
-    if name == "mongo":
-        return MongoInbox(MongoDatabase(mongo_uri, f"test_{uuid.uuid4().hex}"))
+    if name in ("mongo", "mongo-records"):
+        return MongoInbox(
+            MongoDatabase(mongo_uri, f"test_{uuid.uuid4().hex}"),
+            commit_records=name == "mongo-records",
+        )
     raise ValueError(f"unknown store backend {name!r}")
 
 
 @pytest.fixture(params=BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[InboxStore]:
-    uri = request.getfixturevalue("ferretdb").uri if request.param == "mongo" else ""
+    uri = request.getfixturevalue("ferretdb").uri if request.param.startswith("mongo") else ""
     s = make_store(request.param, tmp_path, uri)
     try:
         yield s

@@ -36,11 +36,13 @@ DEADLINE = 90.0  # no process of a test runs longer than this
 @dataclass(frozen=True)
 class Spec:
     """Which store to open: ``embedded`` (``where`` is the data directory) or
-    ``mongo`` (``where`` is the URI, ``db`` the database name)."""
+    ``mongo`` (``where`` is the URI, ``db`` the database name; ``records``:
+    batches committed by their record)."""
 
     backend: str
     where: str
     db: str = ""
+    records: bool = False
 
 
 def open_store(spec: Spec) -> InboxStore:
@@ -51,7 +53,9 @@ def open_store(spec: Spec) -> InboxStore:
     from pushsvc.store.mongo import MongoInbox
     from pushsvc.store.mongo_database import MongoDatabase
 
-    return MongoInbox(MongoDatabase(spec.where, spec.db, socket_timeout=60.0))
+    return MongoInbox(
+        MongoDatabase(spec.where, spec.db, socket_timeout=60.0), commit_records=spec.records
+    )
 
 
 def _dump(path: str, data: Any) -> None:

@@ -1,9 +1,11 @@
 """Readers of the MongoDB store and bodies committed by a commit record.
 
-No writer writes this form yet (``pushsvc/store/commit_records.py``): these
-tests write it by hand, as a writer of the next form will, and check that every
-reader of this version -- pages, message status, idempotent retries, the
-receipt log, sweeps -- reads it right, against a real FerretDB.
+The first tests write that form by hand, as a node with
+``PUSHSVC_MONGO_COMMIT_RECORDS`` does, and check that every reader -- pages,
+message status, idempotent retries, the receipt log, sweeps -- reads it right
+whatever the reading node's own setting; the last ones write it through the
+store. All against a real FerretDB. (The behavioural, property and crash
+suites run on this form too: the ``mongo-records`` backend.)
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from pushsvc.errors import NotFound
+from pushsvc.errors import NotFound, StoreUnavailable
 from pushsvc.messages import Message
 from pushsvc.store.commit_records import record_id
 from pushsvc.store.inbox import InboxPage, StoreRequest
@@ -207,3 +209,54 @@ def test_a_committed_record_is_not_swept(store: MongoInbox) -> None:
     write_attempt(store, "w1", [(mid(1), [("alice", 1)])], record=False, t=T0)
     store.sweep(T0 + PENDING_GRACE + 1)
     assert seqs(store.read_inbox("alice", 0, 10, T0)) == [1]
+
+
+# -- the writer of this form (``MongoInbox(commit_records=True)``) -----------------
+
+
+@pytest.fixture
+def writer(ferretdb: FerretDB) -> Iterator[MongoInbox]:
+    s = MongoInbox(
+        MongoDatabase(ferretdb.uri, f"t_{uuid.uuid4().hex}"), commit_records=True, writer="n/1"
+    )
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def test_a_batch_commits_by_its_record_and_leaves_its_bodies_untouched(
+    writer: MongoInbox,
+) -> None:
+    requests = [
+        StoreRequest(Message(mid(n), b"{}", "application/json", T0, EXP), ("alice", f"u{n}"))
+        for n in range(1, 31)
+    ]
+    results = writer.store_messages(requests, T0)
+    assert all(not isinstance(r, Exception) for r in results)
+    (record,) = writer._messages.find({"_id": {"$regex": "^attempt/"}})
+    assert record["pending"] is False and record["ids"] == [mid(n) for n in range(1, 31)]
+    bodies = list(writer._messages.find({"_id": {"$in": record["ids"]}}))
+    assert len(bodies) == 30 and {b["pending"] for b in bodies} == {record["w"]}
+    assert seqs(writer.read_inbox("alice", 0, 100, T0)) == list(range(1, 31))
+    assert writer.read_inbox("u7", 0, 10, T0).entries[0].message.id == mid(7)
+
+
+def test_a_writer_that_failed_abandons_its_record_and_a_retry_stores_the_message(
+    writer: MongoInbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    m = Message(mid(1), b"{}", "application/json", T0, EXP)
+
+    def no_commit(*args: Any, **kwargs: Any) -> Any:
+        raise StoreUnavailable("the commit did not go (injected)")
+
+    monkeypatch.setattr(writer, "_commit_record", no_commit)
+    with pytest.raises(StoreUnavailable):
+        writer.store_message(m, ["alice"], "k", T0)
+    monkeypatch.undo()
+    # The record is gone and so is the body: seq 1 stays a tombstone.
+    assert writer._messages.count_documents({}) == 0
+    assert writer.read_inbox("alice", 0, 10, T0) == InboxPage(())
+    retry = writer.store_message(m, ["alice"], "k", T0)
+    assert not retry.duplicate and retry.seqs == (2,)
+    assert seqs(writer.read_inbox("alice", 0, 10, T0)) == [2]

@@ -33,7 +33,7 @@ from tests.store.racing import DEADLINE, T0, TTL, Spec
 
 CTX = multiprocessing.get_context("spawn")
 USERS = ["ann", "ben", "cat"]
-BACKENDS = ["embedded", "mongo"]
+BACKENDS = ["embedded", "mongo", "mongo-records"]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -41,7 +41,8 @@ def spec(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Spec:
     if request.param == "embedded":
         return Spec("embedded", str(tmp_path / "data"))
     server: FerretDB = request.getfixturevalue("ferretdb")
-    return Spec("mongo", server.uri, f"race_{uuid.uuid4().hex}")
+    records = request.param == "mongo-records"
+    return Spec("mongo", server.uri, f"race_{uuid.uuid4().hex}", records)
 
 
 @pytest.fixture

@@ -92,10 +92,13 @@ def fresh(backend: str, mongo_uri: str) -> tuple[InboxStore, tempfile.TemporaryD
     tmp = tempfile.TemporaryDirectory(prefix="pushsvc-prop-")
     if backend == "embedded":
         return EmbeddedStore(pathlib.Path(tmp.name)), tmp
-    return MongoInbox(MongoDatabase(mongo_uri, f"prop_{uuid.uuid4().hex}")), tmp
+    return MongoInbox(
+        MongoDatabase(mongo_uri, f"prop_{uuid.uuid4().hex}"),
+        commit_records=backend == "mongo-records",
+    ), tmp
 
 
-@pytest.mark.parametrize("backend", ["embedded", "mongo"])
+@pytest.mark.parametrize("backend", ["embedded", "mongo", "mongo-records"])
 def test_store_messages_agrees_with_the_model(backend: str, mongo_uri: str) -> None:
     @settings(
         max_examples=40 if backend == "embedded" else 10,
