@@ -1691,23 +1691,21 @@ def machine_line() -> str:
     return f"{machine()}, {go.removeprefix('go version ')}"
 
 
+def _settings_line(what: str, env: list[tuple[str, str]]) -> str:
+    """A line of the run's description naming ``env`` (none: no line)."""
+    if not env:
+        return ""
+    return f"- {what}: " + ", ".join(f"`{k}={v}`" for k, v in env) + "\n"
+
+
 def describe(args: argparse.Namespace, minutes: float) -> str:
     return (
         f"- versions: {args.versions}\n"
         f"- run took {minutes:.1f} min\n"
-        + (
-            "- pushsvc's settings besides the suite's: "
-            + ", ".join(f"`{k}={v}`" for k, v in args.pushsvc_env)
-            + "\n"
-            if args.pushsvc_env
-            else ""
-        )
-        + (
-            "- the MongoDB-wire node's settings besides the suite's (not the baseline's): "
-            + ", ".join(f"`{k}={v}`" for k, v in args.mongo_env)
-            + "\n"
-            if args.mongo_env
-            else ""
+        + _settings_line("pushsvc's settings besides the suite's", args.pushsvc_env)
+        + _settings_line(
+            "the MongoDB-wire node's settings besides the suite's (not the baseline's)",
+            args.mongo_env,
         )
         + (
             f"- `pushsvc {args.baseline}`: pushsvc's source at {args.baseline} (`--baseline`), "

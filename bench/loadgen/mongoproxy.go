@@ -118,11 +118,8 @@ func proxyConn(down net.Conn, upstream string, c *counts) {
 		r := bufio.NewReaderSize(up, 64<<10)
 		header := make([]byte, 16)
 		for {
-			if _, err := io.ReadFull(r, header); err != nil {
-				return
-			}
-			length := int(binary.LittleEndian.Uint32(header[0:4]))
-			if length < 16 || length > 64<<20 {
+			length, ok := readHeader(r, header)
+			if !ok {
 				return
 			}
 			responseTo := binary.LittleEndian.Uint32(header[8:12])
@@ -144,14 +141,11 @@ func proxyConn(down net.Conn, upstream string, c *counts) {
 	r := bufio.NewReaderSize(down, 64<<10)
 	header := make([]byte, 16)
 	for {
-		if _, err := io.ReadFull(r, header); err != nil {
+		length, ok := readHeader(r, header)
+		if !ok {
 			return
 		}
-		length := int(binary.LittleEndian.Uint32(header[0:4]))
 		opcode := binary.LittleEndian.Uint32(header[12:16])
-		if length < 16 || length > 64<<20 {
-			return
-		}
 		body := make([]byte, length-16)
 		if _, err := io.ReadFull(r, body); err != nil {
 			return
@@ -171,6 +165,16 @@ func proxyConn(down net.Conn, upstream string, c *counts) {
 			return
 		}
 	}
+}
+
+// readHeader reads a wire message's 16-byte header into header; the message's
+// length, or false at the end of the stream or for a length out of bounds.
+func readHeader(r io.Reader, header []byte) (int, bool) {
+	if _, err := io.ReadFull(r, header); err != nil {
+		return 0, false
+	}
+	length := int(binary.LittleEndian.Uint32(header[0:4]))
+	return length, length >= 16 && length <= 64<<20
 }
 
 // commandName: for OP_MSG (2013) the first key of the section-0 document;

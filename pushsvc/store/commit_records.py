@@ -68,7 +68,10 @@ def settled(body: Doc | None, records: Mapping[str, Doc]) -> Doc | None:
 
 
 def find_settled(
-    messages: Collection[Doc], ids: Iterable[str], fields: Doc, attempts: Iterable[str] = ()
+    messages: Collection[Doc],
+    ids: Iterable[str],
+    fields: Doc,
+    attempts: Iterable[str | None] = (),
 ) -> dict[str, Doc]:
     """The bodies of ``ids``, settled (``settled``; the abandoned ones left out).
     ``attempts``: the write attempts the caller expects (the entries' ``w``),

@@ -548,14 +548,13 @@ class MongoInbox(InboxStore):
         ours = {p.w for p in pushes}
         todo = pushes
         by_record = self.commit_records
+        bodies = [_body(p, by_record) for p in todo]
         # The attempt's record goes first, in the same command: it exists before
         # any entry of the batch does (``commit_records``).
-        head = [_record(pushes)] if by_record else []
+        head = [_record(pushes, bodies)] if by_record else []
         for attempt in range(2):
             try:
-                self._messages.insert_many(
-                    head + [_body(p, by_record) for p in todo], ordered=False
-                )
+                self._messages.insert_many(head + bodies, ordered=False)
                 return
             except BulkWriteError as exc:
                 if not only_duplicate_keys(exc):
@@ -587,6 +586,7 @@ class MongoInbox(InboxStore):
             todo = [p for p in clashed if p.outcome is None]
             if not todo:
                 return
+            bodies = [_body(p, by_record) for p in todo]
         for p in todo:  # still clashing after a second try: never go on without a body
             p.outcome = StoreUnavailable(f"message id {p.message.id} could not be stored; retry")
 
@@ -992,7 +992,7 @@ class MongoInbox(InboxStore):
     ) -> dict[str, Doc]:
         """The bodies of ``ids`` as their attempts stand (``commit_records``):
         abandoned ones left out. ``attempts``: the write attempts expected."""
-        return find_settled(self._messages, ids, fields, (a for a in attempts if a))
+        return find_settled(self._messages, ids, fields, attempts)
 
     def _seqs_of(self, attempts: Sequence[Attempt]) -> dict[str, dict[str, int]]:
         """Each recipient's seq of each ``(message id, w)``."""
@@ -1215,12 +1215,11 @@ def _body(p: _Push, by_record: bool = False) -> Doc:
     }
 
 
-def _record(pushes: Sequence[_Push]) -> Doc:
+def _record(pushes: Sequence[_Push], bodies: Sequence[Doc]) -> Doc:
     """The commit record of a batch's attempt (``commit_records``): pending, with
-    what the sweeper needs to abandon it (``t``, ``node``, ``by``) and its bodies'
-    ids, and kept as long as any of them."""
+    what the sweeper needs to abandon it (``t``, ``node``, ``by``) and its
+    ``bodies``' ids, and kept as long as any of them."""
     first = pushes[0]
-    bodies = [_body(p) for p in pushes]
     return {
         "_id": record_id(first.w),
         "w": first.w,

@@ -375,7 +375,7 @@ class MongoReceiptLog(ReceiptLog):
             self._messages,
             (e["message_id"] for e in entries),
             {"w": 1, "pending": 1},
-            (e["w"] for e in entries if e.get("w")),
+            (e.get("w") for e in entries),
         )
         out = []
         for e in entries:
