@@ -1,30 +1,36 @@
-"""Commit records: a write attempt committed by one document instead of one per body.
+"""Commit records: a write attempt committed by inserting one document.
 
 A body of the MongoDB store (``mongo.py``) is committed by setting its
 ``pending`` to false: one update per body, which FerretDB answers with a scan
 of the collection per document (the notes of Dec 3 15:35 in
 ``bench/RESULTS.md``: 9.4 of 13.5 ms of database time a stored message). With
-``PUSHSVC_MONGO_COMMIT_RECORDS`` a node commits a write attempt ``w`` (a
-batch's bodies) by its *record* instead, a document of the ``messages``
-collection with the ``_id`` ``record_id(w)``, inserted pending in the same
-command as the bodies, ahead of them, and listing their ids (``ids``):
+``PUSHSVC_MONGO_COMMIT_RECORDS`` a node writes a batch's bodies as one *write
+attempt* ``w`` and settles the attempt by an insert instead, two documents of
+the ``messages`` collection besides the bodies:
 
-- a body whose ``pending`` is a string names its attempt: it is committed when
-  that record's ``pending`` is false, in flight while it is true, and abandoned
-  (a deletion to its readers) when the record is gone -- abandoning deletes the
-  record, conditionally on its still being pending, as it deletes a pending
-  body today;
-- every other body is read as before (``pending`` true or false).
+- the attempt, ``attempt_id(w)``: inserted in the same command as the bodies,
+  ahead of them, with what abandoning it needs (the bodies' ids, ``t``,
+  ``node``, ``by``); removed by ``sweep`` once the attempt is settled;
+- its outcome, ``outcome_id(w)``, ``{state: "committed" | "abandoned"}``:
+  inserted once, by the writer to commit or by whoever abandons the attempt.
+  Both insert the same ``_id``, so exactly one of them happens on MongoDB and
+  FerretDB alike (a unique key, not a conditional update: FerretDB's updates
+  are read-then-write, and cost a scan of the collection each).
+
+A body whose ``pending`` is a string names its attempt: it is committed when
+that attempt's outcome says so, a deletion when it says abandoned, and pending
+while there is none. Every other body is read as before (``pending`` true or
+false). An outcome is kept as long as any body of its attempt (its ``exp`` and
+``expires_at`` are the latest of theirs), so a body is never read without it
+before the body has expired.
 
 Every node reads this form whatever its own setting, so that the setting can be
 turned on once every node of a fleet runs a version that reads it
 (docs/operations.md). Nodes of earlier versions read a string ``pending`` as
 pending (they deliver such a message once they are upgraded), and never sweep
-it (their sweeps look for ``pending: true``). Abandoning an attempt raises the
-counters over the entries of every body its record lists, deletes the record
-if still pending, and then -- only once the record is seen gone -- the bodies.
+it (their sweeps look for ``pending: true``).
 
-A record is fetched with the bodies whenever the reader knows the attempt
+An outcome is fetched with the bodies whenever the reader knows the attempt
 (entries carry their ``w``): the same ``$in`` on ``_id``, no extra round trip.
 """
 
@@ -36,35 +42,52 @@ from pymongo.collection import Collection
 
 from pushsvc.store.mongo_database import Doc
 
-#: The prefix of a record's ``_id``; message ids are hex digits and an owner tag.
-RECORD_PREFIX = "attempt/"
+#: The prefix of an attempt document's ``_id``; message ids are hex digits.
+ATTEMPT_PREFIX = "attempt/"
+#: The prefix of an outcome document's ``_id``.
+OUTCOME_PREFIX = "outcome/"
+COMMITTED = "committed"
+ABANDONED = "abandoned"
+#: The attempt documents (an ``_id`` range: the index on MongoDB).
+ATTEMPTS: Doc = {"_id": {"$gte": ATTEMPT_PREFIX, "$lt": ATTEMPT_PREFIX[:-1] + "0"}}
 
 
-def record_id(w: str) -> str:
-    """The ``_id`` of write attempt ``w``'s commit record."""
-    return RECORD_PREFIX + w
+def attempt_id(w: str) -> str:
+    """The ``_id`` of write attempt ``w``'s document."""
+    return ATTEMPT_PREFIX + w
 
 
-def is_record_id(key: object) -> bool:
-    """Whether a ``messages`` document's ``_id`` is a commit record's."""
-    return isinstance(key, str) and key.startswith(RECORD_PREFIX)
+def outcome_id(w: str) -> str:
+    """The ``_id`` of write attempt ``w``'s outcome."""
+    return OUTCOME_PREFIX + w
 
 
-def settled(body: Doc | None, records: Mapping[str, Doc]) -> Doc | None:
-    """``body`` as its attempt stands: a body naming its attempt in ``pending``
-    gets the record's ``pending`` (True while its record is pending) and the
-    record's ``_id`` as ``record`` (what abandoning it deletes), or is None when
-    its record is gone (abandoned: a deletion); others as they are. ``records``
-    maps ``_id`` to the records read."""
+def is_attempt_id(key: object) -> bool:
+    """Whether a ``messages`` document's ``_id`` is an attempt's."""
+    return isinstance(key, str) and key.startswith(ATTEMPT_PREFIX)
+
+
+def is_outcome_id(key: object) -> bool:
+    """Whether a ``messages`` document's ``_id`` is an outcome's."""
+    return isinstance(key, str) and key.startswith(OUTCOME_PREFIX)
+
+
+def settled(body: Doc | None, outcomes: Mapping[str, Doc]) -> Doc | None:
+    """``body`` as its attempt stands. A body naming its attempt in ``pending``
+    is None when the attempt was abandoned (a deletion); otherwise it gets
+    ``pending`` False if the attempt committed, True while it has no outcome,
+    and the attempt's ``_id`` as ``record`` (what abandoning it abandons).
+    Others come as they are. ``outcomes`` maps ``_id`` to the outcomes read."""
     if body is None:
         return None
     attempt = body.get("pending")
     if not isinstance(attempt, str):
         return body
-    record = records.get(record_id(attempt))
-    if record is None:
+    outcome = outcomes.get(outcome_id(attempt))
+    state = outcome.get("state") if outcome is not None else None
+    if state == ABANDONED:
         return None
-    return {**body, "pending": record.get("pending") is not False, "record": record["_id"]}
+    return {**body, "pending": state != COMMITTED, "record": attempt_id(attempt)}
 
 
 def find_settled(
@@ -75,33 +98,44 @@ def find_settled(
 ) -> dict[str, Doc]:
     """The bodies of ``ids``, settled (``settled``; the abandoned ones left out).
     ``attempts``: the write attempts the caller expects (the entries' ``w``),
-    whose records are read in the same query; a body naming another attempt
-    costs a second query for its record."""
+    whose outcomes are read in the same query; a body naming another attempt
+    costs a second query for its outcome."""
     ids = list(dict.fromkeys(ids))
     if not ids:
         return {}
-    wanted = [record_id(w) for w in dict.fromkeys(a for a in attempts if a)]
-    fields = {**fields, "pending": 1, "w": 1}
+    wanted = [outcome_id(w) for w in dict.fromkeys(a for a in attempts if a)]
+    fields = {**fields, "pending": 1, "w": 1, "state": 1}
     bodies: dict[str, Doc] = {}
-    records: dict[str, Doc] = {}
+    outcomes: dict[str, Doc] = {}
     query = {"_id": {"$in": ids + wanted}}
     for d in messages.find(query, fields, batch_size=len(ids) + len(wanted) + 1):
         key = d["_id"]
-        if is_record_id(key):
-            records[key] = d
+        if is_outcome_id(key):
+            outcomes[key] = d
         else:
             bodies[key] = d
     missing = [
-        record_id(p)
+        outcome_id(p)
         for p in {b.get("pending") for b in bodies.values()}
-        if isinstance(p, str) and record_id(p) not in records
+        if isinstance(p, str) and outcome_id(p) not in outcomes and outcome_id(p) not in wanted
     ]
     if missing:
-        for d in messages.find({"_id": {"$in": missing}}, {"pending": 1, "w": 1}):
-            records[d["_id"]] = d
+        for d in messages.find({"_id": {"$in": missing}}, {"state": 1}):
+            outcomes[d["_id"]] = d
     out: dict[str, Doc] = {}
     for key, body in bodies.items():
-        s = settled(body, records)
+        s = settled(body, outcomes)
         if s is not None:
             out[key] = s
     return out
+
+
+def read_outcomes(messages: Collection[Doc], ws: Iterable[str]) -> dict[str, str]:
+    """The outcome of each of the attempts ``ws`` that has one: ``w`` to state."""
+    keys = [outcome_id(w) for w in dict.fromkeys(ws)]
+    if not keys:
+        return {}
+    return {
+        d["_id"][len(OUTCOME_PREFIX) :]: str(d.get("state"))
+        for d in messages.find({"_id": {"$in": keys}}, {"state": 1}, batch_size=len(keys) + 1)
+    }

@@ -54,16 +54,16 @@ A push is written in four steps, each one round trip for the whole batch:
 3. ``counters`` is raised with ``$max`` to the seqs just inserted.
 4. Bodies are committed: ``pending`` set to false, conditionally on still
    being pending with this attempt's ``w``. (With ``commit_records``, step 1
-   also inserts the attempt's record ahead of its bodies, which name it, and
-   step 4 sets the record's ``pending`` to false instead: one document a batch;
-   see ``commit_records``. Everything below holds with the record in the
-   bodies' place.)
+   also inserts the attempt's document ahead of its bodies, which name it, and
+   step 4 inserts the attempt's ``committed`` outcome instead: one insert a
+   batch; see ``commit_records``. Everything below holds with the outcome in
+   the bodies' place.)
 
 Readers (``read_inbox``) read entries by ``(user_id, seq)`` ascending, then
 their bodies: a missing, expired or other-attempt body is a deletion (skipped);
 a pending one stops the page (``blocked_at``); a committed one is returned.
-A body whose ``pending`` names its attempt is as pending as that attempt's
-commit record, and a deletion once the record is gone (``commit_records``:
+A body whose ``pending`` names its attempt is pending until that attempt has
+an outcome, committed or a deletion as the outcome says (``commit_records``:
 step 4 as one document per batch; read with the bodies, in the same query).
 
 *Chain.* Every guess is at most one above a seq that was already inserted (the
@@ -120,8 +120,11 @@ send its commit more than ``LEASE`` (60 s, monotonic) after the batch began,
 and the sweeper abandons only bodies written ``PENDING_GRACE`` (300 s) ago.
 This assumes the nodes' clocks agree to within a few minutes
 (``PENDING_GRACE - LEASE`` less the time a command can spend in flight).
-Bodies keep a TTL date of at least ``t + 2 * PENDING_GRACE``, so a dead
-writer's body is abandoned by a sweep before any TTL index removes it.
+With ``commit_records`` no time is needed: the commit and the abandonment
+insert the same ``_id`` (the attempt's outcome), and the unique key lets
+exactly one of them in, on FerretDB too. Bodies keep a TTL date of at least
+``t + 2 * PENDING_GRACE``, so a dead writer's body is abandoned by a sweep
+before any TTL index removes it.
 
 FerretDB's gaps are handled in two places. It has no TTL indexes, so
 ``sweep`` removes what expired; before it removes entries it raises the
@@ -154,12 +157,21 @@ import gevent
 import pymongo
 from pymongo import DeleteOne, UpdateMany, UpdateOne
 from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError
+from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from pushsvc.errors import InvalidArgument, NotFound, PushError, StoreUnavailable
 from pushsvc.messages import Message
 from pushsvc.store.batching import Call, GroupCommit
-from pushsvc.store.commit_records import find_settled, is_record_id, record_id
+from pushsvc.store.commit_records import (
+    ABANDONED,
+    ATTEMPTS,
+    COMMITTED,
+    attempt_id,
+    find_settled,
+    is_attempt_id,
+    outcome_id,
+    read_outcomes,
+)
 from pushsvc.store.inbox import (
     IDEMPOTENCY_WINDOW,
     DeliveredMark,
@@ -502,6 +514,7 @@ class MongoInbox(InboxStore):
             {"pending": 1, "w": 1},
             [d.get("w") for d in holders.values()],
         )
+        pending = {mid: b for mid, b in bodies.items() if b.get("pending")}
         seen = self._seqs_of(
             [
                 (d["message_id"], d.get("w"))
@@ -527,12 +540,16 @@ class MongoInbox(InboxStore):
                 )
             elif (
                 (mid, w) in self._unfinished
-                or (w is not None and (record_id(w), w) in self._unfinished)
+                or (w is not None and (attempt_id(w), w) in self._unfinished)
                 or p.now - doc.get("created_at", 0) > PENDING_GRACE
             ):
                 # The push holding it failed, or its node died: take over (its
-                # whole attempt, by its record if it has one).
-                self._abandon_attempts([(mid, w)] + ([(record_id(w), w)] if w else []))
+                # whole attempt, if it was written as one).
+                held = pending.get(mid)
+                if held is not None and "record" in held:
+                    self._abandon_attempts([(mid, w), (held["record"], w)])
+                else:
+                    self._abandon_attempts([(mid, w)])
                 self._idempotency.delete_one({"_id": key, "w": w})
                 again.append(p)
             else:
@@ -549,9 +566,9 @@ class MongoInbox(InboxStore):
         todo = pushes
         by_record = self.commit_records
         bodies = [_body(p, by_record) for p in todo]
-        # The attempt's record goes first, in the same command: it exists before
-        # any entry of the batch does (``commit_records``).
-        head = [_record(pushes, bodies)] if by_record else []
+        # The attempt's document goes first, in the same command: it exists
+        # before any entry of the batch does (``commit_records``).
+        head = [_attempt(pushes, bodies)] if by_record else []
         for attempt in range(2):
             try:
                 self._messages.insert_many(head + bodies, ordered=False)
@@ -572,12 +589,14 @@ class MongoInbox(InboxStore):
                 doc = old.get(p.message.id)
                 if doc is None:
                     continue  # gone meanwhile: try again
-                # A body committed by its record is abandoned by deleting the record.
+                # A body of an attempt (``commit_records``) is abandoned with it.
                 other = (doc.get("record", p.message.id), doc.get("w"))
                 if not doc.get("pending") or doc.get("w") in ours or attempt:
                     p.outcome = InvalidArgument(f"message id {p.message.id} is already stored")
                 elif other in self._unfinished or p.now - _written(doc) > PENDING_GRACE:
                     stale.append(other)
+                    if "record" in doc:
+                        stale.append((p.message.id, doc.get("w")))
                 else:
                     p.outcome = StoreUnavailable(
                         f"message id {p.message.id} is being stored by another push; retry later"
@@ -808,17 +827,16 @@ class MongoInbox(InboxStore):
                 p.outcome = StoreResult(p.message.id, tuple(p.seqs[u] for u in p.request.user_ids))
 
     def _commit_record(self, pushes: list[_Push]) -> None:
-        """Step 4 as one document: the attempt's record, still pending (the
-        batch's pushes share its ``w``). If it is gone, the sweeper abandoned the
-        batch: none of it is stored."""
+        """Step 4 as one insert: the attempt's outcome, ``committed`` (the batch's
+        pushes share its ``w``). If an outcome is there already, it is
+        ``abandoned`` (the sweeper took the batch over: none of it is stored) or
+        ours (an insert sent twice)."""
         w = pushes[0].w
-        rid = record_id(w)
-        done = self._messages.update_one(
-            {"_id": rid, "w": w, "pending": True}, {"$set": {"pending": False}}
-        ).modified_count
-        if not done:
-            record = self._messages.find_one({"_id": rid}, {"pending": 1})
-            done = record is not None and record.get("pending") is False
+        try:
+            self._messages.insert_one(_outcome(w, COMMITTED, *_kept(pushes)))
+            done = True
+        except DuplicateKeyError:
+            done = read_outcomes(self._messages, [w]).get(w) == COMMITTED
         for p in pushes:
             if done:
                 p.outcome = StoreResult(p.message.id, tuple(p.seqs[u] for u in p.request.user_ids))
@@ -838,7 +856,7 @@ class MongoInbox(InboxStore):
         for p in pushes:
             if p.outcome is None:
                 p.outcome = error
-        attempts = _attempts(pushes)
+        attempts = _attempts(pushes, self.commit_records)
         try:
             with pymongo.timeout(self.database.cleanup_timeout):
                 bodies = self._abandon_attempts(attempts)
@@ -855,49 +873,71 @@ class MongoInbox(InboxStore):
                 self._release_claim(p)
 
     def _abandon_attempts(self, attempts: Sequence[Attempt]) -> dict[str, Doc]:
-        """Abandon write attempts ``(message id, w)``: raise the counters over
-        their entries, then delete their bodies if still pending. Returns the
-        bodies left under those ids (committed ones, or other attempts')."""
+        """Abandon write attempts: ``(message id, w)`` for a body of its own, and
+        ``(attempt_id(w), w)`` for an attempt settled by its outcome
+        (``commit_records``), whose bodies may be listed too. Raises the counters
+        over the entries of what is abandoned, then deletes the pending bodies, or
+        inserts the attempt's ``abandoned`` outcome (a ``committed`` one already
+        there wins) and then deletes its bodies and its attempt document. Returns
+        the bodies left under those ids (committed ones, or other attempts')."""
         if not attempts:
             return {}
-        # A commit record stands for its attempt's bodies (``commit_records``):
-        # deleting it abandons them all, so the counters go up over all their
-        # entries first, and their bodies go only once the record is seen gone
-        # (a commit that won keeps both).
-        records = [rid for rid, _ in attempts if is_record_id(rid)]
-        covered = [(mid, w) for mid, w in attempts if not is_record_id(mid)]
-        if records:
-            for d in self._messages.find({"_id": {"$in": records}}, {"w": 1, "ids": 1}):
-                covered += [(mid, d.get("w")) for mid in d.get("ids", [])]
+        ws = list(dict.fromkeys(w for a, w in attempts if is_attempt_id(a) and w))
+        by_record = set(ws)
+        plain = [(m, w) for m, w in attempts if not is_attempt_id(m) and w not in by_record]
+        listed = [(m, w) for m, w in attempts if not is_attempt_id(m) and w in by_record]
+        # The attempts' documents, outcomes and listed bodies (their expiry): one query.
+        found: dict[str, Doc] = {}
+        if ws:
+            keys = [attempt_id(w) for w in ws] + [outcome_id(w) for w in ws]
+            keys += [m for m, _ in listed]
+            fields = {"w": 1, "ids": 1, "state": 1, "exp": 1, "expires_at": 1}
+            found = {d["_id"]: d for d in self._messages.find({"_id": {"$in": keys}}, fields)}
+        states = {w: str(found[outcome_id(w)].get("state")) for w in ws if outcome_id(w) in found}
+        bodies: dict[str, list[str]] = {w: [] for w in ws}
+        for m, w in listed:
+            bodies[w].append(m)
+        for w in ws:
+            doc = found.get(attempt_id(w))
+            if doc is not None:
+                bodies[w] += [m for m in doc.get("ids", []) if m not in bodies[w]]
+        covered = plain + [(m, w) for w in ws for m in bodies[w]]
+        undecided = [w for w in ws if w not in states]
+        # Counters first: readers move past these seqs as soon as the bodies go.
         tops: dict[str, int] = {}
-        for seqs in self._seqs_of(covered).values():
+        doomed = plain + [(m, w) for w in undecided for m in bodies[w]]
+        for seqs in self._seqs_of(doomed).values():
             for u, s in seqs.items():
                 tops[u] = max(tops.get(u, 0), s)
         self._raise_counters(tops)
-        for part in self.database.batches(attempts):
+        for part in self.database.batches(plain):
             self._messages.bulk_write(
-                [DeleteOne({"_id": mid, "w": w, "pending": True}) for mid, w in part],
+                [DeleteOne({"_id": m, "w": w, "pending": True}) for m, w in part],
                 ordered=False,
             )
-        if records:
-            kept = {d["_id"] for d in self._messages.find({"_id": {"$in": records}}, {"_id": 1})}
-            gone = {w for rid, w in attempts if is_record_id(rid) and rid not in kept}
-            leftovers = [(mid, w) for mid, w in covered if w in gone]
-            for part in self.database.batches(leftovers):
-                self._messages.bulk_write(
-                    [DeleteOne({"_id": mid, "w": w, "pending": w}) for mid, w in part],
-                    ordered=False,
-                )
+        if undecided:
+            outcomes = [_outcome(w, ABANDONED, *_kept_by(w, bodies[w], found)) for w in undecided]
+            try:
+                self._messages.insert_many(outcomes, ordered=False)
+                states.update((w, ABANDONED) for w in undecided)
+            except BulkWriteError as exc:  # settled meanwhile (by its writer, perhaps)
+                if not only_duplicate_keys(exc):
+                    raise
+                states.update(read_outcomes(self._messages, undecided))
+        for w in ws:
+            if states.get(w) == ABANDONED:
+                for ids in self.database.batches(bodies[w]):
+                    self._messages.delete_many({"_id": {"$in": list(ids)}, "pending": w})
+        for ids in self.database.batches([attempt_id(w) for w in ws if w in states]):
+            self._messages.delete_many({"_id": {"$in": list(ids)}})
         self._unfinished.difference_update(attempts)
-        return self._find_bodies(
-            [mid for mid, _ in covered], {"pending": 1, "w": 1}, [w for _, w in covered]
-        )
+        return self._find_bodies([m for m, _ in covered], {"pending": 1, "w": 1}, ws)
 
-    def _pending_attempts(self, query: Doc) -> list[Attempt]:
-        return [
-            (d["_id"], d.get("w"))
-            for d in self._messages.find({"pending": True, **query}, {"w": 1})
-        ]
+    def _in_flight(self, query: Doc, fields: Doc | None = None) -> list[Doc]:
+        """Pending bodies and attempt documents (``commit_records``: settled or
+        not) matching ``query``. Either's ``(_id, w)`` is what abandons it."""
+        either = {"$or": [{"pending": True}, ATTEMPTS]}
+        return list(self._messages.find({"$and": [either, query]}, fields or {"w": 1}))
 
     @guarded
     def recover(self) -> int:
@@ -907,7 +947,10 @@ class MongoInbox(InboxStore):
         node = self.writer.rpartition("/")[0]
         if not node:
             return 0
-        attempts = self._pending_attempts({"node": node, "by": {"$ne": self.writer}})
+        attempts = [
+            (d["_id"], d.get("w"))
+            for d in self._in_flight({"node": node, "by": {"$ne": self.writer}})
+        ]
         if attempts:
             self._abandon_attempts(attempts)
         return len(attempts)
@@ -1151,19 +1194,20 @@ class MongoInbox(InboxStore):
     def sweep(self, now: float, live_writers: abc.Collection[str] | None = None) -> int:
         removed = 0
         # Pushes whose writer died: abandon their bodies (entries stay as tombstones).
-        dead = self._pending_attempts(
-            {
-                "$or": [
-                    {"t": {"$lte": now - PENDING_GRACE}},
-                    # written by an earlier version, which had no ``t``
-                    {"t": {"$exists": False}, "created_at": {"$lte": now - PENDING_GRACE}},
-                ]
-            }
-        )
+        # (Attempt documents of settled attempts go too: the sweep finds them
+        # settled and removes them.)
+        old = {
+            "$or": [
+                {"t": {"$lte": now - PENDING_GRACE}},
+                # written by an earlier version, which had no ``t``
+                {"t": {"$exists": False}, "created_at": {"$lte": now - PENDING_GRACE}},
+            ]
+        }
+        dead: list[Attempt] = [(d["_id"], d.get("w")) for d in self._in_flight(old)]
         if live_writers is not None:
             # A writer whose registration is gone: its lease ran out long ago.
-            for d in self._messages.find(
-                {"pending": True, "t": {"$lte": now - DEAD_WRITER_GRACE}, "node": {"$ne": ""}},
+            for d in self._in_flight(
+                {"t": {"$lte": now - DEAD_WRITER_GRACE}, "node": {"$ne": ""}},
                 {"w": 1, "node": 1},
             ):
                 if d.get("node") and d["node"] not in live_writers:
@@ -1215,13 +1259,13 @@ def _body(p: _Push, by_record: bool = False) -> Doc:
     }
 
 
-def _record(pushes: Sequence[_Push], bodies: Sequence[Doc]) -> Doc:
-    """The commit record of a batch's attempt (``commit_records``): pending, with
-    what the sweeper needs to abandon it (``t``, ``node``, ``by``) and its
-    ``bodies``' ids, and kept as long as any of them."""
+def _attempt(pushes: Sequence[_Push], bodies: Sequence[Doc]) -> Doc:
+    """A batch's attempt document (``commit_records``): what the sweeper needs to
+    abandon it (``t``, ``node``, ``by``, its ``bodies``' ids), kept as long as
+    any of them."""
     first = pushes[0]
     return {
-        "_id": record_id(first.w),
+        "_id": attempt_id(first.w),
         "w": first.w,
         "ids": [b["_id"] for b in bodies],
         "created_at": min(p.now for p in pushes),
@@ -1230,15 +1274,38 @@ def _record(pushes: Sequence[_Push], bodies: Sequence[Doc]) -> Doc:
         "t": min(p.now for p in pushes),
         "by": first.writer,
         "node": first.writer.rpartition("/")[0],
-        "pending": True,
     }
 
 
-def _attempts(pushes: Sequence[_Push]) -> list[Attempt]:
-    """What abandoning a batch's pushes abandons: each body, and the attempt's
-    record (if it has none, deleting it does nothing)."""
+def _outcome(w: str, state: str, exp: float, expires_at: object) -> Doc:
+    """An attempt's outcome (``commit_records``), kept as long as its bodies."""
+    return {"_id": outcome_id(w), "w": w, "state": state, "exp": exp, "expires_at": expires_at}
+
+
+def _kept(pushes: Sequence[_Push]) -> tuple[float, object]:
+    """The latest ``exp`` and ``expires_at`` of the pushes' bodies (``_body``)."""
+    exp = max(float(p.message.expires_at or 0.0) for p in pushes)
+    return exp, bson_date(max(exp, max(p.now for p in pushes) + 2 * PENDING_GRACE))
+
+
+def _kept_by(w: str, ids: Sequence[str], found: Mapping[str, Doc]) -> tuple[float, object]:
+    """How long an abandoned attempt's outcome is kept: as long as its attempt
+    document or any of its bodies among ``found``; or, if none was found (its
+    bodies were never written), as a body written now would be."""
+    docs = [found[k] for k in [attempt_id(w), *ids] if k in found]
+    dates = [d["expires_at"] for d in docs if d.get("expires_at") is not None]
+    if not dates:
+        now = time.time()
+        return now, bson_date(now + 2 * PENDING_GRACE)
+    return max(float(d.get("exp", 0.0)) for d in docs), max(dates)
+
+
+def _attempts(pushes: Sequence[_Push], by_record: bool) -> list[Attempt]:
+    """What abandoning a batch's pushes abandons: each body, and (``by_record``)
+    the batch's attempt."""
     attempts: list[Attempt] = [(p.message.id, p.w) for p in pushes]
-    attempts += [(record_id(w), w) for w in dict.fromkeys(p.w for p in pushes)]
+    if by_record:
+        attempts += [(attempt_id(w), w) for w in dict.fromkeys(p.w for p in pushes)]
     return attempts
 
 

@@ -1,4 +1,4 @@
-"""Readers of the MongoDB store and bodies committed by a commit record.
+"""Readers of the MongoDB store and bodies settled by their attempt's outcome.
 
 The first tests write that form by hand, as a node with
 ``PUSHSVC_MONGO_COMMIT_RECORDS`` does, and check that every reader -- pages,
@@ -18,7 +18,7 @@ import pytest
 
 from pushsvc.errors import NotFound, StoreUnavailable
 from pushsvc.messages import Message
-from pushsvc.store.commit_records import record_id
+from pushsvc.store.commit_records import ABANDONED, COMMITTED, attempt_id, outcome_id
 from pushsvc.store.inbox import InboxPage, StoreRequest
 from pushsvc.store.mongo import PENDING_GRACE, MongoInbox
 from pushsvc.store.mongo_database import MongoDatabase
@@ -43,19 +43,20 @@ def write_attempt(
     w: str,
     pushes: list[tuple[str, list[tuple[str, int]]]],
     *,
-    record: bool | None,
+    outcome: str | None,
     t: float = T0,
+    attempt: bool = True,
 ) -> None:
-    """What a writer of the next form leaves: a record (pending if ``record`` is
-    True, committed if False, none if None -- abandoned), bodies naming ``w`` in
-    ``pending``, and each recipient's entry (``pushes``: message id, [(user, seq)])."""
+    """What a writer of this form leaves: the attempt's document (unless
+    ``attempt`` is False: swept once settled), its outcome (``COMMITTED``,
+    ``ABANDONED``, or None while in flight), bodies naming ``w`` in ``pending``,
+    and each recipient's entry (``pushes``: message id, [(user, seq)])."""
     node = "node-x"
-    if record is not None:
+    if attempt:
         store._messages.insert_one(
             {
-                "_id": record_id(w),
+                "_id": attempt_id(w),
                 "w": w,
-                "pending": record,
                 "ids": [mid for mid, _ in pushes],
                 "t": t,
                 "created_at": t,
@@ -64,6 +65,10 @@ def write_attempt(
                 "exp": EXP,
                 "expires_at": None,
             }
+        )
+    if outcome is not None:
+        store._messages.insert_one(
+            {"_id": outcome_id(w), "w": w, "state": outcome, "exp": EXP, "expires_at": None}
         )
     for mid, recipients in pushes:
         store._messages.insert_one(
@@ -104,8 +109,16 @@ def seqs(page: InboxPage) -> list[int]:
     return [e.seq for e in page.entries]
 
 
-def test_a_body_whose_record_committed_reads_as_committed(store: MongoInbox) -> None:
-    write_attempt(store, "w1", [(mid(1), [("alice", 1), ("bob", 1)])], record=False)
+def outcomes(store: MongoInbox) -> dict[str, str]:
+    return {d["w"]: d["state"] for d in store._messages.find({"_id": {"$regex": "^outcome/"}})}
+
+
+def attempts(store: MongoInbox) -> list[str]:
+    return [d["w"] for d in store._messages.find({"_id": {"$regex": "^attempt/"}})]
+
+
+def test_a_body_whose_attempt_committed_reads_as_committed(store: MongoInbox) -> None:
+    write_attempt(store, "w1", [(mid(1), [("alice", 1), ("bob", 1)])], outcome=COMMITTED)
     page = store.read_inbox("alice", 0, 10, T0)
     assert seqs(page) == [1] and page.blocked_at is None
     assert page.entries[0].message.payload == b'{"n":1}'
@@ -115,10 +128,12 @@ def test_a_body_whose_record_committed_reads_as_committed(store: MongoInbox) -> 
     ]
 
 
-def test_a_body_whose_record_is_pending_blocks_readers_at_its_seq(store: MongoInbox) -> None:
-    write_attempt(store, "w0", [(mid(1), [("alice", 1)])], record=False)
-    write_attempt(store, "w1", [(mid(2), [("alice", 2)])], record=True)
-    write_attempt(store, "w2", [(mid(3), [("alice", 3)])], record=False)
+def test_a_body_whose_attempt_has_no_outcome_blocks_readers_at_its_seq(
+    store: MongoInbox,
+) -> None:
+    write_attempt(store, "w0", [(mid(1), [("alice", 1)])], outcome=COMMITTED)
+    write_attempt(store, "w1", [(mid(2), [("alice", 2)])], outcome=None)
+    write_attempt(store, "w2", [(mid(3), [("alice", 3)])], outcome=COMMITTED)
     assert store.read_inbox("alice", 0, 10, T0) == InboxPage(
         store.read_inbox("alice", 0, 1, T0).entries, blocked_at=2
     )
@@ -126,35 +141,35 @@ def test_a_body_whose_record_is_pending_blocks_readers_at_its_seq(store: MongoIn
         store.message_status(mid(2), T0)
 
 
-def test_a_body_whose_record_is_gone_reads_as_a_deletion(store: MongoInbox) -> None:
-    write_attempt(store, "w1", [(mid(1), [("alice", 1)])], record=None)
-    write_attempt(store, "w2", [(mid(2), [("alice", 2)])], record=False)
+def test_a_body_whose_attempt_was_abandoned_reads_as_a_deletion(store: MongoInbox) -> None:
+    write_attempt(store, "w1", [(mid(1), [("alice", 1)])], outcome=ABANDONED)
+    write_attempt(store, "w2", [(mid(2), [("alice", 2)])], outcome=COMMITTED, attempt=False)
     page = store.read_inbox("alice", 0, 10, T0)
     assert seqs(page) == [2] and page.blocked_at is None
     with pytest.raises(NotFound):
         store.message_status(mid(1), T0)
 
 
-def test_a_page_reads_its_records_with_its_bodies(store: MongoInbox) -> None:
+def test_a_page_reads_its_outcomes_with_its_bodies(store: MongoInbox) -> None:
     for n in range(1, 6):
-        write_attempt(store, f"w{n}", [(mid(n), [("alice", n)])], record=False)
+        write_attempt(store, f"w{n}", [(mid(n), [("alice", n)])], outcome=COMMITTED)
     before = store.round_trips
     assert seqs(store.read_inbox("alice", 0, 10, T0)) == [1, 2, 3, 4, 5]
-    assert store.round_trips - before == 2  # the entries, then bodies and records at once
+    assert store.round_trips - before == 2  # the entries, then bodies and outcomes at once
 
 
 def test_old_and_new_bodies_read_side_by_side(store: MongoInbox) -> None:
     first = store.store_message(
         Message(mid(1), b"{}", "application/json", T0, EXP), ["alice"], "", T0
     )
-    write_attempt(store, "w2", [(mid(2), [("alice", first.seqs[0] + 1)])], record=False)
+    write_attempt(store, "w2", [(mid(2), [("alice", first.seqs[0] + 1)])], outcome=COMMITTED)
     assert seqs(store.read_inbox("alice", 0, 10, T0)) == [1, 2]
 
 
-def test_an_idempotent_retry_of_a_record_committed_push_is_a_duplicate(
+def test_an_idempotent_retry_of_an_outcome_committed_push_is_a_duplicate(
     store: MongoInbox,
 ) -> None:
-    write_attempt(store, "w1", [(mid(1), [("alice", 1)])], record=False)
+    write_attempt(store, "w1", [(mid(1), [("alice", 1)])], outcome=COMMITTED)
     store._idempotency.insert_one(
         {
             "_id": "key-1",
@@ -172,29 +187,27 @@ def test_an_idempotent_retry_of_a_record_committed_push_is_a_duplicate(
     assert result.duplicate and result.message_id == mid(1) and result.seqs == (1,)
 
 
-def test_the_receipt_log_counts_only_record_committed_entries(
-    store: MongoInbox,
-) -> None:
-    write_attempt(store, "w1", [(mid(1), [("alice", 1)])], record=False)
-    write_attempt(store, "w2", [(mid(2), [("alice", 2)])], record=True)
-    write_attempt(store, "w3", [(mid(3), [("alice", 3)])], record=None)
+def test_the_receipt_log_counts_only_committed_entries(store: MongoInbox) -> None:
+    write_attempt(store, "w1", [(mid(1), [("alice", 1)])], outcome=COMMITTED)
+    write_attempt(store, "w2", [(mid(2), [("alice", 2)])], outcome=None)
+    write_attempt(store, "w3", [(mid(3), [("alice", 3)])], outcome=ABANDONED)
     log = MongoReceiptLog(store.database, "node-x", 3600.0)
     pairs = [(mid(n), "alice") for n in (1, 2, 3)]
     assert log.delivered_seqs(pairs, T0) == {(mid(1), "alice"): 1}
     assert log.acked_messages({"alice": (0, 3)}, T0) == [("alice", 1, mid(1))]
 
 
-def test_sweep_abandons_a_dead_attempt_by_its_record_and_raises_its_counters(
-    store: MongoInbox,
-) -> None:
+def test_sweep_abandons_a_dead_attempt_and_raises_its_counters(store: MongoInbox) -> None:
     write_attempt(
-        store, "dead", [(mid(1), [("alice", 1)]), (mid(2), [("bob", 4)])], record=True, t=T0
+        store, "dead", [(mid(1), [("alice", 1)]), (mid(2), [("bob", 4)])], outcome=None, t=T0
     )
     assert store.read_inbox("alice", 0, 10, T0).blocked_at == 1
     store.sweep(T0 + PENDING_GRACE + 1)
-    # The record is gone: both bodies read as deletions, and the counters are
-    # above their entries, so their seqs are never taken again.
-    assert store._messages.count_documents({"_id": record_id("dead")}) == 0
+    # Abandoned: both bodies read as deletions and are gone, so is the attempt's
+    # document, and the counters are above their entries, so their seqs are never
+    # taken again.
+    assert outcomes(store) == {"dead": ABANDONED} and attempts(store) == []
+    assert store._messages.count_documents({"_id": {"$in": [mid(1), mid(2)]}}) == 0
     assert store.read_inbox("alice", 0, 10, T0) == InboxPage(())
     assert store.read_inbox("bob", 0, 10, T0) == InboxPage(())
     counters: dict[str, Any] = {d["_id"]: d["seq"] for d in store._counters.find()}
@@ -205,27 +218,55 @@ def test_sweep_abandons_a_dead_attempt_by_its_record_and_raises_its_counters(
     assert later.seqs == (2,)
 
 
-def test_a_committed_record_is_not_swept(store: MongoInbox) -> None:
-    write_attempt(store, "w1", [(mid(1), [("alice", 1)])], record=False, t=T0)
+def test_sweep_removes_a_committed_attempt_document_and_keeps_its_bodies(
+    store: MongoInbox,
+) -> None:
+    write_attempt(store, "w1", [(mid(1), [("alice", 1)])], outcome=COMMITTED, t=T0)
+    write_attempt(store, "w2", [(mid(2), [("alice", 2)])], outcome=COMMITTED, t=T0 + 250)
     store.sweep(T0 + PENDING_GRACE + 1)
-    assert seqs(store.read_inbox("alice", 0, 10, T0)) == [1]
+    # Only the one past the grace is looked at; the other is left for a later sweep.
+    assert attempts(store) == ["w2"] and outcomes(store) == {"w1": COMMITTED, "w2": COMMITTED}
+    assert seqs(store.read_inbox("alice", 0, 10, T0)) == [1, 2]
+
+
+def test_an_abandoned_attempt_whose_bodies_are_left_is_finished_by_a_sweep(
+    store: MongoInbox,
+) -> None:
+    # The abandoner died between its outcome and the deletions.
+    write_attempt(store, "w1", [(mid(1), [("alice", 1)])], outcome=ABANDONED, t=T0)
+    assert store.read_inbox("alice", 0, 10, T0) == InboxPage(())
+    store.sweep(T0 + PENDING_GRACE + 1)
+    assert attempts(store) == [] and store._messages.count_documents({"_id": mid(1)}) == 0
+    assert outcomes(store) == {"w1": ABANDONED}
+
+
+def test_a_dead_writers_attempt_is_abandoned_sooner(store: MongoInbox) -> None:
+    write_attempt(store, "w1", [(mid(1), [("alice", 1)])], outcome=None, t=T0)
+    store.sweep(T0 + 200, live_writers=["node-y"])  # node-x is gone
+    assert outcomes(store) == {"w1": ABANDONED}
+    write_attempt(store, "w2", [(mid(2), [("alice", 2)])], outcome=None, t=T0)
+    store.sweep(T0 + 200, live_writers=["node-x"])  # alive: within the grace
+    assert "w2" not in outcomes(store)
+    assert store.read_inbox("alice", 0, 10, T0).blocked_at == 2
 
 
 # -- the writer of this form (``MongoInbox(commit_records=True)``) -----------------
 
 
+def records_store(ferretdb: FerretDB, name: str, writer: str) -> MongoInbox:
+    return MongoInbox(MongoDatabase(ferretdb.uri, name), commit_records=True, writer=writer)
+
+
 @pytest.fixture
 def writer(ferretdb: FerretDB) -> Iterator[MongoInbox]:
-    s = MongoInbox(
-        MongoDatabase(ferretdb.uri, f"t_{uuid.uuid4().hex}"), commit_records=True, writer="n/1"
-    )
+    s = records_store(ferretdb, f"t_{uuid.uuid4().hex}", "n/1")
     try:
         yield s
     finally:
         s.close()
 
 
-def test_a_batch_commits_by_its_record_and_leaves_its_bodies_untouched(
+def test_a_batch_commits_by_inserting_its_outcome_and_leaves_its_bodies_untouched(
     writer: MongoInbox,
 ) -> None:
     requests = [
@@ -234,15 +275,18 @@ def test_a_batch_commits_by_its_record_and_leaves_its_bodies_untouched(
     ]
     results = writer.store_messages(requests, T0)
     assert all(not isinstance(r, Exception) for r in results)
-    (record,) = writer._messages.find({"_id": {"$regex": "^attempt/"}})
-    assert record["pending"] is False and record["ids"] == [mid(n) for n in range(1, 31)]
-    bodies = list(writer._messages.find({"_id": {"$in": record["ids"]}}))
-    assert len(bodies) == 30 and {b["pending"] for b in bodies} == {record["w"]}
+    (attempt,) = writer._messages.find({"_id": {"$regex": "^attempt/"}})
+    assert attempt["ids"] == [mid(n) for n in range(1, 31)]
+    (outcome,) = writer._messages.find({"_id": {"$regex": "^outcome/"}})
+    assert outcome["state"] == COMMITTED and outcome["w"] == attempt["w"]
+    assert outcome["exp"] == EXP and outcome["expires_at"] >= attempt["expires_at"]
+    bodies = list(writer._messages.find({"_id": {"$in": attempt["ids"]}}))
+    assert len(bodies) == 30 and {b["pending"] for b in bodies} == {attempt["w"]}
     assert seqs(writer.read_inbox("alice", 0, 100, T0)) == list(range(1, 31))
     assert writer.read_inbox("u7", 0, 10, T0).entries[0].message.id == mid(7)
 
 
-def test_a_writer_that_failed_abandons_its_record_and_a_retry_stores_the_message(
+def test_a_writer_that_failed_abandons_its_attempt_and_a_retry_stores_the_message(
     writer: MongoInbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     m = Message(mid(1), b"{}", "application/json", T0, EXP)
@@ -254,9 +298,75 @@ def test_a_writer_that_failed_abandons_its_record_and_a_retry_stores_the_message
     with pytest.raises(StoreUnavailable):
         writer.store_message(m, ["alice"], "k", T0)
     monkeypatch.undo()
-    # The record is gone and so is the body: seq 1 stays a tombstone.
-    assert writer._messages.count_documents({}) == 0
+    # The body and the attempt's document are gone, its outcome says abandoned;
+    # seq 1 stays a tombstone.
+    assert list(outcomes(writer).values()) == [ABANDONED] and attempts(writer) == []
+    assert writer._messages.count_documents({"_id": mid(1)}) == 0
     assert writer.read_inbox("alice", 0, 10, T0) == InboxPage(())
     retry = writer.store_message(m, ["alice"], "k", T0)
     assert not retry.duplicate and retry.seqs == (2,)
     assert seqs(writer.read_inbox("alice", 0, 10, T0)) == [2]
+
+
+def test_a_commit_after_the_sweeper_abandoned_the_attempt_fails_and_stores_nothing(
+    ferretdb: FerretDB, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = f"t_{uuid.uuid4().hex}"
+    writer, sweeper = records_store(ferretdb, name, "n/1"), records_store(ferretdb, name, "m/1")
+    try:
+        commit = writer._commit_record
+
+        def late_commit(pushes: Any) -> None:
+            # Another node's sweeper takes the batch over first (the writer stalled).
+            w = pushes[0].w
+            sweeper._abandon_attempts([(attempt_id(w), w)])
+            commit(pushes)
+
+        monkeypatch.setattr(writer, "_commit_record", late_commit)
+        m = Message(mid(1), b"{}", "application/json", T0, EXP)
+        with pytest.raises(StoreUnavailable, match="abandoned"):
+            writer.store_message(m, ["alice", "bob"], "k", T0)
+        assert list(outcomes(writer).values()) == [ABANDONED]
+        assert writer._messages.count_documents({"_id": mid(1)}) == 0
+        assert writer.read_inbox("alice", 0, 10, T0) == InboxPage(())
+        counters = {d["_id"]: d["seq"] for d in writer._counters.find()}
+        assert counters == {"alice": 1, "bob": 1}
+        monkeypatch.undo()
+        retry = writer.store_message(m, ["alice", "bob"], "k", T0)
+        assert not retry.duplicate and retry.seqs == (2, 2)
+    finally:
+        writer.close()
+        sweeper.close()
+
+
+def test_an_abandonment_after_the_commit_leaves_the_push_stored(ferretdb: FerretDB) -> None:
+    name = f"t_{uuid.uuid4().hex}"
+    writer, sweeper = records_store(ferretdb, name, "n/1"), records_store(ferretdb, name, "m/1")
+    try:
+        m = Message(mid(1), b"{}", "application/json", T0, EXP)
+        stored = writer.store_message(m, ["alice"], "", T0)
+        (w,) = attempts(writer)
+        left = sweeper._abandon_attempts([(attempt_id(w), w)])
+        assert left[mid(1)]["pending"] is False
+        assert outcomes(writer) == {w: COMMITTED} and attempts(writer) == []
+        assert seqs(writer.read_inbox("alice", 0, 10, T0)) == list(stored.seqs)
+    finally:
+        writer.close()
+        sweeper.close()
+
+
+def test_a_restarted_node_abandons_its_earlier_runs_attempts(ferretdb: FerretDB) -> None:
+    name = f"t_{uuid.uuid4().hex}"
+    first = records_store(ferretdb, name, "n/1")
+    try:
+        write_attempt(first, "w1", [(mid(1), [("alice", 1)])], outcome=None)
+        first._messages.update_one({"_id": attempt_id("w1")}, {"$set": {"node": "n", "by": "n/1"}})
+    finally:
+        first.close()
+    again = records_store(ferretdb, name, "n/2")
+    try:
+        assert again.recover() == 1
+        assert outcomes(again) == {"w1": ABANDONED} and attempts(again) == []
+        assert again.read_inbox("alice", 0, 10, T0) == InboxPage(())
+    finally:
+        again.close()
