@@ -84,6 +84,16 @@ def _as_bool(value: Any, name: str) -> bool:
     raise ConfigError(f"{name}: {value!r} is not a boolean (use true or false)")
 
 
+def _auto_bool(value: Any, name: str) -> str:
+    """``auto``, ``true`` or ``false`` (any boolean spelling ``_as_bool`` takes)."""
+    if isinstance(value, str) and value.strip().lower() in ("auto", ""):
+        return "auto"
+    try:
+        return "true" if _as_bool(value, name) else "false"
+    except ConfigError:
+        raise ConfigError(f"{name}: {value!r} is not auto, true or false") from None
+
+
 def _number(kind: type, lo: float, hi: float) -> Callable[[Any, str], Any]:
     def parse(value: Any, name: str) -> Any:
         if isinstance(value, bool):
@@ -160,10 +170,10 @@ class Settings:
     )
     mongo_uri: str | None = _setting(None, _opt_str, "MongoDB URI; unset = embedded store")
     mongo_db: str = _setting("pushsvc", _as_str, "MongoDB database name")
-    mongo_commit_records: bool = _setting(
-        False,
-        _as_bool,
-        "commit each stored batch by one record (every node must read them: docs/operations.md)",
+    mongo_commit_records: str = _setting(
+        "auto",
+        _auto_bool,
+        "commit stored batches by one record: auto = as the database's format says",
     )
     data_dir: str = _setting("./pushsvc-data", _as_str, "embedded store directory")
     jwt_secret: str | None = _setting(None, _opt_str, "HS256 secret for client tokens")

@@ -87,7 +87,7 @@ def _open_inbox(s: Settings) -> InboxStore:
     return MongoInbox(
         MongoDatabase(s.mongo_uri, s.mongo_db),
         writer=writer,
-        commit_records=s.mongo_commit_records,
+        commit_records={"true": True, "false": False}.get(s.mongo_commit_records),
     )
 
 

@@ -199,7 +199,18 @@ from pushsvc.store.mongo_database import (
 
 log = logging.getLogger(__name__)
 
-COLLECTIONS = ("messages", "inbox", "counters", "acks", "idempotency", "probe", "delivered")
+COLLECTIONS = (
+    "messages",
+    "inbox",
+    "counters",
+    "acks",
+    "idempotency",
+    "probe",
+    "delivered",
+    "meta",
+)
+#: The store format whose writers commit by records (``MongoInbox.store_format``).
+RECORDS_FORMAT = 2
 #: A writer never sends its commit later than this after its batch began.
 LEASE = 60.0
 #: ``sweep`` abandons a body still pending this long after it was written.
@@ -279,13 +290,15 @@ class MongoInbox(InboxStore):
         *,
         lease: float = LEASE,
         writer: str = "",
-        commit_records: bool = False,
+        commit_records: bool | None = False,
     ) -> None:
         self.database = database
         self.lease = lease
-        #: Commit each batch by one record document (``commit_records``) rather
-        #: than by updating every body: only once every node reads records.
-        self.commit_records = commit_records
+        #: Commit each batch by its outcome (``commit_records``) rather than by
+        #: updating every body: only once every node reads that form. None: as
+        #: the database's format says (``store_format``), learnt at setup.
+        self._records_setting = commit_records
+        self.commit_records = bool(commit_records)
         #: ``<node id>/<run>``: recorded on every body this process writes, so a
         #: later run of the node (``recover``) or the sweeper can tell whose
         #: pending bodies can no longer commit.
@@ -298,6 +311,7 @@ class MongoInbox(InboxStore):
         self._idempotency: Collection[Doc] = db["idempotency"]
         self._probe: Collection[Doc] = db["probe"]
         self._delivered: Collection[Doc] = db["delivered"]
+        self._meta: Collection[Doc] = db["meta"]
         #: True once expired documents are removed by TTL indexes (MongoDB);
         #: False on FerretDB, where only ``sweep`` removes them.
         self.ttl_indexes = False
@@ -364,7 +378,34 @@ class MongoInbox(InboxStore):
         for coll in (self._messages, self._inbox, self._idempotency, self._delivered):
             ttl = self.database.expiry_index(coll) and ttl
         self.ttl_indexes = ttl
+        if self._records_setting is None:
+            self.commit_records = self.store_format() >= RECORDS_FORMAT
         self._ready = True
+
+    def store_format(self) -> int:
+        """The format the database's writers use: ``RECORDS_FORMAT`` once every
+        node reads commit records (``commit_records``), 1 before. Recorded in
+        ``meta`` by the first node of this version that meets the database: a
+        database no node has used yet gets ``RECORDS_FORMAT``, one already in
+        use 1 (nodes of earlier versions may be running on it); an operator
+        raises it (docs/operations.md, "Commit records")."""
+        doc = self._meta.find_one({"_id": "format"})
+        if doc is None:
+            db = self.database.db
+            node = self.writer.rpartition("/")[0]
+            used = db["nodes"].find_one({"_id": {"$ne": node}}, {"_id": 1}) is not None or any(
+                db[name].find_one({}, {"_id": 1}) is not None
+                for name in ("counters", "messages", "inbox", "idempotency")
+            )
+            try:
+                self._meta.insert_one(
+                    {"_id": "format", "version": 1 if used else RECORDS_FORMAT, "at": time.time()}
+                )
+            except DuplicateKeyError:
+                pass  # another node was first: its word
+            doc = self._meta.find_one({"_id": "format"}) or {}
+        version = doc.get("version")
+        return int(version) if isinstance(version, int | float) else 1
 
     # -- writing: group commit ---------------------------------------------------
 

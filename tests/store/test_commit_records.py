@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 
+from pushsvc.config import check_settings, load_settings
 from pushsvc.errors import NotFound, StoreUnavailable
 from pushsvc.messages import Message
 from pushsvc.store.commit_records import ABANDONED, COMMITTED, attempt_id, outcome_id
 from pushsvc.store.inbox import InboxPage, StoreRequest
-from pushsvc.store.mongo import PENDING_GRACE, MongoInbox
+from pushsvc.store.mongo import PENDING_GRACE, RECORDS_FORMAT, MongoInbox
 from pushsvc.store.mongo_database import MongoDatabase
 from pushsvc.store.receipt_log import MongoReceiptLog
 from tests.ferretdb import FerretDB
@@ -370,3 +371,88 @@ def test_a_restarted_node_abandons_its_earlier_runs_attempts(ferretdb: FerretDB)
         assert again.read_inbox("alice", 0, 10, T0) == InboxPage(())
     finally:
         again.close()
+
+
+# -- which form a node writes: the database's format, or the setting ----------------
+
+
+def test_a_node_on_a_database_no_node_used_writes_records_and_says_so(
+    ferretdb: FerretDB,
+) -> None:
+    name = f"t_{uuid.uuid4().hex}"
+    first = MongoInbox(MongoDatabase(ferretdb.uri, name), commit_records=None, writer="n/1")
+    try:
+        assert first.commit_records and first.store_format() == RECORDS_FORMAT
+        first.store_message(Message(mid(1), b"{}", "application/json", T0, EXP), ["alice"], "", T0)
+        assert list(outcomes(first).values()) == [COMMITTED]
+        # A node of this version that comes later reads the format, not the data.
+        later = MongoInbox(MongoDatabase(ferretdb.uri, name), commit_records=None, writer="m/1")
+        assert later.commit_records
+        later.close()
+    finally:
+        first.close()
+
+
+@pytest.mark.parametrize("used_by", ["counters", "messages", "nodes"])
+def test_a_node_on_a_database_in_use_keeps_the_first_form(ferretdb: FerretDB, used_by: str) -> None:
+    # Data (or a registration) that nodes of an earlier version may have left.
+    name = f"t_{uuid.uuid4().hex}"
+    database = MongoDatabase(ferretdb.uri, name)
+    database.db[used_by].insert_one({"_id": "x", "seq": 1})
+    s = MongoInbox(database, commit_records=None, writer="n/1")
+    try:
+        assert not s.commit_records and s.store_format() == 1
+        s.store_message(Message(mid(1), b"{}", "application/json", T0, EXP), ["alice"], "", T0)
+        assert outcomes(s) == {} and s._messages.find_one({"_id": mid(1)})["pending"] is False
+    finally:
+        s.close()
+
+
+def test_an_operator_raises_the_format_and_nodes_started_after_write_records(
+    ferretdb: FerretDB,
+) -> None:
+    name = f"t_{uuid.uuid4().hex}"
+    database = MongoDatabase(ferretdb.uri, name)
+    database.db["counters"].insert_one({"_id": "alice", "seq": 3})
+    old = MongoInbox(database, commit_records=None, writer="n/1")
+    try:
+        assert not old.commit_records
+        # What docs/operations.md has the operator run once every node reads records.
+        old._meta.update_one({"_id": "format"}, {"$set": {"version": RECORDS_FORMAT}})
+    finally:
+        old.close()
+    s = MongoInbox(MongoDatabase(ferretdb.uri, name), commit_records=None, writer="n/2")
+    try:
+        assert s.commit_records
+    finally:
+        s.close()
+
+
+def test_the_setting_overrides_the_databases_format(ferretdb: FerretDB) -> None:
+    name = f"t_{uuid.uuid4().hex}"
+    off = MongoInbox(MongoDatabase(ferretdb.uri, name), commit_records=False, writer="n/1")
+    on = MongoInbox(MongoDatabase(ferretdb.uri, name), commit_records=True, writer="m/1")
+    try:
+        assert not off.commit_records and on.commit_records
+        assert off._meta.find_one({"_id": "format"}) is None  # not consulted
+    finally:
+        off.close()
+        on.close()
+
+
+@pytest.mark.parametrize(
+    ("raw", "parsed"),
+    [("auto", "auto"), ("", "auto"), ("TRUE", "true"), ("1", "true"), ("off", "false")],
+)
+def test_the_setting_takes_auto_or_a_boolean(raw: str, parsed: str) -> None:
+    env = {"PUSHSVC_MONGO_COMMIT_RECORDS": raw}
+    assert load_settings(environ=env).mongo_commit_records == parsed
+    assert load_settings(environ={}).mongo_commit_records == "auto"
+
+
+def test_a_bad_setting_is_one_clear_line() -> None:
+    settings, problems = check_settings(environ={"PUSHSVC_MONGO_COMMIT_RECORDS": "sometimes"})
+    assert settings is None
+    assert problems == ["PUSHSVC_MONGO_COMMIT_RECORDS: 'sometimes' is not auto, true or false"], (
+        problems
+    )
