@@ -913,14 +913,17 @@ class MongoInbox(InboxStore):
             else:
                 self._release_claim(p)
 
-    def _abandon_attempts(self, attempts: Sequence[Attempt]) -> dict[str, Doc]:
+    def _abandon_attempts(
+        self, attempts: Sequence[Attempt], *, read_back: bool = True
+    ) -> dict[str, Doc]:
         """Abandon write attempts: ``(message id, w)`` for a body of its own, and
         ``(attempt_id(w), w)`` for an attempt settled by its outcome
         (``commit_records``), whose bodies may be listed too. Raises the counters
         over the entries of what is abandoned, then deletes the pending bodies, or
         inserts the attempt's ``abandoned`` outcome (a ``committed`` one already
         there wins) and then deletes its bodies and its attempt document. Returns
-        the bodies left under those ids (committed ones, or other attempts')."""
+        the bodies left under those ids (committed ones, or other attempts'),
+        unless ``read_back`` is False."""
         if not attempts:
             return {}
         ws = list(dict.fromkeys(w for a, w in attempts if is_attempt_id(a) and w))
@@ -972,6 +975,8 @@ class MongoInbox(InboxStore):
         for ids in self.database.batches([attempt_id(w) for w in ws if w in states]):
             self._messages.delete_many({"_id": {"$in": list(ids)}})
         self._unfinished.difference_update(attempts)
+        if not read_back:
+            return {}
         return self._find_bodies([m for m, _ in covered], {"pending": 1, "w": 1}, ws)
 
     def _in_flight(self, query: Doc, fields: Doc | None = None) -> list[Doc]:
@@ -1254,8 +1259,9 @@ class MongoInbox(InboxStore):
                 if d.get("node") and d["node"] not in live_writers:
                     dead.append((d["_id"], d.get("w")))
         if dead:
-            left = self._abandon_attempts(dead)
-            removed += sum(1 for mid, w in dead if mid not in left or left[mid].get("w") != w)
+            # Not read back: a minute's attempts can list tens of thousands of bodies.
+            self._abandon_attempts(dead, read_back=False)
+            removed += len(dead)
         # What expired (TTL indexes do this too, where the server has them).
         # Counters are raised over the entries first, so their seqs stay used.
         tops: dict[str, int] = {}
