@@ -11,6 +11,7 @@
     pushsvc check-config [--config FILE] [--env-file FILE ...]
     pushsvc gen-config [--output FILE]
     pushsvc backup PATH
+    pushsvc store-format [--set {1,2}]
     pushsvc reload --pid PID
 
 Client commands reach ``--addr`` or ``PUSHSVC_GRPC_ADDR`` (default 127.0.0.1:50051)
@@ -483,6 +484,68 @@ def _cmd_backup(args: argparse.Namespace) -> int:
     return 0
 
 
+_FORMATS = {
+    1: "stored batches commit by updating each message; every release reads it",
+    2: "stored batches commit by one outcome document; releases after 0.1.0 read it",
+}
+
+
+def _format_says(version: int) -> str:
+    return _FORMATS.get(version, "a format of a later release")
+
+
+def _cmd_store_format(args: argparse.Namespace) -> int:
+    import pymongo
+    from pymongo.errors import ConfigurationError, PyMongoError
+
+    from pushsvc.store.commit_records import recorded_format, set_format
+
+    if args.config:
+        from pushsvc.config import load_settings
+
+        settings = load_settings(args.config)
+        mongo_uri, name = settings.mongo_uri, settings.mongo_db
+    else:
+        mongo_uri, name = _env("PUSHSVC_MONGO_URI"), _env("PUSHSVC_MONGO_DB") or "pushsvc"
+    if not mongo_uri:
+        raise ConfigError(
+            "the store format is a fleet's MongoDB database's, and PUSHSVC_MONGO_URI is unset"
+        )
+    try:
+        client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+            mongo_uri, serverSelectionTimeoutMS=10_000, connect=False
+        )
+    except (ConfigurationError, ValueError) as exc:
+        raise ConfigError(f"PUSHSVC_MONGO_URI: {str(exc).splitlines()[0]}") from None
+    try:
+        db = client[name]
+        if args.set is None:
+            version = recorded_format(db)
+            if version is None:
+                print(
+                    f"MongoDB database {name}: no format recorded yet; the first node to "
+                    f"start records 2 if no node has used the database, else 1"
+                )
+            else:
+                print(f"MongoDB database {name}: format {version} ({_format_says(version)})")
+            return 0
+        before = set_format(db, args.set)
+    except PyMongoError as exc:
+        _fail(f"error: the MongoDB database {name} cannot be reached: {str(exc).splitlines()[0]}")
+        return 1
+    finally:
+        client.close()
+    if before == args.set:
+        print(f"MongoDB database {name}: already format {args.set} ({_format_says(args.set)})")
+    else:
+        print(
+            f"MongoDB database {name}: format {before or 'unrecorded'} -> {args.set} "
+            f"({_format_says(args.set)}); restart the nodes one at a time: a node reads the "
+            f"format when it starts"
+        )
+    return 0
+
+
 def _run_client(command: Callable[[argparse.Namespace, Any], int]) -> Callable[..., int]:
     """Wrap a client command: resolve the node and key, call, report errors in one line."""
 
@@ -778,6 +841,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", metavar="FILE", help="read data_dir from a node's TOML config")
     p.set_defaults(func=_cmd_backup)
+
+    p = sub.add_parser(
+        "store-format",
+        help="show or set the format of a fleet's MongoDB database",
+        description="Show the format of the fleet's MongoDB database (PUSHSVC_MONGO_URI, "
+        "PUSHSVC_MONGO_DB), which decides how nodes commit stored batches, or set it with "
+        "--set: 2 once every node runs a release after 0.1.0 (docs/operations.md, "
+        '"Commit records"). Nodes read it when they start.',
+    )
+    p.add_argument("--set", type=int, choices=(1, 2), metavar="{1,2}", help="record this format")
+    p.add_argument("--config", metavar="FILE", help="read the MongoDB settings from a TOML config")
+    p.set_defaults(func=_cmd_store_format)
 
     p = sub.add_parser(
         "reload",

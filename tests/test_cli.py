@@ -24,7 +24,7 @@ import pytest
 
 from pushsvc_client import PushClient, UnavailableError
 from pushsvc_client.v1 import push_pb2
-from tests.ferretdb import FerretDB
+from tests.ferretdb import FerretDB, ferretdb  # noqa: F401
 from tests.nodeproc import API_KEY, JWT_SECRET, NodeProcess, closed_port
 from tests.outage import metric, outage_node
 from tests.waiting import wait_for
@@ -667,3 +667,47 @@ def test_store_outage_is_unavailable_not_unreachable(
     line = assert_one_line_error(proc, 1)
     assert line.startswith("pushsvc: UNAVAILABLE: "), line
     assert "is the node running" not in line
+
+
+# -- store-format: the fleet database's format ----------------------------------------
+
+
+def test_store_format_shows_and_sets_the_databases_format(
+    ferretdb: FerretDB,  # noqa: F811
+) -> None:
+    env = {"PUSHSVC_MONGO_URI": ferretdb.uri, "PUSHSVC_MONGO_DB": f"f_{uuid.uuid4().hex}"}
+    shown = run_cli("store-format", env=env)
+    assert shown.returncode == 0 and "no format recorded yet" in shown.stdout, shown
+    raised = run_cli("store-format", "--set", "2", env=env)
+    assert raised.returncode == 0, raised
+    assert "format unrecorded -> 2" in raised.stdout and "restart the nodes" in raised.stdout
+    again = run_cli("store-format", "--set", "2", env=env)
+    assert "already format 2" in again.stdout, again
+    lowered = run_cli("store-format", "--set", "1", env=env)
+    assert "format 2 -> 1" in lowered.stdout, lowered
+    shown = run_cli("store-format", env=env)
+    assert shown.stdout.strip().endswith(
+        "format 1 (stored batches commit by updating each message; every release reads it)"
+    ), shown
+
+
+def test_store_format_bad_input_is_one_line(tmp_path: Path) -> None:
+    assert "PUSHSVC_MONGO_URI is unset" in assert_one_line_error(run_cli("store-format"), 2)
+    env = {"PUSHSVC_MONGO_URI": "mongodb://"}
+    assert "PUSHSVC_MONGO_URI" in assert_one_line_error(run_cli("store-format", env=env), 2)
+    env = {"PUSHSVC_MONGO_URI": "mongodb://127.0.0.1:1"}
+    for bad in ("3", "two"):
+        proc = run_cli("store-format", "--set", bad, env=env)
+        # argparse's usage line, then the error: as for every command's arguments.
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc
+        assert (
+            proc.stderr.strip()
+            .splitlines()[-1]
+            .startswith("pushsvc store-format: error: argument --set: invalid")
+        ), proc.stderr
+
+
+def test_store_format_unreachable_database_is_one_line() -> None:
+    env = {"PUSHSVC_MONGO_URI": f"mongodb://127.0.0.1:{closed_port()}"}
+    line = assert_one_line_error(run_cli("store-format", env=env, timeout=60), 1)
+    assert line.startswith("pushsvc: error: the MongoDB database pushsvc cannot be reached"), line

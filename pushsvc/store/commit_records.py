@@ -24,11 +24,13 @@ false). An outcome is kept as long as any body of its attempt (its ``exp`` and
 ``expires_at`` are the latest of theirs), so a body is never read without it
 before the body has expired.
 
-Every node reads this form whatever its own setting, so that the setting can be
-turned on once every node of a fleet runs a version that reads it
-(docs/operations.md). Nodes of earlier versions read a string ``pending`` as
-pending (they deliver such a message once they are upgraded), and never sweep
-it (their sweeps look for ``pending: true``).
+Every node reads this form whatever it writes. Which form a node writes is the
+database's *format* (``settle_format``: 2 for a database no node has used, 1 for
+one in use, raised by an operator once every node reads this form:
+docs/operations.md), unless ``PUSHSVC_MONGO_COMMIT_RECORDS`` says otherwise.
+Nodes of 0.1.0 read a string ``pending`` as pending (they deliver such a message
+once they are upgraded), and never sweep it (their sweeps look for ``pending:
+true``).
 
 An outcome is fetched with the bodies whenever the reader knows the attempt
 (entries carry their ``w``): the same ``$in`` on ``_id``, no extra round trip.
@@ -36,9 +38,12 @@ An outcome is fetched with the bodies whenever the reader knows the attempt
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 
 from pymongo.collection import Collection
+from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError
 
 from pushsvc.store.mongo_database import Doc
 
@@ -139,3 +144,58 @@ def read_outcomes(messages: Collection[Doc], ws: Iterable[str]) -> dict[str, str
         d["_id"][len(OUTCOME_PREFIX) :]: str(d.get("state"))
         for d in messages.find({"_id": {"$in": keys}}, {"state": 1}, batch_size=len(keys) + 1)
     }
+
+
+# -- the database's format: which form its writers use -------------------------------
+
+#: The format whose writers commit by outcomes; format 1 updates every body.
+RECORDS_FORMAT = 2
+FORMATS = (1, RECORDS_FORMAT)
+#: The ``meta`` document that holds the format.
+FORMAT_ID = "format"
+#: Collections whose documents say a node has used the database (``settle_format``).
+_USED_BY = ("counters", "messages", "inbox", "idempotency")
+
+
+def recorded_format(db: Database[Doc]) -> int | None:
+    """The format recorded in ``meta``, or None while no node of a version that
+    records it has met the database."""
+    doc = db["meta"].find_one({"_id": FORMAT_ID})
+    if doc is None:
+        return None
+    version = doc.get("version")
+    return int(version) if isinstance(version, int | float) else 1
+
+
+def settle_format(db: Database[Doc], node: str = "") -> int:
+    """The format the database's writers use, recorded first if it was not:
+    ``RECORDS_FORMAT`` for a database no node has used yet (no documents in
+    ``_USED_BY``, no registration but ``node``'s own), 1 for one in use, where
+    nodes of 0.1.0 may be running. The first node to record it decides."""
+    version = recorded_format(db)
+    if version is not None:
+        return version
+    used = db["nodes"].find_one({"_id": {"$ne": node}}, {"_id": 1}) is not None or any(
+        db[name].find_one({}, {"_id": 1}) is not None for name in _USED_BY
+    )
+    try:
+        db["meta"].insert_one(
+            {"_id": FORMAT_ID, "version": 1 if used else RECORDS_FORMAT, "at": time.time()}
+        )
+    except DuplicateKeyError:
+        pass  # another node was first: its word
+    return recorded_format(db) or 1
+
+
+def set_format(db: Database[Doc], version: int) -> int | None:
+    """Record ``version`` as the database's format (an operator's, once every node
+    reads it: docs/operations.md). Returns the format recorded before, if any."""
+    if version not in FORMATS:
+        raise ValueError(f"format {version} is not one of {', '.join(map(str, FORMATS))}")
+    before = db["meta"].find_one_and_update(
+        {"_id": FORMAT_ID}, {"$set": {"version": version, "at": time.time()}}, upsert=True
+    )
+    if before is None:
+        return None
+    old = before.get("version")
+    return int(old) if isinstance(old, int | float) else 1

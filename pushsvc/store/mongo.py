@@ -166,11 +166,13 @@ from pushsvc.store.commit_records import (
     ABANDONED,
     ATTEMPTS,
     COMMITTED,
+    RECORDS_FORMAT,
     attempt_id,
     find_settled,
     is_attempt_id,
     outcome_id,
     read_outcomes,
+    settle_format,
 )
 from pushsvc.store.inbox import (
     IDEMPOTENCY_WINDOW,
@@ -209,8 +211,6 @@ COLLECTIONS = (
     "delivered",
     "meta",
 )
-#: The store format whose writers commit by records (``MongoInbox.store_format``).
-RECORDS_FORMAT = 2
 #: A writer never sends its commit later than this after its batch began.
 LEASE = 60.0
 #: ``sweep`` abandons a body still pending this long after it was written.
@@ -383,29 +383,9 @@ class MongoInbox(InboxStore):
         self._ready = True
 
     def store_format(self) -> int:
-        """The format the database's writers use: ``RECORDS_FORMAT`` once every
-        node reads commit records (``commit_records``), 1 before. Recorded in
-        ``meta`` by the first node of this version that meets the database: a
-        database no node has used yet gets ``RECORDS_FORMAT``, one already in
-        use 1 (nodes of earlier versions may be running on it); an operator
-        raises it (docs/operations.md, "Commit records")."""
-        doc = self._meta.find_one({"_id": "format"})
-        if doc is None:
-            db = self.database.db
-            node = self.writer.rpartition("/")[0]
-            used = db["nodes"].find_one({"_id": {"$ne": node}}, {"_id": 1}) is not None or any(
-                db[name].find_one({}, {"_id": 1}) is not None
-                for name in ("counters", "messages", "inbox", "idempotency")
-            )
-            try:
-                self._meta.insert_one(
-                    {"_id": "format", "version": 1 if used else RECORDS_FORMAT, "at": time.time()}
-                )
-            except DuplicateKeyError:
-                pass  # another node was first: its word
-            doc = self._meta.find_one({"_id": "format"}) or {}
-        version = doc.get("version")
-        return int(version) if isinstance(version, int | float) else 1
+        """The format the database's writers use (``commit_records.settle_format``):
+        ``RECORDS_FORMAT`` once every node reads commit records, 1 before."""
+        return settle_format(self.database.db, self.writer.rpartition("/")[0])
 
     # -- writing: group commit ---------------------------------------------------
 

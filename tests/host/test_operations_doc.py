@@ -8,15 +8,15 @@ without the package: as a single-node host (install, one node and a client of it
 token, a longer drain, back up and restore, a failed start read from the journal,
 TLS and a certificate rotation, uninstall) and as a fleet host (install, generate
 the secrets, configure and start two instances on FerretDB, logs and a failed call
-found by its request id, upgrade and roll back, take the host out and back, TLS,
-mutual TLS between the instances and a change of CA, uninstall). Only the site's own
-values differ from what an operator types: the ``fleet-site`` and ``tls-site``
-blocks are replaced by the test's values (same variable names; the secrets are the
-ones ``fleet-secrets`` printed), the shipped ports of the single node are moved to
-free ones (the guide says to edit them to change them), an example value in a block
-(the request id) is replaced by the real one, and the files the blocks name
-(packages, certificates from the test's CAs) are put in the directory the blocks
-run in.
+found by its request id, upgrade and roll back, take the host out and back, raise
+the store's format, TLS, mutual TLS between the instances and a change of CA,
+uninstall). Only the site's own values differ from what an operator types: the
+``fleet-site`` and ``tls-site`` blocks are replaced by the test's values (same
+variable names; the secrets are the ones ``fleet-secrets`` printed), the shipped
+ports of the single node are moved to free ones (the guide says to edit them to
+change them), an example value in a block (the request id) is replaced by the real
+one, and the files the blocks name (packages, certificates from the test's CAs) are
+put in the directory the blocks run in.
 
 What the guide describes without a command of its own is checked elsewhere:
 ``tests/host/test_package.py`` covers the unit's behaviour listed in section 1 (the
@@ -60,7 +60,7 @@ SINGLE = ["install", "single-start", "single-token", "single-try", "drain-timeou
 SINGLE += ["backup", "restore", "why"]
 SINGLE += ["tls-install", "tls-journal", "tls-check", "tls-rotate", "remove", "purge"]
 FLEET = ["install", "fleet-secrets", "fleet-configure", "fleet-start", "logs", "request-log"]
-FLEET += ["upgrade", "rollback", "host-out", "host-back"]
+FLEET += ["upgrade", "rollback", "host-out", "host-back", "store-format"]
 FLEET += ["tls-install", "tls-mutual", "ca-add", "tls-rotate", "tls-check", "ca-remove"]
 FLEET += ["remove", "purge"]
 SITES = ["fleet-site", "tls-site"]  # blocks of the site's values, which the tests set
@@ -523,6 +523,27 @@ def test_fleet_host_as_documented(
         assert [m["data"] for m in again.messages(1, timeout=30)] == [{"to": user}]
         reconnected.append((user, again))
     live = reconnected
+
+    # The store's format raised (a no-op when the fleet's database started in it), the
+    # instances restarted one at a time; what is stored is replayed, and a push stored
+    # after the restart is delivered. (Their fifth start in two minutes: forget the
+    # count, as below.)
+    host.systemctl("reset-failed", *units)
+    cursor = host.cursor()
+    out = guide.run("store-format")
+    assert re.search(r"format (1|unrecorded) -> 2|already format 2", out), out
+    assert out.strip().splitlines()[-1].startswith("MongoDB database pushsvc: format 2 ("), out
+    assert_restarted_one_at_a_time(host.journal(after=cursor), units)
+    reconnected = []
+    for user, client in live:
+        assert client.close_code(timeout=60)[0] == 1012
+        clients.append(again := connect_ws(ws, user, since=0, secret=jwt_secret))
+        assert [m["data"] for m in again.messages(1, timeout=30)] == [{"to": user}]
+        reconnected.append((user, again))
+    live = reconnected
+    user, client = live[0]
+    via_instance_1(host, f"""pushsvc push --user {user} --data '{{"after": "format"}}'""")
+    assert [m["data"] for m in client.messages(1, timeout=30)] == [{"after": "format"}]
 
     # TLS, then mutual TLS between the instances, from the test's CA: it issues node
     # certificates only, so it is the cluster CA too. Each certificate names 127.0.0.1,

@@ -24,7 +24,7 @@ from pushsvc.store.mongo import MongoInbox
 from pushsvc.store.mongo_database import MongoDatabase
 from tests.ferretdb import ferretdb  # noqa: F401
 
-# mongo-records: the MongoDB store committing each batch by its record
+# mongo-records: the MongoDB store committing each batch by its outcome
 # (``pushsvc/store/commit_records.py``).
 BACKENDS = ["embedded", "mongo", "mongo-records"]
 

@@ -19,9 +19,15 @@ import pytest
 from pushsvc.config import check_settings, load_settings
 from pushsvc.errors import NotFound, StoreUnavailable
 from pushsvc.messages import Message
-from pushsvc.store.commit_records import ABANDONED, COMMITTED, attempt_id, outcome_id
+from pushsvc.store.commit_records import (
+    ABANDONED,
+    COMMITTED,
+    RECORDS_FORMAT,
+    attempt_id,
+    outcome_id,
+)
 from pushsvc.store.inbox import InboxPage, StoreRequest
-from pushsvc.store.mongo import PENDING_GRACE, RECORDS_FORMAT, MongoInbox
+from pushsvc.store.mongo import PENDING_GRACE, MongoInbox
 from pushsvc.store.mongo_database import MongoDatabase
 from pushsvc.store.receipt_log import MongoReceiptLog
 from tests.ferretdb import FerretDB
