@@ -496,7 +496,7 @@ def _format_says(version: int) -> str:
 
 def _cmd_store_format(args: argparse.Namespace) -> int:
     import pymongo
-    from pymongo.errors import ConfigurationError, PyMongoError
+    from pymongo.errors import ConfigurationError, InvalidName, PyMongoError
 
     from pushsvc.store.commit_records import recorded_format, set_format
 
@@ -530,6 +530,8 @@ def _cmd_store_format(args: argparse.Namespace) -> int:
                 print(f"MongoDB database {name}: format {version} ({_format_says(version)})")
             return 0
         before = set_format(db, args.set)
+    except InvalidName as exc:
+        raise ConfigError(f"PUSHSVC_MONGO_DB: {exc}") from None
     except PyMongoError as exc:
         _fail(f"error: the MongoDB database {name} cannot be reached: {str(exc).splitlines()[0]}")
         return 1

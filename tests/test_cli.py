@@ -695,6 +695,8 @@ def test_store_format_bad_input_is_one_line(tmp_path: Path) -> None:
     assert "PUSHSVC_MONGO_URI is unset" in assert_one_line_error(run_cli("store-format"), 2)
     env = {"PUSHSVC_MONGO_URI": "mongodb://"}
     assert "PUSHSVC_MONGO_URI" in assert_one_line_error(run_cli("store-format", env=env), 2)
+    env = {"PUSHSVC_MONGO_URI": "mongodb://127.0.0.1:1", "PUSHSVC_MONGO_DB": "a/b"}
+    assert "PUSHSVC_MONGO_DB" in assert_one_line_error(run_cli("store-format", env=env), 2)
     env = {"PUSHSVC_MONGO_URI": "mongodb://127.0.0.1:1"}
     for bad in ("3", "two"):
         proc = run_cli("store-format", "--set", bad, env=env)
