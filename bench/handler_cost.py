@@ -5,7 +5,10 @@ a temporary directory, no listener started) with 1,000 stand-in connections
 that take every frame without a socket, and ``PushServicer.PushBatch`` is
 called directly with batches of 100 online-only pushes (~100-byte JSON, one
 recipient each), then ``PushServicer.Push`` with one such push a call; the
-answers are serialised as grpcio would. What it measures is
+answers are serialised as grpcio would. A third row takes a unary ``Push`` the
+whole way a node answers it on grpcio's thread: the request's bytes through the
+interceptor's key check, decoding, ``push_at_once`` and the answer's bytes, and
+the delivery it hands over run as the loop runs it. What it measures is
 pushsvc's own work per message -- validation, frame building, routing, the
 answers -- which the suite's numbers hide under grpcio's hand-offs and the
 socket writes. Best of five rounds; then, with ``--profile``, the top functions
@@ -64,9 +67,25 @@ class _Context:
         return (("authorization", "Bearer bench-key"),)
 
 
-def _handlers() -> tuple[Callable[[], None], Callable[[], None], str]:
+class _Details:
+    """What grpcio gives an interceptor about a call (``grpc.HandlerCallDetails``)."""
+
+    __slots__ = ("invocation_metadata", "method")
+
+    def __init__(self, method: str, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.method = method
+        self.invocation_metadata = metadata
+
+
+def _handlers() -> tuple[Callable[[], None], Callable[[], None], Callable[[], None], str]:
+    import functools
+
+    import grpc
+
+    from pushsvc.auth import ApiKeys
     from pushsvc.config import Settings
-    from pushsvc.grpc_api import CallerLimits, Limits, PushServicer
+    from pushsvc.grpc_api import PUSH_SERVICE, AuthInterceptor, CallerLimits, Limits, PushServicer
+    from pushsvc.handoff import Loop
     from pushsvc.owners import OwnerTags
     from pushsvc.server import Server
     from pushsvc_client.v1 import push_pb2
@@ -100,7 +119,34 @@ def _handlers() -> tuple[Callable[[], None], Callable[[], None], str]:
         for single in singles:
             servicer.Push(single, context).SerializeToString()
 
-    return call, unary, settings.data_dir  # the directory is removed when the run ends
+    loop = Loop()
+    loop._ticking = True  # as under load: the loop's timer finds the work, no wake-up
+    method = f"/{PUSH_SERVICE}/Push"
+    interceptor = AuthInterceptor(
+        ApiKeys(["bench-key"]),
+        None,
+        CallerLimits(0, 0),
+        loop,
+        at_once={method: functools.partial(servicer.push_at_once, loop)},
+    )
+    servicer_handler = grpc.unary_unary_rpc_method_handler(
+        servicer.Push,
+        request_deserializer=push_pb2.PushRequest.FromString,
+        response_serializer=push_pb2.PushResponse.SerializeToString,
+    )
+    details: Any = _Details(method, context.invocation_metadata())
+    raw = [single.SerializeToString() for single in singles]
+
+    def at_once() -> None:  # BATCH calls as grpcio makes them, then the loop's turn
+        for data in raw:
+            handler: Any = interceptor.intercept_service(lambda _: servicer_handler, details)
+            answer = handler.unary_unary(handler.request_deserializer(data), context)
+            handler.response_serializer(answer)
+        while loop._lazy:  # what the loop's timer does with the deliveries handed over
+            fn, args = loop._lazy.popleft()
+            fn(*args)
+
+    return call, unary, at_once, settings.data_dir  # the directory is removed at the end
 
 
 def _best(fn: Callable[[], None], calls: int) -> float:
@@ -119,7 +165,13 @@ def _best(fn: Callable[[], None], calls: int) -> float:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--calls", type=int, default=2000, help="PushBatch calls per round")
-    p.add_argument("--profile", action="store_true", help="also print the top functions")
+    p.add_argument(
+        "--profile",
+        choices=("batch", "at-once"),
+        nargs="?",
+        const="batch",
+        help="also print the top functions of PushBatch (default) or of the at-once Push",
+    )
     p.add_argument("--record", action="store_true", help="append to bench/RESULTS.md")
     args = p.parse_args()
     # Before the node exists: after thousands of calls that never yield, a gevent
@@ -127,19 +179,22 @@ def main() -> int:
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
     ).stdout.strip()
-    call, unary, data_dir = _handlers()
+    call, unary, at_once, data_dir = _handlers()
     per_message = _best(call, args.calls)
     per_unary = _best(unary, args.calls)
+    per_at_once = _best(at_once, args.calls)
     rows = [
         ["PushBatch, 100 online-only pushes", f"{per_message:.2f}"],
         ["Push, one online-only push a call", f"{per_unary:.2f}"],
+        ["Push answered on grpcio's thread, interceptor to answer bytes", f"{per_at_once:.2f}"],
     ]
     text = f"pushsvc {commit}\n\n" + table(["handler", "µs per message (best of 5)"], rows)
     if args.profile:
         profile = cProfile.Profile()
         profile.enable()
+        profiled = call if args.profile == "batch" else at_once
         for _ in range(500):
-            call()
+            profiled()
         profile.disable()
         out = io.StringIO()
         pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(15)

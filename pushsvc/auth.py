@@ -231,16 +231,27 @@ def mint_token(
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
+_ACCEPTED_HEADERS = 256  # valid headers remembered by ``ApiKeys``, at most
+
+
 class ApiKeys:
     """The set of keys gRPC callers present as ``authorization: Bearer <key>``."""
 
     def __init__(self, keys: tuple[str, ...] | list[str]) -> None:
         self._keys = [k.encode() for k in keys]
+        # Headers already found valid -> their key: a caller sends the same header on
+        # every call. Looking one up reveals nothing of a key by its timing (string
+        # hashes are salted per process: a guess cannot aim at a stored header's
+        # bucket); a header not in it takes the comparison against every key.
+        self._accepted: dict[str, str] = {}
 
     def check(self, header: str | None) -> str:
         """Return the key on success (callers rate-limit per key)."""
         if not header:
             raise Unauthenticated("missing API key: send metadata authorization: Bearer <key>")
+        known = self._accepted.get(header)
+        if known is not None:
+            return known
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key:
             raise Unauthenticated("authorization metadata must be 'Bearer <key>'")
@@ -250,7 +261,10 @@ class ApiKeys:
             ok |= hmac.compare_digest(raw, candidate)
         if not ok:
             raise Unauthenticated("API key is not valid")
-        return key.strip()
+        key = key.strip()
+        if len(self._accepted) < _ACCEPTED_HEADERS:  # spellings of the keys: a few
+            self._accepted[header] = key
+        return key
 
 
 def load_or_create_secret(path: Path) -> tuple[str, bool]:

@@ -10,6 +10,7 @@ INTERNAL, as if the server had failed).
 
 from __future__ import annotations
 
+import enum
 import functools
 import hmac
 import logging
@@ -143,6 +144,9 @@ def _domain_errors(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+_TAGS_KEPT = 256  # owner tags a servicer remembers by the header that named the key
+
+
 class Limits:
     def __init__(self, max_payload: int, default_ttl: int, max_ttl: int) -> None:
         self.max_payload = max_payload
@@ -158,10 +162,17 @@ class PushServicer(push_pb2_grpc.PushServiceServicer):
         self._limits = limits
         self._callers = callers
         self._owners = owners
+        self._tags: dict[str, str] = {}  # authorization header -> its key's owner tag
 
     def _owner(self, context: grpc.ServicerContext) -> str:
         """The owner tag of the caller's API key: what its messages' ids end with."""
-        return self._owners.of_key(caller_key(context.invocation_metadata()))
+        header = bearer_of(context.invocation_metadata()) or ""
+        tag = self._tags.get(header)
+        if tag is None:
+            tag = self._owners.of_key(header.partition(" ")[2].strip())
+            if len(self._tags) < _TAGS_KEPT:  # headers the interceptor let through: a few
+                self._tags[header] = tag
+        return tag
 
     def _command(self, request: push_pb2.PushRequest, owner: str) -> PushCommand:
         lim = self._limits
@@ -637,6 +648,28 @@ def _abort_handler(
     return same_kind(like, fail, raw=True)  # refused before its request is decoded
 
 
+class _Rule(enum.Enum):
+    """What a call must show before it runs, by its method (``AuthInterceptor``)."""
+
+    OPEN = "open"  # health, reflection
+    CLUSTER_KEY = "cluster key"  # NodeService
+    API_KEY = "API key"  # PushService, rate-limited per message
+    API_KEY_PER_CALL = "API key, rate-limited per call"  # PushService
+
+
+_RULES_KEPT = 256  # methods whose rule an interceptor remembers
+
+
+def _rule_of(method: str) -> _Rule:
+    parts = method.split("/")
+    service = parts[1] if len(parts) == 3 else ""
+    if service == NODE_SERVICE:
+        return _Rule.CLUSTER_KEY
+    if service != PUSH_SERVICE:
+        return _Rule.OPEN
+    return _Rule.API_KEY if parts[2] in PER_MESSAGE_LIMITED else _Rule.API_KEY_PER_CALL
+
+
 class AuthInterceptor(grpc.ServerInterceptor):
     """Runs on grpcio's threads: refuses what it must, and hands every other call's
     behaviour to the event loop (``handoff``)."""
@@ -659,6 +692,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         self._mutual_tls = mutual_tls
         # method -> (the servicer's handler, it wrapped); only methods that exist.
         self._wrapped: dict[str, tuple[Any, grpc.RpcMethodHandler]] = {}
+        self._rules: dict[str, _Rule] = {}  # method -> what a call of it must show
 
     def intercept_service(
         self,
@@ -686,12 +720,16 @@ class AuthInterceptor(grpc.ServerInterceptor):
 
     def _refusal(self, details: grpc.HandlerCallDetails) -> tuple[grpc.StatusCode, str] | None:
         """Why the call is refused before it runs, or None."""
-        parts = details.method.split("/")
-        service = parts[1] if len(parts) == 3 else ""
-        if service not in (PUSH_SERVICE, NODE_SERVICE):
+        method = details.method
+        rule = self._rules.get(method)
+        if rule is None:
+            rule = _rule_of(method)
+            if len(self._rules) < _RULES_KEPT:  # a caller may name any method: bounded
+                self._rules[method] = rule
+        if rule is _Rule.OPEN:
             return None  # health, reflection
         header = bearer_of(details.invocation_metadata)
-        if service == NODE_SERVICE:
+        if rule is _Rule.CLUSTER_KEY:
             given = (header or "").partition(" ")[2].strip().encode()
             if self._cluster_key is None or not hmac.compare_digest(given, self._cluster_key):
                 return grpc.StatusCode.UNAUTHENTICATED, "cluster key is not valid"
@@ -700,7 +738,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
             key = self._api_keys.check(header)
         except Unauthenticated as exc:
             return grpc.StatusCode.UNAUTHENTICATED, str(exc)
-        if parts[2] not in PER_MESSAGE_LIMITED and not self._limits.take(key):
+        if rule is _Rule.API_KEY_PER_CALL and not self._limits.take(key):
             return (
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"over the rate limit of {self._limits.rate:g} calls/s for this API key",

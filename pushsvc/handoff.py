@@ -43,8 +43,10 @@ What ``try_post`` hands over is not waited for, so it need not wake the loop
 each time: the first wakes it, and from then on the loop looks for such work
 every ``TICK`` by itself (a timer) until a look finds none. Under a stream of
 one-message calls the loop then wakes once a tick for all of them, not once a
-call -- each wake-up takes the GIL back from grpcio's threads -- and a delivery
-waits at most a tick longer. ``post``'s work still wakes the loop at once.
+call -- each wake-up takes the GIL back from grpcio's threads, and finds the
+loop's code and data out of the cache -- and a delivery waits at most a tick
+longer (4 ms: ``docs/architecture.md`` has the measurements). ``post``'s work
+still wakes the loop at once.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ log = logging.getLogger("pushsvc.grpc")
 
 T = TypeVar("T")
 WINDOW = 256  # responses of one stream waiting for grpcio's thread
-TICK = 0.001  # while busy, the loop looks for ``try_post``'s work this often by itself
+TICK = 0.004  # while busy, the loop looks for ``try_post``'s work this often by itself
 _NOBODY = sys.maxsize  # no greenlet waits for grpcio's thread to take responses
 
 

@@ -7,6 +7,7 @@ Counters on the hot path (a frame written, an ack) are plain integers in
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -49,12 +50,7 @@ class Counters:
         self.messages_pushed += n
         self.push_count += 1
         self.push_sum += seconds
-        i = 0
-        for bound in PUSH_BUCKETS:
-            if seconds <= bound:
-                break
-            i += 1
-        self.push_buckets[i] += 1
+        self.push_buckets[bisect_left(PUSH_BUCKETS, seconds)] += 1  # first bound >= seconds
 
 
 Read = tuple[str, Callable[[], float]]  # (help text, read the value at scrape time)
