@@ -487,6 +487,18 @@ def test_fleet_host_as_documented(
     ), event
     assert "ValueError" in event["exc"], event  # the traceback, in the same line
 
+    def reconnected(live: list[tuple[str, Client]], told: bool = True) -> list[tuple[str, Client]]:
+        """Every client, asked to reconnect (close code 1012) unless ``told`` is
+        False, connects again and gets what was stored for it: the new clients."""
+        again_all = []
+        for user, client in live:
+            if told:
+                assert client.close_code(timeout=60)[0] == 1012
+            clients.append(again := connect_ws(ws, user, since=0, secret=jwt_secret))
+            assert [m["data"] for m in again.messages(1, timeout=30)] == [{"to": user}]
+            again_all.append((user, again))
+        return again_all
+
     live = list(held.values())
     for name, version in (("upgrade", deb_named(guide.blocks["upgrade"])[1]), ("rollback", built)):
         cursor = host.cursor()
@@ -495,13 +507,7 @@ def test_fleet_host_as_documented(
         assert units_active(host) == dict.fromkeys(units, "active")
         assert_restarted_one_at_a_time(host.journal(after=cursor), units)
         # Every client was asked to reconnect, and what was stored for it is replayed.
-        reconnected = []
-        for user, client in live:
-            assert client.close_code(timeout=60)[0] == 1012
-            clients.append(again := connect_ws(ws, user, since=0, secret=jwt_secret))
-            assert [m["data"] for m in again.messages(1, timeout=30)] == [{"to": user}]
-            reconnected.append((user, again))
-        live = reconnected
+        live = reconnected(live)
 
     # The host taken out, one instance after the other, then back.
     cursor = host.cursor()
@@ -517,12 +523,7 @@ def test_fleet_host_as_documented(
     assert units_active(host) == dict.fromkeys(units, "active")
     assert host.prop("pushsvc.target", "ActiveState") == "active"
     assert all(unit in out for unit in units), out
-    reconnected = []
-    for user, _ in live:
-        clients.append(again := connect_ws(ws, user, since=0, secret=jwt_secret))
-        assert [m["data"] for m in again.messages(1, timeout=30)] == [{"to": user}]
-        reconnected.append((user, again))
-    live = reconnected
+    live = reconnected(live, told=False)  # their close codes were read above
 
     # The store's format raised (a no-op when the fleet's database started in it), the
     # instances restarted one at a time; what is stored is replayed, and a push stored
@@ -534,13 +535,7 @@ def test_fleet_host_as_documented(
     assert re.search(r"format (1|unrecorded) -> 2|already format 2", out), out
     assert out.strip().splitlines()[-1].startswith("MongoDB database pushsvc: format 2 ("), out
     assert_restarted_one_at_a_time(host.journal(after=cursor), units)
-    reconnected = []
-    for user, client in live:
-        assert client.close_code(timeout=60)[0] == 1012
-        clients.append(again := connect_ws(ws, user, since=0, secret=jwt_secret))
-        assert [m["data"] for m in again.messages(1, timeout=30)] == [{"to": user}]
-        reconnected.append((user, again))
-    live = reconnected
+    live = reconnected(live)
     user, client = live[0]
     via_instance_1(host, f"""pushsvc push --user {user} --data '{{"after": "format"}}'""")
     assert [m["data"] for m in client.messages(1, timeout=30)] == [{"after": "format"}]
