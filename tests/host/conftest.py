@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -30,6 +30,7 @@ from tests.wsclient import Client
 
 PRISTINE_ETC = "/root/pushsvc-etc.shipped"
 DEB_DIR = "/root/debs"
+JOURNAL_LINES = 300  # of pushsvc's units, in a failed test's report
 
 
 def install(host: Host, deb: str, *options: str) -> str:
@@ -110,6 +111,27 @@ def host(booted_host: Host, package: Path) -> Iterator[Host]:
     reset(booted_host)
     yield booted_host
     reset(booted_host)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test's report carries the journal of pushsvc's units on the host (the
+    host is reset after the test): what the nodes said when the test saw it fail."""
+    report = yield
+    host = getattr(item, "funcargs", {}).get("host")
+    if report.when == "call" and report.failed and isinstance(host, Host):
+        report.sections.append(("pushsvc's journal on the host", _journal_tail(host)))
+    return report
+
+
+def _journal_tail(host: Host) -> str:
+    command = ["journalctl", "-u", "pushsvc*", "-n", str(JOURNAL_LINES), "--no-pager"]
+    try:
+        return host.run([*command, "-o", "short-monotonic"], check=False, timeout=60).stdout
+    except (HostError, OSError, subprocess.SubprocessError) as exc:
+        return f"(the journal could not be read: {exc})"
 
 
 @pytest.fixture
