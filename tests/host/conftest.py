@@ -127,9 +127,8 @@ def pytest_runtest_makereport(
 
 
 def _journal_tail(host: Host) -> str:
-    command = ["journalctl", "-u", "pushsvc*", "-n", str(JOURNAL_LINES), "--no-pager"]
     try:
-        return host.run([*command, "-o", "short-monotonic"], check=False, timeout=60).stdout
+        return host.journal_text("pushsvc*", JOURNAL_LINES)
     except (HostError, OSError, subprocess.SubprocessError) as exc:
         return f"(the journal could not be read: {exc})"
 
