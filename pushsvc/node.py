@@ -409,9 +409,9 @@ class Node:
         """From any thread: an online-only push on a node alone, made ready to be
         answered at once -- what its caller hears (the message id) depends on
         nothing the loop holds, and what the loop does with it (make its frame and
-        queue it on the connections live when it runs) needs no answer. None for a push that
-        goes through ``push``: stored, or in a fleet (its call waits for the nodes
-        it is forwarded to)."""
+        queue it on the connections live when it runs) needs no answer. None for a
+        push that goes through ``push``: stored, or in a fleet (its call waits for
+        the nodes it is forwarded to)."""
         if not self.answers_at_once(cmd.ttl_seconds):
             return None
         started = time.perf_counter()

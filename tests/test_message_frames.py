@@ -122,10 +122,9 @@ def test_every_push_that_passes_validation_has_an_online_frame(
     assert wire == wire_text(online_frame(message_id, payload, ctype))
     frame = json.loads(wire[2:] if len(wire) < 128 else wire[4:])
     assert frame["id"] == message_id and frame["content_type"] == ctype
-    data = frame["data"] if "data" in frame else base64.b64decode(frame["data_b64"])
     if "data_b64" in frame:
-        assert data == payload
+        assert base64.b64decode(frame["data_b64"]) == payload
     elif ctype.startswith("text/"):
-        assert data == payload.decode()
+        assert frame["data"] == payload.decode()
     else:
-        assert data == json.loads(payload)
+        assert frame["data"] == json.loads(payload)
