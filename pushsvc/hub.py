@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol
 
-from pushsvc.protocol import UserFrame, wire_text
+from pushsvc.protocol import UserFrame
 
 
 class Connection(Protocol):
@@ -100,7 +100,11 @@ class Hub:
         held = self._users.get(user_id)
         if not held:
             return 0
-        wire = wire_text(frame.with_seq(seq))
+        wire = frame.wire(seq)
+        if len(held) == 1:  # the common case, without a copy
+            for conn in held:
+                conn.deliver_user(seq, wire, message_id, expires_at)
+                return 1
         for conn in tuple(held):
             conn.deliver_user(seq, wire, message_id, expires_at)
         return len(held)

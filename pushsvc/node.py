@@ -524,7 +524,7 @@ class Node:
         if stored.duplicate:
             return PushOutcome(stored.message_id, stored.seqs, True, 0), []
         hub = self._hub
-        frame = UserFrame.build(message.id, message.payload, message.content_type)
+        frame = UserFrame(message.id, message.payload, message.content_type)
         local = 0
         for uid, seq in zip(cmd.user_ids, stored.seqs, strict=True):
             local += hub.deliver_user(uid, seq, frame, message.id, message.expires_at)
@@ -542,7 +542,7 @@ class Node:
     # -- what the fleet's peers hand to this node --------------------------------------
 
     def deliver_users(self, message: Message, recipients: Sequence[tuple[str, int]]) -> int:
-        frame = UserFrame.build(message.id, message.payload, message.content_type)
+        frame = UserFrame(message.id, message.payload, message.content_type)
         total = 0
         wire: bytes | None = None  # the online-only frame, made for the first who needs it
         for uid, seq in recipients:

@@ -205,6 +205,21 @@ class Ordering(Generic[T]):
         # LATER: blocked or failing; the pending read comes soon enough.
         return []
 
+    def take_live(self, seq: int) -> bool:
+        """``on_live`` for its common case, without making actions: ``seq`` is the
+        next one and nothing waits on the position (started, open, not blocked).
+        True: the caller sends it now (the position moved to it), as the one
+        ``Send`` ``on_live`` would return. False: nothing changed; call ``on_live``."""
+        if (
+            seq == self.position + 1
+            and self.started
+            and not self._closed
+            and self._blocked_at is None
+        ):
+            self.position = self.last_sent = seq
+            return True
+        return False
+
     def on_behind(self, seq: int) -> list[Action[T]]:
         """The store says the user's seqs reach ``seq`` (a periodic check of every
         connection's position, for messages whose announcement was lost): read if

@@ -12,7 +12,6 @@ import functools
 import json
 from dataclasses import dataclass
 from enum import Enum
-from typing import NamedTuple
 
 from pushsvc import jsontext
 from pushsvc.errors import InvalidArgument
@@ -70,19 +69,58 @@ def encode_data(payload: bytes, content_type: str) -> str:
     return '"data_b64":"' + base64.b64encode(payload).decode("ascii") + '"'
 
 
-class UserFrame(NamedTuple):
-    """A user message frame with a hole for the recipient's seq."""
+class UserFrame:
+    """A stored message's frame with a hole for the recipient's seq, made into its
+    UTF-8 halves only when a first recipient is connected here (a push to users
+    who are offline, or on other nodes, never frames it)."""
 
-    prefix: str
-    suffix: str
+    __slots__ = ("_content_type", "_halves", "_message_id", "_payload")
+
+    def __init__(self, message_id: str, payload: bytes, content_type: str) -> None:
+        self._message_id = message_id
+        self._payload = payload
+        self._content_type = content_type
+        self._halves: tuple[bytes, bytes] | None = None
+
+    def wire(self, seq: int) -> bytes:
+        """The frame for ``seq``, header included: what every connection of the
+        user that has this seq is written."""
+        halves = self._halves
+        if halves is None:
+            halves = self._halves = self._make_halves()
+        return wire_frame(OP_TEXT, b"%b%d%b" % (halves[0], seq, halves[1]))
 
     def with_seq(self, seq: int) -> str:
-        return f"{self.prefix}{seq}{self.suffix}"
+        """The frame's text for ``seq``."""
+        halves = self._halves
+        if halves is None:
+            halves = self._halves = self._make_halves()
+        return (b"%b%d%b" % (halves[0], seq, halves[1])).decode("utf-8")
 
-    @classmethod
-    def build(cls, message_id: str, payload: bytes, content_type: str) -> UserFrame:
-        body = f',"content_type":{_json_type(content_type)},{encode_data(payload, content_type)}}}'
-        return cls(f'{{"type":"message","id":{_json_id(message_id)},"seq":', body)
+    def _make_halves(self) -> tuple[bytes, bytes]:
+        message_id, payload, ctype = self._message_id, self._payload, self._content_type
+        if _embeds_as_is(message_id, payload, ctype):
+            return (
+                b'{"type":"message","id":"%b","seq":' % message_id.encode(),
+                b',"content_type":%b,"data":%b}'
+                % (_json_type_bytes(ctype), payload.strip(b" \t\n\r")),
+            )
+        return (
+            f'{{"type":"message","id":{_json_id(message_id)},"seq":'.encode(),
+            f',"content_type":{_json_type(ctype)},{encode_data(payload, ctype)}}}'.encode(),
+        )
+
+
+def _embeds_as_is(message_id: str, payload: bytes, content_type: str) -> bool:
+    """Whether a frame can carry the payload's bytes as they came: a JSON payload
+    that passed ``build_push`` (UTF-8 JSON without a byte order mark, which
+    ``encode_data`` would decode and strip to the same text) and one of our ids."""
+    return (
+        is_json_type(content_type)
+        and message_id.isascii()
+        and message_id.isalnum()
+        and not payload.startswith(b"\xef\xbb\xbf")
+    )
 
 
 def online_frame(message_id: str, payload: bytes, content_type: str) -> str:
@@ -95,16 +133,10 @@ def online_frame(message_id: str, payload: bytes, content_type: str) -> str:
 
 
 def online_wire(message_id: str, payload: bytes, content_type: str) -> bytes:
-    """``wire_text(online_frame(...))`` of a push that passed ``build_push``: for a
-    JSON payload and one of our ids, the payload's bytes embedded as they came
-    (ingress found them UTF-8 JSON without a byte order mark), not decoded and
-    encoded again."""
-    if (
-        is_json_type(content_type)
-        and message_id.isascii()
-        and message_id.isalnum()
-        and not payload.startswith(b"\xef\xbb\xbf")
-    ):
+    """``wire_text(online_frame(...))`` of a push that passed ``build_push``, the
+    payload's bytes embedded as they came where they can be (``_embeds_as_is``),
+    not decoded and encoded again."""
+    if _embeds_as_is(message_id, payload, content_type):
         body = _ONLINE % (
             message_id.encode(),
             _json_type_bytes(content_type),

@@ -155,7 +155,11 @@ class Session:
     def deliver_user(
         self, seq: int, wire: bytes, message_id: str, expires_at: float | None
     ) -> None:
-        if self._closing is None:
+        if self._closing is not None:
+            return
+        if self._order.take_live(seq):  # the next seq, nothing waiting: no actions to make
+            self._write((wire, (message_id, seq, expires_at)))
+        else:
             self._act(self._order.on_live(seq, (wire, message_id, expires_at)))
 
     def deliver_online(self, wire: bytes) -> bool:
@@ -209,9 +213,7 @@ class Session:
                 item = action.item
                 if isinstance(item, InboxEntry):
                     msg = item.message
-                    wire = wire_text(
-                        UserFrame.build(msg.id, msg.payload, msg.content_type).with_seq(action.seq)
-                    )
+                    wire = UserFrame(msg.id, msg.payload, msg.content_type).wire(action.seq)
                     frames.append((wire, (msg.id, action.seq, msg.expires_at)))
                 else:
                     wire, message_id, expires_at = item
@@ -221,14 +223,23 @@ class Session:
                 self._read_wanted = action
             else:
                 self._node.read_page(self, action.after, later=isinstance(action, ReadLater))
+        if len(frames) == 1:
+            self._write(frames[0])
+            return
         if frames:
-            ok = (
-                self.writer.write_many(frames) if len(frames) > 1 else self.writer.write(*frames[0])
-            )
-            if ok:
+            if self.writer.write_many(frames):
                 self._node.counters.frames_sent += len(frames)
             else:
                 self._overflow()
+        if self._read_wanted is not None and not self.writer.backlog:
+            self.on_drained()
+
+    def _write(self, frame: tuple[bytes, Delivery]) -> None:
+        """One stored message's frame, in its order."""
+        if self.writer.write(*frame):
+            self._node.counters.frames_sent += 1
+        else:
+            self._overflow()
         if self._read_wanted is not None and not self.writer.backlog:
             self.on_drained()
 

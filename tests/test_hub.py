@@ -60,7 +60,7 @@ def test_user_frame_is_encoded_once_per_user_for_all_connections() -> None:
     conns = [Recorder(f"c{i}", "alice") for i in range(5)]
     for c in conns:
         hub.add(c)
-    frame = UserFrame.build("m1", b'{"a":1}', "application/json")
+    frame = UserFrame("m1", b'{"a":1}', "application/json")
     assert hub.deliver_user("alice", 7, frame, "m1", 1e9) == 5
     first = conns[0].wires[0]
     assert all(c.wires[0] is first for c in conns)

@@ -18,7 +18,7 @@ JSON_PAYLOAD = b' {"a": [1, 2.5, "\xc3\xa9"], "b": null} '
 
 def test_an_id_of_ours_and_any_other_id_come_out_as_the_same_string() -> None:
     for message_id in (new_message_id(owner="0123456789ab"), 'x"y\\z', "é-1", ""):
-        frame = json.loads(UserFrame.build(message_id, b"{}", "application/json").with_seq(7))
+        frame = json.loads(UserFrame(message_id, b"{}", "application/json").with_seq(7))
         assert frame == {
             "type": "message",
             "id": message_id,
@@ -46,7 +46,7 @@ def test_frames_are_json_whatever_they_carry(
 ) -> None:
     if content_type.endswith("json"):
         payload = JSON_PAYLOAD
-    stored = json.loads(UserFrame.build(message_id, payload, content_type).with_seq(7))
+    stored = json.loads(UserFrame(message_id, payload, content_type).with_seq(7))
     frame = json.loads(online_frame(message_id, payload, content_type))
     assert frame == {k: v for k, v in stored.items() if k != "seq"}  # the same, less the seq
     assert frame["id"] == message_id and frame["content_type"] == content_type
@@ -88,17 +88,24 @@ def test_content_types_are_checked_the_same_way_every_time() -> None:
     ),
     pad=st.sampled_from([0, 1, 60, 120, 70000]),
     space=st.sampled_from(["", " ", "\n\t ", "\r\n"]),
+    seq=st.integers(1, 2**53),
 )
-def test_an_online_frame_on_the_wire_is_made_in_one_step_alike(
-    message_id: str, content_type: str, value: object, pad: int, space: str
+def test_a_frame_on_the_wire_is_made_in_one_step_alike(
+    message_id: str, content_type: str, value: object, pad: int, space: str, seq: int
 ) -> None:
-    """``online_wire`` makes the bytes the frame and its header would be, for any
-    payload that passed validation (short, medium and long frames alike)."""
+    """``online_wire`` and ``UserFrame.wire`` make the bytes the frame's text and
+    its header would be, for any payload that passed validation (short, medium and
+    long frames alike); a stored message's frame is the online one with its seq."""
     payload = (space + json.dumps([value, "x" * pad], ensure_ascii=False) + space).encode()
     ctype = validate_payload(payload, content_type, 1 << 20)
-    assert online_wire(message_id, payload, ctype) == wire_text(
-        online_frame(message_id, payload, ctype)
-    )
+    online = online_frame(message_id, payload, ctype)
+    assert online_wire(message_id, payload, ctype) == wire_text(online)
+    # The id is a JSON string: its first unescaped ',"content_type":' is the member's.
+    stored = online.replace(',"content_type":', f',"seq":{seq},"content_type":', 1)
+    frame = UserFrame(message_id, payload, ctype)
+    assert frame.wire(seq) == wire_text(stored)
+    assert frame.with_seq(seq) == stored
+    assert frame.wire(seq + 1) == wire_text(frame.with_seq(seq + 1))  # made once, used again
 
 
 @given(
@@ -120,6 +127,11 @@ def test_every_push_that_passes_validation_has_an_online_frame(
     message_id = new_message_id(owner="ab12")
     wire = online_wire(message_id, payload, ctype)
     assert wire == wire_text(online_frame(message_id, payload, ctype))
+    assert UserFrame(message_id, payload, ctype).wire(3) == wire_text(
+        online_frame(message_id, payload, ctype).replace(
+            ',"content_type":', ',"seq":3,"content_type":', 1
+        )
+    )
     frame = json.loads(wire[2:] if len(wire) < 128 else wire[4:])
     assert frame["id"] == message_id and frame["content_type"] == ctype
     if "data_b64" in frame:

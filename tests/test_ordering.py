@@ -13,6 +13,7 @@ connection.
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections import deque
 from collections.abc import Sequence
@@ -167,6 +168,10 @@ def test_closed_machine_does_nothing() -> None:
     assert o.on_live(1, ("m", 1)) == []
 
 
+def _state(machine: Ordering[Item]) -> dict[str, object]:
+    return {name: getattr(machine, name) for name in Ordering.__slots__}
+
+
 # -- the model --------------------------------------------------------------------
 
 
@@ -296,7 +301,20 @@ class OrderingModel(RuleBasedStateMachine):
         i = data.draw(st.integers(0, len(self.conn.inbound) - 1))
         seq = self.conn.inbound[i]
         del self.conn.inbound[i]
-        self._apply(self.conn, self.conn.machine.on_live(seq, ("m", seq)))
+        machine = self.conn.machine
+        if data.draw(st.booleans(), label="through take_live"):
+            # The connection's fast path: where it takes the seq, exactly what on_live
+            # does (one Send, the same state after); where it refuses, no change.
+            twin = copy.copy(machine)
+            expected = twin.on_live(seq, ("m", seq))
+            before = _state(machine)
+            if machine.take_live(seq):
+                assert expected == [Send(seq, ("m", seq))]
+                assert _state(machine) == _state(twin)
+                self._apply(self.conn, expected)
+                return
+            assert _state(machine) == before
+        self._apply(self.conn, machine.on_live(seq, ("m", seq)))
 
     @precondition(lambda self: self.conn is not None)
     @rule()
