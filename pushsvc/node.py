@@ -460,10 +460,11 @@ class Node:
                 if isinstance(result, PushError):
                     outcomes.append(result)
                     continue
-                outcome, recipients = self._deliver_stored(cmd, messages[i], result)
-                outcomes.append(outcome)
-                if recipients:
-                    forwards.append((messages[i], recipients))
+                outcomes.append(self._deliver_stored(cmd, messages[i], result))
+                if not alone and not result.duplicate:
+                    forwards.append(
+                        (messages[i], list(zip(cmd.user_ids, result.seqs, strict=True)))
+                    )
             if forwards:
                 self.fleet.forward_users(forwards)
         finally:
@@ -519,17 +520,16 @@ class Node:
 
     def _deliver_stored(
         self, cmd: PushCommand, message: Message, stored: StoreResult
-    ) -> tuple[PushOutcome, Recipients]:
-        """A stored push's local delivery; its outcome and what to forward to other nodes."""
+    ) -> PushOutcome:
+        """A stored push's local delivery (a duplicate's was done by its first push)."""
         if stored.duplicate:
-            return PushOutcome(stored.message_id, stored.seqs, True, 0), []
+            return PushOutcome(stored.message_id, stored.seqs, True, 0)
         hub = self._hub
         frame = UserFrame(message.id, message.payload, message.content_type)
         local = 0
         for uid, seq in zip(cmd.user_ids, stored.seqs, strict=True):
             local += hub.deliver_user(uid, seq, frame, message.id, message.expires_at)
-        recipients = list(zip(cmd.user_ids, stored.seqs, strict=True))
-        return PushOutcome(message.id, stored.seqs, False, local), recipients
+        return PushOutcome(message.id, stored.seqs, False, local)
 
     def publish(self, topic: str, payload: bytes, content_type: str) -> PublishOutcome:
         now = time.time()
