@@ -88,6 +88,7 @@ def main() -> int:
         return 1
     print(f"pid {pid}", flush=True)
     named: dict[int, str] = {}
+    shown: set[int] = set()  # threads that were busy in some interval
     before, at = ticks(pid), time.monotonic()
     while time.monotonic() < end:
         time.sleep(args.interval)  # the sampling period
@@ -104,9 +105,10 @@ def main() -> int:
             named.update({t: n for t, n in names(pid).items() if t not in named})
         before, at = now_ticks, now
         cells = [f"{tid}={ms:.0f}" for tid, ms in sorted(busy.items()) if ms >= 10]
+        shown.update(tid for tid, ms in busy.items() if ms >= 10)
         print(time.strftime("%H:%M:%S"), f"total={sum(busy.values()):.0f}", *cells, flush=True)
-    for tid, name in sorted(named.items()):
-        print(f"thread {tid}: {name}")
+    for tid in sorted(shown):
+        print(f"thread {tid}: {named.get(tid, '?')}")
     return 0
 
 
