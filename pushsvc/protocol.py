@@ -114,12 +114,15 @@ class UserFrame:
 def _embeds_as_is(message_id: str, payload: bytes, content_type: str) -> bool:
     """Whether a frame can carry the payload's bytes as they came: a JSON payload
     that passed ``build_push`` (UTF-8 JSON without a byte order mark, which
-    ``encode_data`` would decode and strip to the same text) and one of our ids."""
+    ``encode_data`` would decode and strip to the same text) and one of our ids.
+    A NUL byte, never in UTF-8 JSON, marks the UTF-16 or UTF-32 JSON that nodes
+    before strict RFC 8259 validation stored: ``encode_data`` re-encodes those."""
     return (
         is_json_type(content_type)
         and message_id.isascii()
         and message_id.isalnum()
         and not payload.startswith(b"\xef\xbb\xbf")
+        and b"\x00" not in payload
     )
 
 

@@ -59,6 +59,17 @@ def test_frames_are_json_whatever_they_carry(
         assert base64.b64decode(frame["data_b64"]) == payload
 
 
+def test_a_stored_json_payload_in_utf_16_is_framed_as_utf_8() -> None:
+    """Nodes before strict validation stored JSON in UTF-16 or UTF-32 (Python's
+    json accepts them): replayed, such a message's frame is UTF-8 JSON all the same."""
+    for encoding in ("utf-16", "utf-16-le", "utf-32-be"):
+        payload = '{"a": "é"}'.encode(encoding)
+        frame = UserFrame(new_message_id(owner="ab12"), payload, "application/json")
+        wire = frame.wire(5)
+        assert json.loads(wire[2:])["data"] == {"a": "é"}
+        assert json.loads(frame.with_seq(5))["seq"] == 5
+
+
 def test_content_types_are_checked_the_same_way_every_time() -> None:
     # Repeated (the second answer comes from the cache): same normalisation, same refusal.
     for _ in range(2):
