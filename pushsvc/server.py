@@ -12,6 +12,7 @@ handed to the event loop (``handoff``).
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import math
 import resource
@@ -692,6 +693,9 @@ def run_server(settings: Settings, announce: Callable[[Server], None] | None = N
     """Run a node until SIGTERM/SIGINT, then drain. Returns the exit code."""
     configure_logging(settings.log_level, settings.log_format)
     route_gevent_errors(gevent.get_hub())
+    # SIGUSR1: every thread's Python stack, written by the signal handler itself
+    # straight to the real stderr (the journal) -- it works on a stuck event loop.
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
     sys.setswitchinterval(cpuload.SHORT)  # then set by the node's CPU share (cpuload.py)
     try:
         server = Server(settings)

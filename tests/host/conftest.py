@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Generator, Iterator
 from pathlib import Path
 
@@ -123,7 +124,36 @@ def pytest_runtest_makereport(
     host = getattr(item, "funcargs", {}).get("host")
     if report.when == "call" and report.failed and isinstance(host, Host):
         report.sections.append(("pushsvc's journal on the host", _journal_tail(host)))
+        report.sections.append(("pushsvc's threads on the host (SIGUSR1)", _stacks(host)))
     return report
+
+
+def _stacks(host: Host) -> str:
+    """Every running node's threads, as SIGUSR1 makes it write them to the journal:
+    where a node that stopped answering is stuck."""
+    try:
+        cursor = host.cursor()
+        host.run(
+            ["systemctl", "kill", "--signal=SIGUSR1", "--kill-whom=main", "pushsvc*.service"],
+            check=False,
+        )
+        deadline = time.monotonic() + 15
+        seen: list[str] = []
+        while True:
+            lines = [
+                str(e.get("MESSAGE", ""))
+                for e in host.journal(after=cursor)
+                if str(e.get("_SYSTEMD_UNIT", "")).startswith("pushsvc")
+            ]
+            # Done once some node wrote its threads and nothing more came since the
+            # last read (journald stores lines a moment after they were written).
+            settled = lines == seen and any("most recent call first" in x for x in lines)
+            if settled or time.monotonic() > deadline:
+                return "\n".join(lines) or "(no node wrote its threads)"
+            seen = lines
+            time.sleep(0.5)  # polling the journal with a deadline
+    except Exception as exc:  # a diagnostic: it must not break the report it adds to
+        return f"(the threads could not be read: {exc!r})"
 
 
 def _journal_tail(host: Host) -> str:
