@@ -12,6 +12,7 @@ handed to the event loop (``handoff``).
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import logging
 import math
@@ -695,7 +696,9 @@ def run_server(settings: Settings, announce: Callable[[Server], None] | None = N
     route_gevent_errors(gevent.get_hub())
     # SIGUSR1: every thread's Python stack, written by the signal handler itself
     # straight to the real stderr (the journal) -- it works on a stuck event loop.
-    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+    # Without a stderr to write to (closed, or not a file), there is nothing to dump.
+    with contextlib.suppress(RuntimeError, ValueError, OSError, AttributeError):
+        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
     sys.setswitchinterval(cpuload.SHORT)  # then set by the node's CPU share (cpuload.py)
     try:
         server = Server(settings)
