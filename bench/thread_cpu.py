@@ -2,7 +2,8 @@
 threads (the event loop, grpcio's poller and stream threads, the stores' SQLite
 threads) a benchmark phase's CPU went to. Reads ``/proc/<pid>/task/*/stat``;
 names each thread by the innermost frames py-spy sees in it at the first
-interval it is busy.
+interval it is busy (``py-spy dump`` stops the process for a moment then: read
+the intervals after a phase's first).
 
     .venv/bin/python -m bench.thread_cpu --match "pushsvc serve" [--interval 2] [--for 120]
 
