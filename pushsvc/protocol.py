@@ -85,17 +85,17 @@ class UserFrame:
     def wire(self, seq: int) -> bytes:
         """The frame for ``seq``, header included: what every connection of the
         user that has this seq is written."""
-        halves = self._halves
-        if halves is None:
-            halves = self._halves = self._make_halves()
-        return wire_frame(OP_TEXT, b"%b%d%b" % (halves[0], seq, halves[1]))
+        return wire_frame(OP_TEXT, self._utf8(seq))
 
     def with_seq(self, seq: int) -> str:
         """The frame's text for ``seq``."""
+        return self._utf8(seq).decode("utf-8")
+
+    def _utf8(self, seq: int) -> bytes:
         halves = self._halves
         if halves is None:
             halves = self._halves = self._make_halves()
-        return (b"%b%d%b" % (halves[0], seq, halves[1])).decode("utf-8")
+        return b"%b%d%b" % (halves[0], seq, halves[1])
 
     def _make_halves(self) -> tuple[bytes, bytes]:
         message_id, payload, ctype = self._message_id, self._payload, self._content_type

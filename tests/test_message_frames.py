@@ -70,6 +70,12 @@ def test_a_stored_json_payload_in_utf_16_is_framed_as_utf_8() -> None:
         assert json.loads(frame.with_seq(5))["seq"] == 5
 
 
+def _with_seq(online: str, seq: int) -> str:
+    """A stored message's frame as the online one with its seq: the id is a JSON
+    string, so the first unescaped ',"content_type":' is the member's."""
+    return online.replace(',"content_type":', f',"seq":{seq},"content_type":', 1)
+
+
 def test_content_types_are_checked_the_same_way_every_time() -> None:
     # Repeated (the second answer comes from the cache): same normalisation, same refusal.
     for _ in range(2):
@@ -111,8 +117,7 @@ def test_a_frame_on_the_wire_is_made_in_one_step_alike(
     ctype = validate_payload(payload, content_type, 1 << 20)
     online = online_frame(message_id, payload, ctype)
     assert online_wire(message_id, payload, ctype) == wire_text(online)
-    # The id is a JSON string: its first unescaped ',"content_type":' is the member's.
-    stored = online.replace(',"content_type":', f',"seq":{seq},"content_type":', 1)
+    stored = _with_seq(online, seq)
     frame = UserFrame(message_id, payload, ctype)
     assert frame.wire(seq) == wire_text(stored)
     assert frame.with_seq(seq) == stored
@@ -139,9 +144,7 @@ def test_every_push_that_passes_validation_has_an_online_frame(
     wire = online_wire(message_id, payload, ctype)
     assert wire == wire_text(online_frame(message_id, payload, ctype))
     assert UserFrame(message_id, payload, ctype).wire(3) == wire_text(
-        online_frame(message_id, payload, ctype).replace(
-            ',"content_type":', ',"seq":3,"content_type":', 1
-        )
+        _with_seq(online_frame(message_id, payload, ctype), 3)
     )
     frame = json.loads(wire[2:] if len(wire) < 128 else wire[4:])
     assert frame["id"] == message_id and frame["content_type"] == ctype
