@@ -21,7 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-PY_SPY = Path(__file__).resolve().parent.parent / ".tools" / "bench" / "venv" / "bin" / "py-spy"
+from bench.procs import BENCH_TOOLS
+
+PY_SPY = BENCH_TOOLS / "venv" / "bin" / "py-spy"  # bench/install.sh puts it there
 TICK = os.sysconf("SC_CLK_TCK")
 
 
