@@ -35,6 +35,7 @@ from pushsvc_client.v1 import node_pb2, node_pb2_grpc, push_pb2
 from tests.ferretdb import FerretDB, ferretdb  # noqa: F401
 from tests.nodeproc import API_KEY, CLUSTER_KEY, NodeProcess, auth
 from tests.pki import Issued, Pki
+from tests.tlssocket import SharedTLSSocket
 from tests.waiting import wait_for
 from tests.wsclient import open_ws, token
 
@@ -453,7 +454,7 @@ def test_sighup_reloads_the_certificate_and_keeps_connections(
         assert expiry == second.certificate.not_valid_after_utc.timestamp()
         # The connection made before the reload is still open, still on the old one.
         old_socket = old.conn.socket
-        assert isinstance(old_socket, ssl.SSLSocket)
+        assert isinstance(old_socket, SharedTLSSocket)
         der = old_socket.getpeercert(binary_form=True)
         assert der is not None
         assert hashlib.sha256(der).hexdigest() == first.fingerprint

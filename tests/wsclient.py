@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import socket
+import ssl
 import time
-from typing import Any
+from typing import Any, cast
+from urllib.parse import urlsplit
 
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from pushsvc.auth import mint_token
 from tests.nodeproc import JWT_SECRET, NodeProcess
+from tests.tlssocket import SharedTLSSocket
+
+OPEN_TIMEOUT = 10.0  # seconds for TCP, TLS and the upgrade together
 
 
 def token(user: str, ttl: int = 3600, topics: list[str] | None = None) -> str:
@@ -92,6 +98,26 @@ def open_ws(
     url = node.ws_url + f"?token={token(user, topics=topics)}"
     if since is not None:
         url += f"&since={since}"
-    if node.tls:
-        kwargs.setdefault("ssl", node.ssl_context())
-    return Client(connect(url, open_timeout=10, legacy=True, **kwargs))
+    context = node.ssl_context() if node.tls else None
+    return Client(dial(url, context, **kwargs))
+
+
+def dial(url: str, context: ssl.SSLContext | None = None, **kwargs: Any) -> ClientConnection:
+    """websockets' sync client for ``url``; a ``wss://`` one over a SharedTLSSocket
+    verified with ``context`` (never an ssl.SSLSocket, which its reading thread and
+    the caller's writes would share unsafely: tests/tlssocket.py)."""
+    if not url.startswith("wss://"):
+        return connect(url, open_timeout=OPEN_TIMEOUT, legacy=True, **kwargs)
+    where = urlsplit(url)
+    host, port = where.hostname or "", where.port or 443
+    sock = socket.create_connection((host, port), timeout=OPEN_TIMEOUT)
+    try:
+        tls = SharedTLSSocket(sock, context or ssl.create_default_context(), host, OPEN_TIMEOUT)
+    except BaseException:
+        sock.close()
+        raise
+    # The upgrade over the TLS connection made here: the same request as for wss://
+    # (its Host names the port either way).
+    plain = "ws://" + url.removeprefix("wss://")
+    sock_like = cast(socket.socket, tls)
+    return connect(plain, sock=sock_like, open_timeout=OPEN_TIMEOUT, legacy=True, **kwargs)

@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from websockets.sync.client import connect
 
 from pushsvc.auth import mint_token
 from pushsvc_client.v1 import push_pb2, push_pb2_grpc
 from tests.host.machine import Host, service_ports
 from tests.nodeproc import API_KEY, CLUSTER_KEY, JWT_SECRET, auth
 from tests.pki import Issued
-from tests.wsclient import Client
+from tests.wsclient import Client, dial
 
 SHIPPED_ENV = "/root/pushsvc-etc.shipped/pushsvc.env"
 
@@ -71,7 +70,7 @@ def connect_ws(
     if since is not None:
         url += f"&since={since}"
     context = None if ca is None else ssl.create_default_context(cafile=str(ca))
-    return Client(connect(url, ssl=context, open_timeout=10, legacy=True))
+    return Client(dial(url, context))
 
 
 TLS_DIR = "/etc/pushsvc/tls"
