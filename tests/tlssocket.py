@@ -98,6 +98,8 @@ class SharedTLSSocket:
                 break
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                 return b"".join(chunks), True
+            if not chunk:
+                return b"".join(chunks), True  # not expected of an SSLObject: an end too
             chunks.append(chunk)
             size += len(chunk)
         return b"".join(chunks), False
