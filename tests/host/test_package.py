@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import ssl
 import uuid
 from pathlib import Path
 from typing import Any
@@ -54,6 +53,7 @@ from tests.host.nodes import (
 from tests.nodeproc import auth
 from tests.pki import Pki
 from tests.test_tls import served_fingerprint
+from tests.tlssocket import SharedTLSSocket
 from tests.wsclient import Client
 
 pytestmark = pytest.mark.timeout(600)
@@ -624,7 +624,7 @@ def test_reload_swaps_tls_certificates_without_dropping_connections(
     )
     # The connection made before stays up, on the certificate it was set up with.
     tls_socket = alice.conn.socket
-    assert isinstance(tls_socket, ssl.SSLSocket)
+    assert isinstance(tls_socket, SharedTLSSocket)
     der = tls_socket.getpeercert(binary_form=True)
     assert der is not None and hashlib.sha256(der).hexdigest() == first.fingerprint
     pushed = node.push("alice", {"after": "reload"})  # gRPC over TLS, new handshake
