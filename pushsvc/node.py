@@ -676,8 +676,8 @@ class Node:
         self.counters.acks += 1
         self.receipts.ack(user_id, seq)
 
-    def read_page(self, session: Session, after: int, later: bool = False) -> None:
-        self._replay.read(session, after, later)
+    def read_page(self, session: Session, after: int, later: bool, token: int) -> None:
+        self._replay.read(session, after, later, token)
 
     # -- what an operator looks at (admin console) ----------------------------------------
 

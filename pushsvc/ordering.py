@@ -21,12 +21,17 @@ How it stays live: a live message with the next seq is sent at once; any
 other (a gap: something was committed that this connection has not read)
 starts a read. A read that started before an announcement may have missed
 it, so the page is followed by another read.
+
+Each read carries a token, and only the answer to the latest read counts: a
+``ReadLater`` whose pause ended may already be at the store when a ``Read``
+replaces it, and its page, begun before announcements the newer read was issued
+after, must not be taken for the newer one's (it would skip a seq still in flight).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Generic, NamedTuple, TypeVar
 
@@ -42,17 +47,21 @@ class Send(NamedTuple, Generic[T]):
 
 @dataclass(frozen=True, slots=True)
 class Read:
-    """Read the inbox after ``after`` now (cancelling a pending ``ReadLater``)."""
+    """Read the inbox after ``after`` now (cancelling a pending ``ReadLater``); its
+    answer is given back with ``token``."""
 
     after: int
+    token: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
 class ReadLater:
     """Read the inbox after ``after`` after a pause: a seq is still being
-    written, or the store failed. Polling, never skipping."""
+    written, or the store failed. Polling, never skipping. Its answer is given
+    back with ``token``."""
 
     after: int
+    token: int = field(default=0, compare=False)
 
 
 Action = Send[T] | Read | ReadLater
@@ -77,6 +86,7 @@ class Ordering(Generic[T]):
         "_blocked_at",
         "_closed",
         "_reading",
+        "_token",
         "acked",
         "last_sent",
         "position",
@@ -95,6 +105,7 @@ class Ordering(Generic[T]):
         self._announced = 0  # highest live seq seen
         self._announced_at_issue = 0  # _announced when the outstanding read was issued
         self._blocked_at: int | None = None
+        self._token = 0  # the latest read's: only its answer counts
 
     # -- state, for the driver and the tests ---------------------------------------
 
@@ -142,9 +153,12 @@ class Ordering(Generic[T]):
         *,
         blocked_at: int | None = None,
         more: bool = False,
+        token: int | None = None,
     ) -> list[Action[T]]:
-        """The outstanding read returned (entries ascending, as ``InboxPage`` gives)."""
-        if self._closed or not self.started:
+        """The outstanding read returned (entries ascending, as ``InboxPage`` gives).
+        ``token``: the read's; the answer to an earlier read than the latest changes
+        nothing (None: the latest's)."""
+        if self._closed or not self.started or self._stale(token):
             return []
         self._reading = _Reading.IDLE
         actions: list[Action[T]] = []
@@ -176,9 +190,9 @@ class Ordering(Generic[T]):
                     actions.append(self._read_now())
         return actions
 
-    def on_read_failed(self) -> list[Action[T]]:
+    def on_read_failed(self, token: int | None = None) -> list[Action[T]]:
         """The outstanding read failed (store unavailable): try again later."""
-        if self._closed or not self.started:
+        if self._closed or not self.started or self._stale(token):
             return []
         self._reading = _Reading.IDLE
         return [self._read_later()]
@@ -255,9 +269,15 @@ class Ordering(Generic[T]):
     def _read_now(self) -> Read:
         self._reading = _Reading.NOW
         self._announced_at_issue = self._announced
-        return Read(self.position)
+        self._token += 1
+        return Read(self.position, self._token)
 
     def _read_later(self) -> ReadLater:
         self._reading = _Reading.LATER
         self._announced_at_issue = self._announced
-        return ReadLater(self.position)
+        self._token += 1
+        return ReadLater(self.position, self._token)
+
+    def _stale(self, token: int | None) -> bool:
+        """An answer to a read issued before the latest one."""
+        return token is not None and token != self._token

@@ -5,7 +5,9 @@ a thousand connections replaying at once must not open a thousand store
 calls): it asks for the page after a seq, now or a little later, and the page
 comes back as an event. "Later" is how a connection waits for a seq still
 being written, or for a failing store: it polls with a growing pause, and only
-ever moves on when the store shows the seq committed or gone.
+ever moves on when the store shows the seq committed or gone. Every read is
+answered, with the token the connection gave it (its ordering takes only the
+latest read's answer: two reads of one connection may be under way at once).
 """
 
 from __future__ import annotations
@@ -37,33 +39,33 @@ class Reader(Protocol):
     @property
     def read_page_size(self) -> int: ...
 
-    def on_page(self, page: InboxPage) -> None: ...
+    def on_page(self, page: InboxPage, token: int) -> None: ...
 
-    def on_read_failed(self) -> None: ...
+    def on_read_failed(self, token: int) -> None: ...
 
 
 class Replay:
     def __init__(self, inbox: InboxStore, health: StoreHealth, workers: int = WORKERS) -> None:
         self._inbox = inbox
         self._health = health
-        self._queue: Queue[tuple[Reader, int]] = Queue()
+        self._queue: Queue[tuple[Reader, int, int]] = Queue()  # reader, after, token
         self._later: dict[Reader, tuple[Any, float]] = {}  # reader -> (timer, its pause)
         self._workers = [gevent.spawn(self._work) for _ in range(workers)]
 
-    def read(self, reader: Reader, after: int, later: bool = False) -> None:
+    def read(self, reader: Reader, after: int, later: bool = False, token: int = 0) -> None:
         pending = self._later.get(reader)
         if not later:
             if pending is not None:
                 pending[0].stop()
                 del self._later[reader]
-            self._enqueue(reader, after)
+            self._enqueue(reader, after, token)
             return
         pause = LATER_MIN if pending is None else min(LATER_MAX, pending[1] * 2)
         if pending is not None:
             pending[0].stop()
         timer = gevent.get_hub().loop.timer(pause)
         self._later[reader] = (timer, pause)
-        timer.start(self._due, reader, after)
+        timer.start(self._due, reader, after, token)
 
     def forget(self, reader: Reader) -> None:
         """The connection is gone: drop its pending timer."""
@@ -77,14 +79,14 @@ class Replay:
         self._later.clear()
         gevent.killall(self._workers, block=False)
 
-    def _due(self, reader: Reader, after: int) -> None:
+    def _due(self, reader: Reader, after: int, token: int) -> None:
         # Runs in the event loop, not a greenlet: only hand it to a worker. The
         # pause is remembered, so the next "later" of this reader waits longer.
-        self._enqueue(reader, after)
+        self._enqueue(reader, after, token)
 
-    def _enqueue(self, reader: Reader, after: int) -> None:
+    def _enqueue(self, reader: Reader, after: int, token: int) -> None:
         if not reader.closing:
-            self._queue.put_nowait((reader, after))
+            self._queue.put_nowait((reader, after, token))
 
     def _work(self) -> None:
         while True:
@@ -92,17 +94,19 @@ class Replay:
             # while this worker waits for the next, or a closed session would.
             self._read(*self._queue.get())
 
-    def _read(self, reader: Reader, after: int) -> None:
+    def _read(self, reader: Reader, after: int, token: int) -> None:
         if reader.closing:
             return
         try:
             page = self._inbox.read_inbox(reader.user_id, after, reader.read_page_size, time.time())
         except StoreUnavailable as exc:
             self._health.failed(exc)
-            reader.on_read_failed()
+            reader.on_read_failed(token)
             return
         if page.blocked_at is None:
-            timer = self._later.pop(reader, None)  # progress: the next wait starts short
-            if timer is not None:
-                timer[0].stop()
-        reader.on_page(page)
+            # Progress: the next wait starts short. A pause still running belongs to
+            # a later read than this one (which its connection will not take): kept.
+            pending = self._later.get(reader)
+            if pending is not None and not pending[0].active:
+                del self._later[reader]
+        reader.on_page(page, token)

@@ -180,11 +180,14 @@ class Session:
         self._overflow()
         return False
 
-    def on_page(self, page: InboxPage) -> None:
+    def on_page(self, page: InboxPage, token: int) -> None:
         if self._closing is None:
             self._act(
                 self._order.on_page(
-                    [(e.seq, e) for e in page.entries], blocked_at=page.blocked_at, more=page.more
+                    [(e.seq, e) for e in page.entries],
+                    blocked_at=page.blocked_at,
+                    more=page.more,
+                    token=token,
                 )
             )
 
@@ -193,9 +196,9 @@ class Session:
         if self._closing is None and self.welcomed:
             self._act(self._order.on_behind(latest_seq))
 
-    def on_read_failed(self) -> None:
+    def on_read_failed(self, token: int) -> None:
         if self._closing is None:
-            self._act(self._order.on_read_failed())
+            self._act(self._order.on_read_failed(token))
 
     def frame_written(self, message_id: str, seq: int, expires_at: float | None) -> None:
         self._node.receipts.delivered(message_id, self.user_id, seq, expires_at)
@@ -204,7 +207,11 @@ class Session:
         """The writer's queue emptied: a read deferred for it may go now."""
         wanted, self._read_wanted = self._read_wanted, None
         if wanted is not None and self._closing is None:
-            self._node.read_page(self, wanted.after, later=isinstance(wanted, ReadLater))
+            self._read(wanted)
+
+    def _read(self, action: Read | ReadLater) -> None:
+        later = isinstance(action, ReadLater)
+        self._node.read_page(self, action.after, later=later, token=action.token)
 
     def _act(self, actions: list[Send[Item] | Read | ReadLater]) -> None:
         frames: list[tuple[bytes, Delivery]] = []
@@ -222,7 +229,7 @@ class Session:
                 # Leave room for live traffic: read on once the queue drained.
                 self._read_wanted = action
             else:
-                self._node.read_page(self, action.after, later=isinstance(action, ReadLater))
+                self._read(action)
         if len(frames) == 1:
             self._write(frames[0])
             return

@@ -160,6 +160,31 @@ def test_position_check_reads_when_behind_and_never_skips_a_seq_in_flight() -> N
     assert o.position == 1
 
 
+def test_the_answer_to_a_replaced_read_changes_nothing() -> None:
+    """Found by the model: a ReadLater's read is under way when a live message unblocks
+    the connection and it reads again, and meanwhile the position check reported seq 3,
+    still in flight. The older read's page, begun before 3 existed, says nothing of 3:
+    taken for the newer read's, it made the connection skip 3 and drop it when it came."""
+    o: Ordering[Item] = Ordering()
+    [first] = o.start(0, latest=2)  # 1 and 2 in flight
+    assert isinstance(first, Read)
+    [later] = o.on_page([], blocked_at=1, token=first.token)
+    assert isinstance(later, ReadLater) and later == ReadLater(0)
+    # Its pause ends and its read begins: 1 is committed, 2 abandoned. Then 3 is
+    # allocated, and the position check sees it (the read under way will answer).
+    assert o.on_behind(3) == []
+    send, newer = o.on_live(1, ("m", 1))  # the announcement of 1 unblocks: read again
+    assert (send, newer) == (Send(1, ("m", 1)), Read(1))
+    assert o.on_page([(1, ("m", 1))], token=later.token) == []  # the older read's answer
+    assert o.position == 1
+    # The newer read sees 3 in flight: blocked there, nothing skipped.
+    assert isinstance(newer, Read)
+    [again] = o.on_page([], blocked_at=3, token=newer.token)
+    assert isinstance(again, ReadLater) and again == ReadLater(1)
+    assert o.on_live(3, ("m", 3)) == []  # a gap (2): the pending read covers it
+    assert o.on_page([(3, ("m", 3))], token=again.token) == [Send(3, ("m", 3))]
+
+
 def test_closed_machine_does_nothing() -> None:
     o: Ordering[Item] = Ordering()
     o.start(0)
@@ -178,6 +203,7 @@ def _state(machine: Ordering[Item]) -> dict[str, object]:
 @dataclass
 class PendingRead:
     after: int
+    token: int
     page: Page | None = None  # None until the store executed the read
 
 
@@ -188,9 +214,10 @@ class Conn:
     machine: Ordering[Item]
     start: int
     sent: list[int] = field(default_factory=list)
-    #: at most one read: None, or [after, the page once the store answered it]
-    read: PendingRead | None = None
-    timer: int | None = None  # after-seq of a pending ReadLater
+    #: reads under way, as the node's replay workers have them: a Read does not
+    #: wait for a read whose pause ended, and the store may answer them in any order
+    reads: list[PendingRead] = field(default_factory=list)
+    timer: tuple[int, int] | None = None  # (after, token) of a pending ReadLater
     inbound: deque[int] = field(default_factory=deque)  # live announcements in transit
 
 
@@ -263,12 +290,10 @@ class OrderingModel(RuleBasedStateMachine):
                 conn.sent.append(action.seq)
                 self.received_max = max(self.received_max, action.seq)
             elif isinstance(action, Read):
-                conn.timer = None  # a pending ReadLater is cancelled
-                if conn.read is None:  # else the read under way answers it
-                    conn.read = PendingRead(action.after)
+                conn.timer = None  # a pending ReadLater is cancelled (not one under way)
+                conn.reads.append(PendingRead(action.after, action.token))
             elif isinstance(action, ReadLater):
-                assert conn.read is None
-                conn.timer = action.after
+                conn.timer = (action.after, action.token)
             else:
                 raise AssertionError(action)
 
@@ -324,37 +349,43 @@ class OrderingModel(RuleBasedStateMachine):
         if self.store:
             self._apply(self.conn, self.conn.machine.on_behind(max(self.store)))
 
-    @precondition(lambda self: self.conn is not None and self.conn.read is not None)
-    @rule()
-    def execute_read(self) -> None:
-        """The store answers the read now; the answer arrives in a later step."""
-        assert self.conn is not None and self.conn.read is not None
-        if self.conn.read.page is None:
-            self.conn.read.page = self._page(self.conn.read.after)
+    @precondition(lambda self: self.conn is not None and self.conn.reads)
+    @rule(data=st.data())
+    def execute_read(self, data: st.DataObject) -> None:
+        """The store answers one read now; the answer arrives in a later step."""
+        assert self.conn is not None and self.conn.reads
+        self._execute(data.draw(st.sampled_from(self.conn.reads)))
+
+    def _execute(self, read: PendingRead) -> None:
+        if read.page is None:
+            read.page = self._page(read.after)
 
     @precondition(
-        lambda self: (
-            self.conn is not None and self.conn.read is not None and self.conn.read.page is not None
-        )
+        lambda self: self.conn is not None and any(r.page is not None for r in self.conn.reads)
     )
-    @rule(fail=st.booleans())
-    def deliver_page(self, fail: bool) -> None:
-        assert self.conn is not None and self.conn.read is not None
-        assert self.conn.read.page is not None
-        entries, blocked_at, more = self.conn.read.page
-        self.conn.read = None
+    @rule(data=st.data(), fail=st.booleans())
+    def deliver_page(self, data: st.DataObject, fail: bool) -> None:
+        assert self.conn is not None
+        answered = [r for r in self.conn.reads if r.page is not None]
+        self._deliver(data.draw(st.sampled_from(answered)), fail)
+
+    def _deliver(self, read: PendingRead, fail: bool) -> None:
+        assert self.conn is not None and read.page is not None
+        entries, blocked_at, more = read.page
+        self.conn.reads.remove(read)
+        machine = self.conn.machine
         if fail:
-            self._apply(self.conn, self.conn.machine.on_read_failed())
+            self._apply(self.conn, machine.on_read_failed(read.token))
         else:
-            self._apply(
-                self.conn, self.conn.machine.on_page(entries, blocked_at=blocked_at, more=more)
-            )
+            actions = machine.on_page(entries, blocked_at=blocked_at, more=more, token=read.token)
+            self._apply(self.conn, actions)
 
     @precondition(lambda self: self.conn is not None and self.conn.timer is not None)
     @rule()
     def fire_timer(self) -> None:
         assert self.conn is not None and self.conn.timer is not None
-        self.conn.read = PendingRead(self.conn.timer)
+        after, token = self.conn.timer
+        self.conn.reads.append(PendingRead(after, token))
         self.conn.timer = None
 
     @precondition(lambda self: self.conn is not None)
@@ -415,9 +446,9 @@ class OrderingModel(RuleBasedStateMachine):
             if conn.inbound:
                 seq = conn.inbound.popleft()
                 self._apply(conn, conn.machine.on_live(seq, ("m", seq)))
-            elif conn.read is not None:
-                self.execute_read()
-                self.deliver_page(False)
+            elif conn.reads:
+                self._execute(conn.reads[0])
+                self._deliver(conn.reads[0], False)
             elif conn.timer is not None:
                 self.fire_timer()
             else:
