@@ -52,7 +52,7 @@ class Replay:
         self._later: dict[Reader, tuple[Any, float]] = {}  # reader -> (timer, its pause)
         self._workers = [gevent.spawn(self._work) for _ in range(workers)]
 
-    def read(self, reader: Reader, after: int, later: bool = False, token: int = 0) -> None:
+    def read(self, reader: Reader, after: int, later: bool, token: int) -> None:
         pending = self._later.get(reader)
         if not later:
             if pending is not None:
