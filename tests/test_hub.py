@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import gevent
+import pytest
 from gevent.event import AsyncResult
 
 from pushsvc.fanout import COALESCE, SLICE, TopicFanout
@@ -167,6 +169,48 @@ def test_publishes_queued_behind_a_fan_out_go_out_together_in_order() -> None:
         assert s.wires == [f"{i}".encode() for i in range(COALESCE + 2)]
         assert s.writes == 2  # COALESCE frames joined, then the 2 left
     assert metrics.fanout_incomplete._value.get() == COALESCE + 2  # per publish
+
+
+def test_a_fan_out_runs_to_its_end_when_its_caller_goes_away(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A ``Publish`` whose deadline expires mid-way (its greenlet killed while it
+    waits for the fan-out) is still written to every subscriber: the topic's
+    greenlet writes it, not the caller's. What could not be written is counted and
+    logged once."""
+    hub = Hub()
+    metrics = Metrics()
+    fanout = TopicFanout(hub, metrics)
+    asked: list[AsyncResult] = []
+    seen_when_killed: list[bool] = []
+
+    def kill_the_caller() -> None:  # while the fan-out is under way
+        seen_when_killed.append(asked[0].ready())
+        caller.kill(block=False)
+
+    subs: list[Recorder] = [Recorder(f"c{i}", f"u{i}") for i in range(SLICE)]
+    subs.append(Hooked("hook", "hook", kill_the_caller))
+    subs += [Recorder(f"d{i}", f"v{i}") for i in range(2 * SLICE)]
+    refusing = Refusing("r", "r")
+    for c in [*subs, refusing]:
+        hub.add(c)
+        hub.subscribe(c, "t")
+
+    def call() -> int:  # what ``Node.publish`` does in the call's greenlet
+        asked.append(fanout.publish("t", b"x"))
+        written: int = asked[0].get()
+        return written
+
+    caplog.set_level(logging.INFO, logger="pushsvc.fanout")
+    caller = gevent.spawn(call)
+    caller.join(timeout=10)
+    assert caller.dead and isinstance(caller.value, gevent.GreenletExit)  # it went away
+    assert seen_when_killed == [False]  # before its fan-out was done
+    assert asked[0].get(timeout=10) == len(subs)
+    assert all(c.wires == [b"x"] for c in subs)
+    assert metrics.fanout_incomplete._value.get() == 1
+    logged = [r for r in caplog.records if r.getMessage() == "fan-out incomplete"]
+    assert len(logged) == 1
 
 
 class Hooked(Recorder):
